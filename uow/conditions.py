@@ -1,0 +1,231 @@
+"""Row conditions: the WHERE clauses adapters compile and memory evaluates.
+
+Conditions are frozen msgspec Structs, so bulk events that carry one encode
+with the journal. Column names in a condition always come from model metadata;
+values always travel as parameters.
+
+:func:`evaluate` gives SQL's three-valued answer (``True``, ``False`` or
+``None`` for unknown) over a row given as a mapping of column to value; the
+memory adapter and journal replay use it, so Python and SQL agree on NULLs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+CompareOp = Literal["eq", "ne", "lt", "le", "gt", "ge"]
+
+
+class Condition(msgspec.Struct, frozen=True, tag_field="op", tag=True):
+    """Base of every condition; combine with ``&``, ``|`` and ``~``."""
+
+    def __and__(self, other: Condition) -> Condition:
+        return And((self, other))
+
+    def __or__(self, other: Condition) -> Condition:
+        return Or((self, other))
+
+    def __invert__(self) -> Condition:
+        return Not(self)
+
+
+class Compare(Condition, frozen=True, tag="compare"):
+    """``column <op> value``; a ``None`` value never matches (use :class:`IsNull`)."""
+
+    column: str
+    cmp: CompareOp
+    value: Any
+
+
+class In(Condition, frozen=True, tag="in"):
+    """``column IN values`` (``NOT IN`` when ``negate``)."""
+
+    column: str
+    values: tuple[Any, ...]
+    negate: bool = False
+
+
+class IsNull(Condition, frozen=True, tag="is_null"):
+    """``column IS NULL`` (``IS NOT NULL`` when ``negate``)."""
+
+    column: str
+    negate: bool = False
+
+
+class Like(Condition, frozen=True, tag="like"):
+    """``column LIKE pattern ESCAPE '\\'``: ``%`` any run, ``_`` one character.
+
+    Case-sensitive unless ``case_insensitive``; adapters must honour both.
+    """
+
+    column: str
+    pattern: str
+    case_insensitive: bool = False
+
+
+class Between(Condition, frozen=True, tag="between"):
+    """``column BETWEEN low AND high`` (both ends included)."""
+
+    column: str
+    low: Any
+    high: Any
+
+
+class And(Condition, frozen=True, tag="and"):
+    """All of ``items`` hold (true when empty)."""
+
+    items: tuple[Condition, ...]
+
+
+class Or(Condition, frozen=True, tag="or"):
+    """Any of ``items`` holds (false when empty)."""
+
+    items: tuple[Condition, ...]
+
+
+class Not(Condition, frozen=True, tag="not"):
+    """``item`` does not hold."""
+
+    item: Condition
+
+
+AnyCondition = Compare | In | IsNull | Like | Between | And | Or | Not
+
+
+def escape_like(text: str) -> str:
+    """Escape ``%``, ``_`` and the escape character itself for a LIKE pattern."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def equals_all(values: Mapping[str, Any]) -> Condition:
+    """``col1 = v1 AND col2 = v2 ...``; a ``None`` value means ``IS NULL``."""
+    items: list[Condition] = [
+        IsNull(column) if value is None else Compare(column, "eq", value) for column, value in values.items()
+    ]
+    return items[0] if len(items) == 1 else And(tuple(items))
+
+
+def columns_of(condition: Condition) -> set[str]:
+    """Every column a condition reads."""
+    if isinstance(condition, (And, Or)):
+        return set().union(*(columns_of(c) for c in condition.items))
+    if isinstance(condition, Not):
+        return columns_of(condition.item)
+    return {condition.column}  # type: ignore[attr-defined]
+
+
+_COMPARE = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+}
+
+_like_cache: dict[tuple[str, bool], re.Pattern[str]] = {}
+
+
+def like_regex(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
+    """The regular expression equal to a LIKE pattern with ``\\`` as escape."""
+    cached = _like_cache.get((pattern, case_insensitive))
+    if cached is not None:
+        return cached
+    parts: list[str] = []
+    chars = iter(pattern)
+    for char in chars:
+        if char == "\\":
+            parts.append(re.escape(next(chars, "\\")))
+        elif char == "%":
+            parts.append(".*")
+        elif char == "_":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    compiled = re.compile("".join(parts), re.DOTALL | (re.IGNORECASE if case_insensitive else 0))
+    if len(_like_cache) < 1024:
+        _like_cache[(pattern, case_insensitive)] = compiled
+    return compiled
+
+
+def evaluate(condition: Condition | None, row: Mapping[str, Any]) -> bool | None:
+    """SQL's answer for ``row``: ``True``, ``False`` or ``None`` (unknown)."""
+    if condition is None:
+        return True
+    if isinstance(condition, Compare):
+        value = row[condition.column]
+        if value is None or condition.value is None:
+            return None
+        return bool(_COMPARE[condition.cmp](value, condition.value))
+    if isinstance(condition, In):
+        value = row[condition.column]
+        if value is None:
+            return None
+        found = value in condition.values
+        if not found and None in condition.values:
+            return None
+        return found != condition.negate
+    if isinstance(condition, IsNull):
+        return (row[condition.column] is None) != condition.negate
+    if isinstance(condition, Like):
+        value = row[condition.column]
+        if value is None:
+            return None
+        return like_regex(condition.pattern, condition.case_insensitive).fullmatch(str(value)) is not None
+    if isinstance(condition, Between):
+        value = row[condition.column]
+        if value is None or condition.low is None or condition.high is None:
+            return None
+        return bool(condition.low <= value <= condition.high)
+    if isinstance(condition, And):
+        result: bool | None = True
+        for item in condition.items:
+            answer = evaluate(item, row)
+            if answer is False:
+                return False
+            if answer is None:
+                result = None
+        return result
+    if isinstance(condition, Or):
+        result = False
+        for item in condition.items:
+            answer = evaluate(item, row)
+            if answer is True:
+                return True
+            if answer is None:
+                result = None
+        return result
+    if isinstance(condition, Not):
+        answer = evaluate(condition.item, row)
+        return None if answer is None else not answer
+    raise TypeError(f"unknown condition {condition!r}")
+
+
+def matches(condition: Condition | None, row: Mapping[str, Any]) -> bool:
+    """Whether a WHERE clause keeps ``row`` (unknown counts as no)."""
+    return evaluate(condition, row) is True
+
+
+__all__ = [
+    "And",
+    "AnyCondition",
+    "Between",
+    "Compare",
+    "CompareOp",
+    "Condition",
+    "In",
+    "IsNull",
+    "Like",
+    "Not",
+    "Or",
+    "columns_of",
+    "equals_all",
+    "escape_like",
+    "evaluate",
+    "like_regex",
+    "matches",
+]

@@ -1,0 +1,607 @@
+"""Models: plain msgspec Structs that map to tables.
+
+A model is declared once, with its constraints in ``Annotated`` metadata::
+
+    class User(Model, table="users"):
+        id: Annotated[int | None, PrimaryKey()] = None    # generated when None
+        name: str
+        email: Annotated[str, Unique()]
+        age: int = 0
+
+    class Post(Model, table="posts"):
+        id: Annotated[int | None, PrimaryKey()] = None
+        author_id: Annotated[int | None, ForeignKey(User, on_delete="cascade")] = None
+        title: str
+        author: User | None = relation("author_id")
+
+Every model is keyword-only. Classes without ``table=`` are abstract bases.
+Mixins (:class:`SoftDelete`, :class:`Versioned`) are plain classes whose
+annotated fields are copied into the model that lists them.
+
+The mapping of a model is computed on first use and cached as a
+:class:`TableInfo`; :func:`table_info` returns it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import operator
+import sys
+import types
+import typing
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+
+import msgspec
+from msgspec.structs import StructMeta
+
+from uow.errors import ModelDefinitionError, RelationNotLoadedError
+
+OnDelete = Literal["no action", "restrict", "cascade", "set null"]
+ColumnKind = Literal[
+    "integer",
+    "float",
+    "boolean",
+    "text",
+    "bytes",
+    "datetime",
+    "date",
+    "time",
+    "decimal",
+    "uuid",
+    "json",
+]
+
+
+# --- column markers ---------------------------------------------------------
+
+
+class PrimaryKey:
+    """Marks the primary-key column.
+
+    ``generated`` defaults to true for an ``int | None`` column: the database
+    assigns the key when the value is ``None`` at insert.
+    """
+
+    __slots__ = ("generated",)
+
+    def __init__(self, *, generated: bool | None = None):
+        self.generated = generated
+
+
+class ForeignKey:
+    """Marks a column that references another model's primary key.
+
+    ``target`` is the model class, or its class or table name as a string for
+    models not defined yet (self references). ``on_delete`` is what the database
+    does to this row when the referenced row is deleted.
+    """
+
+    __slots__ = ("target", "on_delete")
+
+    def __init__(self, target: type[Model] | str, *, on_delete: OnDelete = "no action"):
+        if on_delete not in ("no action", "restrict", "cascade", "set null"):
+            raise ModelDefinitionError(
+                f"on_delete must be 'no action', 'restrict', 'cascade' or 'set null', not {on_delete!r}"
+            )
+        self.target = target
+        self.on_delete = on_delete
+
+
+class Unique:
+    """Marks a column whose non-null values are unique in the table."""
+
+    __slots__ = ()
+
+
+class Index:
+    """Asks for a (non-unique) index on the column."""
+
+    __slots__ = ()
+
+
+class SoftDeleteColumn:
+    """Marks the timestamp column that soft delete sets (see :class:`SoftDelete`)."""
+
+    __slots__ = ()
+
+
+class VersionColumn:
+    """Marks the integer column used for optimistic locking (see :class:`Versioned`)."""
+
+    __slots__ = ()
+
+
+# --- mixins -----------------------------------------------------------------
+
+
+class SoftDelete:
+    """Mixin: rows are hidden by ``session.soft_delete`` instead of deleted.
+
+    ``class Note(Model, SoftDelete, table="notes"): ...`` gains ``deleted_at``.
+    """
+
+    deleted_at: Annotated[dt.datetime | None, SoftDeleteColumn()] = None
+
+
+class Versioned:
+    """Mixin: optimistic locking through a ``version`` column.
+
+    Every flushed update and delete checks the version it read; a row changed by
+    another transaction in the meantime raises :class:`uow.errors.ConcurrencyError`.
+    """
+
+    version: Annotated[int, VersionColumn()] = 1
+
+
+_MIXINS: tuple[type, ...] = (SoftDelete, Versioned)
+
+
+# --- relations --------------------------------------------------------------
+
+
+class _NotLoaded:
+    """The value of a relation attribute that nothing has loaded or set."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not loaded>"
+
+    def __bool__(self) -> bool:
+        raise RelationNotLoadedError("a relation that is not loaded has no truth value")
+
+
+NOT_LOADED: Any = _NotLoaded()
+
+
+class _RelationSpec:
+    __slots__ = ("via", "back")
+
+    def __init__(self, via: str | None, back: str | None):
+        self.via = via
+        self.back = back
+
+
+def relation(via: str | None = None, *, back: str | None = None) -> Any:
+    """Declare a relation attribute; it is never loaded implicitly.
+
+    Many-to-one: ``author: User | None = relation("author_id")`` names the
+    foreign-key column on this model. Assigning an object (new or loaded) fills
+    the column at flush, even when the parent's key is generated in that flush.
+
+    One-to-many: ``posts: list[Post] = relation(back="author_id")`` names the
+    foreign-key column on the other model.
+    """
+    return _RelationSpec(via, back)
+
+
+class RelationDescriptor:
+    """Class attribute that replaces a relation field.
+
+    On instances it returns the loaded value or raises
+    :class:`RelationNotLoadedError`; on the class it describes the relation, for
+    ``include(Post.author)``.
+    """
+
+    __slots__ = ("name", "model", "_member", "spec")
+
+    def __init__(self, name: str, model: type[Model], member: Any, spec: _RelationSpec):
+        self.name = name
+        self.model = model
+        self._member = member
+        self.spec = spec
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = self._member.__get__(instance, owner)
+        if value is NOT_LOADED:
+            raise RelationNotLoadedError(
+                f"{self.model.__name__}.{self.name} is not loaded; load it with "
+                f"include({self.model.__name__}.{self.name}) or assign it"
+            )
+        return value
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        self._member.__set__(instance, value)
+
+    def raw(self, instance: Any) -> Any:
+        """The stored value, :data:`NOT_LOADED` included, without raising."""
+        return self._member.__get__(instance, type(instance))
+
+    def __repr__(self) -> str:
+        return f"<relation {self.model.__name__}.{self.name}>"
+
+
+# --- the metaclass and base --------------------------------------------------
+
+
+class ModelMeta(StructMeta):
+    """Makes every model keyword-only and records its table name."""
+
+    def __new__(
+        mcls,
+        name: str,
+        bases: tuple[type, ...],
+        namespace: dict[str, Any],
+        *,
+        table: str | None = None,
+        **struct_options: Any,
+    ) -> ModelMeta:
+        struct_options.setdefault("kw_only", True)
+        _merge_mixin_fields(bases, namespace)
+        relation_specs = {
+            attr: value for attr, value in namespace.items() if isinstance(value, _RelationSpec)
+        }
+        for attr in relation_specs:
+            namespace[attr] = NOT_LOADED
+        cls = super().__new__(mcls, name, bases, namespace, **struct_options)
+        for attr, spec in relation_specs.items():
+            member = cls.__dict__[attr]
+            type.__setattr__(cls, attr, RelationDescriptor(attr, cls, member, spec))  # type: ignore[arg-type]
+        type.__setattr__(cls, "__uow_table_name__", table)
+        type.__setattr__(cls, "__uow_table__", None)
+        if table is not None:
+            _REGISTRY[table] = cls  # type: ignore[assignment]
+            _REGISTRY[name] = cls  # type: ignore[assignment]
+        return cls
+
+
+def _merge_mixin_fields(bases: tuple[type, ...], namespace: dict[str, Any]) -> None:
+    annotations = namespace.setdefault("__annotations__", {})
+    for base in bases:
+        for klass in reversed(base.__mro__):
+            if klass in _MIXINS or (
+                not isinstance(klass, StructMeta) and klass is not object and "__annotations__" in klass.__dict__
+            ):
+                for field, annotation in typing.get_type_hints(klass, include_extras=True).items():
+                    if field not in klass.__dict__.get("__annotations__", {}):
+                        continue
+                    if field in annotations or field.startswith("_"):
+                        continue
+                    annotations[field] = annotation
+                    if field in klass.__dict__:
+                        namespace.setdefault(field, klass.__dict__[field])
+
+
+class Model(msgspec.Struct, metaclass=ModelMeta):
+    """Base class of every model; a model with ``table=`` maps to that table."""
+
+    __uow_table_name__: ClassVar[str | None]
+    __uow_table__: ClassVar[TableInfo | None]
+
+
+_REGISTRY: dict[str, type[Model]] = {}
+
+
+# --- mapping metadata ---------------------------------------------------------
+
+
+class ForeignKeyInfo(msgspec.Struct, frozen=True):
+    """A resolved foreign key: ``column`` references ``target_table.target_column``."""
+
+    column: str
+    target_table: str
+    target_column: str
+    on_delete: OnDelete
+
+
+class ColumnInfo(msgspec.Struct, frozen=True):
+    """One mapped column.
+
+    ``python_type`` is the annotation without ``None`` and metadata; ``kind`` is
+    the storage family adapters map to a SQL type.
+    """
+
+    name: str
+    python_type: Any
+    kind: ColumnKind
+    nullable: bool
+    primary_key: bool = False
+    generated: bool = False
+    unique: bool = False
+    indexed: bool = False
+    foreign_key: ForeignKeyInfo | None = None
+    soft_delete: bool = False
+    version: bool = False
+
+
+class RelationInfo(msgspec.Struct, frozen=True):
+    """A relation: many-to-one through ``local_column`` of this model, or
+    one-to-many through ``remote_column`` of ``target``."""
+
+    name: str
+    target: Any
+    many: bool
+    local_column: str | None
+    remote_column: str | None
+
+
+class TableInfo:
+    """Everything uow knows about one model's table; built once per model.
+
+    Rows travel between the session and adapters as tuples in the order of
+    ``column_names``.
+    """
+
+    __slots__ = (
+        "model",
+        "name",
+        "columns",
+        "column_names",
+        "column_index",
+        "primary_key",
+        "key_index",
+        "foreign_keys",
+        "unique_columns",
+        "soft_delete_column",
+        "version_column",
+        "relations",
+        "values_of",
+        "_row_factory",
+    )
+
+    def __init__(self, model: type[Model], name: str, columns: tuple[ColumnInfo, ...], relations: dict[str, RelationInfo]):
+        self.model = model
+        self.name = name
+        self.columns = columns
+        self.column_names = tuple(c.name for c in columns)
+        self.column_index = {c.name: i for i, c in enumerate(columns)}
+        keys = [c for c in columns if c.primary_key]
+        if len(keys) != 1:
+            raise ModelDefinitionError(
+                f"{model.__name__} must declare exactly one column with PrimaryKey(); found {len(keys)}"
+            )
+        self.primary_key: ColumnInfo = keys[0]
+        self.key_index = self.column_index[self.primary_key.name]
+        self.foreign_keys = tuple(c.foreign_key for c in columns if c.foreign_key is not None)
+        self.unique_columns = tuple(c.name for c in columns if c.unique or c.primary_key)
+        soft = [c.name for c in columns if c.soft_delete]
+        version = [c.name for c in columns if c.version]
+        if len(soft) > 1 or len(version) > 1:
+            raise ModelDefinitionError(f"{model.__name__} declares more than one soft-delete or version column")
+        self.soft_delete_column: str | None = soft[0] if soft else None
+        self.version_column: str | None = version[0] if version else None
+        self.relations = relations
+        getter = operator.attrgetter(*self.column_names)
+        if len(self.column_names) == 1:
+            self.values_of: Callable[[Any], tuple[Any, ...]] = lambda obj: (getter(obj),)
+        else:
+            self.values_of = getter  # type: ignore[assignment]
+        self._row_factory = model
+
+    @property
+    def key_column(self) -> str:
+        """The primary-key column's name."""
+        return self.primary_key.name
+
+    def key_of(self, obj: Any) -> Any:
+        """The primary-key value of ``obj`` (``None`` before a generated key exists)."""
+        return getattr(obj, self.primary_key.name)
+
+    def from_row(self, row: tuple[Any, ...] | list[Any]) -> Any:
+        """A new model instance from a row in column order."""
+        return self._row_factory(**dict(zip(self.column_names, row)))
+
+    def row_dict(self, values: tuple[Any, ...]) -> dict[str, Any]:
+        """Column name to value for a row tuple."""
+        return dict(zip(self.column_names, values))
+
+    def __repr__(self) -> str:
+        return f"<TableInfo {self.name} ({self.model.__name__})>"
+
+
+def is_model(obj: Any) -> bool:
+    """Whether ``obj`` is an instance of a mapped model."""
+    return isinstance(obj, Model) and type(obj).__uow_table_name__ is not None
+
+
+def table_info(model: type[Any]) -> TableInfo:
+    """The :class:`TableInfo` of a model class, built on first use."""
+    info = getattr(model, "__uow_table__", None)
+    if info is not None:
+        return info  # type: ignore[no-any-return]
+    if not isinstance(model, ModelMeta) or model.__uow_table_name__ is None:
+        raise ModelDefinitionError(f"{model!r} is not a model with a table (declare it with table='...')")
+    info = _build_table_info(model)
+    type.__setattr__(model, "__uow_table__", info)
+    return info
+
+
+def resolve_model(target: type[Model] | str, *, near: type[Model] | None = None) -> type[Model]:
+    """Find a model by class, class name or table name."""
+    if isinstance(target, type):
+        return target
+    if near is not None:
+        module = sys.modules.get(near.__module__)
+        candidate = getattr(module, target, None) if module else None
+        if isinstance(candidate, ModelMeta):
+            return candidate  # type: ignore[return-value]
+        if near.__name__ == target or near.__uow_table_name__ == target:
+            return near
+    if target in _REGISTRY:
+        return _REGISTRY[target]
+    raise ModelDefinitionError(f"no model named {target!r} (a class name or table name) is defined")
+
+
+_KINDS: tuple[tuple[type, ColumnKind], ...] = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "float"),
+    (str, "text"),
+    (bytes, "bytes"),
+    (dt.datetime, "datetime"),
+    (dt.date, "date"),
+    (dt.time, "time"),
+    (decimal.Decimal, "decimal"),
+    (uuid.UUID, "uuid"),
+)
+
+
+def _column_kind(model: type, field: str, python_type: Any) -> ColumnKind:
+    if isinstance(python_type, type):
+        if issubclass(python_type, enum.Enum):
+            return "integer" if issubclass(python_type, int) else "text"
+        for base, kind in _KINDS:
+            if issubclass(python_type, base):
+                return kind
+        if issubclass(python_type, (dict, list, tuple, msgspec.Struct)):
+            return "json"
+    origin = get_origin(python_type)
+    if origin in (dict, list, tuple) or origin is Literal:
+        if origin is Literal:
+            values = get_args(python_type)
+            return "integer" if all(isinstance(v, int) for v in values) else "text"
+        return "json"
+    if python_type is Any:
+        return "json"
+    raise ModelDefinitionError(f"{model.__name__}.{field}: cannot store values of type {python_type!r}")
+
+
+def _split_annotation(annotation: Any) -> tuple[Any, list[Any], bool]:
+    """(type without None, Annotated metadata, whether None is allowed)."""
+    metadata: list[Any] = []
+    while get_origin(annotation) is Annotated:
+        args = get_args(annotation)
+        annotation, metadata = args[0], [*metadata, *args[1:]]
+    nullable = False
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        nullable = len(members) != len(get_args(annotation))
+        annotation = members[0] if len(members) == 1 else Union[tuple(members)]  # noqa: UP007
+        while get_origin(annotation) is Annotated:
+            args = get_args(annotation)
+            annotation, metadata = args[0], [*metadata, *args[1:]]
+    elif annotation is type(None):
+        nullable = True
+    return annotation, metadata, nullable
+
+
+def _build_table_info(model: type[Model]) -> TableInfo:
+    try:
+        hints = typing.get_type_hints(model, include_extras=True)
+    except NameError as exc:
+        raise ModelDefinitionError(f"{model.__name__}: cannot resolve an annotation ({exc})") from exc
+    relation_names = {
+        name for name in model.__struct_fields__ if isinstance(model.__dict__.get(name), RelationDescriptor)
+    }
+    for klass in model.__mro__:
+        relation_names.update(n for n, v in klass.__dict__.items() if isinstance(v, RelationDescriptor))
+    columns: list[ColumnInfo] = []
+    for field in model.__struct_fields__:
+        if field in relation_names:
+            continue
+        python_type, metadata, nullable = _split_annotation(hints[field])
+        pk = next((m for m in metadata if isinstance(m, PrimaryKey)), None)
+        fk = next((m for m in metadata if isinstance(m, ForeignKey)), None)
+        generated = False
+        if pk is not None:
+            generated = pk.generated if pk.generated is not None else (nullable and python_type is int)
+        fk_info = None
+        if fk is not None:
+            target = resolve_model(fk.target, near=model)
+            target_info = target.__uow_table__ if target is model else None
+            if target is model:
+                target_column = next(
+                    f
+                    for f in model.__struct_fields__
+                    if any(isinstance(m, PrimaryKey) for m in _split_annotation(hints[f])[1])
+                )
+                target_name = model.__uow_table_name__
+            else:
+                target_info = table_info(target)
+                target_column = target_info.key_column
+                target_name = target_info.name
+            assert target_name is not None
+            fk_info = ForeignKeyInfo(field, target_name, target_column, fk.on_delete)
+            if fk.on_delete == "set null" and not nullable:
+                raise ModelDefinitionError(f"{model.__name__}.{field}: on_delete='set null' needs a nullable column")
+        columns.append(
+            ColumnInfo(
+                name=field,
+                python_type=python_type,
+                kind=_column_kind(model, field, python_type),
+                nullable=nullable and pk is None,
+                primary_key=pk is not None,
+                generated=generated,
+                unique=any(isinstance(m, Unique) for m in metadata),
+                indexed=any(isinstance(m, Index) for m in metadata),
+                foreign_key=fk_info,
+                soft_delete=any(isinstance(m, SoftDeleteColumn) for m in metadata),
+                version=any(isinstance(m, VersionColumn) for m in metadata),
+            )
+        )
+    relations: dict[str, RelationInfo] = {}
+    for name in relation_names:
+        descriptor: RelationDescriptor = getattr(model, name)
+        target_type, _, _ = _split_annotation(hints[name])
+        many = get_origin(target_type) in (list, tuple)
+        if many:
+            target_type = get_args(target_type)[0]
+            if isinstance(target_type, typing.ForwardRef):
+                target_type = target_type.__forward_arg__
+        if isinstance(target_type, str):
+            target_type = resolve_model(target_type, near=model)
+        spec = descriptor.spec
+        if many and spec.back is None:
+            raise ModelDefinitionError(
+                f"{model.__name__}.{name}: a one-to-many relation needs relation(back='<column on "
+                f"{getattr(target_type, '__name__', target_type)}>')"
+            )
+        if not many and spec.via is None:
+            raise ModelDefinitionError(f"{model.__name__}.{name}: a many-to-one relation needs relation('<column>')")
+        if not many and spec.via not in model.__struct_fields__:
+            raise ModelDefinitionError(f"{model.__name__}.{name}: relation column {spec.via!r} is not a field")
+        relations[name] = RelationInfo(name, target_type, many, spec.via, spec.back)
+    return TableInfo(model, model.__uow_table_name__ or "", tuple(columns), relations)
+
+
+def model_tables(models: Mapping[str, type[Model]] | list[type[Model]]) -> list[TableInfo]:
+    """TableInfo for each model, parents before children where foreign keys allow."""
+    infos = [table_info(m) for m in (models.values() if isinstance(models, Mapping) else models)]
+    by_name = {i.name: i for i in infos}
+    ordered: list[TableInfo] = []
+    seen: set[str] = set()
+
+    def visit(info: TableInfo, stack: frozenset[str]) -> None:
+        if info.name in seen:
+            return
+        for fk in info.foreign_keys:
+            parent = by_name.get(fk.target_table)
+            if parent is not None and parent.name not in stack and parent is not info:
+                visit(parent, stack | {info.name})
+        seen.add(info.name)
+        ordered.append(info)
+
+    for info in infos:
+        visit(info, frozenset({info.name}))
+    return ordered
+
+
+__all__ = [
+    "NOT_LOADED",
+    "ColumnInfo",
+    "ColumnKind",
+    "ForeignKey",
+    "ForeignKeyInfo",
+    "Index",
+    "Model",
+    "ModelMeta",
+    "PrimaryKey",
+    "RelationDescriptor",
+    "RelationInfo",
+    "SoftDelete",
+    "SoftDeleteColumn",
+    "TableInfo",
+    "Unique",
+    "VersionColumn",
+    "Versioned",
+    "is_model",
+    "relation",
+    "resolve_model",
+    "table_info",
+]
