@@ -118,10 +118,7 @@ class IntegrityError(StorageError):
         text = super().__str__()
         if self.event is not None:
             model = self.model.__name__ if self.model is not None else self.table
-            text += (
-                f" (event #{self.event.seq} {type(self.event).__name__}"
-                f" on {model} key={self.key!r})"
-            )
+            text += f" (event #{self.event.seq} {type(self.event).__name__} on {model} key={self.key!r})"
         return text
 
 

@@ -20,6 +20,7 @@ import msgspec
 
 from uow.conditions import AnyCondition
 
+
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     """Fields common to every event."""
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import inspect
 import operator
 import sys
 import types
@@ -36,7 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import msgspec
-from msgspec.structs import StructMeta
+from msgspec import StructMeta
 
 from uow.errors import ModelDefinitionError, RelationNotLoadedError
 
@@ -234,9 +235,7 @@ class ModelMeta(StructMeta):
     ) -> ModelMeta:
         struct_options.setdefault("kw_only", True)
         _merge_mixin_fields(bases, namespace)
-        relation_specs = {
-            attr: value for attr, value in namespace.items() if isinstance(value, _RelationSpec)
-        }
+        relation_specs = {attr: value for attr, value in namespace.items() if isinstance(value, _RelationSpec)}
         for attr in relation_specs:
             namespace[attr] = NOT_LOADED
         cls = super().__new__(mcls, name, bases, namespace, **struct_options)
@@ -259,7 +258,7 @@ def _merge_mixin_fields(bases: tuple[type, ...], namespace: dict[str, Any]) -> N
                 not isinstance(klass, StructMeta) and klass is not object and "__annotations__" in klass.__dict__
             ):
                 for field, annotation in typing.get_type_hints(klass, include_extras=True).items():
-                    if field not in klass.__dict__.get("__annotations__", {}):
+                    if field not in inspect.get_annotations(klass):
                         continue
                     if field in annotations or field.startswith("_"):
                         continue
@@ -345,7 +344,9 @@ class TableInfo:
         "_row_factory",
     )
 
-    def __init__(self, model: type[Model], name: str, columns: tuple[ColumnInfo, ...], relations: dict[str, RelationInfo]):
+    def __init__(
+        self, model: type[Model], name: str, columns: tuple[ColumnInfo, ...], relations: dict[str, RelationInfo]
+    ):
         self.model = model
         self.name = name
         self.columns = columns
@@ -371,7 +372,7 @@ class TableInfo:
         if len(self.column_names) == 1:
             self.values_of: Callable[[Any], tuple[Any, ...]] = lambda obj: (getter(obj),)
         else:
-            self.values_of = getter  # type: ignore[assignment]
+            self.values_of = getter
         self._row_factory = model
 
     @property
