@@ -1,0 +1,299 @@
+"""The journal: a session's append-only list of change events.
+
+The session appends one event per mutating call. A *mark* is a position in the
+journal; savepoints and transactions remember one, and rolling back truncates
+the journal to it (the session then undoes the removed events on the tracked
+objects, newest first, from the old values they carry).
+
+:func:`replay` applies events to plain rows, which makes the journal an oracle:
+replaying what a session did gives what storage must hold. :func:`encode` and
+:func:`decode` move journals through JSON or MessagePack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, overload
+
+import msgspec
+
+from uow.conditions import And, Between, Compare, Condition, In, Not, Or, matches
+from uow.events import (
+    ROW_CHANGES,
+    AnyEvent,
+    BulkDeleted,
+    BulkUpdated,
+    Deleted,
+    Inserted,
+    RowEvent,
+    Upserted,
+)
+from uow.model import TableInfo
+
+
+class Journal:
+    """Append-only events with a flushed mark and the keys storage generated."""
+
+    __slots__ = ("_events", "_flushed", "generated_keys", "_next_seq")
+
+    def __init__(self) -> None:
+        self._events: list[AnyEvent] = []
+        self._flushed = 0
+        self._next_seq = 1
+        self.generated_keys: dict[int, Any] = {}
+        """ref -> primary key the database generated for that row."""
+
+    def next_seq(self) -> int:
+        """The sequence number for the next event (and reserve it)."""
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def append(self, event: AnyEvent) -> None:
+        """Record one event."""
+        self._events.append(event)
+
+    @property
+    def mark(self) -> int:
+        """The current end of the journal, to truncate back to later."""
+        return len(self._events)
+
+    @property
+    def flushed_mark(self) -> int:
+        """How many events storage has applied (in the current or an earlier transaction)."""
+        return self._flushed
+
+    def mark_flushed(self) -> None:
+        """Every event so far has been applied to storage."""
+        self._flushed = len(self._events)
+
+    @property
+    def pending(self) -> Sequence[AnyEvent]:
+        """The events not yet applied to storage, oldest first."""
+        return self._events[self._flushed :]
+
+    def has_pending(self) -> bool:
+        """Whether any event waits for a flush."""
+        return self._flushed < len(self._events)
+
+    def truncate(self, mark: int) -> list[AnyEvent]:
+        """Remove and return the events after ``mark`` (oldest first)."""
+        removed = self._events[mark:]
+        del self._events[mark:]
+        self._flushed = min(self._flushed, mark)
+        for event in removed:
+            if isinstance(event, Inserted):
+                self.generated_keys.pop(event.ref, None)
+        return removed
+
+    def view(self) -> JournalView:
+        """A read-only view that follows the journal."""
+        return JournalView(self)
+
+    def events(self) -> list[AnyEvent]:
+        """A copy of every event."""
+        return list(self._events)
+
+
+class JournalView(Sequence[AnyEvent]):
+    """Read-only, live view of a session's journal (``session.journal``)."""
+
+    __slots__ = ("_journal",)
+
+    def __init__(self, journal: Journal):
+        self._journal = journal
+
+    @overload
+    def __getitem__(self, index: int) -> AnyEvent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[AnyEvent]: ...
+
+    def __getitem__(self, index: int | slice) -> AnyEvent | Sequence[AnyEvent]:
+        return self._journal._events[index]
+
+    def __len__(self) -> int:
+        return len(self._journal._events)
+
+    def __iter__(self) -> Iterator[AnyEvent]:
+        return iter(list(self._journal._events))
+
+    @property
+    def pending(self) -> Sequence[AnyEvent]:
+        """Events not yet flushed."""
+        return tuple(self._journal.pending)
+
+    @property
+    def flushed(self) -> Sequence[AnyEvent]:
+        """Events storage has applied."""
+        return tuple(self._journal._events[: self._journal.flushed_mark])
+
+    @property
+    def generated_keys(self) -> Mapping[int, Any]:
+        """ref -> key the database generated, for rows inserted by this session."""
+        return dict(self._journal.generated_keys)
+
+    def key_of(self, event: RowEvent) -> Any:
+        """The primary key of the row an event is about, generated ones included."""
+        return event.key if event.key is not None else self._journal.generated_keys.get(event.ref)
+
+    def encode(self, format: Literal["json", "msgpack"] = "json") -> bytes:
+        """Every event, encoded (see :func:`encode`)."""
+        return encode(self._journal._events, format)
+
+    def __repr__(self) -> str:
+        return f"<journal: {len(self)} events, {len(self._journal.pending)} pending>"
+
+
+# --- replay ---------------------------------------------------------------------
+
+Rows = dict[str, dict[Any, dict[str, Any]]]
+"""table name -> primary key -> column values."""
+
+
+def replay(
+    events: Iterable[AnyEvent],
+    tables: Mapping[str, TableInfo],
+    *,
+    base: Rows | None = None,
+    generated_keys: Mapping[int, Any] | None = None,
+) -> Rows:
+    """Apply events, one by one, to rows and return the result.
+
+    ``base`` holds the rows before the first event (empty when ``None``; it is
+    not modified); ``generated_keys`` gives the key of rows whose events were
+    recorded before the database generated their key (``session.journal
+    .generated_keys``). Bulk events match rows with the same three-valued logic
+    SQL uses. Foreign-key actions are not simulated: the session records the
+    changes it makes to tracked children as events of their own.
+    """
+    rows: Rows = {name: {k: dict(v) for k, v in table.items()} for name, table in (base or {}).items()}
+    keys = dict(generated_keys or {})
+    ref_keys: dict[int, Any] = {}
+
+    def key_of(event: RowEvent) -> Any:
+        if event.key is not None:
+            return event.key
+        if event.ref in keys:
+            return keys[event.ref]
+        return ref_keys.get(event.ref, ("ref", event.ref))
+
+    for event in events:
+        table_rows = rows.setdefault(event.table, {})
+        table = tables[event.table]
+        if isinstance(event, Inserted):
+            key = key_of(event)
+            ref_keys[event.ref] = key
+            values = dict(event.values)
+            values[table.key_column] = key
+            for column, parent_ref in event.parent_refs.items():
+                values[column] = keys.get(parent_ref, ref_keys.get(parent_ref))
+            table_rows[key] = values
+        elif isinstance(event, ROW_CHANGES):
+            row = table_rows[key_of(event)]
+            row.update(event.new)
+            for column, parent_ref in getattr(event, "parent_refs", {}).items():
+                row[column] = keys.get(parent_ref, ref_keys.get(parent_ref))
+        elif isinstance(event, Deleted):
+            table_rows.pop(key_of(event), None)
+        elif isinstance(event, Upserted):
+            _replay_upsert(event, table, table_rows, key_of(event))
+        elif isinstance(event, BulkUpdated):
+            for row in table_rows.values():
+                if matches(event.where, row):
+                    row.update(event.values)
+        elif isinstance(event, BulkDeleted):
+            for key in [k for k, row in table_rows.items() if matches(event.where, row)]:
+                del table_rows[key]
+    return rows
+
+
+def _replay_upsert(event: Upserted, table: TableInfo, table_rows: dict[Any, dict[str, Any]], key: Any) -> None:
+    target = {c: event.values.get(c) for c in event.conflict_target}
+    if event.conflict_target == (table.key_column,):
+        target = {table.key_column: key}
+    existing = next(
+        (row for row in table_rows.values() if all(row.get(c) == v for c, v in target.items())),
+        None,
+    )
+    if existing is not None:
+        existing.update({c: event.values[c] for c in event.update_fields})
+        return
+    values = dict(event.values)
+    values.setdefault(table.key_column, key)
+    table_rows[values[table.key_column]] = values
+
+
+# --- encoding ---------------------------------------------------------------------
+
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_json_decoder = msgspec.json.Decoder(list[AnyEvent])
+_msgpack_decoder = msgspec.msgpack.Decoder(list[AnyEvent])
+
+
+def encode(events: Iterable[AnyEvent], format: Literal["json", "msgpack"] = "json") -> bytes:
+    """Encode events as a JSON array or a MessagePack array."""
+    listed = list(events)
+    return _json_encoder.encode(listed) if format == "json" else _msgpack_encoder.encode(listed)
+
+
+def decode(
+    data: bytes,
+    tables: Mapping[str, TableInfo] | Iterable[TableInfo],
+    format: Literal["json", "msgpack"] = "json",
+) -> list[AnyEvent]:
+    """Decode what :func:`encode` produced back into equal events.
+
+    Column values are untyped in the encoded form (a datetime is a string in
+    JSON), so ``tables`` gives each column's type to restore them.
+    """
+    by_name = tables if isinstance(tables, Mapping) else {t.name: t for t in tables}
+    raw: list[AnyEvent] = (_json_decoder if format == "json" else _msgpack_decoder).decode(data)
+    return [_retype(event, by_name[event.table]) for event in raw]
+
+
+def _retype(event: AnyEvent, table: TableInfo) -> AnyEvent:
+    changes: dict[str, Any] = {}
+    if isinstance(event, RowEvent) and event.key is not None:
+        changes["key"] = _value(table, table.key_column, event.key)
+    bulk = isinstance(event, (BulkUpdated, BulkDeleted))
+    for name in ("values", "old", "new"):
+        values = getattr(event, name, None)
+        if isinstance(values, dict) and values and not (bulk and name == "old"):
+            changes[name] = _row(table, values)
+    if isinstance(event, (BulkUpdated, BulkDeleted)):
+        changes["old"] = {ref: _row(table, row) for ref, row in event.old.items()}
+        if event.where is not None:
+            changes["where"] = _retype_condition(event.where, table)
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
+def _row(table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {column: _value(table, column, value) for column, value in values.items()}
+
+
+def _value(table: TableInfo, column: str, value: Any) -> Any:
+    if value is None or column not in table.column_index:
+        return value
+    python_type = table.columns[table.column_index[column]].python_type
+    return msgspec.convert(value, python_type, strict=False)
+
+
+def _retype_condition(condition: Condition, table: TableInfo) -> Any:
+    if isinstance(condition, (And, Or)):
+        return type(condition)(tuple(_retype_condition(c, table) for c in condition.items))
+    if isinstance(condition, Not):
+        return Not(_retype_condition(condition.item, table))
+    if isinstance(condition, Compare):
+        return Compare(condition.column, condition.cmp, _value(table, condition.column, condition.value))
+    if isinstance(condition, In):
+        values = tuple(_value(table, condition.column, v) for v in condition.values)
+        return In(condition.column, values, condition.negate)
+    if isinstance(condition, Between):
+        low = _value(table, condition.column, condition.low)
+        return Between(condition.column, low, _value(table, condition.column, condition.high))
+    return condition
+
+
+__all__ = ["Journal", "JournalView", "Rows", "decode", "encode", "replay"]

@@ -1,0 +1,545 @@
+"""The planner: pending events in, an ordered :class:`~uow.batches.FlushPlan` out.
+
+A pure function of (events, tables); no I/O, no session. Three steps:
+
+1. **Coalesce** the events of each row (its ``ref``) into one operation: insert
+   then updates becomes one insert with the final values; insert then delete
+   becomes nothing; several updates become one update of the changed columns.
+2. **Order** the operations by their dependencies, found from foreign-key
+   columns alone: a child is inserted after the parent it points to, a parent is
+   deleted after the children pointing at it are deleted or moved away, a row
+   that takes a unique value (or primary key) comes after the row that gave it
+   up earlier in the journal. A dependency cycle is broken by inserting one row
+   with a nullable foreign key left NULL and setting it by a follow-up update;
+   when no nullable key breaks it, :class:`~uow.errors.CycleError` names the rows.
+3. **Batch**: ready operations of the same table, kind and column set go into one
+   batch (one statement shape, one round trip).
+
+Upserts and bulk updates or deletes keep their place in the journal: the
+operations before them are planned and applied first.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from uow.batches import (
+    Batch,
+    BulkDeleteBatch,
+    BulkUpdateBatch,
+    DeleteBatch,
+    FlushPlan,
+    InsertBatch,
+    PendingKey,
+    UpdateBatch,
+    UpsertBatch,
+)
+from uow.errors import CycleError
+from uow.events import (
+    ROW_CHANGES,
+    AnyEvent,
+    BulkDeleted,
+    BulkUpdated,
+    Deleted,
+    Event,
+    Inserted,
+    Upserted,
+)
+from uow.model import TableInfo
+
+_INSERT, _UPDATE, _DELETE = 0, 1, 2
+_PHASE_NAME = ("insert", "update", "delete")
+
+
+class _Op:
+    """One row's coalesced operation; a node of the dependency graph."""
+
+    __slots__ = (
+        "table",
+        "ref",
+        "phase",
+        "key",
+        "values",
+        "old",
+        "parent_refs",
+        "first_seq",
+        "last_seq",
+        "successors",
+        "waiting_on",
+        "order",
+    )
+
+    def __init__(self, table: TableInfo, ref: int, phase: int, key: Any, seq: int):
+        self.table = table
+        self.ref = ref
+        self.phase = phase
+        self.key = key
+        self.values: dict[str, Any] = {}
+        self.old: dict[str, Any] = {}
+        self.parent_refs: dict[str, int] = {}
+        self.first_seq = seq
+        self.last_seq = seq
+        self.successors: list[_Op] = []
+        self.waiting_on = 0
+        self.order = 0
+
+    def label(self) -> tuple[str, Any]:
+        return (self.table.name, self.key if self.key is not None else f"ref {self.ref}")
+
+    def __repr__(self) -> str:
+        return f"<{_PHASE_NAME[self.phase]} {self.table.name} {self.label()[1]}>"
+
+
+def plan_flush(events: Sequence[AnyEvent | Event], tables: Mapping[str, TableInfo]) -> FlushPlan:
+    """Order ``events`` into batches; ``tables`` maps each table name to its info.
+
+    >>> plan_flush(session.journal.pending, tables).explain()  # doctest: +SKIP
+    """
+    batches: list[Batch] = []
+    segment: list[Event] = []
+    upserts: list[Upserted] = []
+    for event in events:
+        if isinstance(event, Upserted):
+            batches.extend(_plan_rows(segment, tables))
+            segment = []
+            upserts.append(event)
+            continue
+        if upserts:
+            batches.extend(_plan_upserts(upserts, tables))
+            upserts = []
+        if isinstance(event, BulkUpdated):
+            batches.extend(_plan_rows(segment, tables))
+            segment = []
+            batches.append(BulkUpdateBatch(tables[event.table], event.where, dict(event.values), seqs=[event.seq]))
+        elif isinstance(event, BulkDeleted):
+            batches.extend(_plan_rows(segment, tables))
+            segment = []
+            batches.append(BulkDeleteBatch(tables[event.table], event.where, seqs=[event.seq]))
+        else:
+            segment.append(event)
+    if upserts:
+        batches.extend(_plan_upserts(upserts, tables))
+    batches.extend(_plan_rows(segment, tables))
+    return FlushPlan(tuple(batches))
+
+
+# --- coalescing -----------------------------------------------------------------
+
+
+def _coalesce(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> list[_Op]:
+    ops: dict[int, _Op | None] = {}
+    for event in events:
+        ref: int = event.ref  # type: ignore[attr-defined]
+        table = tables[event.table]
+        op = ops.get(ref)
+        if isinstance(event, Inserted):
+            op = _Op(table, ref, _INSERT, event.key, event.seq)
+            op.values = dict(event.values)
+            op.parent_refs = dict(event.parent_refs)
+            ops[ref] = op
+        elif isinstance(event, ROW_CHANGES):
+            parent_refs: Mapping[str, int] = getattr(event, "parent_refs", {})
+            if op is None:
+                op = ops[ref] = _Op(table, ref, _UPDATE, event.key, event.seq)
+            for column, value in event.new.items():
+                if op.phase == _UPDATE and column not in op.old:
+                    op.old[column] = event.old.get(column)
+                op.values[column] = value
+                if column in parent_refs:
+                    op.parent_refs[column] = parent_refs[column]
+                else:
+                    op.parent_refs.pop(column, None)
+            op.last_seq = event.seq
+            if op.key is None:
+                op.key = event.key
+        elif isinstance(event, Deleted):
+            if op is not None and op.phase == _INSERT:
+                ops[ref] = None  # inserted and deleted in one flush: nothing to store
+                continue
+            key = event.key if event.key is not None or op is None else op.key
+            deleted = _Op(table, ref, _DELETE, key, event.seq)
+            deleted.old = dict(event.old)
+            if op is not None:
+                deleted.first_seq = op.first_seq
+                deleted.old.update(op.old)  # what storage still holds, the version included
+            ops[ref] = deleted
+    result: list[_Op] = []
+    for op in ops.values():
+        if op is None:
+            continue
+        if op.phase == _UPDATE:
+            changed = {c: v for c, v in op.values.items() if c in op.parent_refs or op.old.get(c, _MISSING) != v}
+            if not changed:
+                continue
+            op.values = changed
+        result.append(op)
+    return result
+
+
+_MISSING: Any = object()
+
+
+# --- ordering -----------------------------------------------------------------
+
+
+def _plan_rows(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> list[Batch]:
+    if not events:
+        return []
+    ops = _coalesce(events, tables)
+    if not ops:
+        return []
+    _link(ops)
+    return _emit(ops)
+
+
+def _edge(before: _Op, after: _Op) -> None:
+    if before is after:
+        return
+    before.successors.append(after)
+    after.waiting_on += 1
+
+
+def _link(ops: list[_Op]) -> None:
+    inserts_by_ref = {op.ref: op for op in ops if op.phase == _INSERT}
+    inserts_by_key = {(op.table.name, op.key): op for op in ops if op.phase == _INSERT and op.key is not None}
+    deletes_by_key = {(op.table.name, op.key): op for op in ops if op.phase == _DELETE}
+
+    for op in ops:
+        if op.phase == _DELETE:
+            continue
+        for fk in op.table.foreign_keys:
+            if fk.column not in op.values and fk.column not in op.parent_refs:
+                continue
+            parent: _Op | None = None
+            if fk.column in op.parent_refs:
+                parent = inserts_by_ref.get(op.parent_refs[fk.column])
+            elif op.values[fk.column] is not None:
+                parent = inserts_by_key.get((fk.target_table, op.values[fk.column]))
+            if parent is None:
+                continue
+            if parent is op and op.key is not None:
+                continue  # a row may reference itself when its key is known
+            if parent is op:
+                op.successors.append(op)  # self reference through a generated key: a cycle to break
+                op.waiting_on += 1
+                continue
+            _edge(parent, op)
+
+    # children leave (deleted or pointed elsewhere) before the parent is deleted
+    for op in ops:
+        if op.phase == _INSERT:
+            continue
+        for fk in op.table.foreign_keys:
+            if fk.column not in op.old:
+                continue
+            parent = deletes_by_key.get((fk.target_table, op.old[fk.column]))
+            if parent is not None and parent is not op:
+                _edge(op, parent)
+
+    # a unique value (or key) given up earlier in the journal is taken afterwards
+    released: dict[tuple[str, str, Any], _Op] = {}
+    for op in ops:
+        if op.phase == _INSERT:
+            continue
+        for column in op.table.unique_columns:
+            if column in op.old and op.old[column] is not None:
+                if op.phase == _UPDATE and column not in op.values:
+                    continue
+                released[(op.table.name, column, op.old[column])] = op
+        if op.phase == _DELETE and op.key is not None:
+            released[(op.table.name, op.table.key_column, op.key)] = op
+    if not released:
+        return
+    for op in ops:
+        if op.phase == _DELETE:
+            continue
+        for column in op.table.unique_columns:
+            value = op.key if (op.phase == _INSERT and column == op.table.key_column) else op.values.get(column)
+            if value is None or isinstance(value, PendingKey):
+                continue
+            giver = released.get((op.table.name, column, value))
+            if giver is not None and giver is not op and giver.first_seq < op.last_seq:
+                _edge(giver, op)
+
+
+def _group_key(op: _Op) -> tuple[Any, ...]:
+    table = op.table
+    if op.phase == _INSERT:
+        return (_INSERT, table.name, _insert_columns(op), op.key is None and table.primary_key.generated)
+    if op.phase == _UPDATE:
+        columns = tuple(c for c in table.column_names if c in op.values)
+        return (_UPDATE, table.name, columns, _checks_version(op))
+    return (_DELETE, table.name, (), _checks_version(op))
+
+
+def _insert_columns(op: _Op) -> tuple[str, ...]:
+    key_column = op.table.key_column
+    generated = op.key is None and op.table.primary_key.generated
+    return tuple(c for c in op.table.column_names if not (generated and c == key_column))
+
+
+def _checks_version(op: _Op) -> bool:
+    version = op.table.version_column
+    return version is not None and version in op.old and op.old[version] is not None
+
+
+def _emit(ops: list[_Op]) -> list[Batch]:
+    table_rank = _table_ranks(ops)
+    for index, op in enumerate(ops):
+        op.order = index
+    ready: dict[tuple[Any, ...], list[_Op]] = defaultdict(list)
+    for op in ops:
+        if op.waiting_on == 0:
+            ready[_group_key(op)].append(op)
+    remaining = len(ops)
+    batches: list[Batch] = []
+    while remaining:
+        if not ready:
+            _break_cycle([op for op in ops if op.waiting_on > 0], ready)
+            continue
+        group_key = min(ready, key=lambda k: _priority(k, ready[k], table_rank))
+        group = ready.pop(group_key)
+        group.sort(key=lambda op: op.order)
+        batches.append(_batch(group_key, group))
+        remaining -= len(group)
+        for op in group:
+            for successor in op.successors:
+                successor.waiting_on -= 1
+                if successor.waiting_on == 0:
+                    ready[_group_key(successor)].append(successor)
+    return batches
+
+
+def _priority(key: tuple[Any, ...], group: list[_Op], table_rank: Mapping[str, int]) -> tuple[int, int, int]:
+    phase, table = key[0], key[1]
+    rank = table_rank.get(table, 0)
+    if phase == _DELETE:
+        rank = -rank  # children first
+    return (phase, rank, min(op.order for op in group))
+
+
+def _table_ranks(ops: list[_Op]) -> dict[str, int]:
+    """Depth of each table in the foreign-key graph (parents lower)."""
+    tables = {op.table.name: op.table for op in ops}
+    ranks: dict[str, int] = {}
+
+    def rank(name: str, visiting: frozenset[str]) -> int:
+        if name in ranks:
+            return ranks[name]
+        table = tables.get(name)
+        depth = 0
+        if table is not None:
+            for fk in table.foreign_keys:
+                if fk.target_table != name and fk.target_table not in visiting:
+                    depth = max(depth, rank(fk.target_table, visiting | {name}) + 1)
+        ranks[name] = depth
+        return depth
+
+    for name in tables:
+        rank(name, frozenset({name}))
+    return ranks
+
+
+def _break_cycle(blocked: list[_Op], ready: dict[tuple[Any, ...], list[_Op]]) -> None:
+    """Break one cycle among ``blocked`` through a nullable foreign key."""
+    component = _find_cycle(blocked)
+    members = set(map(id, component))
+    for child in component:
+        if child.phase == _INSERT:
+            for fk in child.table.foreign_keys:
+                column_info = child.table.columns[child.table.column_index[fk.column]]
+                if not column_info.nullable:
+                    continue
+                parent = _parent_in(child, fk.column, component)
+                if parent is None:
+                    continue
+                _defer_foreign_key(child, fk.column, parent, ready)
+                return
+        if child.phase == _DELETE:
+            for fk in child.table.foreign_keys:
+                column_info = child.table.columns[child.table.column_index[fk.column]]
+                if not column_info.nullable or child.old.get(fk.column) is None:
+                    continue
+                parent = next(
+                    (
+                        op
+                        for op in child.successors
+                        if id(op) in members
+                        and op.phase == _DELETE
+                        and op.table.name == fk.target_table
+                        and op.key == child.old[fk.column]
+                    ),
+                    None,
+                )
+                if parent is None:
+                    continue
+                _clear_before_delete(child, fk.column, parent, ready)
+                return
+    raise CycleError(
+        "these rows depend on each other in a cycle that no nullable foreign key can break: "
+        + ", ".join(f"{table} {key}" for table, key in (op.label() for op in component)),
+        tables=tuple(dict.fromkeys(op.table.name for op in component)),
+        rows=tuple(op.label() for op in component),
+    )
+
+
+def _parent_in(child: _Op, column: str, component: list[_Op]) -> _Op | None:
+    for op in component:
+        if child not in op.successors:
+            continue
+        if column in child.parent_refs and op.phase == _INSERT and op.ref == child.parent_refs[column]:
+            return op
+        value = child.values.get(column)
+        if value is not None and op.phase == _INSERT and op.key == value:
+            return op
+    return None
+
+
+def _defer_foreign_key(child: _Op, column: str, parent: _Op, ready: dict[tuple[Any, ...], list[_Op]]) -> None:
+    """Insert ``child`` with ``column`` NULL now and set it after ``parent``."""
+    follow_up = _Op(child.table, child.ref, _UPDATE, child.key, child.last_seq)
+    follow_up.values = {column: child.values[column]}
+    follow_up.old = {column: None}
+    if column in child.parent_refs:
+        follow_up.parent_refs[column] = child.parent_refs.pop(column)
+    child.values[column] = None
+    follow_up.order = child.order
+    parent.successors.remove(child)
+    child.waiting_on -= 1
+    _edge(parent, follow_up)
+    _edge(child, follow_up)
+    if child.waiting_on == 0:
+        ready[_group_key(child)].append(child)
+
+
+def _clear_before_delete(child: _Op, column: str, parent: _Op, ready: dict[tuple[Any, ...], list[_Op]]) -> None:
+    """Set ``child``'s ``column`` to NULL before ``parent`` is deleted."""
+    clearing = _Op(child.table, child.ref, _UPDATE, child.key, child.first_seq)
+    clearing.values = {column: None}
+    clearing.old = {column: child.old[column]}
+    clearing.order = child.order
+    child.successors.remove(parent)
+    parent.waiting_on -= 1
+    _edge(clearing, parent)
+    _edge(clearing, child)
+    ready[_group_key(clearing)].append(clearing)
+
+
+def _find_cycle(blocked: list[_Op]) -> list[_Op]:
+    """The operations of one strongly connected component with a cycle."""
+    members = {id(op) for op in blocked}
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    stack: list[_Op] = []
+    on_stack: set[int] = set()
+    counter = 0
+    found: list[_Op] = []
+
+    def strongconnect(root: _Op) -> None:
+        nonlocal counter, found
+        work: list[tuple[_Op, int]] = [(root, 0)]
+        index[id(root)] = low[id(root)] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(id(root))
+        while work and not found:
+            node, position = work[-1]
+            successors = [s for s in node.successors if id(s) in members]
+            if position < len(successors):
+                work[-1] = (node, position + 1)
+                nxt = successors[position]
+                if id(nxt) not in index:
+                    index[id(nxt)] = low[id(nxt)] = counter
+                    counter += 1
+                    stack.append(nxt)
+                    on_stack.add(id(nxt))
+                    work.append((nxt, 0))
+                elif id(nxt) in on_stack:
+                    low[id(node)] = min(low[id(node)], index[id(nxt)])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[id(parent)] = min(low[id(parent)], low[id(node)])
+            if low[id(node)] == index[id(node)]:
+                component: list[_Op] = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(id(member))
+                    component.append(member)
+                    if member is node:
+                        break
+                if len(component) > 1 or node in node.successors:
+                    found = component
+
+    for op in blocked:
+        if id(op) not in index and not found:
+            strongconnect(op)
+    if not found:  # cannot happen when ops are blocked, but keep the error useful
+        found = blocked
+    return sorted(found, key=lambda op: op.order)
+
+
+# --- batches ------------------------------------------------------------------
+
+
+def _value(op: _Op, column: str) -> Any:
+    if column in op.parent_refs:
+        return PendingKey(op.parent_refs[column])
+    return op.values[column]
+
+
+def _row_key(op: _Op) -> Any:
+    return op.key if op.key is not None else PendingKey(op.ref)
+
+
+def _batch(group_key: tuple[Any, ...], group: list[_Op]) -> Batch:
+    phase, _, columns, flag = group_key
+    table = group[0].table
+    refs = [op.ref for op in group]
+    seqs = [op.first_seq if phase == _DELETE else op.last_seq for op in group]
+    if phase == _INSERT:
+        rows = [tuple(_value(op, c) for c in columns) for op in group]
+        return InsertBatch(table, columns, rows, returning_key=flag, refs=refs, seqs=seqs)
+    if phase == _UPDATE:
+        version = table.version_column
+        rows = []
+        for op in group:
+            row = [_value(op, c) for c in columns]
+            row.append(_row_key(op))
+            if flag:
+                row.append(op.old[version])  # type: ignore[index]
+            rows.append(tuple(row))
+        return UpdateBatch(table, columns, rows, check_version=flag, refs=refs, seqs=seqs)
+    keys = [_row_key(op) for op in group]
+    versions = [op.old[table.version_column] for op in group] if flag and table.version_column else None
+    return DeleteBatch(table, keys, versions, refs=refs, seqs=seqs)
+
+
+def _plan_upserts(events: list[Upserted], tables: Mapping[str, TableInfo]) -> list[Batch]:
+    batches: list[Batch] = []
+    current: UpsertBatch | None = None
+    seen: set[tuple[Any, ...]] = set()
+    for event in events:
+        table = tables[event.table]
+        columns = tuple(c for c in table.column_names if c in event.values)
+        target_value = tuple(event.values.get(c) for c in event.conflict_target)
+        shape = (table.name, columns, event.conflict_target, event.update_fields)
+        if (
+            current is None
+            or (current.table.name, current.columns, current.conflict_target, current.update_columns) != shape
+            or target_value in seen
+        ):
+            current = UpsertBatch(table, columns, [], event.conflict_target, event.update_fields)
+            batches.append(current)
+            seen = set()
+        seen.add(target_value)
+        current.rows.append(tuple(event.values[c] for c in columns))
+        current.refs.append(event.ref)
+        current.seqs.append(event.seq)
+    return batches
+
+
+__all__ = ["plan_flush"]
