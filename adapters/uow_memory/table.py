@@ -1,0 +1,132 @@
+"""One table's rows and the indexes kept beside them.
+
+Rows are tuples in ``TableInfo.column_names`` order in a dict keyed by primary
+key. Each unique column has a value -> key index and each foreign-key column a
+value -> set of keys index (so deleting a parent finds its children without a
+scan). A :class:`TableData` is copied as a whole when a transaction first
+writes to it after a savepoint or begin (copy on write); nothing else shares it
+from then on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uow.model import ForeignKeyInfo, TableInfo
+from uow_memory.values import RowCodec, index_key
+
+
+class TableSchema:
+    """What the store derives once from a :class:`TableInfo`."""
+
+    __slots__ = (
+        "codec",
+        "foreign_keys",
+        "generated",
+        "info",
+        "key_index",
+        "name",
+        "not_null",
+        "unique",
+        "version_index",
+    )
+
+    def __init__(self, info: TableInfo):
+        self.info = info
+        self.name = info.name
+        self.codec = RowCodec(info)
+        self.key_index = info.key_index
+        self.generated = info.primary_key.generated
+        self.not_null: tuple[int, ...] = tuple(i for i, c in enumerate(info.columns) if not c.nullable)
+        self.unique: tuple[tuple[str, int], ...] = tuple(
+            (c.name, i) for i, c in enumerate(info.columns) if c.unique and not c.primary_key
+        )
+        self.foreign_keys: tuple[tuple[ForeignKeyInfo, int], ...] = tuple(
+            (fk, info.column_index[fk.column]) for fk in info.foreign_keys
+        )
+        self.version_index = None if info.version_column is None else info.column_index[info.version_column]
+
+
+class TableData:
+    """The rows of one table with its unique and foreign-key indexes."""
+
+    __slots__ = ("refs", "rows", "schema", "unique")
+
+    def __init__(
+        self,
+        schema: TableSchema,
+        rows: dict[Any, tuple[Any, ...]],
+        unique: dict[str, dict[Any, Any]],
+        refs: dict[str, dict[Any, set[Any]]],
+    ):
+        self.schema = schema
+        self.rows = rows
+        self.unique = unique
+        self.refs = refs
+
+    @classmethod
+    def empty(cls, info: TableInfo) -> TableData:
+        """A new table with no rows."""
+        schema = TableSchema(info)
+        return cls(
+            schema, {}, {name: {} for name, _ in schema.unique}, {fk.column: {} for fk, _ in schema.foreign_keys}
+        )
+
+    def copy(self) -> TableData:
+        """An independent copy (rows are immutable tuples and are shared)."""
+        return TableData(
+            self.schema,
+            dict(self.rows),
+            {name: dict(index) for name, index in self.unique.items()},
+            {name: {value: set(keys) for value, keys in index.items()} for name, index in self.refs.items()},
+        )
+
+    @property
+    def name(self) -> str:
+        """The table's name."""
+        return self.schema.name
+
+    def key_of_unique(self, column: str, value: Any) -> Any:
+        """The key of the row holding ``value`` in unique ``column``, or ``None``."""
+        return self.unique[column].get(index_key(value))
+
+    def referencing(self, column: str, value: Any) -> set[Any]:
+        """Keys of rows whose foreign-key ``column`` holds ``value`` (do not mutate)."""
+        return self.refs[column].get(index_key(value), _EMPTY)
+
+    def put(self, key: Any, row: tuple[Any, ...]) -> None:
+        """Store ``row`` under ``key`` (absent) and index it; checks are the caller's."""
+        self.rows[key] = row
+        for name, index in self.schema.unique:
+            value = row[index]
+            if value is not None:
+                self.unique[name][index_key(value)] = key
+        for fk, index in self.schema.foreign_keys:
+            value = row[index]
+            if value is not None:
+                self.refs[fk.column].setdefault(index_key(value), set()).add(key)
+
+    def remove(self, key: Any) -> tuple[Any, ...] | None:
+        """Take the row with ``key`` out of the table and its indexes; return it."""
+        row = self.rows.pop(key, None)
+        if row is None:
+            return None
+        for name, index in self.schema.unique:
+            value = row[index]
+            if value is not None:
+                self.unique[name].pop(index_key(value), None)
+        for fk, index in self.schema.foreign_keys:
+            value = row[index]
+            if value is not None:
+                hashed = index_key(value)
+                keys = self.refs[fk.column].get(hashed)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self.refs[fk.column][hashed]
+        return row
+
+
+_EMPTY: set[Any] = set()
+
+__all__ = ["TableData", "TableSchema"]

@@ -1,0 +1,91 @@
+"""Value handling: what the store keeps and what it hands back.
+
+The store never shares a mutable object with its callers. JSON values are
+round-tripped through msgspec on the way in (so a tuple comes back as a list
+and a Struct as a dict, as from a real database) and copied on the way out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from uow.errors import StorageError
+from uow.model import ColumnInfo, TableInfo
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+Converter = Callable[[Any], Any]
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON value, in the shape a database gives back."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return _decode(_encode(value))
+
+
+def _store_bytes(value: Any) -> Any:
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    return value
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def converter_for(column: ColumnInfo) -> Converter:
+    """The function that turns a value given for ``column`` into the stored value."""
+    if column.kind == "json":
+        return copy_json
+    if column.kind == "bytes":
+        return _store_bytes
+    return _identity
+
+
+class RowCodec:
+    """Copies rows of one table in and out of the store.
+
+    Only JSON columns need work on the way out; tables without them hand back
+    their (immutable) tuples as they are.
+    """
+
+    __slots__ = ("converters", "json_indexes", "table")
+
+    def __init__(self, table: TableInfo):
+        self.table = table
+        self.converters: tuple[Converter, ...] = tuple(converter_for(c) for c in table.columns)
+        self.json_indexes: tuple[int, ...] = tuple(i for i, c in enumerate(table.columns) if c.kind == "json")
+
+    def store_value(self, index: int, value: Any) -> Any:
+        """The value to keep for column number ``index``."""
+        try:
+            return self.converters[index](value)
+        except (TypeError, msgspec.EncodeError, msgspec.DecodeError) as exc:
+            column = self.table.column_names[index]
+            raise StorageError(f"cannot store {value!r} in {self.table.name}.{column}: {exc}") from exc
+
+    def copy_out(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A row a caller may mutate freely without touching the store."""
+        if not self.json_indexes:
+            return row
+        values = list(row)
+        for index in self.json_indexes:
+            values[index] = copy_json(values[index])
+        return tuple(values)
+
+
+def index_key(value: Any) -> Any:
+    """A hashable stand-in for ``value`` in an index (JSON values are encoded)."""
+    try:
+        hash(value)
+    except TypeError:
+        return ("\0json", _encode(value))
+    return value
+
+
+__all__ = ["RowCodec", "copy_json", "converter_for", "index_key"]
