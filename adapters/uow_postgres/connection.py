@@ -1,0 +1,318 @@
+"""One pooled asyncpg connection behind the :class:`uow.adapter.Connection` API.
+
+Every batch is one statement and one round trip whatever its size: columns
+travel as arrays and ``unnest`` turns them back into rows (see
+:mod:`uow_postgres.dialect`). Large inserts whose keys are all known go through
+COPY instead.
+
+Every driver call goes through :meth:`PostgresConnection._call`, which wraps
+driver errors in :mod:`uow.errors` and remembers when the connection can no
+longer be trusted (connection lost, or a call cancelled half-way), so that
+releasing it closes it instead of returning it to the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+import asyncpg.pool
+
+from uow.adapter import Connection
+from uow.batches import (
+    Batch,
+    BatchResult,
+    BulkDeleteBatch,
+    BulkUpdateBatch,
+    DeleteBatch,
+    InsertBatch,
+    UpdateBatch,
+    UpsertBatch,
+)
+from uow.errors import ConfigurationError, IntegrityError, StorageError
+from uow.model import TableInfo
+from uow.statements import Select
+from uow_postgres.dialect import PostgresDialect
+from uow_postgres.errors import Failure, is_connection_error, translate
+
+T = TypeVar("T")
+
+_BEGIN = {
+    None: "BEGIN",
+    "read committed": "BEGIN ISOLATION LEVEL READ COMMITTED",
+    "repeatable read": "BEGIN ISOLATION LEVEL REPEATABLE READ",
+    "serializable": "BEGIN ISOLATION LEVEL SERIALIZABLE",
+}
+
+if TYPE_CHECKING:
+    RawConnection = asyncpg.pool.PoolConnectionProxy[Any]
+else:
+    RawConnection = asyncpg.pool.PoolConnectionProxy
+
+
+def _rowcount(status: str) -> int:
+    """The row count at the end of a command status such as ``UPDATE 3``."""
+    tail = status.rpartition(" ")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _columns_of(
+    rows: Sequence[Sequence[Any]], width: int, encoders: Sequence[Callable[[Any], Any] | None]
+) -> list[Any]:
+    """Rows turned into one sequence per column, each encoded for the driver."""
+    columns: list[Any] = list(zip(*rows)) if rows else [() for _ in range(width)]
+    for index, encode in enumerate(encoders):
+        if encode is not None:
+            columns[index] = encode(columns[index])
+    return columns
+
+
+class PostgresConnection(Connection):
+    """A connection checked out of the adapter's pool for one session."""
+
+    __slots__ = ("raw", "dialect", "copy_threshold", "broken")
+
+    def __init__(self, raw: RawConnection, dialect: PostgresDialect, *, copy_threshold: int):
+        self.raw = raw
+        self.dialect = dialect
+        self.copy_threshold = copy_threshold
+        self.broken = False
+        """Set when the connection's state is unknown: it must be closed, not reused."""
+
+    async def _call(self, operation: Awaitable[T], failure: Failure | None = None) -> T:
+        try:
+            return await operation
+        except Exception as exc:
+            if is_connection_error(exc):
+                self.broken = True
+            raise translate(exc, failure) from exc
+        except BaseException:
+            # Cancelled while the server may still be working on the statement.
+            self.broken = True
+            raise
+
+    def in_transaction(self) -> bool:
+        """Whether the server has a transaction open (failed ones included)."""
+        return self.raw.is_in_transaction()
+
+    # --- transactions ------------------------------------------------------------
+
+    async def begin(self, isolation: str | None = None) -> None:
+        statement = _BEGIN.get(isolation.lower() if isolation else None)
+        if statement is None:
+            raise ConfigurationError(
+                f"unknown isolation level {isolation!r}; use 'read committed', 'repeatable read' or 'serializable'"
+            )
+        await self._call(self.raw.execute(statement))
+
+    async def commit(self) -> None:
+        await self._call(self.raw.execute("COMMIT"))
+
+    async def rollback(self) -> None:
+        await self._call(self.raw.execute("ROLLBACK"))
+
+    async def savepoint(self, name: str) -> None:
+        await self._call(self.raw.execute(f"SAVEPOINT {self.dialect.quote(name)}"))
+
+    async def release_savepoint(self, name: str) -> None:
+        await self._call(self.raw.execute(f"RELEASE SAVEPOINT {self.dialect.quote(name)}"))
+
+    async def rollback_to_savepoint(self, name: str) -> None:
+        await self._call(self.raw.execute(f"ROLLBACK TO SAVEPOINT {self.dialect.quote(name)}"))
+
+    # --- writes ------------------------------------------------------------------
+
+    async def apply(self, batch: Batch) -> BatchResult:
+        if isinstance(batch, InsertBatch):
+            return await self._insert(batch)
+        if isinstance(batch, UpdateBatch):
+            return await self._update(batch)
+        if isinstance(batch, DeleteBatch):
+            return await self._delete(batch)
+        if isinstance(batch, UpsertBatch):
+            return await self._upsert(batch)
+        if isinstance(batch, BulkUpdateBatch):
+            if not batch.values:
+                return BatchResult(rowcount=0)
+            sql, params = self.dialect.bulk_update(batch.table, dict(batch.values), batch.where)
+            return BatchResult(rowcount=_rowcount(await self._call(self.raw.execute(sql, *params))))
+        if isinstance(batch, BulkDeleteBatch):
+            sql, params = self.dialect.bulk_delete(batch.table, batch.where)
+            return BatchResult(rowcount=_rowcount(await self._call(self.raw.execute(sql, *params))))
+        raise TypeError(f"unknown batch {batch!r}")
+
+    def _arrays(self, table: TableInfo, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Any]:
+        return _columns_of(rows, len(columns), self.dialect.column_encoders(table, columns))
+
+    async def _insert(self, batch: InsertBatch) -> BatchResult:
+        table, columns, rows = batch.table, batch.columns, batch.rows
+        if not rows:
+            return BatchResult(rowcount=0, keys=[] if batch.returning_key else None)
+        failure = Failure(table, columns, rows)
+        if batch.returning_key:
+            key_expression = self.dialect.generated_key_expression(table)
+            if key_expression is None:
+                return await self._insert_one_by_one(batch, failure)
+            sql = self.dialect.insert_returning_keys(table, columns, key_expression)
+            args = self._arrays(table, columns, rows) if columns else [len(rows)]
+            records = await self._call(self.raw.fetch(sql, *args), failure)
+            return BatchResult(rowcount=len(records), keys=[record[0] for record in records])
+        if len(rows) >= self.copy_threshold and columns:
+            encode = self.dialect.row_encoder(table, columns)
+            status = await self._call(
+                self.raw.copy_records_to_table(table.name, records=map(encode, rows), columns=list(columns)),
+                failure,
+            )
+            return BatchResult(rowcount=_rowcount(status))
+        if not columns:
+            return await self._insert_one_by_one(batch, failure)
+        sql = self.dialect.insert_rows(table, columns)
+        status = await self._call(self.raw.execute(sql, *self._arrays(table, columns, rows)), failure)
+        return BatchResult(rowcount=_rowcount(status))
+
+    async def _insert_one_by_one(self, batch: InsertBatch, failure: Failure) -> BatchResult:
+        """Row by row, for keys no SQL expression can draw ahead of the insert."""
+        sql = self.dialect.insert(batch.table, batch.columns, batch.returning_key)
+        encode = self.dialect.row_encoder(batch.table, batch.columns)
+        keys: list[Any] = []
+        for index, row in enumerate(batch.rows):
+            one = Failure(failure.table, failure.columns, [row])
+            try:
+                keys.append(await self._call(self.raw.fetchval(sql, *encode(row)), one))
+            except IntegrityError as exc:
+                exc.row_index = index
+                raise
+        return BatchResult(rowcount=len(keys), keys=keys if batch.returning_key else None)
+
+    async def _update(self, batch: UpdateBatch) -> BatchResult:
+        table, rows = batch.table, batch.rows
+        if not rows:
+            return BatchResult(rowcount=0)
+        names = [*batch.columns, table.key_column]
+        if batch.check_version:
+            assert table.version_column is not None
+            names.append(table.version_column)
+        failure = Failure(table, names, rows)
+        arrays = self._arrays(table, names, rows)
+        if not batch.columns:
+            sql = self.dialect.count_matching(table, batch.check_version)
+            return BatchResult(rowcount=int(await self._call(self.raw.fetchval(sql, *arrays), failure)))
+        sql = self.dialect.update_rows(table, batch.columns, batch.check_version)
+        return BatchResult(rowcount=_rowcount(await self._call(self.raw.execute(sql, *arrays), failure)))
+
+    async def _delete(self, batch: DeleteBatch) -> BatchResult:
+        table = batch.table
+        if not batch.keys:
+            return BatchResult(rowcount=0)
+        check_version = batch.expected_versions is not None
+        if batch.expected_versions is not None:
+            assert table.version_column is not None
+            names = [table.key_column, table.version_column]
+            rows: list[tuple[Any, ...]] = list(zip(batch.keys, batch.expected_versions))
+        else:
+            names = [table.key_column]
+            rows = [(key,) for key in batch.keys]
+        failure = Failure(table, names, rows)
+        arrays = self._arrays(table, names, rows)
+        sql = self.dialect.delete_keys(table, check_version)
+        return BatchResult(rowcount=_rowcount(await self._call(self.raw.execute(sql, *arrays), failure)))
+
+    async def _upsert(self, batch: UpsertBatch) -> BatchResult:
+        table, columns, rows = batch.table, batch.columns, batch.rows
+        if not rows:
+            return BatchResult(rowcount=0, rows=[])
+        failure = Failure(table, columns, rows)
+        decode = self.dialect.row_decoder(table)
+        target_positions = [columns.index(c) for c in batch.conflict_target]
+        if any(row[p] is None for row in rows for p in target_positions):
+            # A NULL in the conflict target never conflicts and cannot be matched
+            # back to its input row by value: write those batches row by row.
+            sql = self.dialect.upsert(table, columns, batch.conflict_target, batch.update_columns)
+            encode = self.dialect.row_encoder(table, columns)
+            results = []
+            for row in rows:
+                record = await self._call(self.raw.fetchrow(sql, *encode(row)), Failure(table, columns, [row]))
+                assert record is not None
+                results.append(decode(record))
+            return BatchResult(rowcount=len(results), rows=results)
+        sql = self.dialect.upsert_rows(table, columns, batch.conflict_target, batch.update_columns)
+        records = await self._call(self.raw.fetch(sql, *self._arrays(table, columns, rows)), failure)
+        if len(records) != len(rows):
+            raise StorageError(
+                f"upsert into {table.name} returned {len(records)} rows for {len(rows)} input rows; "
+                "the conflict target must be unique within a batch and not changed by the update"
+            )
+        return BatchResult(rowcount=len(records), rows=[decode(record) for record in records])
+
+    # --- reads -------------------------------------------------------------------
+
+    async def fetch(self, select: Select) -> list[tuple[Any, ...]]:
+        sql, params = self.dialect.select(select)
+        records = await self._call(self.raw.fetch(sql, *params))
+        if select.mode != "rows":
+            return [tuple(record) for record in records]
+        decode = self.dialect.row_decoder(select.table)
+        return [decode(record) for record in records]
+
+    async def stream(self, select: Select, chunk_size: int = 1000) -> AsyncIterator[list[tuple[Any, ...]]]:
+        sql, params = self.dialect.select(select)
+        decode = self.dialect.row_decoder(select.table) if select.mode == "rows" else tuple
+        if self.in_transaction():
+            async for chunk in self._chunks(sql, params, chunk_size, decode):
+                yield chunk
+            return
+        # A server-side cursor lives in a transaction: open one just for it.
+        await self.begin()
+        try:
+            async for chunk in self._chunks(sql, params, chunk_size, decode):
+                yield chunk
+        finally:
+            if not self.broken:
+                await self.rollback()
+
+    async def _chunks(
+        self, sql: str, params: list[Any], chunk_size: int, decode: Callable[[Any], tuple[Any, ...]]
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+        cursor = await self._call(self.raw.cursor(sql, *params))
+        while True:
+            records = await self._call(cursor.fetch(chunk_size))
+            if records:
+                yield [decode(record) for record in records]
+            if len(records) < chunk_size:
+                return
+
+    async def execute_raw(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        args = list(params or ())
+        try:
+            records = await self.raw.fetch(sql, *args)
+        except asyncpg.PostgresSyntaxError as exc:
+            if args or "multiple commands" not in str(exc):
+                raise translate(exc) from exc
+            # Several statements and no parameters: the simple protocol runs them all.
+            await self._call(self.raw.execute(sql))
+            return []
+        except Exception as exc:
+            if is_connection_error(exc):
+                self.broken = True
+            raise translate(exc) from exc
+        except BaseException:
+            self.broken = True
+            raise
+        return [tuple(record) for record in records]
+
+    # --- schema ------------------------------------------------------------------
+
+    async def create_tables(self, tables: Sequence[TableInfo]) -> None:
+        for table in tables:
+            for statement in self.dialect.create_table(table):
+                await self._call(self.raw.execute(statement))
+        await self.raw.reload_schema_state()
+
+    async def drop_tables(self, tables: Sequence[TableInfo]) -> None:
+        if tables:
+            await self._call(self.raw.execute(self.dialect.drop_tables(tables)))
+            await self.raw.reload_schema_state()
+
+
+__all__ = ["PostgresConnection"]
