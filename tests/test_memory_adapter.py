@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from uow_memory import MemoryAdapter, MemoryConnection, discard_store
 
 from uow.adapter import Connection
@@ -21,6 +23,7 @@ from uow.batches import (
 )
 from uow.conditions import Compare, In, IsNull
 from uow.errors import (
+    ConfigurationError,
     IntegrityError,
     OperationalError,
     SerializationFailure,
@@ -573,3 +576,95 @@ async def test_named_stores_are_shared_and_plain_ones_private(anyio_backend: str
         for memory in (one, two, private):
             await memory.close()
         discard_store(name)
+
+
+# --- savepoints and indexes against a plain dict model ----------------------------------------
+
+_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("insert"), st.integers(1, 4), st.integers(0, 3)),
+        st.tuples(st.just("update"), st.integers(1, 4), st.integers(0, 3)),
+        st.tuples(st.just("delete"), st.integers(1, 4), st.just(0)),
+        st.tuples(st.sampled_from(["savepoint", "rollback_to", "release"]), st.sampled_from([1, 2]), st.just(0)),
+        st.tuples(st.sampled_from(["commit", "rollback"]), st.just(0), st.just(0)),
+    ),
+    max_size=30,
+)
+
+
+def _email(value: int) -> str | None:
+    return None if value == 0 else f"{value}@x"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=_operations)
+def test_transactions_match_a_dict_model(anyio_backend: str, operations: list[tuple[str, int, int]]) -> None:
+    async def run() -> None:
+        memory = MemoryAdapter.from_url("memory://")
+        conn = await memory.acquire()
+        await conn.create_tables([AUTHORS])
+        await conn.begin()
+        committed: dict[int, str | None] = {}
+        current: dict[int, str | None] = {}
+        savepoints: list[tuple[int, dict[int, str | None]]] = []
+        for op, key, value in operations:
+            email = _email(value)
+            clash = email is not None and any(e == email and k != key for k, e in current.items())
+            if op == "insert":
+                if key in current or clash:
+                    with pytest.raises(IntegrityError) as info:
+                        await conn.apply(InsertBatch(AUTHORS, ("id", "name", "email"), [(key, "n", email)]))
+                    assert info.value.kind == ("primary_key" if key in current else "unique")
+                else:
+                    await conn.apply(InsertBatch(AUTHORS, ("id", "name", "email"), [(key, "n", email)]))
+                    current[key] = email
+            elif op == "update":
+                if key in current and clash:
+                    with pytest.raises(IntegrityError):
+                        await conn.apply(UpdateBatch(AUTHORS, ("email",), [(email, key)]))
+                else:
+                    result = await conn.apply(UpdateBatch(AUTHORS, ("email",), [(email, key)]))
+                    assert result.rowcount == (key in current)
+                    if key in current:
+                        current[key] = email
+            elif op == "delete":
+                assert (await conn.apply(DeleteBatch(AUTHORS, [key]))).rowcount == (key in current)
+                current.pop(key, None)
+            elif op == "savepoint":
+                await conn.savepoint(f"s{key}")
+                savepoints.append((key, dict(current)))
+            elif op in ("rollback_to", "release"):
+                names = [name for name, _ in savepoints]
+                if key not in names:
+                    with pytest.raises(OperationalError):
+                        await conn.rollback_to_savepoint(f"s{key}")
+                    continue
+                index = len(names) - 1 - names[::-1].index(key)
+                if op == "release":
+                    await conn.release_savepoint(f"s{key}")
+                    del savepoints[index:]
+                else:
+                    await conn.rollback_to_savepoint(f"s{key}")
+                    current = dict(savepoints[index][1])
+                    del savepoints[index + 1 :]
+            else:
+                await (conn.commit() if op == "commit" else conn.rollback())
+                if op == "commit":
+                    committed = dict(current)
+                current = dict(committed)
+                savepoints.clear()
+                await conn.begin()
+            rows = await conn.fetch(Select(AUTHORS))
+            assert {row[0]: row[2] for row in rows} == current
+        await memory.close()
+
+    anyio.run(run, backend=anyio_backend)
+
+
+def test_url_options_are_checked() -> None:
+    assert MemoryAdapter.from_url("memory://?lock_timeout=2.5").lock_timeout == 2.5
+    assert MemoryAdapter.from_url("memory://", lock_timeout=1).lock_timeout == 1.0
+    with pytest.raises(ConfigurationError, match="lock_timout"):
+        MemoryAdapter.from_url("memory://", lock_timout=1)
+    with pytest.raises(ConfigurationError, match="memory://"):
+        MemoryAdapter.from_url("sqlite://")

@@ -73,6 +73,8 @@ class MemoryConnection(Connection):
             return
         await self.store.lock.acquire(self, self.lock_timeout)
         try:
+            if self._tx is not tx:
+                raise OperationalError("the memory connection was closed while it waited for the write lock")
             tx.start_writing()
         except BaseException:
             self.store.lock.release(self)
