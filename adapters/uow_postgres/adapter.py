@@ -15,7 +15,8 @@ Pool settings come from the URL's query string or from keyword options
 ``max_inactive_connection_lifetime``  seconds before an idle connection closes (300)
 ``connect_timeout``                seconds to open a connection (60)
 ``copy_threshold``                 rows from which inserts with known keys use
-                                   COPY (1000)
+                                   COPY (100; COPY measured 1.4-2x faster
+                                   than an unnest INSERT from 100 rows up)
 =================================  ============================================
 
 ``ssl`` and ``server_settings`` keywords are passed to asyncpg as they are.
@@ -45,7 +46,7 @@ _DEFAULTS: dict[str, Any] = {
     "min_size": 2,
     "max_size": 10,
     "statement_cache_size": 100,
-    "copy_threshold": 1000,
+    "copy_threshold": 100,
     "command_timeout": None,
     "acquire_timeout": 30.0,
     "max_inactive_connection_lifetime": 300.0,

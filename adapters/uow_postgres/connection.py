@@ -156,8 +156,8 @@ class PostgresConnection(Connection):
                 return await self._insert_one_by_one(batch, failure)
             sql = self.dialect.insert_returning_keys(table, columns, key_expression)
             args = self._arrays(table, columns, rows) if columns else [len(rows)]
-            records = await self._call(self.raw.fetch(sql, *args), failure)
-            return BatchResult(rowcount=len(records), keys=[record[0] for record in records])
+            keys: list[Any] = await self._call(self.raw.fetchval(sql, *args), failure)
+            return BatchResult(rowcount=len(keys), keys=keys)
         if len(rows) >= self.copy_threshold and columns:
             encode = self.dialect.row_encoder(table, columns)
             status = await self._call(
