@@ -1,0 +1,85 @@
+"""uow: an event-sourced unit of work for async Python.
+
+Models are msgspec Structs; a :class:`AsyncSession` records every change as an
+immutable event in its journal, plans flushes from the foreign keys, and applies
+them through a storage adapter (memory, SQLite, PostgreSQL) in one transaction.
+"""
+
+from uow import errors
+from uow.batches import FlushPlan
+from uow.conditions import Condition
+from uow.engine import Engine, create_engine, register_adapter
+from uow.events import (
+    AnyEvent,
+    BulkDeleted,
+    BulkUpdated,
+    Deleted,
+    Event,
+    Inserted,
+    Restored,
+    SoftDeleted,
+    Updated,
+    Upserted,
+)
+from uow.journal import JournalView, decode, encode, replay
+from uow.model import (
+    ForeignKey,
+    Index,
+    Model,
+    PrimaryKey,
+    SoftDelete,
+    Unique,
+    Versioned,
+    relation,
+    table_info,
+)
+from uow.planner import plan_flush
+from uow.session import (
+    AsyncSession,
+    SavepointTransaction,
+    current_session,
+    require_current_session,
+    session_context,
+    sessionmaker,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnyEvent",
+    "AsyncSession",
+    "BulkDeleted",
+    "BulkUpdated",
+    "Condition",
+    "Deleted",
+    "Engine",
+    "Event",
+    "FlushPlan",
+    "ForeignKey",
+    "Index",
+    "Inserted",
+    "JournalView",
+    "Model",
+    "PrimaryKey",
+    "Restored",
+    "SavepointTransaction",
+    "SoftDelete",
+    "SoftDeleted",
+    "Unique",
+    "Updated",
+    "Upserted",
+    "Versioned",
+    "create_engine",
+    "current_session",
+    "decode",
+    "encode",
+    "errors",
+    "plan_flush",
+    "register_adapter",
+    "relation",
+    "replay",
+    "require_current_session",
+    "session_context",
+    "sessionmaker",
+    "table_info",
+]

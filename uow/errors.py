@@ -21,6 +21,11 @@ class ModelDefinitionError(UowError):
     """A model class declares something uow cannot map to a table."""
 
 
+class ValidationError(UowError, ValueError):
+    """A value does not fit its column, or a field name is unknown; raised before
+    anything is recorded or written."""
+
+
 class SessionStateError(UowError):
     """The session, or an object in it, is not in a state that allows the call."""
 
@@ -110,6 +115,7 @@ class IntegrityError(StorageError):
         self.columns = columns
         self.constraint = constraint
         self.row_index = row_index
+        self.batch_index: int | None = None
         self.event: Any = None
         self.model: type[Any] | None = None
         self.key: Any = None
@@ -166,4 +172,5 @@ __all__ = [
     "StorageError",
     "UnsupportedOperationError",
     "UowError",
+    "ValidationError",
 ]

@@ -33,7 +33,7 @@ import sys
 import types
 import typing
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import msgspec
@@ -221,6 +221,7 @@ class RelationDescriptor:
 # --- the metaclass and base --------------------------------------------------
 
 
+@typing.dataclass_transform(kw_only_default=True, field_specifiers=(msgspec.field,))
 class ModelMeta(StructMeta):
     """Makes every model keyword-only and records its table name."""
 
@@ -384,7 +385,7 @@ class TableInfo:
         """The primary-key value of ``obj`` (``None`` before a generated key exists)."""
         return getattr(obj, self.primary_key.name)
 
-    def from_row(self, row: tuple[Any, ...] | list[Any]) -> Any:
+    def from_row(self, row: Sequence[Any]) -> Any:
         """A new model instance from a row in column order."""
         return self._row_factory(**dict(zip(self.column_names, row)))
 

@@ -1,0 +1,169 @@
+"""Engines: one database, found by URL scheme, with its adapter and pool.
+
+>>> engine = create_engine("sqlite:///app.db")   # doctest: +SKIP
+>>> async with engine:                            # doctest: +SKIP
+...     await engine.create_all(User, Post)
+
+Adapters are looked up in the entry-point group ``uow.adapters`` by the URL's
+scheme (``memory``, ``sqlite``, ``postgresql``, ...), so third-party backends
+plug in the same way the built-in ones do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from uow.adapter import Adapter, Connection
+from uow.errors import ConfigurationError
+from uow.model import Model, TableInfo, model_tables, table_info
+
+_adapter_classes: dict[str, type[Adapter]] = {}
+
+
+def register_adapter(scheme: str, adapter_class: type[Adapter]) -> None:
+    """Register an adapter class for a URL scheme in this process (entry points
+    are the usual way; this is for adapters defined at run time, such as in tests)."""
+    _adapter_classes[scheme] = adapter_class
+
+
+def adapter_class_for(scheme: str) -> type[Adapter]:
+    """The adapter class registered for ``scheme``."""
+    if scheme in _adapter_classes:
+        return _adapter_classes[scheme]
+    found = [ep for ep in entry_points(group="uow.adapters") if ep.name == scheme]
+    if not found:
+        known = sorted({ep.name for ep in entry_points(group="uow.adapters")} | set(_adapter_classes))
+        raise ConfigurationError(
+            f"no storage adapter for URL scheme {scheme!r}; installed: {', '.join(known) or 'none'}"
+        )
+    try:
+        adapter_class = found[0].load()
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the adapter for {scheme!r} could not be imported ({exc}); install its extra, "
+            f"for example pip install 'uow[{'postgres' if scheme.startswith('postgres') else scheme}]'"
+        ) from exc
+    if not (isinstance(adapter_class, type) and issubclass(adapter_class, Adapter)):
+        raise ConfigurationError(f"entry point {scheme!r} does not name an Adapter subclass")
+    _adapter_classes[scheme] = adapter_class
+    return adapter_class
+
+
+def scheme_of(url: str) -> str:
+    """The adapter scheme of a URL (``postgresql+asyncpg://`` gives ``postgresql``)."""
+    if "://" not in url:
+        raise ConfigurationError(f"not a database URL: {url!r} (expected scheme://...)")
+    return url.split("://", 1)[0].split("+", 1)[0].lower()
+
+
+class Engine:
+    """A database: its adapter, its connection pool and the models created in it.
+
+    Create with :func:`create_engine`; use ``async with`` (or call
+    :meth:`dispose`) to close its connections.
+    """
+
+    def __init__(self, url: str, adapter: Adapter):
+        self.url = url
+        self.adapter = adapter
+        self._opened = False
+        self._open_lock = anyio.Lock()
+        self.models: dict[str, type[Model]] = {}
+        self.commit_hooks: list[Callable[[list[Any]], None]] = []
+
+    @property
+    def dialect(self) -> str:
+        """The adapter's URL scheme."""
+        return self.adapter.scheme
+
+    async def _ensure_open(self) -> None:
+        if self._opened:
+            return
+        async with self._open_lock:
+            if not self._opened:
+                await self.adapter.open()
+                self._opened = True
+
+    async def acquire(self) -> Connection:
+        """A connection from the pool (sessions do this for you)."""
+        await self._ensure_open()
+        return await self.adapter.acquire()
+
+    def register(self, *models: type[Model]) -> list[TableInfo]:
+        """Make models known to the engine's sessions without creating tables."""
+        infos = [table_info(m) for m in models]
+        for info in infos:
+            known = self.models.get(info.name)
+            if known is not None and known is not info.model:
+                raise ConfigurationError(
+                    f"table {info.name!r} is already mapped by {known.__qualname__}; "
+                    f"{info.model.__qualname__} cannot map it too in the same engine"
+                )
+            self.models[info.name] = info.model
+        return infos
+
+    async def create_all(self, *models: type[Model]) -> None:
+        """Create the tables of ``models`` (with their constraints) if missing."""
+        self.register(*models)
+        tables = model_tables(list(models))
+        await self._in_transaction(lambda connection: connection.create_tables(tables))
+
+    async def drop_all(self, *models: type[Model]) -> None:
+        """Drop the tables of ``models`` (every registered model when none given)."""
+        chosen = list(models) or list(self.models.values())
+        tables = list(reversed(model_tables(chosen)))
+        await self._in_transaction(lambda connection: connection.drop_tables(tables))
+
+    async def _in_transaction(self, work: Callable[[Connection], Any]) -> None:
+        connection = await self.acquire()
+        try:
+            await connection.begin()
+            try:
+                await work(connection)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await connection.rollback()
+                raise
+            with anyio.CancelScope(shield=True):
+                await connection.commit()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.adapter.release(connection)
+
+    async def dispose(self) -> None:
+        """Close every connection; the engine is not used afterwards."""
+        if self._opened:
+            with anyio.CancelScope(shield=True):
+                await self.adapter.close()
+            self._opened = False
+
+    async def __aenter__(self) -> Engine:
+        await self._ensure_open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.dispose()
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.adapter.scheme}>"
+
+
+def create_engine(url: str, **options: Any) -> Engine:
+    """An :class:`Engine` for ``url``; ``options`` go to the adapter.
+
+    ``memory://``, ``sqlite:///path.db``, ``sqlite://:memory:``,
+    ``postgresql://user@host/db`` (with the ``postgres`` extra installed).
+    No connection is made until the engine is first used.
+    """
+    adapter_class = adapter_class_for(scheme_of(url))
+    return Engine(url, adapter_class.from_url(url, **options))
+
+
+__all__ = ["Engine", "adapter_class_for", "create_engine", "register_adapter", "scheme_of"]

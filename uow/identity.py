@@ -1,0 +1,165 @@
+"""The identity map: one Python object per stored row, with its snapshot.
+
+Each tracked object has an :class:`InstanceState`: its session-local ``ref``,
+its table, its status and a *snapshot*, the tuple of column values the journal
+says it has. Assignments on the object that the journal has not recorded yet
+are the difference between the object and its snapshot; the session turns them
+into ``Updated`` events at flush.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import Enum
+from typing import Any
+
+from uow.model import TableInfo
+
+
+class Status(Enum):
+    """Where a tracked object stands."""
+
+    PENDING = "pending"
+    """Added; its insert is not flushed."""
+    PERSISTENT = "persistent"
+    """Its row is in storage (in this transaction at least)."""
+    DELETED = "deleted"
+    """Deleted; the delete is not flushed."""
+    GONE = "gone"
+    """Deleted and flushed; kept until commit so a rollback can revive it."""
+    DETACHED = "detached"
+    """Not tracked."""
+
+
+class InstanceState:
+    """What the session knows about one tracked object."""
+
+    __slots__ = ("obj", "ref", "table", "snapshot", "status", "expired", "parent_refs")
+
+    def __init__(self, obj: Any, ref: int, table: TableInfo, snapshot: tuple[Any, ...], status: Status):
+        self.obj = obj
+        self.ref = ref
+        self.table = table
+        self.snapshot = snapshot
+        self.status = status
+        self.expired = False
+        self.parent_refs: dict[str, int] | None = None
+        """Foreign-key columns waiting for a parent's generated key (column -> parent ref)."""
+
+    @property
+    def key(self) -> Any:
+        """The primary key as the journal knows it."""
+        return self.snapshot[self.table.key_index]
+
+    def current(self) -> tuple[Any, ...]:
+        """The object's column values now."""
+        return self.table.values_of(self.obj)
+
+    def changes(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(old, new) values of the columns assigned since the snapshot."""
+        now = self.current()
+        if now == self.snapshot:
+            return {}, {}
+        old: dict[str, Any] = {}
+        new: dict[str, Any] = {}
+        for name, before, after in zip(self.table.column_names, self.snapshot, now):
+            if before is not after and before != after:
+                old[name] = before
+                new[name] = after
+        return old, new
+
+    def set_values(self, values: dict[str, Any]) -> None:
+        """Assign column values on the object and in the snapshot."""
+        obj = self.obj
+        for name, value in values.items():
+            setattr(obj, name, value)
+        snapshot = list(self.snapshot)
+        index = self.table.column_index
+        for name, value in values.items():
+            snapshot[index[name]] = value
+        self.snapshot = tuple(snapshot)
+
+    def restore_snapshot(self) -> None:
+        """Undo assignments the journal has not recorded."""
+        obj = self.obj
+        for name, value in zip(self.table.column_names, self.snapshot):
+            setattr(obj, name, value)
+
+    def __repr__(self) -> str:
+        return f"<state {self.table.name} ref={self.ref} {self.status.value}>"
+
+
+class IdentityMap:
+    """Tracked objects by ref, by object identity and by (table, key)."""
+
+    __slots__ = ("by_ref", "_by_obj", "_by_key")
+
+    def __init__(self) -> None:
+        self.by_ref: dict[int, InstanceState] = {}
+        self._by_obj: dict[int, InstanceState] = {}
+        self._by_key: dict[TableInfo, dict[Any, InstanceState]] = {}
+
+    def state_of(self, obj: Any) -> InstanceState | None:
+        """The state of a tracked object, or ``None``."""
+        return self._by_obj.get(id(obj))
+
+    def get(self, table: TableInfo, key: Any) -> InstanceState | None:
+        """The tracked state with that key, or ``None``."""
+        rows = self._by_key.get(table)
+        return None if rows is None else rows.get(key)
+
+    def track(self, state: InstanceState) -> None:
+        """Start tracking (or track again) an object."""
+        self.by_ref[state.ref] = state
+        self._by_obj[id(state.obj)] = state
+        key = state.key
+        if key is not None:
+            self._by_key.setdefault(state.table, {})[key] = state
+
+    def index_key(self, state: InstanceState) -> None:
+        """Register the state under its (possibly new) key."""
+        key = state.key
+        if key is not None:
+            self._by_key.setdefault(state.table, {})[key] = state
+
+    def unindex_key(self, state: InstanceState, key: Any) -> None:
+        """Forget the state under ``key``."""
+        rows = self._by_key.get(state.table)
+        if rows is not None and rows.get(key) is state:
+            del rows[key]
+
+    def untrack(self, state: InstanceState, *, forget_ref: bool = False) -> None:
+        """Stop tracking an object (its ref stays known for undo unless ``forget_ref``)."""
+        if self._by_obj.get(id(state.obj)) is state:
+            del self._by_obj[id(state.obj)]
+        self.unindex_key(state, state.key)
+        if forget_ref:
+            self.by_ref.pop(state.ref, None)
+
+    def forget_refs(self, refs: set[int]) -> None:
+        """Drop ref entries no longer needed for undo."""
+        for ref in refs:
+            self.by_ref.pop(ref, None)
+
+    def states(self) -> Iterator[InstanceState]:
+        """Every tracked state (not the ones only kept for undo)."""
+        return iter(list(self._by_obj.values()))
+
+    def states_of(self, table: TableInfo) -> list[InstanceState]:
+        """Tracked states of one table."""
+        return [s for s in self._by_obj.values() if s.table is table]
+
+    def __len__(self) -> int:
+        return len(self._by_obj)
+
+    def __contains__(self, obj: object) -> bool:
+        return id(obj) in self._by_obj
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.by_ref.clear()
+        self._by_obj.clear()
+        self._by_key.clear()
+
+
+__all__ = ["IdentityMap", "InstanceState", "Status"]

@@ -1,0 +1,1547 @@
+"""The session: tracked objects, the journal, transactions and savepoints.
+
+>>> async with AsyncSession(engine) as session:          # doctest: +SKIP
+...     alice = User(name="Alice", email="alice@example.com")
+...     session.add(alice)
+...     session.add(Post(title="Hello", author=alice))
+...     print(session.plan().explain())
+...     await session.commit()
+
+Every mutating call appends one event to ``session.journal``. ``flush()`` plans
+the pending events (:mod:`uow.planner`) and applies the batches in one
+transaction; ``rollback()`` and savepoint rollbacks truncate the journal and undo
+the removed events on the tracked objects in place, without a query.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+
+from uow.adapter import Connection
+from uow.batches import (
+    Batch,
+    BatchResult,
+    DeleteBatch,
+    FlushPlan,
+    InsertBatch,
+    UpdateBatch,
+    UpsertBatch,
+    resolve_pending,
+)
+from uow.conditions import Compare, Condition, equals_all, matches
+from uow.engine import Engine
+from uow.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    DetachedInstanceError,
+    IntegrityError,
+    ModelDefinitionError,
+    NoResultFound,
+    OperationalError,
+    SessionStateError,
+    StorageError,
+    ValidationError,
+)
+from uow.events import (
+    AnyEvent,
+    BulkDeleted,
+    BulkUpdated,
+    Deleted,
+    Inserted,
+    Restored,
+    RowEvent,
+    SoftDeleted,
+    Updated,
+    Upserted,
+)
+from uow.identity import IdentityMap, InstanceState, Status
+from uow.journal import Journal, JournalView
+from uow.model import Model, RelationDescriptor, TableInfo, is_model, table_info
+from uow.planner import plan_flush
+from uow.statements import Select
+
+M = TypeVar("M", bound=Model)
+
+_current_session: contextvars.ContextVar[AsyncSession | None] = contextvars.ContextVar("uow_session", default=None)
+
+_LIVE = (Status.PENDING, Status.PERSISTENT)
+
+
+def current_session() -> AsyncSession | None:
+    """The session of the running task (set by ``async with session``), or ``None``."""
+    return _current_session.get()
+
+
+def require_current_session() -> AsyncSession:
+    """The session of the running task; raises :class:`SessionStateError` when none."""
+    session = _current_session.get()
+    if session is None:
+        raise SessionStateError("no session is active in this task; use 'async with AsyncSession(engine)'")
+    return session
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class _Savepoint:
+    name: str
+    mark: int
+    had_writes: bool
+
+
+@dataclass
+class _FlushOutcome:
+    generated: dict[int, Any] = field(default_factory=dict)
+    upserted_rows: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    rowcounts: dict[int, int] = field(default_factory=dict)
+
+
+class AsyncSession:
+    """A unit of work over one engine, used by one task at a time.
+
+    ``auto_commit``: every immediate operation (``insert``, ``update``,
+    ``remove``, ``upsert``, ``bulk_*``, ``soft_delete``...) commits at once.
+    ``atomic``: ``async with`` commits on a clean exit. ``auto_rollback``: when
+    ``async with`` is left without committing, tracked objects are restored in
+    place from the journal (the database transaction is rolled back either way).
+    ``autoflush``: reads flush pending events first. ``isolation``: the
+    transaction isolation level, where the backend has levels.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        auto_commit: bool = False,
+        auto_rollback: bool = True,
+        autoflush: bool = True,
+        atomic: bool = False,
+        isolation: str | None = None,
+    ):
+        self.engine = engine
+        self.auto_commit = auto_commit
+        self.auto_rollback = auto_rollback
+        self.autoflush = autoflush
+        self.atomic = atomic
+        self.isolation = isolation
+        self._journal = Journal()
+        self._identity = IdentityMap()
+        self._tables: dict[str, TableInfo] = {}
+        self._connection: Connection | None = None
+        self._in_tx = False
+        self._tx_start = 0
+        self._tx_writes = False
+        self._savepoints: list[_Savepoint] = []
+        self._savepoint_counter = 0
+        self._next_ref = 1
+        self._busy: str | None = None
+        self._cascaded_upto = 0
+        self._context_tokens: list[contextvars.Token[AsyncSession | None]] = []
+        for model in engine.models.values():
+            self._table(model)
+
+    # --- context ------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncSession:
+        self._context_tokens.append(_current_session.set(self))
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if exc_type is None and (self.atomic or self.auto_commit) and self._has_work():
+                await self.commit()
+        finally:
+            try:
+                await self.close(restore=self.auto_rollback)
+            finally:
+                _current_session.reset(self._context_tokens.pop())
+
+    @contextmanager
+    def _exclusive(self, operation: str) -> Any:
+        if self._busy is not None:
+            raise SessionStateError(
+                f"session is busy with {self._busy} in another task; a session serves one task at a time "
+                "(give each task its own session)"
+            )
+        self._busy = operation
+        try:
+            yield
+        finally:
+            self._busy = None
+
+    def _check_idle(self) -> None:
+        if self._busy is not None:
+            raise SessionStateError(
+                f"session is busy with {self._busy} in another task; a session serves one task at a time"
+            )
+
+    # --- public state -----------------------------------------------------------
+
+    @property
+    def journal(self) -> JournalView:
+        """The read-only, live journal of every event this session recorded."""
+        return self._journal.view()
+
+    def in_transaction(self) -> bool:
+        """Whether a database transaction is open."""
+        return self._in_tx
+
+    def is_modified(self, obj: Any) -> bool:
+        """Whether ``obj`` has changes not yet flushed (recorded or assigned)."""
+        state = self._state(obj)
+        if state.status in (Status.PENDING, Status.DELETED):
+            return True
+        return state.current() != state.snapshot or any(
+            getattr(e, "ref", None) == state.ref for e in self._journal.pending
+        )
+
+    def __contains__(self, obj: object) -> bool:
+        state = self._identity.state_of(obj)
+        return state is not None and state.status in _LIVE
+
+    def __iter__(self) -> Any:
+        return iter([s.obj for s in self._identity.states() if s.status in _LIVE])
+
+    def __len__(self) -> int:
+        return sum(1 for s in self._identity.states() if s.status in _LIVE)
+
+    def plan(self) -> FlushPlan:
+        """The plan ``flush()`` would apply now (nothing is recorded or written)."""
+        pending = list(self._journal.pending)
+        seq = self._journal.mark + 1
+        for state in self._identity.states():
+            if state.status in _LIVE:
+                old, new = state.changes()
+                if new:
+                    pending.append(
+                        Updated(
+                            seq=seq, at=_now(), table=state.table.name, ref=state.ref, key=state.key, old=old, new=new
+                        )
+                    )
+                    seq += 1
+        return plan_flush(pending, self._tables)
+
+    # --- bookkeeping ------------------------------------------------------------
+
+    def _table(self, model: type[Any]) -> TableInfo:
+        info = table_info(model)
+        known = self._tables.get(info.name)
+        if known is None:
+            self._tables[info.name] = info
+            for fk in info.foreign_keys:
+                if fk.target_table not in self._tables and fk.target_table != info.name:
+                    from uow.model import resolve_model
+
+                    self._table(resolve_model(fk.target_table))
+        elif known is not info:
+            raise ConfigurationError(
+                f"table {info.name!r} is mapped by both {known.model.__qualname__} and "
+                f"{info.model.__qualname__}; one session can use only one of them"
+            )
+        return info
+
+    def _table_of(self, obj: Any) -> TableInfo:
+        if not is_model(obj):
+            raise ModelDefinitionError(f"{obj!r} is not an instance of a model with a table")
+        return self._table(type(obj))
+
+    def _state(self, obj: Any) -> InstanceState:
+        state = self._identity.state_of(obj)
+        if state is None or state.status is Status.DETACHED:
+            raise DetachedInstanceError(
+                f"{type(obj).__name__} {obj!r} is not tracked by this session; add() it, or get() it first"
+            )
+        return state
+
+    def _live_state(self, obj: Any) -> InstanceState:
+        state = self._state(obj)
+        if state.status not in _LIVE:
+            raise SessionStateError(f"{type(obj).__name__} {obj!r} is deleted in this session")
+        return state
+
+    def _new_ref(self) -> int:
+        ref = self._next_ref
+        self._next_ref += 1
+        return ref
+
+    def _has_work(self) -> bool:
+        return (
+            self._in_tx
+            or self._journal.has_pending()
+            or any(s.status in _LIVE and s.current() != s.snapshot for s in self._identity.states())
+        )
+
+    def _record(self, event: AnyEvent) -> None:
+        self._journal.append(event)
+
+    # --- unit of work: add / delete ----------------------------------------------
+
+    def add(self, obj: Any) -> None:
+        """Track a new object; its insert is recorded now and flushed later.
+
+        Parents assigned through relations are added too. Adding an object that
+        is already tracked does nothing.
+        """
+        self._check_idle()
+        self._add(obj)
+
+    def add_all(self, objects: Iterable[Any]) -> None:
+        """:meth:`add` each object."""
+        self._check_idle()
+        for obj in objects:
+            self._add(obj)
+
+    def _add(self, obj: Any) -> InstanceState:
+        table = self._table_of(obj)
+        state = self._identity.state_of(obj)
+        if state is not None and state.status in _LIVE:
+            return state
+        parent_refs = self._link_parents(obj, table)
+        values = table.values_of(obj)
+        self._validate_new_row(table, values)
+        key = values[table.key_index]
+        if key is not None:
+            other = self._identity.get(table, key)
+            if other is not None and other.obj is not obj and other.status in _LIVE:
+                raise SessionStateError(
+                    f"another {type(obj).__name__} with {table.key_column}={key!r} is already tracked; "
+                    "use merge() to copy this one onto it"
+                )
+        ref = self._new_ref()
+        new_state = InstanceState(obj, ref, table, values, Status.PENDING)
+        new_state.parent_refs = parent_refs or None
+        self._identity.track(new_state)
+        self._record(
+            Inserted(
+                seq=self._journal.next_seq(),
+                at=_now(),
+                table=table.name,
+                ref=ref,
+                key=key,
+                values=table.row_dict(values),
+                parent_refs=dict(parent_refs),
+            )
+        )
+        self._add_children(obj, table, new_state)
+        return new_state
+
+    def _validate_new_row(self, table: TableInfo, values: tuple[Any, ...]) -> None:
+        for column, value in zip(table.columns, values):
+            if value is None and not column.nullable and not column.generated:
+                raise ValidationError(
+                    f"{table.model.__name__}.{column.name} is None but the column is NOT NULL; set a value"
+                )
+
+    def _link_parents(self, obj: Any, table: TableInfo) -> dict[str, int]:
+        """Add new parents assigned through many-to-one relations and fill the
+        foreign keys; returns the columns waiting for a generated key."""
+        waiting: dict[str, int] = {}
+        for relation in table.relations.values():
+            if relation.many or relation.local_column is None:
+                continue
+            descriptor: RelationDescriptor = getattr(table.model, relation.name)
+            parent = descriptor.raw(obj)
+            if not is_model(parent):
+                continue
+            parent_state = self._identity.state_of(parent)
+            if parent_state is None or parent_state.status is Status.DETACHED:
+                parent_state = self._add(parent)
+            if parent_state.key is not None:
+                setattr(obj, relation.local_column, parent_state.key)
+            else:
+                setattr(obj, relation.local_column, None)
+                waiting[relation.local_column] = parent_state.ref
+        return waiting
+
+    def _add_children(self, obj: Any, table: TableInfo, state: InstanceState) -> None:
+        for relation in table.relations.values():
+            if not relation.many or relation.remote_column is None:
+                continue
+            children = getattr(table.model, relation.name).raw(obj)
+            if not isinstance(children, (list, tuple)):
+                continue
+            for child in children:
+                if self._identity.state_of(child) is not None:
+                    continue
+                child_table = self._table_of(child)
+                if state.key is not None:
+                    setattr(child, relation.remote_column, state.key)
+                    self._add(child)
+                else:
+                    setattr(child, relation.remote_column, None)
+                    child_state = self._add(child)
+                    self._journal.truncate(self._journal.mark - 1)  # re-record with the parent link
+                    self._identity.untrack(child_state, forget_ref=True)
+                    values = child_table.values_of(child)
+                    links = dict(child_state.parent_refs or {})
+                    links[relation.remote_column] = state.ref
+                    relinked = InstanceState(child, child_state.ref, child_table, values, Status.PENDING)
+                    relinked.parent_refs = links
+                    self._identity.track(relinked)
+                    self._record(
+                        Inserted(
+                            seq=self._journal.next_seq(),
+                            at=_now(),
+                            table=child_table.name,
+                            ref=relinked.ref,
+                            key=values[child_table.key_index],
+                            values=child_table.row_dict(values),
+                            parent_refs=links,
+                        )
+                    )
+
+    def delete(self, obj: Any) -> None:
+        """Mark a tracked object deleted; the delete is flushed later.
+
+        Tracked children whose foreign key cascades are deleted with it at flush,
+        and those with ``on_delete="set null"`` lose the reference.
+        """
+        self._check_idle()
+        self._delete(self._live_state(obj))
+
+    def _delete(self, state: InstanceState) -> None:
+        self._record_changes(state)
+        state.status = Status.DELETED
+        self._record(
+            Deleted(
+                seq=self._journal.next_seq(),
+                at=_now(),
+                table=state.table.name,
+                ref=state.ref,
+                key=state.key,
+                old=state.table.row_dict(state.snapshot),
+            )
+        )
+
+    # --- change detection -------------------------------------------------------
+
+    def _record_changes(
+        self, state: InstanceState, event_type: type[Updated | SoftDeleted | Restored] = Updated
+    ) -> None:
+        """Turn assignments on ``state.obj`` since its snapshot into an event."""
+        self._sync_relations(state)
+        old, new = state.changes()
+        if not new:
+            return
+        self._record_update(state, old, new, event_type)
+
+    def _record_update(
+        self,
+        state: InstanceState,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        event_type: type[Updated | SoftDeleted | Restored] = Updated,
+        parent_refs: dict[str, int] | None = None,
+    ) -> None:
+        table = state.table
+        version = table.version_column
+        if version is not None and state.status is Status.PERSISTENT and version not in new:
+            current = state.snapshot[table.column_index[version]]
+            old[version] = current
+            new[version] = (current or 0) + 1
+            setattr(state.obj, version, new[version])
+        if table.key_column in new and state.status is Status.PERSISTENT:
+            raise ValidationError(
+                f"{table.model.__name__}.{table.key_column} of a stored row cannot change "
+                f"({old[table.key_column]!r} -> {new[table.key_column]!r}); delete and add instead"
+            )
+        if state.parent_refs:
+            for column in new:
+                if not parent_refs or column not in parent_refs:
+                    state.parent_refs.pop(column, None)
+        if parent_refs:
+            state.parent_refs = {**(state.parent_refs or {}), **parent_refs}
+        values = state.current()
+        state.snapshot = values
+        kwargs: dict[str, Any] = {"old": old, "new": new}
+        if event_type is Updated:
+            kwargs["parent_refs"] = dict(parent_refs or {})
+        self._record(
+            event_type(
+                seq=self._journal.next_seq(),
+                at=_now(),
+                table=table.name,
+                ref=state.ref,
+                key=state.key,
+                **kwargs,
+            )
+        )
+
+    def _sync_relations(self, state: InstanceState) -> None:
+        table = state.table
+        for relation in table.relations.values():
+            if relation.many or relation.local_column is None:
+                continue
+            parent = getattr(table.model, relation.name).raw(state.obj)
+            if not is_model(parent):
+                continue
+            parent_state = self._identity.state_of(parent)
+            if parent_state is None or parent_state.status is Status.DETACHED:
+                parent_state = self._add(parent)
+            column = relation.local_column
+            if parent_state.key is not None:
+                if getattr(state.obj, column) != parent_state.key:
+                    setattr(state.obj, column, parent_state.key)
+                if state.parent_refs:
+                    state.parent_refs.pop(column, None)
+            elif (state.parent_refs or {}).get(column) != parent_state.ref:
+                if state.status is Status.PENDING and (state.parent_refs or {}).get(column) is None:
+                    pass
+                index = table.column_index[column]
+                old_value = state.snapshot[index]
+                setattr(state.obj, column, None)
+                self._record_update(state, {column: old_value}, {column: None}, parent_refs={column: parent_state.ref})
+
+    def _collect_changes(self) -> None:
+        """Record cascades and every assignment since the last flush."""
+        self._cascade_deletes()
+        for state in self._identity.states():
+            if state.status in _LIVE:
+                self._record_changes(state)
+
+    def _cascade_deletes(self) -> None:
+        """Apply foreign-key delete actions to tracked children of deleted rows."""
+        pending = self._journal.pending
+        deleted_keys: dict[str, set[Any]] = {}
+        deleted_refs: set[int] = set()
+        for event in pending:
+            if isinstance(event, Deleted) and event.seq > self._cascaded_upto:
+                if event.key is not None:
+                    deleted_keys.setdefault(event.table, set()).add(event.key)
+                deleted_refs.add(event.ref)
+        if pending:
+            self._cascaded_upto = pending[-1].seq
+        while deleted_keys or deleted_refs:
+            targets = set(deleted_keys)
+            next_keys: dict[str, set[Any]] = {}
+            next_refs: set[int] = set()
+            for state in self._identity.states():
+                if state.status not in _LIVE or not state.table.foreign_keys:
+                    continue
+                for fk in state.table.foreign_keys:
+                    if fk.on_delete not in ("cascade", "set null"):
+                        continue
+                    value = getattr(state.obj, fk.column)
+                    waiting_ref = (state.parent_refs or {}).get(fk.column)
+                    hit = (fk.target_table in targets and value in deleted_keys[fk.target_table]) or (
+                        waiting_ref is not None and waiting_ref in deleted_refs
+                    )
+                    if not hit or state.status not in _LIVE:
+                        continue
+                    if fk.on_delete == "cascade":
+                        self._delete(state)
+                        if state.key is not None:
+                            next_keys.setdefault(state.table.name, set()).add(state.key)
+                        next_refs.add(state.ref)
+                    else:
+                        setattr(state.obj, fk.column, None)
+                        if state.parent_refs:
+                            state.parent_refs.pop(fk.column, None)
+            deleted_keys, deleted_refs = next_keys, next_refs
+        if self._journal.pending:
+            self._cascaded_upto = self._journal.pending[-1].seq
+
+    # --- flush --------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Apply every pending change to the database, in one go.
+
+        Atomic: if any batch fails, none of this flush stays applied, its events
+        stay pending, and the error names the event, model, key and constraint.
+        """
+        with self._exclusive("flush"):
+            await self._flush()
+
+    async def _connection_for_work(self) -> Connection:
+        if self._connection is None:
+            self._connection = await self.engine.acquire()
+        if not self._in_tx:
+            try:
+                await self._connection.begin(self.isolation)
+            except BaseException:
+                await self._drop_connection(discard=True)
+                raise
+            self._in_tx = True
+            self._tx_start = self._journal.flushed_mark
+            self._tx_writes = False
+        return self._connection
+
+    async def _flush(self) -> _FlushOutcome:
+        self._collect_changes()
+        if not self._journal.has_pending():
+            return _FlushOutcome()
+        pending = list(self._journal.pending)
+        plan = plan_flush(pending, self._tables)
+        connection = await self._connection_for_work()
+        savepoint = None
+        if self._tx_writes or self._savepoints:
+            self._savepoint_counter += 1
+            savepoint = f"uow_flush_{self._savepoint_counter}"
+            await connection.savepoint(savepoint)
+        try:
+            outcome = await self._apply(connection, plan)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._undo_failed_flush(connection, savepoint, exc)
+                if isinstance(exc, IntegrityError) and exc.event is None:
+                    await self._explain_integrity_error(exc, plan, pending)
+            raise
+        if savepoint is not None:
+            await connection.release_savepoint(savepoint)
+        self._after_flush(outcome, pending)
+        return outcome
+
+    async def _undo_failed_flush(self, connection: Connection, savepoint: str | None, exc: BaseException) -> None:
+        lost = isinstance(exc, OperationalError)
+        try:
+            if savepoint is not None and not lost:
+                await connection.rollback_to_savepoint(savepoint)
+                await connection.release_savepoint(savepoint)
+                return
+            await connection.rollback()
+            self._in_tx = False
+            if lost:
+                await self._drop_connection(discard=True)
+        except Exception:
+            await self._drop_connection(discard=True)
+        if self._tx_writes:
+            # the transaction, with what earlier flushes wrote, is gone: say so in the objects too
+            self._undo_to(self._tx_start)
+            self._tx_writes = False
+            self._savepoints.clear()
+
+    async def _drop_connection(self, *, discard: bool = False) -> None:
+        connection, self._connection = self._connection, None
+        self._in_tx = False
+        if connection is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.engine.adapter.release(connection, discard=discard)
+                except Exception:
+                    if not discard:
+                        await self.engine.adapter.release(connection, discard=True)
+
+    def _key_of_ref(self, generated: Mapping[int, Any]) -> Callable[[int], Any]:
+        def key_of_ref(ref: int) -> Any:
+            if ref in generated:
+                return generated[ref]
+            if ref in self._journal.generated_keys:
+                return self._journal.generated_keys[ref]
+            state = self._identity.by_ref.get(ref)
+            if state is not None and state.key is not None:
+                return state.key
+            raise SessionStateError(f"row ref {ref} has no key yet: its parent row was never inserted")
+
+        return key_of_ref
+
+    async def _apply(self, connection: Connection, plan: FlushPlan) -> _FlushOutcome:
+        outcome = _FlushOutcome()
+        key_of_ref = self._key_of_ref(outcome.generated)
+        for index, batch in enumerate(plan.batches):
+            resolved = resolve_pending(batch, key_of_ref)
+            try:
+                result = await connection.apply(resolved)
+            except IntegrityError as exc:
+                exc.batch_index = index
+                raise
+            self._check_result(resolved, result)
+            if isinstance(batch, InsertBatch) and batch.returning_key:
+                assert result.keys is not None
+                outcome.generated.update(zip(batch.refs, result.keys))
+            elif isinstance(batch, UpsertBatch) and result.rows is not None:
+                outcome.upserted_rows.update(zip(batch.refs, result.rows))
+            elif batch.kind in ("bulk_update", "bulk_delete"):
+                outcome.rowcounts[batch.seqs[0]] = result.rowcount
+        return outcome
+
+    def _check_result(self, batch: Batch, result: BatchResult) -> None:
+        if (
+            isinstance(batch, InsertBatch)
+            and batch.returning_key
+            and (result.keys is None or len(result.keys) != len(batch.rows))
+        ):
+            raise StorageError(f"the adapter returned no keys for the insert into {batch.table.name}")
+        if isinstance(batch, (UpdateBatch, DeleteBatch)):
+            if isinstance(batch, UpdateBatch):
+                expected = len(batch.rows)
+                keys = [row[len(batch.columns)] for row in batch.rows]
+                checked = batch.check_version
+            else:
+                expected = len(batch.keys)
+                keys = list(batch.keys)
+                checked = batch.expected_versions is not None
+            if result.rowcount != expected:
+                verb = "UPDATE" if isinstance(batch, UpdateBatch) else "DELETE"
+                shown = ", ".join(repr(k) for k in keys[:10]) + (" ..." if len(keys) > 10 else "")
+                raise ConcurrencyError(
+                    f"{verb} {batch.table.name} matched {result.rowcount} of {expected} rows by "
+                    f"{batch.table.key_column} [{shown}]"
+                    + (f" and {batch.table.version_column}" if checked else "")
+                    + ": another transaction changed or deleted them; roll back and retry",
+                    table=batch.table.name,
+                    keys=tuple(keys),
+                )
+
+    async def _explain_integrity_error(self, exc: IntegrityError, plan: FlushPlan, pending: list[AnyEvent]) -> None:
+        """Fill in which event caused a constraint error."""
+        if exc.batch_index is None:
+            return
+        index = exc.batch_index
+        batch = plan.batches[index]
+        row = exc.row_index
+        if row is None and len(batch.seqs) == 1:
+            row = 0
+        if row is None:
+            row = await self._find_failing_row(plan, index)
+        if row is None or row >= len(batch.seqs):
+            return
+        seq = batch.seqs[row]
+        event = next((e for e in pending if e.seq == seq), None)
+        if event is None:
+            return
+        exc.event = event
+        exc.model = self._tables[event.table].model
+        exc.key = getattr(event, "key", None)
+        if exc.key is None and isinstance(event, RowEvent):
+            exc.key = f"<new, ref {event.ref}>"
+
+    async def _find_failing_row(self, plan: FlushPlan, failed_index: int) -> int | None:
+        """Replay the failed flush row by row inside a savepoint that is rolled
+        back, to learn which row the database refuses."""
+        began_here = False
+        try:
+            connection = self._connection
+            if connection is None:
+                return None
+            if not self._in_tx:
+                await connection.begin(self.isolation)
+                began_here = True
+            await connection.savepoint("uow_diagnose")
+            try:
+                outcome = _FlushOutcome()
+                key_of_ref = self._key_of_ref(outcome.generated)
+                for batch in plan.batches[:failed_index]:
+                    result = await connection.apply(resolve_pending(batch, key_of_ref))
+                    if isinstance(batch, InsertBatch) and batch.returning_key and result.keys:
+                        outcome.generated.update(zip(batch.refs, result.keys))
+                batch = plan.batches[failed_index]
+                for position, single in enumerate(_single_rows(batch)):
+                    try:
+                        await connection.apply(resolve_pending(single, key_of_ref))
+                    except IntegrityError:
+                        return position
+                return None
+            finally:
+                await connection.rollback_to_savepoint("uow_diagnose")
+                await connection.release_savepoint("uow_diagnose")
+        except Exception:
+            return None
+        finally:
+            if began_here and self._connection is not None:
+                try:
+                    await self._connection.rollback()
+                except Exception:
+                    await self._drop_connection(discard=True)
+
+    def _after_flush(self, outcome: _FlushOutcome, pending: list[AnyEvent]) -> None:
+        journal = self._journal
+        key_column_of = {name: table.key_column for name, table in self._tables.items()}
+        for ref, key in outcome.generated.items():
+            journal.generated_keys[ref] = key
+            state = self._identity.by_ref.get(ref)
+            if state is not None and state.ref == ref:
+                state.set_values({key_column_of[state.table.name]: key})
+                self._identity.index_key(state)
+        for event in pending:
+            parent_refs = getattr(event, "parent_refs", None)
+            if parent_refs:
+                assert isinstance(event, RowEvent)
+                state = self._identity.by_ref.get(event.ref)
+                if state is None or state.ref != event.ref:
+                    continue
+                for column, parent_ref in parent_refs.items():
+                    if state.parent_refs and state.parent_refs.get(column) == parent_ref:
+                        state.set_values({column: self._key_of_ref(outcome.generated)(parent_ref)})
+                        del state.parent_refs[column]
+        for event in pending:
+            if isinstance(event, Inserted):
+                state = self._identity.by_ref.get(event.ref)
+                if state is not None and state.ref == event.ref and state.status is Status.PENDING:
+                    state.status = Status.PERSISTENT
+            elif isinstance(event, Deleted):
+                state = self._identity.by_ref.get(event.ref)
+                if state is not None and state.ref == event.ref and state.status is Status.DELETED:
+                    state.status = Status.GONE
+                    self._identity.untrack(state)
+        journal.mark_flushed()
+        self._tx_writes = True
+
+    # --- transactions ---------------------------------------------------------------
+
+    async def commit(self) -> None:
+        """Flush, then commit the transaction. Objects keep their values."""
+        with self._exclusive("commit"):
+            await self._commit()
+
+    async def _commit(self) -> None:
+        await self._flush()
+        connection = self._connection
+        if connection is not None and self._in_tx:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await connection.commit()
+                except BaseException:
+                    await self._drop_connection(discard=True)
+                    self._undo_to(self._tx_start)
+                    self._reset_transaction()
+                    raise
+                self._in_tx = False
+        committed = self._journal.events()[self._tx_start :]
+        self._reset_transaction()
+        self._forget_gone()
+        await self._drop_connection()
+        for hook in self.engine.commit_hooks:
+            hook(committed)
+
+    def _reset_transaction(self) -> None:
+        self._tx_start = self._journal.mark
+        self._tx_writes = False
+        self._savepoints.clear()
+
+    def _forget_gone(self) -> None:
+        gone = {ref for ref, s in self._identity.by_ref.items() if s.status in (Status.GONE, Status.DETACHED)}
+        gone |= {ref for ref, s in self._identity.by_ref.items() if s.ref != ref}
+        self._identity.forget_refs(gone)
+
+    async def rollback(self) -> None:
+        """Roll the transaction back and restore every tracked object in place:
+        old values back, rolled-back inserts detached (generated keys cleared),
+        deleted objects tracked again. No query is made."""
+        with self._exclusive("rollback"):
+            await self._rollback()
+
+    async def _rollback(self, *, restore: bool = True) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._connection is not None and self._in_tx:
+                try:
+                    await self._connection.rollback()
+                    self._in_tx = False
+                except Exception:
+                    await self._drop_connection(discard=True)
+            await self._drop_connection()
+            if restore:
+                self._undo_to(self._tx_start)
+            else:
+                self._journal.truncate(self._tx_start)
+            self._reset_transaction()
+
+    def _undo_to(self, mark: int) -> None:
+        """Truncate the journal to ``mark`` and undo the removed events in place."""
+        for state in self._identity.states():
+            if state.status in (*_LIVE, Status.DELETED) and state.current() != state.snapshot:
+                state.restore_snapshot()
+        removed = self._journal.truncate(mark)
+        for event in reversed(removed):
+            self._undo(event)
+        self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1) if removed else self._cascaded_upto
+
+    def _undo(self, event: AnyEvent) -> None:
+        by_ref = self._identity.by_ref
+        if isinstance(event, Inserted):
+            state = by_ref.get(event.ref)
+            if state is None:
+                return
+            self._identity.untrack(state)
+            values = dict(event.values)
+            if state.table.primary_key.generated and event.key is None:
+                values[state.table.key_column] = None
+            state.set_values(values)
+            state.status = Status.DETACHED
+            state.parent_refs = None
+            by_ref.pop(event.ref, None)
+        elif isinstance(event, (Updated, SoftDeleted, Restored)):
+            state = by_ref.get(event.ref)
+            if state is not None:
+                state.set_values(dict(event.old))
+                state.parent_refs = None
+        elif isinstance(event, Deleted):
+            state = by_ref.get(event.ref)
+            if state is not None:
+                self._revive(state, event.old)
+        elif isinstance(event, Upserted):
+            state = by_ref.get(event.ref)
+            if state is None:
+                return
+            if event.old is None:
+                self._identity.untrack(state)
+                state.status = Status.DETACHED
+                values = dict(event.values)
+                if state.table.primary_key.generated and event.key is None:
+                    values[state.table.key_column] = None
+                state.set_values({k: v for k, v in values.items()})
+                by_ref.pop(event.ref, None)
+            else:
+                state.set_values(dict(event.old))
+        elif isinstance(event, BulkUpdated):
+            for ref, old in event.old.items():
+                state = by_ref.get(ref)
+                if state is not None:
+                    state.set_values(dict(old))
+        elif isinstance(event, BulkDeleted):
+            for ref, old in event.old.items():
+                state = by_ref.get(ref)
+                if state is not None:
+                    self._revive(state, old)
+
+    def _revive(self, state: InstanceState, old: Mapping[str, Any]) -> None:
+        state.set_values(dict(old))
+        state.status = Status.PERSISTENT
+        self._identity.track(state)
+
+    # --- savepoints and transaction contexts --------------------------------------
+
+    def begin_nested(self) -> SavepointTransaction:
+        """A savepoint: ``async with session.begin_nested():`` rolls back to it
+        (restoring objects in place) when the block raises and releases it
+        otherwise; ``sp = await session.begin_nested()`` then ``await
+        sp.commit()`` or ``await sp.rollback()`` does the same by hand."""
+        return SavepointTransaction(self)
+
+    async def _begin_savepoint(self) -> _Savepoint:
+        with self._exclusive("begin_nested"):
+            await self._flush()
+            connection = await self._connection_for_work()
+            self._savepoint_counter += 1
+            savepoint = _Savepoint(f"uow_sp_{self._savepoint_counter}", self._journal.mark, self._tx_writes)
+            await connection.savepoint(savepoint.name)
+            self._savepoints.append(savepoint)
+            return savepoint
+
+    async def _release_savepoint(self, savepoint: _Savepoint) -> None:
+        with self._exclusive("savepoint release"):
+            if savepoint not in self._savepoints:
+                raise SessionStateError("this savepoint was already released or rolled back")
+            await self._flush()
+            assert self._connection is not None
+            await self._connection.release_savepoint(savepoint.name)
+            del self._savepoints[self._savepoints.index(savepoint) :]
+
+    async def _rollback_savepoint(self, savepoint: _Savepoint) -> None:
+        with self._exclusive("savepoint rollback"):
+            if savepoint not in self._savepoints:
+                raise SessionStateError("this savepoint was already released or rolled back")
+            with anyio.CancelScope(shield=True):
+                assert self._connection is not None
+                try:
+                    await self._connection.rollback_to_savepoint(savepoint.name)
+                    await self._connection.release_savepoint(savepoint.name)
+                except Exception:
+                    await self._rollback()
+                    raise
+                del self._savepoints[self._savepoints.index(savepoint) :]
+                self._undo_to(savepoint.mark)
+                self._tx_writes = savepoint.had_writes
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncSession]:
+        """A transaction block: commits on a clean exit, rolls back on an error.
+
+        ``async with session.begin(): ...``. Raises :class:`SessionStateError` if
+        the session already holds unsaved work (use :meth:`begin_nested`).
+        """
+        if self._journal.has_pending() or self._tx_writes:
+            raise SessionStateError(
+                "the session already has work in progress; commit or roll it back first, or use begin_nested()"
+            )
+        try:
+            yield self
+        except BaseException:
+            await self.rollback()
+            raise
+        await self.commit()
+
+    transaction = begin
+
+    async def close(self, *, restore: bool = True) -> None:
+        """Roll back any open transaction, release the connection and forget
+        every tracked object. With ``restore`` the objects first get back the
+        values they had at the last commit."""
+        with self._exclusive("close"):
+            await self._rollback(restore=restore)
+            self._identity.clear()
+
+    # --- reads ------------------------------------------------------------------
+
+    async def get(self, model: type[M], key: Any, *, with_deleted: bool = False) -> M | None:
+        """The object with primary key ``key``, or ``None``.
+
+        A tracked object is returned without a query. Soft-deleted rows are
+        left out unless ``with_deleted``.
+        """
+        table = self._table(model)
+        key = self._check_key(table, key)
+        state = self._identity.get(table, key)
+        if state is not None and not state.expired:
+            if state.status not in _LIVE:
+                return None
+            return self._visible(state, with_deleted)  # type: ignore[no-any-return]
+        with self._exclusive("get"):
+            if self.autoflush and self._journal.has_pending():
+                await self._flush()
+            connection = await self._connection_for_work()
+            rows = await connection.fetch(Select(table, Compare(table.key_column, "eq", key)))
+        if not rows:
+            return None
+        state = self._load_row(table, rows[0])
+        return self._visible(state, with_deleted)  # type: ignore[no-any-return]
+
+    def _visible(self, state: InstanceState, with_deleted: bool) -> Any:
+        column = state.table.soft_delete_column
+        if column is not None and not with_deleted and getattr(state.obj, column) is not None:
+            return None
+        return state.obj
+
+    async def get_or_raise(self, model: type[M], key: Any, *, with_deleted: bool = False) -> M:
+        """Like :meth:`get`, but raises :class:`NoResultFound` when there is no such row."""
+        found = await self.get(model, key, with_deleted=with_deleted)
+        if found is None:
+            raise NoResultFound(f"no {model.__name__} with {table_info(model).key_column}={key!r}")
+        return found
+
+    get_one = get_or_raise
+
+    def _check_key(self, table: TableInfo, key: Any) -> Any:
+        python_type = table.primary_key.python_type
+        if isinstance(python_type, type) and isinstance(key, python_type) and not isinstance(key, bool):
+            return key
+        try:
+            return msgspec.convert(key, python_type, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(f"{key!r} is not a valid {table.model.__name__}.{table.key_column}: {exc}") from None
+
+    def _load_row(self, table: TableInfo, row: Sequence[Any]) -> InstanceState:
+        """The tracked object for a fetched row; a tracked object keeps its values
+        (unless expired), so unflushed changes are never overwritten by a read."""
+        key = row[table.key_index]
+        state = self._identity.get(table, key)
+        if state is not None:
+            if state.expired:
+                state.set_values(table.row_dict(tuple(row)))
+                state.expired = False
+            return state
+        obj = table.from_row(row)
+        state = InstanceState(obj, self._new_ref(), table, tuple(row), Status.PERSISTENT)
+        self._identity.track(state)
+        return state
+
+    async def refresh(self, obj: Any) -> None:
+        """Reload a tracked object's columns from the database, discarding
+        assignments not yet flushed. Raises :class:`NoResultFound` (and stops
+        tracking it) when its row is gone."""
+        with self._exclusive("refresh"):
+            state = self._live_state(obj)
+            if self.autoflush and self._journal.has_pending():
+                await self._flush()
+            if state.status is Status.PENDING or state.key is None:
+                raise SessionStateError(f"{type(obj).__name__} is not stored yet; flush it before refresh()")
+            connection = await self._connection_for_work()
+            table = state.table
+            rows = await connection.fetch(Select(table, Compare(table.key_column, "eq", state.key)))
+            if not rows:
+                self._identity.untrack(state)
+                state.status = Status.DETACHED
+                raise NoResultFound(f"{table.model.__name__} {table.key_column}={state.key!r} no longer exists")
+            state.restore_snapshot()
+            state.set_values(table.row_dict(tuple(rows[0])))
+            state.expired = False
+
+    def expire(self, obj: Any) -> None:
+        """Let the next read of this row overwrite the object's values (reads
+        never overwrite a tracked object otherwise). Nothing is loaded now."""
+        self._check_idle()
+        self._live_state(obj).expired = True
+
+    def expire_all(self) -> None:
+        """:meth:`expire` every tracked object."""
+        self._check_idle()
+        for state in self._identity.states():
+            state.expired = True
+
+    def expunge(self, obj: Any) -> None:
+        """Stop tracking an object that has no unflushed changes."""
+        self._check_idle()
+        state = self._state(obj)
+        self._expunge(state)
+
+    def _expunge(self, state: InstanceState) -> None:
+        if state.status in (Status.PENDING, Status.DELETED) or any(
+            getattr(e, "ref", None) == state.ref for e in self._journal.pending
+        ):
+            raise SessionStateError(
+                f"{state.table.model.__name__} ref {state.ref} has unflushed changes; flush or roll back first"
+            )
+        self._identity.untrack(state)
+        state.status = Status.DETACHED
+
+    def expunge_all(self) -> None:
+        """Stop tracking every object (there must be no unflushed changes)."""
+        self._check_idle()
+        if self._journal.has_pending():
+            raise SessionStateError("the session has unflushed changes; flush or roll back first")
+        for state in self._identity.states():
+            self._identity.untrack(state)
+            state.status = Status.DETACHED
+
+    async def merge(self, obj: M) -> M:
+        """The tracked object for ``obj``'s key with ``obj``'s column values
+        copied onto it (loaded if needed); ``obj`` itself is added when no such
+        row exists. The changes are flushed later, like assignments."""
+        table = self._table_of(obj)
+        state = self._identity.state_of(obj)
+        if state is not None and state.status in _LIVE:
+            return obj
+        key = table.key_of(obj)
+        if key is None:
+            self.add(obj)
+            return obj
+        target = await self.get(type(obj), key, with_deleted=True)
+        if target is None:
+            self.add(obj)
+            return obj
+        for name, value in zip(table.column_names, table.values_of(obj)):
+            setattr(target, name, value)
+        return target
+
+    # --- immediate operations -----------------------------------------------------
+
+    async def _done(self) -> None:
+        if self.auto_commit:
+            await self._commit()
+
+    async def insert(self, obj: M) -> M:
+        """Insert ``obj`` now (its generated key is set when this returns)."""
+        with self._exclusive("insert"):
+            self._add(obj)
+            await self._flush()
+            await self._done()
+        return obj
+
+    async def insert_all(self, objects: Iterable[M]) -> list[M]:
+        """Insert every object now, in as few statements as the planner allows."""
+        listed = list(objects)
+        with self._exclusive("insert_all"):
+            for obj in listed:
+                self._add(obj)
+            await self._flush()
+            await self._done()
+        return listed
+
+    async def update(self, obj: M, **values: Any) -> M:
+        """Set ``values`` on a tracked object and write them now."""
+        with self._exclusive("update"):
+            state = self._live_state(obj)
+            checked = self._checked_values(state.table, values)
+            self._record_changes(state)
+            for name, value in checked.items():
+                setattr(obj, name, value)
+            self._record_changes(state)
+            await self._flush()
+            await self._done()
+        return obj
+
+    def _checked_values(self, table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
+        checked: dict[str, Any] = {}
+        for name, value in values.items():
+            if name not in table.column_index:
+                raise ValidationError(
+                    f"{table.model.__name__} has no column {name!r}; columns: {', '.join(table.column_names)}"
+                )
+            column = table.columns[table.column_index[name]]
+            if value is None:
+                if not column.nullable and not column.generated:
+                    raise ValidationError(f"{table.model.__name__}.{name} cannot be None (NOT NULL)")
+                checked[name] = None
+                continue
+            try:
+                checked[name] = msgspec.convert(value, column.python_type, strict=True)
+            except msgspec.ValidationError as exc:
+                raise ValidationError(f"{table.model.__name__}.{name}: {exc} (got {value!r})") from None
+        return checked
+
+    async def remove(self, obj: Any) -> None:
+        """Delete a tracked object now."""
+        with self._exclusive("remove"):
+            self._delete(self._live_state(obj))
+            await self._flush()
+            await self._done()
+
+    async def force_delete(self, obj: Any) -> None:
+        """Delete a soft-deletable object for good, now."""
+        await self.remove(obj)
+
+    async def soft_delete(self, obj: Any) -> None:
+        """Hide a row by setting its soft-delete column (``deleted_at``), now."""
+        with self._exclusive("soft_delete"):
+            state = self._live_state(obj)
+            column = self._soft_delete_column(state.table)
+            self._record_changes(state)
+            if getattr(obj, column) is None:
+                setattr(obj, column, _now())
+                self._record_changes(state, SoftDeleted)
+            await self._flush()
+            await self._done()
+
+    async def restore(self, obj: Any) -> None:
+        """Clear a row's soft-delete column, now."""
+        with self._exclusive("restore"):
+            state = self._live_state(obj)
+            column = self._soft_delete_column(state.table)
+            self._record_changes(state)
+            if getattr(obj, column) is not None:
+                setattr(obj, column, None)
+                self._record_changes(state, Restored)
+            await self._flush()
+            await self._done()
+
+    def _soft_delete_column(self, table: TableInfo) -> str:
+        if table.soft_delete_column is None:
+            raise ModelDefinitionError(
+                f"{table.model.__name__} has no soft-delete column; add the SoftDelete mixin to the model"
+            )
+        return table.soft_delete_column
+
+    async def upsert(
+        self,
+        obj: M,
+        conflict_target: Sequence[str] | None = None,
+        update_fields: Sequence[str] | None = None,
+    ) -> M:
+        """Insert ``obj``, or when a row with the same ``conflict_target`` values
+        exists (the primary key by default) update ``update_fields`` of it (every
+        other column by default; ``()`` to leave it as it is). Returns the tracked
+        object for the resulting row, with the values the database holds."""
+        return (await self.upsert_all([obj], conflict_target, update_fields))[0]
+
+    async def upsert_all(
+        self,
+        objects: Iterable[M],
+        conflict_target: Sequence[str] | None = None,
+        update_fields: Sequence[str] | None = None,
+    ) -> list[M]:
+        """:meth:`upsert` every object, batched."""
+        listed = list(objects)
+        with self._exclusive("upsert"):
+            await self._flush()
+            events: list[tuple[Upserted, Any]] = []
+            for obj in listed:
+                table = self._table_of(obj)
+                target = tuple(conflict_target or (table.key_column,))
+                for column in target:
+                    if column not in table.column_index:
+                        raise ValidationError(f"{table.model.__name__} has no column {column!r} to conflict on")
+                values = table.row_dict(table.values_of(obj))
+                if table.primary_key.generated and values[table.key_column] is None:
+                    if table.key_column in target:
+                        self._add(obj)  # no key to conflict on: a plain insert
+                        events.append((None, obj))  # type: ignore[arg-type]
+                        continue
+                    del values[table.key_column]
+                self._checked_values(table, values)
+                fields = (
+                    tuple(update_fields)
+                    if update_fields is not None
+                    else tuple(c for c in values if c not in target and c != table.key_column)
+                )
+                for column in fields:
+                    if column not in table.column_index:
+                        raise ValidationError(f"{table.model.__name__} has no column {column!r} to update")
+                tracked = self._tracked_match(table, target, values)
+                ref = tracked.ref if tracked is not None else self._new_ref()
+                event = Upserted(
+                    seq=self._journal.next_seq(),
+                    at=_now(),
+                    table=table.name,
+                    ref=ref,
+                    key=values.get(table.key_column),
+                    values=values,
+                    conflict_target=target,
+                    update_fields=fields,
+                    old=table.row_dict(tracked.snapshot) if tracked is not None else None,
+                )
+                self._record(event)
+                events.append((event, obj))
+            outcome = await self._flush()
+            results: list[M] = []
+            for event, obj in events:
+                if event is None:
+                    results.append(obj)
+                    continue
+                results.append(self._settle_upsert(event, obj, outcome))
+            await self._done()
+        return results
+
+    def _tracked_match(
+        self, table: TableInfo, target: tuple[str, ...], values: Mapping[str, Any]
+    ) -> InstanceState | None:
+        if target == (table.key_column,):
+            state = self._identity.get(table, values.get(table.key_column))
+            return state if state is not None and state.status in _LIVE else None
+        wanted = tuple(values.get(c) for c in target)
+        for state in self._identity.states_of(table):
+            if state.status in _LIVE and tuple(state.snapshot[table.column_index[c]] for c in target) == wanted:
+                return state
+        return None
+
+    def _settle_upsert(self, event: Upserted, obj: Any, outcome: _FlushOutcome) -> Any:
+        table = self._tables[event.table]
+        row = outcome.upserted_rows.get(event.ref)
+        state = self._identity.by_ref.get(event.ref)
+        if row is None:
+            return obj
+        if state is not None and state.status in _LIVE:
+            state.set_values(table.row_dict(tuple(row)))
+            return state.obj
+        key = row[table.key_index]
+        existing = self._identity.get(table, key)
+        if existing is not None and existing.status in _LIVE:
+            existing.set_values(table.row_dict(tuple(row)))
+            return existing.obj
+        new_state = InstanceState(obj, event.ref, table, tuple(row), Status.PERSISTENT)
+        new_state.set_values(table.row_dict(tuple(row)))
+        self._identity.track(new_state)
+        return obj
+
+    async def save(self, obj: M) -> M:
+        """Insert or update ``obj`` by primary key (upsert of every column)."""
+        return await self.upsert(obj)
+
+    async def save_all(self, objects: Iterable[M]) -> list[M]:
+        """:meth:`save` every object."""
+        return await self.upsert_all(objects)
+
+    async def bulk_insert(self, model: type[M], rows: Iterable[Mapping[str, Any] | M]) -> int:
+        """Insert many rows without tracking objects for them; returns the count.
+
+        Rows are mappings of column to value or model instances. Each row is
+        journaled as an insert, so rollback and audit still see it.
+        """
+        table = self._table(model)
+        with self._exclusive("bulk_insert"):
+            count = 0
+            for row in rows:
+                if isinstance(row, Mapping):
+                    unknown = set(row) - set(table.column_index)
+                    if unknown:
+                        raise ValidationError(f"{model.__name__} has no column(s) {', '.join(sorted(unknown))}")
+                    instance = msgspec.convert(dict(row), model, strict=False)
+                else:
+                    instance = row
+                values = table.values_of(instance)
+                self._validate_new_row(table, values)
+                self._record(
+                    Inserted(
+                        seq=self._journal.next_seq(),
+                        at=_now(),
+                        table=table.name,
+                        ref=self._new_ref(),
+                        key=values[table.key_index],
+                        values=table.row_dict(values),
+                    )
+                )
+                count += 1
+            await self._flush()
+            await self._done()
+        return count
+
+    async def bulk_update(self, model: type[Any], values: Mapping[str, Any], **filters: Any) -> int:
+        """``UPDATE model SET values WHERE column = value AND ...``; returns the
+        number of rows changed. Tracked objects that match are updated in place."""
+        table = self._table(model)
+        checked = self._checked_values(table, values)
+        if table.key_column in checked:
+            raise ValidationError(f"bulk_update cannot change the primary key {table.key_column!r}")
+        where = self._filters(table, filters)
+        with self._exclusive("bulk_update"):
+            await self._flush()
+            old: dict[int, dict[str, Any]] = {}
+            for state in self._matching(table, where):
+                old[state.ref] = {c: state.snapshot[table.column_index[c]] for c in checked}
+            event = BulkUpdated(seq=self._journal.next_seq(), at=_now(), table=table.name, where=where, values=checked)  # type: ignore[arg-type]
+            self._record(event)
+            for ref in old:
+                self._identity.by_ref[ref].set_values(dict(checked))
+            outcome = await self._flush_recorded(event)
+            await self._done()
+        return outcome.rowcounts.get(event.seq, 0)
+
+    async def bulk_delete(self, model: type[Any], **filters: Any) -> int:
+        """``DELETE FROM model WHERE column = value AND ...``; returns the number
+        of rows deleted. Tracked objects that match stop being tracked."""
+        table = self._table(model)
+        where = self._filters(table, filters)
+        with self._exclusive("bulk_delete"):
+            await self._flush()
+            matched = self._matching(table, where)
+            event = BulkDeleted(
+                seq=self._journal.next_seq(),
+                at=_now(),
+                table=table.name,
+                where=where,  # type: ignore[arg-type]
+                old={s.ref: table.row_dict(s.snapshot) for s in matched},
+            )
+            self._record(event)
+            for state in matched:
+                state.status = Status.GONE
+                self._identity.untrack(state)
+            outcome = await self._flush_recorded(event)
+            await self._done()
+        return outcome.rowcounts.get(event.seq, 0)
+
+    async def _flush_recorded(self, event: AnyEvent) -> _FlushOutcome:
+        try:
+            return await self._flush()
+        except BaseException:
+            if self._journal.pending and self._journal.pending[-1] is event:
+                # a bulk event that did not apply is dropped, and the objects it changed restored
+                self._undo_to(self._journal.mark - 1)
+            raise
+
+    def _filters(self, table: TableInfo, filters: Mapping[str, Any]) -> Condition | None:
+        if not filters:
+            return None
+        for name in filters:
+            if name not in table.column_index:
+                raise ValidationError(
+                    f"{table.model.__name__} has no column {name!r} to filter on; "
+                    f"columns: {', '.join(table.column_names)}"
+                )
+        checked = {
+            name: (None if v is None else self._checked_values(table, {name: v})[name]) for name, v in filters.items()
+        }
+        return equals_all(checked)
+
+    def _matching(self, table: TableInfo, where: Condition | None) -> list[InstanceState]:
+        return [
+            state
+            for state in self._identity.states_of(table)
+            if state.status is Status.PERSISTENT and matches(where, table.row_dict(state.snapshot))
+        ]
+
+    async def execute_raw(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run SQL in the session's transaction with values as parameters (the
+        adapter's placeholder style: ``?`` for SQLite, ``$1`` for PostgreSQL).
+        Pending changes are flushed first."""
+        with self._exclusive("execute_raw"):
+            if self.autoflush:
+                await self._flush()
+            connection = await self._connection_for_work()
+            return await connection.execute_raw(sql, params)
+
+
+def _single_rows(batch: Batch) -> list[Batch]:
+    if isinstance(batch, DeleteBatch):
+        versions = batch.expected_versions
+        return [
+            replace(
+                batch,
+                keys=[key],
+                expected_versions=None if versions is None else [versions[i]],
+                refs=batch.refs[i : i + 1],
+                seqs=batch.seqs[i : i + 1],
+            )
+            for i, key in enumerate(batch.keys)
+        ]
+    if isinstance(batch, (InsertBatch, UpdateBatch, UpsertBatch)):
+        return [
+            replace(batch, rows=[row], refs=batch.refs[i : i + 1], seqs=batch.seqs[i : i + 1])
+            for i, row in enumerate(batch.rows)
+        ]
+    return [batch]
+
+
+class SavepointTransaction:
+    """A savepoint inside the session's transaction (see :meth:`AsyncSession.begin_nested`)."""
+
+    def __init__(self, session: AsyncSession):
+        self._session = session
+        self._savepoint: _Savepoint | None = None
+
+    async def start(self) -> SavepointTransaction:
+        """Set the savepoint (flushing pending changes first)."""
+        if self._savepoint is None:
+            self._savepoint = await self._session._begin_savepoint()
+        return self
+
+    def __await__(self) -> Any:
+        return self.start().__await__()
+
+    async def commit(self) -> None:
+        """Release the savepoint, keeping its changes in the transaction."""
+        assert self._savepoint is not None, "the savepoint was not started"
+        await self._session._release_savepoint(self._savepoint)
+
+    async def rollback(self) -> None:
+        """Undo everything since the savepoint, in the database and in the objects."""
+        assert self._savepoint is not None, "the savepoint was not started"
+        await self._session._rollback_savepoint(self._savepoint)
+
+    async def __aenter__(self) -> SavepointTransaction:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._savepoint is not None
+        if self._savepoint not in self._session._savepoints:
+            return
+        if exc_type is None:
+            await self.commit()
+        else:
+            await self.rollback()
+
+
+@asynccontextmanager
+async def session_context(engine: Engine, **options: Any) -> AsyncIterator[AsyncSession]:
+    """A session that commits when the block succeeds and rolls back when it
+    raises: ``async with session_context(engine) as session: ...``."""
+    options.setdefault("atomic", True)
+    async with AsyncSession(engine, **options) as session:
+        yield session
+
+
+class sessionmaker:
+    """Makes sessions for one engine with shared options::
+
+    Session = sessionmaker(engine, autoflush=False)
+    async with Session() as session: ...
+    """
+
+    def __init__(self, engine: Engine, **options: Any):
+        self.engine = engine
+        self.options = options
+
+    def __call__(self, **overrides: Any) -> AsyncSession:
+        return AsyncSession(self.engine, **{**self.options, **overrides})
+
+
+__all__ = [
+    "AsyncSession",
+    "SavepointTransaction",
+    "current_session",
+    "require_current_session",
+    "session_context",
+    "sessionmaker",
+]

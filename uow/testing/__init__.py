@@ -1,0 +1,1 @@
+"""The public testing kit: hypothesis strategies and state machines for uow sessions and adapters."""
