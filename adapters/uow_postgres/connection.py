@@ -68,6 +68,37 @@ def _columns_of(
     return columns
 
 
+def _several_statements(sql: str) -> bool:
+    """Whether ``sql`` holds a ``;`` between statements (outside quotes and comments)."""
+    text = sql.strip().rstrip(";")
+    index, length = 0, len(text)
+    while index < length:
+        char = text[index]
+        if char in "'\"":
+            end = text.find(char, index + 1)
+            index = length if end < 0 else end + 1
+            continue
+        if text.startswith("--", index):
+            end = text.find("\n", index)
+            index = length if end < 0 else end + 1
+            continue
+        if text.startswith("/*", index):
+            end = text.find("*/", index + 2)
+            index = length if end < 0 else end + 2
+            continue
+        if char == "$":
+            tag_end = text.find("$", index + 1)
+            tag = text[index : tag_end + 1] if tag_end > 0 else ""
+            if tag and (tag == "$$" or tag[1:-1].isidentifier()):
+                end = text.find(tag, tag_end + 1)
+                index = length if end < 0 else end + len(tag)
+                continue
+        if char == ";":
+            return True
+        index += 1
+    return False
+
+
 class PostgresConnection(Connection):
     """A connection checked out of the adapter's pool for one session."""
 
@@ -283,22 +314,16 @@ class PostgresConnection(Connection):
                 return
 
     async def execute_raw(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run caller-written SQL with ``$1``-style parameters and return its rows.
+
+        Several statements separated by ``;`` (and no parameters) run through
+        PostgreSQL's simple protocol, which returns no rows.
+        """
         args = list(params or ())
-        try:
-            records = await self.raw.fetch(sql, *args)
-        except asyncpg.PostgresSyntaxError as exc:
-            if args or "multiple commands" not in str(exc):
-                raise translate(exc) from exc
-            # Several statements and no parameters: the simple protocol runs them all.
+        if not args and _several_statements(sql):
             await self._call(self.raw.execute(sql))
             return []
-        except Exception as exc:
-            if is_connection_error(exc):
-                self.broken = True
-            raise translate(exc) from exc
-        except BaseException:
-            self.broken = True
-            raise
+        records = await self._call(self.raw.fetch(sql, *args))
         return [tuple(record) for record in records]
 
     # --- schema ------------------------------------------------------------------
