@@ -399,7 +399,7 @@ class AsyncSession:
                             ref=relinked.ref,
                             key=values[child_table.key_index],
                             values=child_table.row_dict(values),
-                            parent_refs=links,
+                            parent_refs=dict(links),
                         )
                     )
 
@@ -1379,7 +1379,14 @@ class AsyncSession:
             old: dict[int, dict[str, Any]] = {}
             for state in self._matching(table, where):
                 old[state.ref] = {c: state.snapshot[table.column_index[c]] for c in checked}
-            event = BulkUpdated(seq=self._journal.next_seq(), at=_now(), table=table.name, where=where, values=checked)  # type: ignore[arg-type]
+            event = BulkUpdated(
+                seq=self._journal.next_seq(),
+                at=_now(),
+                table=table.name,
+                where=where,  # type: ignore[arg-type]
+                values=checked,
+                old=old,
+            )
             self._record(event)
             for ref in old:
                 self._identity.by_ref[ref].set_values(dict(checked))
