@@ -9,7 +9,7 @@ A pure function of (events, tables); no I/O, no session. Three steps:
    columns alone: a child is inserted after the parent it points to, a parent is
    deleted after the children pointing at it are deleted or moved away, a row
    that takes a unique value (or primary key) comes after the row that gave it
-   up earlier in the journal. A dependency cycle is broken by inserting one row
+   up in the same flush. A dependency cycle is broken by inserting one row
    with a nullable foreign key left NULL and setting it by a follow-up update;
    when no nullable key breaks it, :class:`~uow.errors.CycleError` names the rows.
 3. **Batch**: ready operations of the same table, kind and column set go into one
@@ -238,7 +238,8 @@ def _link(ops: list[_Op]) -> None:
             if parent is not None and parent is not op:
                 _edge(op, parent)
 
-    # a unique value (or key) given up earlier in the journal is taken afterwards
+    # a unique value (or key) that one row gives up is taken by another only afterwards,
+    # whatever order the journal recorded them in (assignments are recorded at flush)
     released: dict[tuple[str, str, Any], _Op] = {}
     for op in ops:
         if op.phase == _INSERT:
@@ -260,7 +261,7 @@ def _link(ops: list[_Op]) -> None:
             if value is None or isinstance(value, PendingKey):
                 continue
             giver = released.get((op.table.name, column, value))
-            if giver is not None and giver is not op and giver.first_seq < op.last_seq:
+            if giver is not None and giver is not op:
                 _edge(giver, op)
 
 
@@ -297,7 +298,8 @@ def _emit(ops: list[_Op]) -> list[Batch]:
     batches: list[Batch] = []
     while remaining:
         if not ready:
-            _break_cycle([op for op in ops if op.waiting_on > 0], ready)
+            # breaking a cycle adds one operation (the follow-up or clearing update)
+            remaining += _break_cycle([op for op in ops if op.waiting_on > 0], ready)
             continue
         group_key = min(ready, key=lambda k: _priority(k, ready[k], table_rank))
         group = ready.pop(group_key)
@@ -342,8 +344,9 @@ def _table_ranks(ops: list[_Op]) -> dict[str, int]:
     return ranks
 
 
-def _break_cycle(blocked: list[_Op], ready: dict[tuple[Any, ...], list[_Op]]) -> None:
-    """Break one cycle among ``blocked`` through a nullable foreign key."""
+def _break_cycle(blocked: list[_Op], ready: dict[tuple[Any, ...], list[_Op]]) -> int:
+    """Break one cycle among ``blocked`` through a nullable foreign key; returns
+    how many operations that added."""
     component = _find_cycle(blocked)
     members = set(map(id, component))
     for child in component:
@@ -356,7 +359,7 @@ def _break_cycle(blocked: list[_Op], ready: dict[tuple[Any, ...], list[_Op]]) ->
                 if parent is None:
                     continue
                 _defer_foreign_key(child, fk.column, parent, ready)
-                return
+                return 1
         if child.phase == _DELETE:
             for fk in child.table.foreign_keys:
                 column_info = child.table.columns[child.table.column_index[fk.column]]
@@ -376,9 +379,15 @@ def _break_cycle(blocked: list[_Op], ready: dict[tuple[Any, ...], list[_Op]]) ->
                 if parent is None:
                     continue
                 _clear_before_delete(child, fk.column, parent, ready)
-                return
+                return 1
+    swap = all(op.phase == _UPDATE for op in component)
     raise CycleError(
-        "these rows depend on each other in a cycle that no nullable foreign key can break: "
+        (
+            "these rows swap unique values, which no statement order allows; "
+            "give one an intermediate value and flush first: "
+            if swap
+            else "these rows depend on each other in a cycle that no nullable foreign key can break: "
+        )
         + ", ".join(f"{table} {key}" for table, key in (op.label() for op in component)),
         tables=tuple(dict.fromkeys(op.table.name for op in component)),
         rows=tuple(op.label() for op in component),

@@ -770,12 +770,14 @@ class AsyncSession:
             if parent_refs:
                 assert isinstance(event, RowEvent)
                 state = self._identity.by_ref.get(event.ref)
-                if state is None or state.ref != event.ref:
+                if state is None or state.ref != event.ref or state.status not in _LIVE:
                     continue
                 for column, parent_ref in parent_refs.items():
                     if state.parent_refs and state.parent_refs.get(column) == parent_ref:
-                        state.set_values({column: self._key_of_ref(outcome.generated)(parent_ref)})
-                        del state.parent_refs[column]
+                        parent_key = outcome.generated.get(parent_ref, journal.generated_keys.get(parent_ref))
+                        if parent_key is not None:
+                            state.set_values({column: parent_key})
+                            del state.parent_refs[column]
         for event in pending:
             if isinstance(event, Inserted):
                 state = self._identity.by_ref.get(event.ref)

@@ -1,0 +1,372 @@
+"""A differential hypothesis state machine over any set of adapters.
+
+The machine runs one random sequence of session operations (add, assignment,
+delete, soft delete, flush, commit, rollback, savepoints, a refused flush) on a
+session per database URL, in lockstep, and after every step checks that:
+
+- each tracked object holds the values the machine expects (the identity map
+  is right, also after rollbacks restored it in place);
+- what each database holds equals :func:`uow.journal.replay` of that session's
+  flushed journal (the journal is an oracle for storage);
+- every database holds the same rows, compared without generated keys.
+
+Use it in a test module::
+
+    from uow.testing.state_machine import differential_state_machine
+
+    Machine = differential_state_machine("memory://", "sqlite:///tmp/sm.db")
+    TestDifferential = Machine.TestCase
+
+Tables ``sm_owners`` and ``sm_items`` are dropped and created again at the start
+of every example, so the URLs may point at long-lived databases.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import anyio
+import anyio.from_thread
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import uow
+from uow.errors import IntegrityError
+from uow.journal import replay
+from uow.model import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, relation, table_info
+from uow.statements import Select
+
+
+class Owner(Model, table="sm_owners"):
+    """A parent row with a unique name."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    name: Annotated[str, Unique()]
+    score: int = 0
+
+
+class Item(Model, SoftDelete, table="sm_items"):
+    """A child row that cascades with its owner and can be soft-deleted."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    owner_id: Annotated[int | None, ForeignKey(Owner, on_delete="cascade")] = None
+    label: str
+    owner: Owner | None = relation("owner_id")
+
+
+MODELS = (Owner, Item)
+NAMES = st.sampled_from(["ada", "bob", "cy", "dee", "eve", "fay"])
+LABELS = st.sampled_from(["x", "y", "z", "it's", 'quo"te', "ünï"])
+SCORES = st.integers(min_value=-3, max_value=3)
+
+
+class _Expected:
+    """What the machine believes about one object, in every session."""
+
+    def __init__(self, kind: str, values: dict[str, Any], owner: int | None = None):
+        self.kind = kind
+        self.values = values
+        self.owner = owner
+        self.live = True
+        self.cascaded = False
+        """Deleted with its owner; the session cascades at the next flush."""
+
+
+class DifferentialMachine(RuleBasedStateMachine):
+    """Runs the same operations on one session per URL; see the module docstring."""
+
+    urls: Sequence[str] = ("memory://",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
+        self.portal = self._portal_cm.__enter__()
+        self.engines: list[uow.Engine] = []
+        self.sessions: list[uow.AsyncSession] = []
+        self.objects: list[list[Any]] = []  # per session, objects by index
+        self.expected: list[_Expected] = []
+        self.committed: list[_Expected] = []
+        self.savepoints: list[tuple[list[Any], list[_Expected]]] = []
+        self.portal.call(self._open)
+
+    async def _open(self) -> None:
+        for url in self.urls:
+            engine = uow.create_engine(url)
+            await engine.__aenter__()
+            await engine.drop_all(Item, Owner)
+            await engine.create_all(Owner, Item)
+            self.engines.append(engine)
+            self.sessions.append(uow.AsyncSession(engine))
+            self.objects.append([])
+
+    def teardown(self) -> None:
+        async def close() -> None:
+            for session in self.sessions:
+                await session.close()
+            for engine in self.engines:
+                await engine.dispose()
+
+        try:
+            self.portal.call(close)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+
+    # --- helpers ------------------------------------------------------------------
+
+    def _each(self, operation: Any) -> list[Any]:
+        async def run_all() -> list[Any]:
+            return [await operation(i, session) for i, session in enumerate(self.sessions)]
+
+        return self.portal.call(run_all)  # type: ignore[no-any-return]
+
+    def _live(self, kind: str) -> list[int]:
+        return [i for i, e in enumerate(self.expected) if e.live and e.kind == kind]
+
+    def _name_taken(self, name: str) -> bool:
+        return any(e.live and e.kind == "owner" and e.values["name"] == name for e in self.expected)
+
+    def _snapshot(self) -> tuple[list[Any], list[_Expected]]:
+        return ([list(objects) for objects in self.objects], copy.deepcopy(self.expected))
+
+    def _restore(self, saved: list[_Expected]) -> None:
+        restored = copy.deepcopy(saved)
+        restored.extend(_Expected(e.kind, e.values, e.owner) for e in self.expected[len(saved) :])
+        for entry in restored[len(saved) :]:
+            entry.live = False
+        self.expected = restored
+
+    # --- rules ------------------------------------------------------------------------
+
+    @rule(name=NAMES, score=SCORES)
+    def add_owner(self, name: str, score: int) -> None:
+        if self._name_taken(name):
+            return
+        self.expected.append(_Expected("owner", {"name": name, "score": score}))
+
+        async def add(i: int, session: uow.AsyncSession) -> None:
+            owner = Owner(name=name, score=score)
+            session.add(owner)
+            self.objects[i].append(owner)
+
+        self._each(add)
+
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data(), label=LABELS)
+    def add_item(self, data: st.DataObject, label: str) -> None:
+        owner_index = data.draw(st.sampled_from(self._live("owner")))
+        self.expected.append(_Expected("item", {"label": label, "deleted": False}, owner=owner_index))
+
+        async def add(i: int, session: uow.AsyncSession) -> None:
+            item = Item(label=label, owner=self.objects[i][owner_index])
+            session.add(item)
+            self.objects[i].append(item)
+
+        self._each(add)
+
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data(), score=SCORES)
+    def assign_score(self, data: st.DataObject, score: int) -> None:
+        index = data.draw(st.sampled_from(self._live("owner")))
+        self.expected[index].values["score"] = score
+
+        async def assign(i: int, session: uow.AsyncSession) -> None:
+            self.objects[i][index].score = score
+
+        self._each(assign)
+
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data(), name=NAMES)
+    def rename_owner(self, data: st.DataObject, name: str) -> None:
+        index = data.draw(st.sampled_from(self._live("owner")))
+        if self._name_taken(name):
+            return
+        self.expected[index].values["name"] = name
+
+        async def assign(i: int, session: uow.AsyncSession) -> None:
+            self.objects[i][index].name = name
+
+        self._each(assign)
+
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data())
+    def delete_owner(self, data: st.DataObject) -> None:
+        index = data.draw(st.sampled_from(self._live("owner")))
+        self.expected[index].live = False
+        for entry in self.expected:
+            if entry.kind == "item" and entry.owner == index and entry.live:
+                entry.live = False
+                entry.cascaded = True
+
+        async def delete(i: int, session: uow.AsyncSession) -> None:
+            session.delete(self.objects[i][index])
+
+        self._each(delete)
+
+    @precondition(lambda self: bool(self._live("item")))
+    @rule(data=st.data())
+    def delete_item(self, data: st.DataObject) -> None:
+        index = data.draw(st.sampled_from(self._live("item")))
+        self.expected[index].live = False
+
+        async def delete(i: int, session: uow.AsyncSession) -> None:
+            session.delete(self.objects[i][index])
+
+        self._each(delete)
+
+    @precondition(lambda self: bool(self._live("item")))
+    @rule(data=st.data())
+    def soft_delete_item(self, data: st.DataObject) -> None:
+        index = data.draw(st.sampled_from(self._live("item")))
+        self.expected[index].values["deleted"] = True
+        self._flushed()
+
+        async def soft_delete(i: int, session: uow.AsyncSession) -> None:
+            await session.soft_delete(self.objects[i][index])
+
+        self._each(soft_delete)
+
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data())
+    def refused_flush(self, data: st.DataObject) -> None:
+        """A duplicate name is refused at flush; nothing is lost, and removing
+        the culprit lets the next flush through."""
+        index = data.draw(st.sampled_from(self._live("owner")))
+        name = self.expected[index].values["name"]
+
+        async def refuse(i: int, session: uow.AsyncSession) -> None:
+            pending_before = len(session.journal.pending)
+            duplicate = Owner(name=name)
+            session.add(duplicate)
+            try:
+                await session.flush()
+            except IntegrityError as exc:
+                assert exc.kind in ("unique", "primary_key"), exc
+                assert exc.event is not None and exc.event.table == "sm_owners", exc
+            else:
+                raise AssertionError(f"{self.urls[i]}: a duplicate name was accepted")
+            assert len(session.journal.pending) >= pending_before + 1
+            session.delete(duplicate)
+
+        self._flushed()
+        self._each(refuse)
+
+    @rule()
+    def flush(self) -> None:
+        self._flushed()
+        self._each(lambda i, session: session.flush())
+
+    @rule()
+    def commit(self) -> None:
+        self._flushed()
+        self._each(lambda i, session: session.commit())
+        self.committed = copy.deepcopy(self.expected)
+        self.savepoints.clear()
+
+    @rule()
+    def rollback(self) -> None:
+        self._each(lambda i, session: session.rollback())
+        self._restore(self.committed)
+        self.savepoints.clear()
+
+    @rule()
+    def begin_savepoint(self) -> None:
+        self._flushed()
+
+        async def begin(i: int, session: uow.AsyncSession) -> Any:
+            return await session.begin_nested()
+
+        handles = self._each(begin)
+        self.savepoints.append((handles, copy.deepcopy(self.expected)))
+
+    @precondition(lambda self: bool(self.savepoints))
+    @rule()
+    def rollback_savepoint(self) -> None:
+        handles, saved = self.savepoints.pop()
+        self._each(lambda i, session: handles[i].rollback())
+        self._restore(saved)
+
+    @precondition(lambda self: bool(self.savepoints))
+    @rule()
+    def release_savepoint(self) -> None:
+        handles, _ = self.savepoints.pop()
+        self._flushed()
+        self._each(lambda i, session: handles[i].commit())
+
+    def _flushed(self) -> None:
+        for entry in self.expected:
+            entry.cascaded = False
+
+    # --- invariants -------------------------------------------------------------------
+
+    @invariant()
+    def objects_hold_expected_values(self) -> None:
+        for i, session in enumerate(self.sessions):
+            for index, entry in enumerate(self.expected):
+                obj = self.objects[i][index]
+                if not entry.live:
+                    if entry.cascaded:
+                        continue
+                    assert obj not in session, f"{self.urls[i]}: object {index} should not be tracked"
+                    continue
+                assert obj in session, f"{self.urls[i]}: object {index} should be tracked"
+                if entry.kind == "owner":
+                    assert (obj.name, obj.score) == (entry.values["name"], entry.values["score"])
+                else:
+                    assert obj.label == entry.values["label"]
+                    assert (obj.deleted_at is not None) == entry.values["deleted"]
+                    owner = self.objects[i][entry.owner]  # type: ignore[index]
+                    if owner.id is not None:
+                        assert obj.owner_id == owner.id
+
+    @invariant()
+    def storage_equals_replay_and_agrees(self) -> None:
+        tables = {table_info(m).name: table_info(m) for m in MODELS}
+
+        async def storage(i: int, session: uow.AsyncSession) -> dict[str, list[tuple[Any, ...]]]:
+            connection = await session._connection_for_work()
+            return {name: await connection.fetch(Select(table)) for name, table in tables.items()}
+
+        stored = self._each(storage)
+        normalized = []
+        for i, session in enumerate(self.sessions):
+            journal = session.journal
+            expected = replay(journal.flushed, tables, generated_keys=journal.generated_keys)
+            actual = {
+                name: {row[table.key_index]: table.row_dict(tuple(row)) for row in stored[i][name]}
+                for name, table in tables.items()
+            }
+            for name in tables:
+                assert actual[name] == expected.get(name, {}), f"{self.urls[i]}: {name} differs from the journal"
+            normalized.append(_normalize(actual))
+        for i in range(1, len(normalized)):
+            assert normalized[i] == normalized[0], f"{self.urls[i]} and {self.urls[0]} hold different rows"
+
+
+def _normalize(rows: dict[str, dict[Any, dict[str, Any]]]) -> tuple[list[Any], list[Any]]:
+    owners = rows["sm_owners"]
+    owner_rows = sorted((r["name"], r["score"]) for r in owners.values())
+    item_rows = sorted(
+        (
+            owners[r["owner_id"]]["name"] if r["owner_id"] in owners else None,
+            r["label"],
+            r["deleted_at"] is not None,
+        )
+        for r in rows["sm_items"].values()
+    )
+    return owner_rows, item_rows
+
+
+def differential_state_machine(*urls: str) -> type[DifferentialMachine]:
+    """A :class:`DifferentialMachine` subclass running on ``urls`` in lockstep;
+    its ``TestCase`` attribute is a test class pytest and unittest collect."""
+    if not urls:
+        raise ValueError("give at least one database URL")
+    return type("DifferentialMachine", (DifferentialMachine,), {"urls": tuple(urls)})
+
+
+_ = dt  # datetime values appear through SoftDelete's deleted_at
+
+__all__ = ["DifferentialMachine", "Item", "Owner", "differential_state_machine"]
