@@ -170,21 +170,22 @@ class PostgresAdapter(Adapter):
         raw = connection.raw
         pool = self._pool
         with anyio.CancelScope(shield=True):
-            close = discard or connection.broken or raw.is_closed()
-            if not close and raw.is_in_transaction():
-                try:
-                    with anyio.fail_after(RELEASE_TIMEOUT):
-                        await raw.execute("ROLLBACK")
-                except (Exception, TimeoutError):
-                    close = True
-            if close:
-                raw.terminate()
-            if pool is None:
-                return
             try:
-                with anyio.fail_after(RELEASE_TIMEOUT):
-                    await pool.release(raw)
+                close = discard or connection.broken or raw.is_closed()
+                if not close and raw.is_in_transaction():
+                    try:
+                        with anyio.fail_after(RELEASE_TIMEOUT):
+                            await raw.execute("ROLLBACK")
+                    except (Exception, TimeoutError):
+                        close = True
+                if close:
+                    raw.terminate()
+                if pool is not None:
+                    with anyio.fail_after(RELEASE_TIMEOUT):
+                        await pool.release(raw)
             except (Exception, TimeoutError):
+                # Already handed back by asyncpg (the link broke), or the pool's
+                # own reset failed: make sure the connection is closed.
                 with contextlib.suppress(Exception):
                     raw.terminate()
 

@@ -111,9 +111,9 @@ class PostgresConnection(Connection):
         self.broken = False
         """Set when the connection's state is unknown: it must be closed, not reused."""
 
-    async def _call(self, operation: Awaitable[T], failure: Failure | None = None) -> T:
+    async def _call(self, operation: Callable[[], Awaitable[T]], failure: Failure | None = None) -> T:
         try:
-            return await operation
+            return await operation()
         except Exception as exc:
             if is_connection_error(exc):
                 self.broken = True
@@ -123,9 +123,16 @@ class PostgresConnection(Connection):
             self.broken = True
             raise
 
+    async def _run(self, method: str, sql: str, args: Sequence[Any], failure: Failure | None = None) -> Any:
+        """``_call`` of one asyncpg method (``"fetchrow"`` …) with positional arguments."""
+        return await self._call(lambda: getattr(self.raw, method)(sql, *args), failure)
+
     def in_transaction(self) -> bool:
         """Whether the server has a transaction open (failed ones included)."""
-        return self.raw.is_in_transaction()
+        try:
+            return self.raw.is_in_transaction()
+        except asyncpg.InterfaceError:  # the link broke and asyncpg gave the connection back
+            return False
 
     # --- transactions ------------------------------------------------------------
 
@@ -135,22 +142,22 @@ class PostgresConnection(Connection):
             raise ConfigurationError(
                 f"unknown isolation level {isolation!r}; use 'read committed', 'repeatable read' or 'serializable'"
             )
-        await self._call(self.raw.execute(statement))
+        await self._run("execute", statement, ())
 
     async def commit(self) -> None:
-        await self._call(self.raw.execute("COMMIT"))
+        await self._call(lambda: self.raw.execute("COMMIT"))
 
     async def rollback(self) -> None:
-        await self._call(self.raw.execute("ROLLBACK"))
+        await self._call(lambda: self.raw.execute("ROLLBACK"))
 
     async def savepoint(self, name: str) -> None:
-        await self._call(self.raw.execute(f"SAVEPOINT {self.dialect.quote(name)}"))
+        await self._call(lambda: self.raw.execute(f"SAVEPOINT {self.dialect.quote(name)}"))
 
     async def release_savepoint(self, name: str) -> None:
-        await self._call(self.raw.execute(f"RELEASE SAVEPOINT {self.dialect.quote(name)}"))
+        await self._call(lambda: self.raw.execute(f"RELEASE SAVEPOINT {self.dialect.quote(name)}"))
 
     async def rollback_to_savepoint(self, name: str) -> None:
-        await self._call(self.raw.execute(f"ROLLBACK TO SAVEPOINT {self.dialect.quote(name)}"))
+        await self._call(lambda: self.raw.execute(f"ROLLBACK TO SAVEPOINT {self.dialect.quote(name)}"))
 
     # --- writes ------------------------------------------------------------------
 
@@ -167,10 +174,10 @@ class PostgresConnection(Connection):
             if not batch.values:
                 return BatchResult(rowcount=0)
             sql, params = self.dialect.bulk_update(batch.table, dict(batch.values), batch.where)
-            return BatchResult(rowcount=_rowcount(await self._call(self.raw.execute(sql, *params))))
+            return BatchResult(rowcount=_rowcount(await self._call(lambda: self.raw.execute(sql, *params))))
         if isinstance(batch, BulkDeleteBatch):
             sql, params = self.dialect.bulk_delete(batch.table, batch.where)
-            return BatchResult(rowcount=_rowcount(await self._call(self.raw.execute(sql, *params))))
+            return BatchResult(rowcount=_rowcount(await self._call(lambda: self.raw.execute(sql, *params))))
         raise TypeError(f"unknown batch {batch!r}")
 
     def _arrays(self, table: TableInfo, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Any]:
@@ -187,19 +194,19 @@ class PostgresConnection(Connection):
                 return await self._insert_one_by_one(batch, failure)
             sql = self.dialect.insert_returning_keys(table, columns, key_expression)
             args = self._arrays(table, columns, rows) if columns else [len(rows)]
-            keys: list[Any] = await self._call(self.raw.fetchval(sql, *args), failure)
+            keys: list[Any] = await self._call(lambda: self.raw.fetchval(sql, *args), failure)
             return BatchResult(rowcount=len(keys), keys=keys)
         if len(rows) >= self.copy_threshold and columns:
             encode = self.dialect.row_encoder(table, columns)
             status = await self._call(
-                self.raw.copy_records_to_table(table.name, records=map(encode, rows), columns=list(columns)),
+                lambda: self.raw.copy_records_to_table(table.name, records=map(encode, rows), columns=list(columns)),
                 failure,
             )
             return BatchResult(rowcount=_rowcount(status))
         if not columns:
             return await self._insert_one_by_one(batch, failure)
         sql = self.dialect.insert_rows(table, columns)
-        status = await self._call(self.raw.execute(sql, *self._arrays(table, columns, rows)), failure)
+        status = await self._call(lambda: self.raw.execute(sql, *self._arrays(table, columns, rows)), failure)
         return BatchResult(rowcount=_rowcount(status))
 
     async def _insert_one_by_one(self, batch: InsertBatch, failure: Failure) -> BatchResult:
@@ -210,7 +217,7 @@ class PostgresConnection(Connection):
         for index, row in enumerate(batch.rows):
             one = Failure(failure.table, failure.columns, [row])
             try:
-                keys.append(await self._call(self.raw.fetchval(sql, *encode(row)), one))
+                keys.append(await self._run("fetchval", sql, encode(row), one))
             except IntegrityError as exc:
                 exc.row_index = index
                 raise
@@ -228,9 +235,9 @@ class PostgresConnection(Connection):
         arrays = self._arrays(table, names, rows)
         if not batch.columns:
             sql = self.dialect.count_matching(table, batch.check_version)
-            return BatchResult(rowcount=int(await self._call(self.raw.fetchval(sql, *arrays), failure)))
+            return BatchResult(rowcount=int(await self._call(lambda: self.raw.fetchval(sql, *arrays), failure)))
         sql = self.dialect.update_rows(table, batch.columns, batch.check_version)
-        return BatchResult(rowcount=_rowcount(await self._call(self.raw.execute(sql, *arrays), failure)))
+        return BatchResult(rowcount=_rowcount(await self._call(lambda: self.raw.execute(sql, *arrays), failure)))
 
     async def _delete(self, batch: DeleteBatch) -> BatchResult:
         table = batch.table
@@ -247,7 +254,7 @@ class PostgresConnection(Connection):
         failure = Failure(table, names, rows)
         arrays = self._arrays(table, names, rows)
         sql = self.dialect.delete_keys(table, check_version)
-        return BatchResult(rowcount=_rowcount(await self._call(self.raw.execute(sql, *arrays), failure)))
+        return BatchResult(rowcount=_rowcount(await self._call(lambda: self.raw.execute(sql, *arrays), failure)))
 
     async def _upsert(self, batch: UpsertBatch) -> BatchResult:
         table, columns, rows = batch.table, batch.columns, batch.rows
@@ -263,12 +270,12 @@ class PostgresConnection(Connection):
             encode = self.dialect.row_encoder(table, columns)
             results = []
             for row in rows:
-                record = await self._call(self.raw.fetchrow(sql, *encode(row)), Failure(table, columns, [row]))
+                record = await self._run("fetchrow", sql, encode(row), Failure(table, columns, [row]))
                 assert record is not None
                 results.append(decode(record))
             return BatchResult(rowcount=len(results), rows=results)
         sql = self.dialect.upsert_rows(table, columns, batch.conflict_target, batch.update_columns)
-        records = await self._call(self.raw.fetch(sql, *self._arrays(table, columns, rows)), failure)
+        records = await self._call(lambda: self.raw.fetch(sql, *self._arrays(table, columns, rows)), failure)
         if len(records) != len(rows):
             raise StorageError(
                 f"upsert into {table.name} returned {len(records)} rows for {len(rows)} input rows; "
@@ -280,7 +287,7 @@ class PostgresConnection(Connection):
 
     async def fetch(self, select: Select) -> list[tuple[Any, ...]]:
         sql, params = self.dialect.select(select)
-        records = await self._call(self.raw.fetch(sql, *params))
+        records = await self._call(lambda: self.raw.fetch(sql, *params))
         if select.mode != "rows":
             return [tuple(record) for record in records]
         decode = self.dialect.row_decoder(select.table)
@@ -305,9 +312,9 @@ class PostgresConnection(Connection):
     async def _chunks(
         self, sql: str, params: list[Any], chunk_size: int, decode: Callable[[Any], tuple[Any, ...]]
     ) -> AsyncIterator[list[tuple[Any, ...]]]:
-        cursor = await self._call(self.raw.cursor(sql, *params))
+        cursor = await self._call(lambda: self.raw.cursor(sql, *params))
         while True:
-            records = await self._call(cursor.fetch(chunk_size))
+            records = await self._call(lambda: cursor.fetch(chunk_size))
             if records:
                 yield [decode(record) for record in records]
             if len(records) < chunk_size:
@@ -321,9 +328,9 @@ class PostgresConnection(Connection):
         """
         args = list(params or ())
         if not args and _several_statements(sql):
-            await self._call(self.raw.execute(sql))
+            await self._call(lambda: self.raw.execute(sql))
             return []
-        records = await self._call(self.raw.fetch(sql, *args))
+        records = await self._call(lambda: self.raw.fetch(sql, *args))
         return [tuple(record) for record in records]
 
     # --- schema ------------------------------------------------------------------
@@ -331,12 +338,12 @@ class PostgresConnection(Connection):
     async def create_tables(self, tables: Sequence[TableInfo]) -> None:
         for table in tables:
             for statement in self.dialect.create_table(table):
-                await self._call(self.raw.execute(statement))
+                await self._run("execute", statement, ())
         await self.raw.reload_schema_state()
 
     async def drop_tables(self, tables: Sequence[TableInfo]) -> None:
         if tables:
-            await self._call(self.raw.execute(self.dialect.drop_tables(tables)))
+            await self._call(lambda: self.raw.execute(self.dialect.drop_tables(tables)))
             await self.raw.reload_schema_state()
 
 
