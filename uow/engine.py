@@ -11,16 +11,22 @@ plug in the same way the built-in ones do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from uow.adapter import Adapter, Connection
-from uow.errors import ConfigurationError
+from uow.errors import ConfigurationError, SerializationFailure
 from uow.model import Model, TableInfo, model_tables, table_info
+
+if TYPE_CHECKING:
+    from uow.session import AsyncSession
+
+T = TypeVar("T")
 
 _adapter_classes: dict[str, type[Adapter]] = {}
 
@@ -134,6 +140,48 @@ class Engine:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.adapter.release(connection)
+
+    async def run_in_transaction(
+        self,
+        work: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        retries: int = 5,
+        backoff: float = 0.02,
+        max_backoff: float = 1.0,
+        isolation: str | None = None,
+        **session_options: Any,
+    ) -> T:
+        """Run ``work(session)`` as one transaction, committed when it returns,
+        and run it again from the start on a serialization failure or deadlock
+        (SQLSTATE 40001, 40P01), up to ``retries`` more times with jittered
+        exponential backoff.
+
+        The contract PostgreSQL-compatible distributed databases ask of clients::
+
+            async def transfer(session):
+                source = await session.get_one(Account, 1)
+                source.balance -= 10
+                ...
+            await engine.run_in_transaction(transfer, isolation="serializable")
+
+        ``work`` must be safe to run again: each attempt gets a fresh session,
+        and only the attempt that commits leaves anything behind.
+        """
+        from uow.session import AsyncSession
+
+        attempt = 0
+        while True:
+            try:
+                async with AsyncSession(self, isolation=isolation, **session_options) as session:
+                    result = await work(session)
+                    await session.commit()
+                return result
+            except SerializationFailure:
+                attempt += 1
+                if attempt > retries:
+                    raise
+                delay = min(max_backoff, backoff * 2 ** (attempt - 1))
+                await anyio.sleep(delay * random.uniform(0.5, 1.5))
 
     async def dispose(self) -> None:
         """Close every connection; the engine is not used afterwards."""

@@ -221,7 +221,6 @@ class RelationDescriptor:
 # --- the metaclass and base --------------------------------------------------
 
 
-@typing.dataclass_transform(kw_only_default=True, field_specifiers=(msgspec.field,))
 class ModelMeta(StructMeta):
     """Makes every model keyword-only and records its table name."""
 
@@ -268,6 +267,7 @@ def _merge_mixin_fields(bases: tuple[type, ...], namespace: dict[str, Any]) -> N
                         namespace.setdefault(field, klass.__dict__[field])
 
 
+@typing.dataclass_transform(kw_only_default=True, field_specifiers=(msgspec.field,))
 class Model(msgspec.Struct, metaclass=ModelMeta):
     """Base class of every model; a model with ``table=`` maps to that table."""
 
@@ -506,19 +506,22 @@ def _build_table_info(model: type[Model]) -> TableInfo:
         fk_info = None
         if fk is not None:
             target = resolve_model(fk.target, near=model)
-            target_info = target.__uow_table__ if target is model else None
-            if target is model:
-                target_column = next(
+            target_name = target.__uow_table_name__
+            if target_name is None:
+                raise ModelDefinitionError(f"{model.__name__}.{field}: {target.__name__} is not a model with a table")
+            # only the target's key column is needed: building the target's whole
+            # TableInfo here would recurse forever when two tables reference each other
+            target_hints = hints if target is model else typing.get_type_hints(target, include_extras=True)
+            target_column = next(
+                (
                     f
-                    for f in model.__struct_fields__
-                    if any(isinstance(m, PrimaryKey) for m in _split_annotation(hints[f])[1])
-                )
-                target_name = model.__uow_table_name__
-            else:
-                target_info = table_info(target)
-                target_column = target_info.key_column
-                target_name = target_info.name
-            assert target_name is not None
+                    for f in target.__struct_fields__
+                    if any(isinstance(m, PrimaryKey) for m in _split_annotation(target_hints[f])[1])
+                ),
+                None,
+            )
+            if target_column is None:
+                raise ModelDefinitionError(f"{model.__name__}.{field}: {target.__name__} declares no PrimaryKey()")
             fk_info = ForeignKeyInfo(field, target_name, target_column, fk.on_delete)
             if fk.on_delete == "set null" and not nullable:
                 raise ModelDefinitionError(f"{model.__name__}.{field}: on_delete='set null' needs a nullable column")

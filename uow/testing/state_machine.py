@@ -120,7 +120,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         async def run_all() -> list[Any]:
             return [await operation(i, session) for i, session in enumerate(self.sessions)]
 
-        return self.portal.call(run_all)  # type: ignore[no-any-return]
+        return self.portal.call(run_all)
 
     def _live(self, kind: str) -> list[int]:
         return [i for i, e in enumerate(self.expected) if e.live and e.kind == kind]
