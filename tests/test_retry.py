@@ -1,0 +1,96 @@
+"""engine.run_in_transaction: a whole unit of work re-run on serialization failures."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+import anyio
+import pytest
+
+import uow
+from uow import AsyncSession, Model, PrimaryKey
+from uow.errors import SerializationFailure
+
+
+class Counter(Model, table="retry_counters"):
+    id: Annotated[int, PrimaryKey()]
+    value: int = 0
+
+
+def _increment(
+    name: str, attempts: dict[str, int], read: dict[str, anyio.Event]
+) -> Callable[[AsyncSession], Awaitable[None]]:
+    other = "b" if name == "a" else "a"
+
+    async def body(session: AsyncSession) -> None:
+        attempts[name] += 1
+        counter = await session.get_one(Counter, 1)
+        if attempts[name] == 1:
+            # both transactions read the row before either writes it
+            read[name].set()
+            with anyio.fail_after(10):
+                await read[other].wait()
+        counter.value += 1
+        await session.flush()
+
+    return body
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "adapter_name",
+    ["memory", pytest.param("postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+async def test_a_real_serialization_failure_is_retried_until_both_increments_land(engine: uow.Engine) -> None:
+    await engine.create_all(Counter)
+    async with AsyncSession(engine) as session:
+        await session.insert(Counter(id=1))
+        await session.commit()
+
+    attempts = {"a": 0, "b": 0}
+    read = {"a": anyio.Event(), "b": anyio.Event()}
+    async with anyio.create_task_group() as group:
+        for name in ("a", "b"):
+            run = functools.partial(
+                engine.run_in_transaction, _increment(name, attempts, read), isolation="repeatable read", retries=3
+            )
+            group.start_soon(run)
+
+    async with AsyncSession(engine) as session:
+        counter = await session.get_one(Counter, 1)
+        assert counter.value == 2
+    assert sorted(attempts.values()) == [1, 2]
+
+
+@pytest.mark.anyio
+async def test_retries_are_bounded_and_the_last_failure_is_raised() -> None:
+    engine = uow.create_engine("memory://")
+    calls = 0
+
+    async def always_conflicts(session: AsyncSession) -> None:
+        nonlocal calls
+        calls += 1
+        raise SerializationFailure("could not serialize access", sqlstate="40001")
+
+    async with engine:
+        with pytest.raises(SerializationFailure):
+            await engine.run_in_transaction(always_conflicts, retries=2, backoff=0.001)
+    assert calls == 3
+
+
+@pytest.mark.anyio
+async def test_the_result_of_the_committed_attempt_is_returned() -> None:
+    async with uow.create_engine("memory://") as engine:
+        await engine.create_all(Counter)
+
+        async def create(session: AsyncSession) -> int:
+            counter = Counter(id=7, value=3)
+            session.add(counter)
+            return counter.value
+
+        assert await engine.run_in_transaction(create) == 3
+        async with AsyncSession(engine) as session:
+            assert (await session.get_one(Counter, 7)).value == 3
