@@ -464,8 +464,11 @@ class AsyncSession:
                     state.parent_refs.pop(column, None)
         if parent_refs:
             state.parent_refs = {**(state.parent_refs or {}), **parent_refs}
-        values = state.current()
-        state.snapshot = values
+        # only the recorded columns join the snapshot: other assignments still wait for their own event
+        snapshot = list(state.snapshot)
+        for column, value in new.items():
+            snapshot[table.column_index[column]] = value
+        state.snapshot = tuple(snapshot)
         kwargs: dict[str, Any] = {"old": old, "new": new}
         if event_type is Updated:
             kwargs["parent_refs"] = dict(parent_refs or {})
