@@ -1,0 +1,1250 @@
+"""The session conformance suite: every storage adapter is held to it.
+
+:class:`SessionConformance` is the whole behavioural contract of
+:class:`uow.AsyncSession` over a storage adapter, written once. It is not
+collected by itself (its name does not start with ``Test``); a backend's tests
+subclass it and provide an ``engine`` fixture: an open :class:`uow.Engine` on
+an empty database. The suite creates its tables (:mod:`uow.testing.models`)
+in that database.
+
+An adapter author runs it like this, in the adapter's own tests::
+
+    # tests/test_conformance.py
+    import pytest
+    import uow
+    from uow.testing.conformance import SessionConformance
+
+    @pytest.fixture
+    def anyio_backend():
+        return "asyncio"
+
+    @pytest.fixture
+    async def engine(tmp_path):
+        async with uow.create_engine(f"mydb:///{tmp_path / 'test.db'}") as engine:
+            yield engine            # a fresh, empty database per test
+
+    class TestMyDbConformance(SessionConformance):
+        pass
+
+and ``pytest tests/test_conformance.py``. The ``engine`` fixture may be
+parametrized to run the suite over several databases. The tests are async
+(marked ``anyio``) and need the ``anyio`` pytest plugin, which anyio installs.
+Tests that run SQL through ``execute_raw`` follow the adapter's
+``supports_raw_sql`` and ``paramstyle``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import uow
+from uow import AsyncSession
+from uow.errors import (
+    ConcurrencyError,
+    DetachedInstanceError,
+    IntegrityError,
+    ModelDefinitionError,
+    NoResultFound,
+    SessionStateError,
+    UnsupportedOperationError,
+    ValidationError,
+)
+from uow.events import (
+    BulkDeleted,
+    BulkUpdated,
+    Deleted,
+    Inserted,
+    Restored,
+    SoftDeleted,
+    Updated,
+    Upserted,
+)
+from uow.model import Model, table_info
+from uow.testing.models import MODELS, Account, Category, Color, Note, Post, Review, Sample, User
+
+__all__ = ["ReadCounter", "SessionConformance"]
+
+
+class ReadCounter:
+    """Counts the reads (``fetch`` and ``stream``) made on the engine's connections."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+async def stored(engine: uow.Engine, model: type[Model], key: Any) -> Any:
+    """The row with ``key`` as a separate session sees it (soft-deleted included), or ``None``."""
+    async with AsyncSession(engine) as session:
+        return await session.get(model, key, with_deleted=True)
+
+
+async def count_rows(engine: uow.Engine, model: type[Model], **filters: Any) -> int:
+    """How many committed rows match ``filters``, counted by a delete that is rolled back."""
+    async with AsyncSession(engine) as session:
+        count = await session.bulk_delete(model, **filters)
+        await session.rollback()
+        return count
+
+
+def _raw_placeholder(engine: uow.Engine, position: int) -> str:
+    return f"${position}" if engine.adapter.paramstyle == "numeric" else "?"
+
+
+def _sample(**overrides: Any) -> Sample:
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "created_at": dt.datetime(2024, 5, 17, 13, 45, 30, 123456, tzinfo=dt.UTC),
+        "day": dt.date(2024, 2, 29),
+        "amount": decimal.Decimal("12345.6789"),
+        "flag": True,
+        "ratio": 0.25,
+        "blob": b"\x00\x01binary\xff",
+        "data": {"tags": ["a", "b"], "nested": {"n": 1, "ok": True}, "none": None},
+        "color": Color.GREEN,
+        "label": "sample",
+        "count": 42,
+    }
+    values.update(overrides)
+    return Sample(**values)
+
+
+class SessionConformance:
+    """The session's behaviour over one storage adapter (see the module docstring)."""
+
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.anyio]
+
+    @pytest.fixture(autouse=True)
+    async def _tables(self, engine: uow.Engine) -> None:
+        await engine.create_all(*MODELS)
+
+    @pytest.fixture
+    async def reads(self, engine: uow.Engine, monkeypatch: pytest.MonkeyPatch) -> ReadCounter:
+        """Counts reads from now on, on every connection of the engine's adapter."""
+        counter = ReadCounter()
+        connection = await engine.acquire()
+        connection_class = type(connection)
+        await engine.adapter.release(connection)
+        original_fetch = connection_class.fetch
+        original_stream = connection_class.stream
+
+        async def fetch(self: Any, select: Any) -> Any:
+            counter.count += 1
+            return await original_fetch(self, select)
+
+        def stream(self: Any, select: Any, chunk_size: int = 1000) -> Any:
+            counter.count += 1
+            return original_stream(self, select, chunk_size)
+
+        monkeypatch.setattr(connection_class, "fetch", fetch)
+        monkeypatch.setattr(connection_class, "stream", stream)
+        return counter
+
+    @pytest.fixture
+    async def alice(self, engine: uow.Engine) -> User:
+        """A committed user (detached: load it in the test's own session)."""
+        async with AsyncSession(engine) as session:
+            user = await session.insert(User(name="Alice", email="alice@example.com", age=30))
+            await session.commit()
+        return user
+
+    # --- add / add_all / flush / commit --------------------------------------------
+
+    async def test_commit_generates_keys_and_fills_a_new_childs_foreign_key(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            alice = User(name="Alice", email="alice@example.com")
+            post = Post(title="Hello", author=alice)
+            session.add(post)
+            assert alice in session and post in session
+            await session.commit()
+            assert isinstance(alice.id, int) and isinstance(post.id, int)
+            assert post.author_id == alice.id
+        saved = await stored(engine, Post, post.id)
+        assert saved.author_id == alice.id and saved.title == "Hello"
+
+    async def test_add_all_and_one_to_many_children_are_inserted_with_their_parent(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            first, second = Post(title="one"), Post(title="two")
+            bob = User(name="Bob", email="bob@example.com", posts=[first, second])
+            carol = User(name="Carol", email="carol@example.com")
+            session.add_all([bob, carol])
+            await session.commit()
+            assert first.author_id == bob.id and second.author_id == bob.id
+            assert carol.id is not None and carol.id != bob.id
+        assert (await stored(engine, Post, second.id)).author_id == bob.id
+        assert (await stored(engine, User, carol.id)).email == "carol@example.com"
+
+    async def test_self_referencing_rows_are_inserted_level_by_level(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            root = Category(name="root")
+            child = Category(name="child", parent=root)
+            leaf = Category(name="leaf", parent=child)
+            session.add(leaf)
+            await session.commit()
+            assert root.parent_id is None
+            assert child.parent_id == root.id and leaf.parent_id == child.id
+        assert (await stored(engine, Category, leaf.id)).parent_id == child.id
+        assert (await stored(engine, Category, child.id)).parent_id == root.id
+
+    async def test_identity_map_gives_one_object_per_key_and_values_survive_commit(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            alice = User(name="Alice", email="alice@example.com", age=30)
+            session.add(alice)
+            await session.commit()
+            assert (alice.name, alice.email, alice.age) == ("Alice", "alice@example.com", 30)
+            assert await session.get(User, alice.id) is alice
+            with pytest.raises(SessionStateError):
+                session.add(User(id=alice.id, name="Other", email="other@example.com"))
+        other = await stored(engine, User, alice.id)
+        assert other is not alice
+        assert (other.name, other.email, other.age) == ("Alice", "alice@example.com", 30)
+
+    async def test_adding_a_tracked_object_again_records_nothing(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            alice = User(name="Alice", email="alice@example.com")
+            session.add(alice)
+            session.add(alice)
+            session.add_all([alice])
+            assert len(session.journal) == 1
+            assert len(session) == 1
+
+    async def test_add_refuses_none_in_a_not_null_column(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            with pytest.raises(ValidationError):
+                session.add(User(name=None, email="x@example.com"))  # type: ignore[arg-type]
+            assert len(session.journal) == 0
+
+    async def test_flush_writes_inside_the_transaction_and_commit_publishes(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            alice = User(name="Alice", email="alice@example.com")
+            session.add(alice)
+            await session.flush()
+            assert alice.id is not None
+            assert session.in_transaction()
+            assert not session.journal.pending
+            assert await stored(engine, User, alice.id) is None
+            await session.commit()
+            assert not session.in_transaction()
+        assert await stored(engine, User, alice.id) is not None
+
+    async def test_assignments_are_flushed_as_updates(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            user.name = "Alicia"
+            user.age = 31
+            await session.commit()
+        saved = await stored(engine, User, alice.id)
+        assert (saved.name, saved.age) == ("Alicia", 31)
+
+    # --- insert / get ---------------------------------------------------------------
+
+    async def test_insert_and_insert_all_write_now(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            alice = await session.insert(User(name="Alice", email="alice@example.com"))
+            assert alice.id is not None
+            users = await session.insert_all(
+                [User(name="Bob", email="bob@example.com"), User(name="Carol", email="carol@example.com")]
+            )
+            assert [u.name for u in users] == ["Bob", "Carol"]
+            assert all(u.id is not None for u in users)
+            assert len({alice.id, users[0].id, users[1].id}) == 3
+            assert not session.journal.pending
+            assert session.in_transaction()
+            await session.commit()
+        for user in [alice, *users]:
+            assert (await stored(engine, User, user.id)).email == user.email
+
+    async def test_get_returns_the_tracked_object_without_a_query(
+        self, engine: uow.Engine, alice: User, reads: ReadCounter
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            loaded = await session.get(User, alice.id)
+            assert loaded is not None and loaded is not alice
+            assert reads.count == 1
+            assert await session.get(User, alice.id) is loaded
+            assert await session.get_or_raise(User, alice.id) is loaded
+            assert await session.get_one(User, alice.id) is loaded
+            assert reads.count == 1
+
+    async def test_get_of_a_missing_row(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            assert await session.get(User, 12345) is None
+            with pytest.raises(NoResultFound):
+                await session.get_or_raise(User, 12345)
+            with pytest.raises(NoResultFound):
+                await session.get_one(User, 12345)
+            with pytest.raises(ValidationError):
+                await session.get(User, "not a key")
+
+    async def test_get_does_not_overwrite_unflushed_assignments(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine, autoflush=False) as session:
+            user = await session.get_one(User, alice.id)
+            user.name = "changed"
+            assert await session.get(User, alice.id) is user
+            assert user.name == "changed"
+
+    # --- update -------------------------------------------------------------------------
+
+    async def test_update_sets_values_and_writes_now(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            returned = await session.update(user, name="Alicia", age=40)
+            assert returned is user and (user.name, user.age) == ("Alicia", 40)
+            assert not session.journal.pending
+            assert isinstance(session.journal[-1], Updated)
+            assert session.journal[-1].new == {"name": "Alicia", "age": 40}
+            await session.commit()
+        saved = await stored(engine, User, alice.id)
+        assert (saved.name, saved.age) == ("Alicia", 40)
+
+    async def test_update_with_an_unknown_field_or_a_wrong_type_writes_nothing(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            events = len(session.journal)
+            with pytest.raises(ValidationError, match="nickname"):
+                await session.update(user, name="Alicia", nickname="Al")
+            with pytest.raises(ValidationError):
+                await session.update(user, age="old")
+            assert (user.name, user.age) == ("Alice", 30)
+            assert len(session.journal) == events
+            assert not session.is_modified(user)
+            await session.commit()
+        saved = await stored(engine, User, alice.id)
+        assert (saved.name, saved.age) == ("Alice", 30)
+
+    # --- remove / delete ----------------------------------------------------------------
+
+    async def test_remove_deletes_now(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            await session.remove(user)
+            assert user not in session
+            assert await session.get(User, alice.id) is None
+            await session.commit()
+        assert await stored(engine, User, alice.id) is None
+
+    async def test_delete_cascades_to_tracked_children_and_sets_null(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            alice = User(name="Alice", email="alice@example.com")
+            tracked_post = Post(title="tracked", author=alice)
+            review = Review(reviewer_id=None, stars=5)
+            session.add_all([tracked_post, review])
+            await session.flush()
+            review.reviewer_id = alice.id
+            untracked_post = Post(title="untracked", author_id=alice.id)
+            await session.insert(untracked_post)
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            post = await session.get_one(Post, tracked_post.id)
+            loaded_review = await session.get_one(Review, review.id)
+            session.delete(user)
+            assert user not in session
+            await session.flush()
+            assert post not in session
+            assert loaded_review in session and loaded_review.reviewer_id is None
+            assert not session.is_modified(loaded_review)
+            await session.commit()
+        assert await stored(engine, User, alice.id) is None
+        assert await stored(engine, Post, tracked_post.id) is None
+        assert await stored(engine, Post, untracked_post.id) is None
+        saved_review = await stored(engine, Review, review.id)
+        assert saved_review is not None and saved_review.reviewer_id is None
+
+    async def test_delete_of_an_unsaved_object_writes_nothing(self, engine: uow.Engine, reads: ReadCounter) -> None:
+        async with AsyncSession(engine) as session:
+            ghost = User(name="Ghost", email="ghost@example.com")
+            session.add(ghost)
+            session.delete(ghost)
+            assert session.plan().batches == ()
+            await session.commit()
+            assert ghost.id is None
+        assert await count_rows(engine, User, email="ghost@example.com") == 0
+
+    async def test_delete_and_add_the_same_unique_value_in_one_flush(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            old = await session.get_one(User, alice.id)
+            session.delete(old)
+            new = User(name="New Alice", email="alice@example.com")
+            session.add(new)
+            await session.commit()
+            assert new.id is not None and new.id != alice.id
+        assert await stored(engine, User, alice.id) is None
+        assert (await stored(engine, User, new.id)).name == "New Alice"
+
+    # --- upsert / save ---------------------------------------------------------------------
+
+    async def test_upsert_inserts_when_nothing_conflicts(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.upsert(User(name="Dan", email="dan@example.com", age=20), conflict_target=["email"])
+            assert user.id is not None and user in session
+            assert isinstance(session.journal[-1], Upserted)
+            await session.commit()
+        saved = await stored(engine, User, user.id)
+        assert (saved.name, saved.age) == ("Dan", 20)
+
+    async def test_upsert_updates_the_row_with_the_same_unique_value(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.upsert(
+                User(name="Alicia", email="alice@example.com", age=31), conflict_target=["email"]
+            )
+            assert user.id == alice.id
+            assert (user.name, user.age) == ("Alicia", 31)
+            assert await session.get(User, alice.id) is user
+            await session.commit()
+        saved = await stored(engine, User, alice.id)
+        assert (saved.name, saved.age) == ("Alicia", 31)
+        assert await count_rows(engine, User) == 1
+
+    async def test_upsert_updates_only_update_fields(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.upsert(
+                User(name="Ignored", email="alice@example.com", age=50),
+                conflict_target=["email"],
+                update_fields=["age"],
+            )
+            assert user.id == alice.id and (user.name, user.age) == ("Alice", 50)
+            await session.commit()
+        saved = await stored(engine, User, alice.id)
+        assert (saved.name, saved.age) == ("Alice", 50)
+
+    async def test_upsert_with_no_update_fields_leaves_the_row_alone(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.upsert(
+                User(name="Ignored", email="alice@example.com", age=50), conflict_target=["email"], update_fields=()
+            )
+            assert (user.name, user.age) == ("Alice", 30)
+            await session.commit()
+        saved = await stored(engine, User, alice.id)
+        assert (saved.name, saved.age) == ("Alice", 30)
+
+    async def test_upsert_lands_on_the_tracked_object(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            tracked = await session.get_one(User, alice.id)
+            result = await session.upsert(
+                User(name="Alicia", email="alice@example.com", age=30), conflict_target=["email"]
+            )
+            assert result is tracked and tracked.name == "Alicia"
+            assert not session.is_modified(tracked)
+            await session.commit()
+
+    async def test_upsert_all_takes_both_paths_in_one_call(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            users = await session.upsert_all(
+                [
+                    User(name="Alicia", email="alice@example.com", age=1),
+                    User(name="Eve", email="eve@example.com", age=2),
+                ],
+                conflict_target=("email",),
+            )
+            assert users[0].id == alice.id and users[0].name == "Alicia"
+            assert users[1].id is not None and users[1].id != alice.id
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).name == "Alicia"
+        assert (await stored(engine, User, users[1].id)).name == "Eve"
+
+    async def test_upsert_refuses_an_unknown_column(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            with pytest.raises(ValidationError):
+                await session.upsert(User(name="A", email="a@example.com"), conflict_target=["nickname"])
+            with pytest.raises(ValidationError):
+                await session.upsert(
+                    User(name="A", email="a@example.com"), conflict_target=["email"], update_fields=["nickname"]
+                )
+
+    async def test_save_inserts_or_updates_by_primary_key(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            fresh = await session.save(User(name="Frank", email="frank@example.com"))
+            assert fresh.id is not None
+            updated = await session.save(User(id=alice.id, name="Alicia", email="alice@example.com", age=99))
+            assert updated.id == alice.id and updated.age == 99
+            both = await session.save_all(
+                [
+                    User(id=alice.id, name="Alice again", email="alice@example.com", age=1),
+                    User(name="Grace", email="grace@example.com"),
+                ]
+            )
+            assert both[0].id == alice.id and both[1].id is not None
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).name == "Alice again"
+        assert (await stored(engine, User, fresh.id)).name == "Frank"
+        assert (await stored(engine, User, both[1].id)).name == "Grace"
+
+    # --- bulk operations ---------------------------------------------------------------------
+
+    async def test_bulk_insert_writes_rows_without_tracking_them(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            count = await session.bulk_insert(
+                User,
+                [
+                    {"name": "A", "email": "a@example.com", "age": 1},
+                    {"name": "B", "email": "b@example.com"},
+                    User(name="C", email="c@example.com", age=1),
+                ],
+            )
+            assert count == 3
+            assert len(session) == 0
+            assert sum(isinstance(e, Inserted) for e in session.journal) == 3
+            with pytest.raises(ValidationError, match="nickname"):
+                await session.bulk_insert(User, [{"name": "D", "email": "d@example.com", "nickname": "d"}])
+            await session.commit()
+        assert await count_rows(engine, User) == 3
+        assert await count_rows(engine, User, age=1) == 2
+
+    async def test_bulk_update_counts_rows_and_updates_tracked_objects(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            one, two, three = await session.insert_all(
+                [
+                    User(name="one", email="1@example.com", age=1),
+                    User(name="two", email="2@example.com", age=1),
+                    User(name="three", email="3@example.com", age=2),
+                ]
+            )
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            loaded_one = await session.get_one(User, one.id)
+            loaded_three = await session.get_one(User, three.id)
+            changed = await session.bulk_update(User, {"name": "adult"}, age=1)
+            assert changed == 2
+            assert loaded_one.name == "adult" and loaded_three.name == "three"
+            assert not session.is_modified(loaded_one)
+            assert isinstance(session.journal[-1], BulkUpdated)
+            assert await session.bulk_update(User, {"age": 5}, age=99) == 0
+            await session.commit()
+        assert (await stored(engine, User, two.id)).name == "adult"
+        assert (await stored(engine, User, three.id)).name == "three"
+
+    async def test_bulk_delete_counts_rows_and_untracks_objects(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            one, two, three = await session.insert_all(
+                [
+                    User(name="one", email="1@example.com", age=1),
+                    User(name="two", email="2@example.com", age=1),
+                    User(name="three", email="3@example.com", age=2),
+                ]
+            )
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            loaded_one = await session.get_one(User, one.id)
+            loaded_three = await session.get_one(User, three.id)
+            assert await session.bulk_delete(User, age=1) == 2
+            assert loaded_one not in session and loaded_three in session
+            assert await session.get(User, one.id) is None
+            assert isinstance(session.journal[-1], BulkDeleted)
+            await session.commit()
+        assert await stored(engine, User, two.id) is None
+        assert await stored(engine, User, three.id) is not None
+
+    async def test_bulk_operations_refuse_unknown_names_before_writing(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            pending = User(name="Pending", email="pending@example.com")
+            session.add(pending)
+            events = len(session.journal)
+            with pytest.raises(ValidationError, match="nickname"):
+                await session.bulk_update(User, {"age": 1}, nickname="x")
+            with pytest.raises(ValidationError, match="nickname"):
+                await session.bulk_update(User, {"nickname": "x"}, age=30)
+            with pytest.raises(ValidationError, match="nickname"):
+                await session.bulk_delete(User, nickname="x")
+            assert len(session.journal) == events
+            assert pending.id is None
+            assert not session.in_transaction()
+        assert (await stored(engine, User, alice.id)).age == 30
+
+    # --- soft delete ------------------------------------------------------------------------------
+
+    async def test_soft_delete_hides_restore_shows_force_delete_removes(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            note = await session.insert(Note(text="hello"))
+            await session.soft_delete(note)
+            assert isinstance(note.deleted_at, dt.datetime)
+            assert isinstance(session.journal[-1], SoftDeleted)
+            assert await session.get(Note, note.id) is None
+            assert await session.get(Note, note.id, with_deleted=True) is note
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            assert await session.get(Note, note.id) is None
+            hidden = await session.get_one(Note, note.id, with_deleted=True)
+            assert hidden.deleted_at is not None
+            with pytest.raises(NoResultFound):
+                await session.get_one(Note, note.id)
+            await session.restore(hidden)
+            assert hidden.deleted_at is None
+            assert isinstance(session.journal[-1], Restored)
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            visible = await session.get_one(Note, note.id)
+            await session.force_delete(visible)
+            await session.commit()
+        assert await stored(engine, Note, note.id) is None
+
+    async def test_soft_delete_needs_the_mixin(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            with pytest.raises(ModelDefinitionError, match="SoftDelete"):
+                await session.soft_delete(user)
+
+    # --- merge / refresh / expire / expunge / is_modified / in_transaction -----------------------
+
+    async def test_merge_copies_onto_the_tracked_object(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            detached = User(id=alice.id, name="Merged", email="alice@example.com", age=7)
+            merged = await session.merge(detached)
+            assert merged is not detached and detached not in session
+            assert merged.name == "Merged" and session.is_modified(merged)
+            assert await session.merge(User(id=alice.id, name="Again", email="alice@example.com")) is merged
+            assert merged.name == "Again"
+            new = User(name="New", email="new@example.com")
+            assert await session.merge(new) is new and new in session
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).name == "Again"
+        assert (await stored(engine, User, new.id)).name == "New"
+
+    async def test_merge_of_an_unknown_key_adds_the_object(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            obj = Sample(**{**_sample_values(), "label": "merged"})
+            assert await session.merge(obj) is obj and obj in session
+            await session.commit()
+        assert (await stored(engine, Sample, obj.id)).label == "merged"
+
+    async def test_refresh_reloads_and_discards_assignments(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            await session.commit()
+            async with AsyncSession(engine) as other:
+                await other.update(await other.get_one(User, alice.id), name="Changed elsewhere")
+                await other.commit()
+            user.age = 99
+            await session.refresh(user)
+            assert (user.name, user.age) == ("Changed elsewhere", 30)
+            assert not session.is_modified(user)
+            await session.commit()
+            async with AsyncSession(engine) as other:
+                await other.remove(await other.get_one(User, alice.id))
+                await other.commit()
+            with pytest.raises(NoResultFound):
+                await session.refresh(user)
+            assert user not in session
+
+    async def test_refresh_of_an_unsaved_object_is_refused(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine, autoflush=False) as session:
+            user = User(name="A", email="a@example.com")
+            session.add(user)
+            with pytest.raises(SessionStateError):
+                await session.refresh(user)
+
+    async def test_expire_lets_the_next_read_overwrite(
+        self, engine: uow.Engine, alice: User, reads: ReadCounter
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            await session.commit()
+            async with AsyncSession(engine) as other:
+                await other.update(await other.get_one(User, alice.id), age=77)
+                await other.commit()
+            before = reads.count
+            assert await session.get(User, alice.id) is user and user.age == 30
+            assert reads.count == before
+            session.expire(user)
+            assert user.age == 30
+            assert await session.get(User, alice.id) is user and user.age == 77
+            assert reads.count == before + 1
+
+    async def test_expunge_and_expunge_all(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            session.expunge(user)
+            assert user not in session
+            again = await session.get_one(User, alice.id)
+            assert again is not user and again.email == user.email
+            again.name = "changed"
+            await session.flush()
+            session.expunge_all()
+            assert len(session) == 0 and again not in session
+            pending = User(name="Pending", email="pending@example.com")
+            session.add(pending)
+            with pytest.raises(SessionStateError):
+                session.expunge(pending)
+            with pytest.raises(SessionStateError):
+                session.expunge_all()
+            with pytest.raises(DetachedInstanceError):
+                session.expunge(user)
+
+    async def test_is_modified(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            assert not session.is_modified(user)
+            user.age = 31
+            assert session.is_modified(user)
+            await session.flush()
+            assert not session.is_modified(user)
+            user.age = 30
+            user.age = 31
+            assert not session.is_modified(user)
+            new = User(name="New", email="new@example.com")
+            session.add(new)
+            assert session.is_modified(new)
+            with pytest.raises(DetachedInstanceError):
+                session.is_modified(User(name="Stranger", email="s@example.com"))
+
+    async def test_in_transaction(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            assert not session.in_transaction()
+            session.add(User(name="B", email="b@example.com"))
+            assert not session.in_transaction()
+            await session.flush()
+            assert session.in_transaction()
+            await session.commit()
+            assert not session.in_transaction()
+            await session.get(User, alice.id)
+            assert session.in_transaction()
+            await session.rollback()
+            assert not session.in_transaction()
+
+    # --- transactions and savepoints ---------------------------------------------------------------
+
+    async def test_begin_commits_on_exit_and_rolls_back_on_error(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            async with session.begin():
+                kept = User(name="Kept", email="kept@example.com")
+                session.add(kept)
+            assert kept.id is not None and not session.in_transaction()
+            lost = User(name="Lost", email="lost@example.com")
+            with pytest.raises(RuntimeError, match="boom"):
+                async with session.transaction():
+                    session.add(lost)
+                    await session.flush()
+                    assert lost.id is not None
+                    raise RuntimeError("boom")
+            assert lost.id is None and lost not in session
+            session.add(User(name="Busy", email="busy@example.com"))
+            with pytest.raises(SessionStateError):
+                async with session.begin():
+                    pass
+        assert (await stored(engine, User, kept.id)).name == "Kept"
+        assert await count_rows(engine, User) == 1
+
+    async def test_savepoint_context_rolls_back_on_error_and_keeps_on_success(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            outer = await session.insert(User(name="Outer", email="outer@example.com"))
+            with pytest.raises(RuntimeError):
+                async with session.begin_nested():
+                    outer.name = "changed in savepoint"
+                    inner = await session.insert(User(name="Inner", email="inner@example.com"))
+                    raise RuntimeError("undo the savepoint")
+            assert outer.name == "Outer" and outer in session
+            assert inner.id is None and inner not in session
+            async with session.begin_nested():
+                kept = await session.insert(User(name="Kept", email="kept@example.com"))
+            assert kept in session
+            await session.commit()
+        assert (await stored(engine, User, outer.id)).name == "Outer"
+        assert await stored(engine, User, kept.id) is not None
+        assert await count_rows(engine, User) == 2
+
+    async def test_savepoint_awaited_with_commit_and_rollback(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            savepoint = await session.begin_nested()
+            first = await session.insert(User(name="First", email="first@example.com"))
+            await savepoint.commit()
+            savepoint = await session.begin_nested()
+            second = User(name="Second", email="second@example.com")
+            session.add(second)
+            first.age = 5
+            await savepoint.rollback()
+            assert second not in session and second.id is None
+            assert first.age == 0 and first in session
+            with pytest.raises(SessionStateError):
+                await savepoint.rollback()
+            await session.commit()
+        assert (await stored(engine, User, first.id)).age == 0
+        assert await count_rows(engine, User) == 1
+
+    async def test_nested_savepoints(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            base = await session.insert(User(name="Base", email="base@example.com"))
+            outer = await session.begin_nested()
+            base.age = 1
+            middle = await session.insert(User(name="Middle", email="middle@example.com"))
+            inner = await session.begin_nested()
+            base.age = 2
+            deepest = await session.insert(User(name="Deep", email="deep@example.com"))
+            await inner.rollback()
+            assert base.age == 1 and middle in session and deepest not in session
+            inner = await session.begin_nested()
+            base.age = 3
+            await inner.commit()
+            await outer.rollback()
+            assert base.age == 0 and middle not in session and middle.id is None
+            await session.commit()
+        assert (await stored(engine, User, base.id)).age == 0
+        assert await count_rows(engine, User) == 1
+
+    async def test_rollback_restores_objects_in_place_without_a_query(
+        self, engine: uow.Engine, alice: User, reads: ReadCounter
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            bob = await session.insert(User(name="Bob", email="bob@example.com"))
+            await session.commit()
+            user = await session.get_one(User, alice.id)
+            user.name = "Changed"
+            await session.update(user, age=99)
+            session.delete(bob)
+            new = User(name="New", email="new@example.com")
+            post = Post(title="new post", author=user)
+            session.add_all([new, post])
+            await session.flush()
+            assert new.id is not None and post.id is not None and bob not in session
+            reads_before = reads.count
+            await session.rollback()
+            assert reads.count == reads_before
+            assert (user.name, user.age) == ("Alice", 30) and user in session
+            assert bob in session and bob.name == "Bob"
+            assert new.id is None and new not in session
+            assert post.id is None and post not in session
+            assert await session.get(User, bob.id) is bob
+            assert await session.get(User, alice.id) is user
+            assert reads.count == reads_before
+            assert not session.journal.pending
+        assert (await stored(engine, User, alice.id)).name == "Alice"
+        assert await stored(engine, User, bob.id) is not None
+        assert await count_rows(engine, User) == 2
+
+    async def test_rollback_discards_unflushed_work(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            user.age = 1
+            new = User(name="New", email="new@example.com")
+            session.add(new)
+            await session.rollback()
+            assert user.age == 30 and new not in session
+            await session.commit()
+        assert await count_rows(engine, User) == 1
+
+    async def test_close_discards_work_and_the_session_can_be_used_again(self, engine: uow.Engine, alice: User) -> None:
+        session = AsyncSession(engine)
+        user = await session.get_one(User, alice.id)
+        user.age = 1
+        await session.flush()
+        await session.close()
+        assert not session.in_transaction() and len(session) == 0
+        assert user.age == 30
+        again = await session.get_one(User, alice.id)
+        assert again is not user and again.age == 30
+        await session.update(again, age=2)
+        await session.commit()
+        await session.close()
+        assert (await stored(engine, User, alice.id)).age == 2
+
+    # --- session_context / sessionmaker / current_session / async with options ---------------------
+
+    async def test_session_context_commits_on_success_and_rolls_back_on_error(self, engine: uow.Engine) -> None:
+        async with uow.session_context(engine) as session:
+            kept = User(name="Kept", email="kept@example.com")
+            session.add(kept)
+        assert kept.id is not None
+        with pytest.raises(RuntimeError):
+            async with uow.session_context(engine) as session:
+                lost = await session.insert(User(name="Lost", email="lost@example.com"))
+                raise RuntimeError("fail")
+        assert lost.id is None
+        assert await stored(engine, User, kept.id) is not None
+        assert await count_rows(engine, User) == 1
+
+    async def test_sessionmaker_shares_options(self, engine: uow.Engine) -> None:
+        make_session = uow.sessionmaker(engine, auto_commit=True, autoflush=False)
+        session = make_session()
+        assert isinstance(session, AsyncSession) and session.engine is engine
+        assert session.auto_commit and not session.autoflush
+        assert make_session(autoflush=True).autoflush
+        async with make_session() as session:
+            user = await session.insert(User(name="A", email="a@example.com"))
+            assert await stored(engine, User, user.id) is not None
+
+    async def test_current_session_follows_async_with(self, engine: uow.Engine) -> None:
+        def helper() -> AsyncSession:
+            return uow.require_current_session()
+
+        assert uow.current_session() is None
+        with pytest.raises(SessionStateError):
+            uow.require_current_session()
+        async with AsyncSession(engine) as outer:
+            assert uow.current_session() is outer and helper() is outer
+            async with AsyncSession(engine) as inner:
+                assert helper() is inner
+            assert helper() is outer
+        assert uow.current_session() is None
+
+    async def test_async_with_does_not_commit_by_default(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            user.age = 1
+            new = await session.insert(User(name="New", email="new@example.com"))
+        assert user.age == 30
+        assert new.id is None
+        assert (await stored(engine, User, alice.id)).age == 30
+        assert await count_rows(engine, User) == 1
+
+    async def test_async_with_atomic_commits_on_success_only(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine, atomic=True) as session:
+            kept = User(name="Kept", email="kept@example.com")
+            session.add(kept)
+        assert kept.id is not None
+        with pytest.raises(RuntimeError):
+            async with AsyncSession(engine, atomic=True) as session:
+                session.add(User(name="Lost", email="lost@example.com"))
+                await session.flush()
+                raise RuntimeError("fail")
+        assert await count_rows(engine, User) == 1
+
+    async def test_async_with_auto_rollback_off_keeps_object_values(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine, auto_rollback=False) as session:
+            user = await session.get_one(User, alice.id)
+            user.age = 1
+            await session.flush()
+        assert user.age == 1
+        assert (await stored(engine, User, alice.id)).age == 30
+
+    async def test_auto_commit_commits_every_immediate_operation(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine, auto_commit=True) as session:
+            user = await session.insert(User(name="A", email="a@example.com"))
+            assert not session.in_transaction()
+            assert await stored(engine, User, user.id) is not None
+            await session.update(user, age=5)
+            assert (await stored(engine, User, user.id)).age == 5
+            added = User(name="B", email="b@example.com")
+            session.add(added)
+        assert added.id is not None
+        assert await stored(engine, User, added.id) is not None
+
+    async def test_autoflush(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            session.add(User(name="A", email="a@example.com"))
+            await session.get(User, 12345)
+            assert not session.journal.pending
+        async with AsyncSession(engine, autoflush=False) as session:
+            session.add(User(name="A", email="a@example.com"))
+            await session.get(User, 12345)
+            assert len(session.journal.pending) == 1
+
+    # --- raw SQL ----------------------------------------------------------------------------------
+
+    async def test_execute_raw(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            user = User(name="Raw", email="raw@example.com")
+            session.add(user)
+            if not engine.adapter.supports_raw_sql:
+                with pytest.raises(UnsupportedOperationError):
+                    await session.execute_raw("SELECT 1")
+                return
+            placeholder = _raw_placeholder(engine, 1)
+            rows = await session.execute_raw(
+                f"SELECT id, name FROM conformance_users WHERE email = {placeholder}", ["raw@example.com"]
+            )
+            assert user.id is not None
+            assert [tuple(row) for row in rows] == [(user.id, "Raw")]
+            assert await session.execute_raw(f"SELECT id FROM conformance_users WHERE id = {placeholder}", [-1]) == []
+
+    # --- the journal and the plan -------------------------------------------------------------------
+
+    async def test_one_event_per_mutating_call(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            user = User(name="A", email="a@example.com")
+            session.add(user)
+            assert [type(e) for e in session.journal] == [Inserted]
+            await session.flush()
+            user.name = "B"
+            assert len(session.journal) == 1
+            await session.flush()
+            assert [type(e) for e in session.journal] == [Inserted, Updated]
+            assigned = session.journal[-1]
+            assert isinstance(assigned, Updated)
+            assert (assigned.old, assigned.new) == ({"name": "A"}, {"name": "B"})
+            await session.update(user, age=3)
+            note = await session.insert(Note(text="n"))
+            await session.soft_delete(note)
+            await session.restore(note)
+            await session.upsert(User(name="C", email="a@example.com"), conflict_target=["email"])
+            await session.bulk_update(User, {"age": 4}, email="a@example.com")
+            await session.bulk_insert(User, [{"name": "D", "email": "d@example.com"}])
+            await session.bulk_delete(User, email="d@example.com")
+            await session.remove(user)
+            assert [type(e) for e in session.journal] == [
+                Inserted,
+                Updated,
+                Updated,
+                Inserted,
+                SoftDeleted,
+                Restored,
+                Upserted,
+                BulkUpdated,
+                Inserted,
+                BulkDeleted,
+                Deleted,
+            ]
+            seqs = [e.seq for e in session.journal]
+            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+            with pytest.raises(TypeError):
+                session.journal[0] = session.journal[1]  # type: ignore[index]
+
+    async def test_journal_encodes_and_decodes_to_equal_events(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            user = User(name="A", email="a@example.com")
+            sample = _sample()
+            session.add_all([Post(title="p", author=user), sample])
+            await session.flush()
+            user.age = 5
+            sample.amount = decimal.Decimal("1.5")
+            await session.flush()
+            await session.bulk_update(Sample, {"flag": False}, color=Color.GREEN)
+            await session.remove(user)
+            events = list(session.journal)
+            tables = [table_info(m) for m in MODELS]
+            for format in ("json", "msgpack"):
+                encoded = session.journal.encode(format)
+                assert uow.decode(encoded, tables, format) == events
+
+    async def test_plan_explains_without_recording_or_writing(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            alice = User(name="Alice", email="alice@example.com")
+            session.add(Post(title="Hello", author=alice))
+            plan = session.plan()
+            assert len(plan.batches) == 2
+            explained = plan.explain()
+            assert "conformance_users" in explained and "conformance_posts" in explained
+            assert explained.index("conformance_users") < explained.index("conformance_posts")
+            assert len(session.journal) == 2 and len(session.journal.pending) == 2
+            assert alice.id is None and not session.in_transaction()
+            await session.commit()
+            alice.name = "Alicia"
+            assert "conformance_users" in session.plan().explain()
+            assert len(session.journal) == 2
+            await session.commit()
+            assert session.plan().batches == ()
+
+    # --- optimistic locking and failures -------------------------------------------------------------
+
+    async def test_optimistic_locking_refuses_a_stale_update_and_loses_nothing(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            account = await session.insert(Account(owner="Ann", balance=10))
+            await session.commit()
+            assert account.version == 1
+        async with AsyncSession(engine) as first, AsyncSession(engine) as second:
+            mine = await first.get_one(Account, account.id)
+            await first.commit()
+            theirs = await second.get_one(Account, account.id)
+            theirs.balance = 20
+            await second.commit()
+            assert theirs.version == 2
+            mine.balance = 15
+            with pytest.raises(ConcurrencyError):
+                await first.commit()
+            assert mine.balance == 15
+            pending = [e for e in first.journal.pending if isinstance(e, Updated)]
+            assert len(pending) == 1 and pending[0].new["balance"] == 15
+            assert first.is_modified(mine)
+            await first.rollback()
+            assert mine.balance == 10
+            await first.refresh(mine)
+            assert (mine.balance, mine.version) == (20, 2)
+            await first.update(mine, balance=mine.balance + 5)
+            await first.commit()
+        saved = await stored(engine, Account, account.id)
+        assert (saved.balance, saved.version) == (25, 3)
+
+    async def test_stale_delete_is_refused(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            account = await session.insert(Account(owner="Ann"))
+            await session.commit()
+        async with AsyncSession(engine) as first, AsyncSession(engine) as second:
+            mine = await first.get_one(Account, account.id)
+            await first.commit()
+            await second.update(await second.get_one(Account, account.id), balance=1)
+            await second.commit()
+            with pytest.raises(ConcurrencyError):
+                await first.remove(mine)
+
+    async def test_failed_flush_is_atomic_and_names_the_culprit(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            await session.insert(Post(title="taken", slug="taken"))
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            author = User(name="Author", email="author@example.com")
+            good = Post(title="good", slug="good", author=author)
+            bad = Post(title="bad", slug="taken", author=author)
+            session.add_all([good, bad])
+            assert len(session.plan().batches) == 2
+            pending_before = list(session.journal.pending)
+            with pytest.raises(IntegrityError) as caught:
+                await session.flush()
+            error = caught.value
+            assert error.kind == "unique"
+            assert error.model is Post
+            assert isinstance(error.event, Inserted) and error.event.values["slug"] == "taken"
+            assert error.event in pending_before
+            assert error.key is not None
+            assert list(session.journal.pending) == pending_before
+            assert author.id is None and good.id is None and bad.id is None
+            assert not session.in_transaction()
+            assert await count_rows(engine, User) == 0
+            bad.slug = "fixed"
+            await session.commit()
+            assert author.id is not None and bad.author_id == author.id
+        assert (await stored(engine, Post, bad.id)).slug == "fixed"
+        assert (await stored(engine, User, author.id)).name == "Author"
+
+    async def test_failed_update_names_the_key_of_the_row(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            await session.insert(Post(title="taken", slug="taken"))
+            other = await session.insert(Post(title="other", slug="other"))
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            post = await session.get_one(Post, other.id)
+            post.author = User(name="New", email="new@example.com")
+            post.slug = "taken"
+            with pytest.raises(IntegrityError) as caught:
+                await session.commit()
+            assert caught.value.kind == "unique"
+            assert caught.value.model is Post and caught.value.key == other.id
+            assert isinstance(caught.value.event, Updated)
+            assert post.slug == "taken" and session.is_modified(post)
+            post.slug = "other2"
+            await session.commit()
+        saved = await stored(engine, Post, other.id)
+        assert saved.slug == "other2" and saved.author_id is not None
+
+    async def test_failed_flush_after_an_earlier_flush_keeps_the_earlier_one(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            first = await session.insert(User(name="First", email="first@example.com"))
+            session.add(User(name="Dup", email="first@example.com"))
+            with pytest.raises(IntegrityError):
+                await session.flush()
+            assert first in session and first.id is not None
+            assert len(session.journal.pending) == 1
+            await session.rollback()
+            assert first.id is None
+        assert await count_rows(engine, User) == 0
+
+    async def test_foreign_key_violation_is_an_integrity_error(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            session.add(Post(title="orphan", author_id=987654))
+            with pytest.raises(IntegrityError) as caught:
+                await session.commit()
+            assert caught.value.kind == "foreign_key"
+            assert caught.value.model is Post
+
+    # --- concurrency and cancellation -----------------------------------------------------------------
+
+    async def test_one_session_used_from_two_tasks_is_refused(self, engine: uow.Engine, alice: User) -> None:
+        outcomes: list[BaseException | None] = []
+
+        async def run(work: Callable[[], Any]) -> None:
+            try:
+                await work()
+            except SessionStateError as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+
+        async with AsyncSession(engine) as session:
+            session.add_all([User(name=f"u{i}", email=f"u{i}@example.com") for i in range(50)])
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(run, session.commit)
+                tasks.start_soon(run, lambda: session.get(User, alice.id))
+            refused = [o for o in outcomes if o is not None]
+            assert len(refused) == 1 and "task" in str(refused[0])
+            await session.commit()
+            assert await session.get_one(User, alice.id) is not None
+        assert await count_rows(engine, User) == 51
+
+    async def test_cancelled_commit_leaves_a_defined_state(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            committed_in_scope = False
+            for steps in range(40):
+                users = [User(name=f"u{steps}-{i}", email=f"u{steps}-{i}@example.com") for i in range(3)]
+                session.add_all(users)
+                finished = anyio.Event()
+                with anyio.CancelScope() as scope:
+
+                    async def cancel_after(
+                        scope: anyio.CancelScope = scope, steps: int = steps, finished: anyio.Event = finished
+                    ) -> None:
+                        for _ in range(steps):
+                            await anyio.lowlevel.checkpoint()
+                        if not finished.is_set():
+                            scope.cancel()
+
+                    async with anyio.create_task_group() as tasks:
+                        tasks.start_soon(cancel_after)
+                        await session.commit()
+                        finished.set()
+                if scope.cancelled_caught:
+                    # either nothing of it was committed and the events wait, or all of it was
+                    if session.journal.pending:
+                        assert all(u.id is None for u in users)
+                        assert await count_rows(engine, User, name=users[0].name) == 0
+                    await session.commit()
+                else:
+                    committed_in_scope = True
+                assert not session.journal.pending and not session.in_transaction()
+                assert all(u.id is not None for u in users)
+                for user in users:
+                    assert (await stored(engine, User, user.id)).email == user.email
+                if committed_in_scope:
+                    break
+            assert committed_in_scope
+            assert await count_rows(engine, User) == len(session)
+
+    async def test_cancelled_flush_then_rollback(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            await session.update(user, age=31)
+            session.add(User(name="New", email="new@example.com"))
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await session.flush()
+            assert scope.cancelled_caught
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await session.rollback()
+            assert user.age == 30 and not session.journal.pending and not session.in_transaction()
+            await session.update(user, age=32)
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).age == 32
+
+    # --- values ------------------------------------------------------------------------------------------
+
+    async def test_every_column_kind_round_trips(self, engine: uow.Engine) -> None:
+        full = _sample()
+        empty = _sample(label=None, count=None, data={}, flag=False, ratio=-1.5, amount=decimal.Decimal("-0.01"))
+        async with AsyncSession(engine) as session:
+            session.add_all([full, empty])
+            await session.commit()
+        for original in (full, empty):
+            saved = await stored(engine, Sample, original.id)
+            assert saved is not original
+            for column in table_info(Sample).column_names:
+                value, expected = getattr(saved, column), getattr(original, column)
+                assert value == expected, column
+                assert isinstance(value, type(expected)), column
+        assert saved.created_at.utcoffset() == dt.timedelta(0)
+        async with AsyncSession(engine) as session:
+            sample = await session.get_one(Sample, str(full.id))
+            await session.update(sample, amount=decimal.Decimal("0.5"), color=Color.BLUE, data={"x": [1, 2]})
+            await session.commit()
+        saved = await stored(engine, Sample, full.id)
+        assert (saved.amount, saved.color, saved.data) == (decimal.Decimal("0.5"), Color.BLUE, {"x": [1, 2]})
+
+
+def _sample_values() -> dict[str, Any]:
+    sample = _sample()
+    return {name: getattr(sample, name) for name in table_info(Sample).column_names}

@@ -1,0 +1,102 @@
+"""The models the conformance suite (:mod:`uow.testing.conformance`) runs on.
+
+They cover what a storage adapter has to get right: generated and given
+primary keys, unique columns, foreign keys with ``cascade`` and ``set null``,
+a self reference, optimistic locking (:class:`~uow.model.Versioned`), soft
+delete (:class:`~uow.model.SoftDelete`) and every column kind. Table names
+start with ``conformance_`` so they do not clash with an application's tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+
+from uow.model import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, Versioned, relation
+
+
+class User(Model, table="conformance_users", kw_only=True):
+    """A user; ``email`` is unique, ``posts`` lists the user's posts when loaded or set."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    name: str
+    email: Annotated[str, Unique()]
+    age: int = 0
+    posts: list[Post] = relation(back="author_id")
+
+
+class Post(Model, table="conformance_posts", kw_only=True):
+    """A post; deleted with its author, ``slug`` unique when set."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    author_id: Annotated[int | None, ForeignKey(User, on_delete="cascade")] = None
+    title: str
+    slug: Annotated[str | None, Unique()] = None
+    author: User | None = relation("author_id")
+
+
+class Review(Model, table="conformance_reviews", kw_only=True):
+    """A review that outlives its reviewer: the reference is set to null."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    reviewer_id: Annotated[int | None, ForeignKey(User, on_delete="set null")] = None
+    stars: int = 0
+
+
+class Category(Model, table="conformance_categories", kw_only=True):
+    """A tree: each category may have a parent category, deleted with it."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    name: str
+    parent_id: Annotated[int | None, ForeignKey("Category", on_delete="cascade")] = None
+    parent: Category | None = relation("parent_id")
+
+
+class Account(Model, Versioned, table="conformance_accounts", kw_only=True):
+    """An account under optimistic locking (``version``)."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    owner: str
+    balance: int = 0
+
+
+class Note(Model, SoftDelete, table="conformance_notes", kw_only=True):
+    """A note that is hidden (``deleted_at``) rather than deleted."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    text: str
+
+
+class Color(enum.Enum):
+    """A text enum column."""
+
+    RED = "red"
+    GREEN = "green"
+    BLUE = "blue"
+
+
+class Sample(Model, table="conformance_samples", kw_only=True):
+    """One column of every kind, keyed by a given (not generated) UUID."""
+
+    id: Annotated[uuid.UUID, PrimaryKey()]
+    created_at: dt.datetime
+    day: dt.date
+    amount: decimal.Decimal
+    flag: bool
+    ratio: float
+    blob: bytes
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    color: Color = Color.RED
+    label: str | None = None
+    count: int | None = None
+
+
+MODELS: tuple[type[Model], ...] = (User, Post, Review, Category, Account, Note, Sample)
+"""Every model of the suite, parents first."""
+
+__all__ = ["MODELS", "Account", "Category", "Color", "Note", "Post", "Review", "Sample", "User"]
