@@ -304,12 +304,14 @@ class AsyncSession:
         for obj in objects:
             self._add(obj)
 
-    def _add(self, obj: Any) -> InstanceState:
+    def _add(self, obj: Any, links: dict[str, int] | None = None) -> InstanceState:
         table = self._table_of(obj)
         state = self._identity.state_of(obj)
         if state is not None and state.status in _LIVE:
             return state
         parent_refs = self._link_parents(obj, table)
+        if links:
+            parent_refs.update(links)
         values = table.values_of(obj)
         self._validate_new_row(table, values)
         key = values[table.key_index]
@@ -367,6 +369,7 @@ class AsyncSession:
         return waiting
 
     def _add_children(self, obj: Any, table: TableInfo, state: InstanceState) -> None:
+        """Add new children listed in one-to-many relations, linked to ``obj``."""
         for relation in table.relations.values():
             if not relation.many or relation.remote_column is None:
                 continue
@@ -376,32 +379,12 @@ class AsyncSession:
             for child in children:
                 if self._identity.state_of(child) is not None:
                     continue
-                child_table = self._table_of(child)
                 if state.key is not None:
                     setattr(child, relation.remote_column, state.key)
                     self._add(child)
                 else:
                     setattr(child, relation.remote_column, None)
-                    child_state = self._add(child)
-                    self._journal.truncate(self._journal.mark - 1)  # re-record with the parent link
-                    self._identity.untrack(child_state, forget_ref=True)
-                    values = child_table.values_of(child)
-                    links = dict(child_state.parent_refs or {})
-                    links[relation.remote_column] = state.ref
-                    relinked = InstanceState(child, child_state.ref, child_table, values, Status.PENDING)
-                    relinked.parent_refs = links
-                    self._identity.track(relinked)
-                    self._record(
-                        Inserted(
-                            seq=self._journal.next_seq(),
-                            at=_now(),
-                            table=child_table.name,
-                            ref=relinked.ref,
-                            key=values[child_table.key_index],
-                            values=child_table.row_dict(values),
-                            parent_refs=dict(links),
-                        )
-                    )
+                    self._add(child, links={relation.remote_column: state.ref})
 
     def delete(self, obj: Any) -> None:
         """Mark a tracked object deleted; the delete is flushed later.
@@ -501,8 +484,6 @@ class AsyncSession:
                 if state.parent_refs:
                     state.parent_refs.pop(column, None)
             elif (state.parent_refs or {}).get(column) != parent_state.ref:
-                if state.status is Status.PENDING and (state.parent_refs or {}).get(column) is None:
-                    pass
                 index = table.column_index[column]
                 old_value = state.snapshot[index]
                 setattr(state.obj, column, None)
