@@ -160,13 +160,18 @@ class SqlDialect:
         text = f"SELECT {self.column_list(table)} FROM {source}{where}"
         if select.order_by:
             text += " ORDER BY " + ", ".join(
-                f"{self.quote(o.column)} {'DESC NULLS LAST' if o.descending else 'ASC NULLS FIRST'}"
+                f"{self.sort_key(table, o.column)} {'DESC NULLS LAST' if o.descending else 'ASC NULLS FIRST'}"
                 for o in select.order_by
             )
         text = self._limited(text, select, params)
         if select.for_update:
             text += " FOR UPDATE"
         return text, params.values
+
+    def sort_key(self, table: TableInfo, column: str) -> str:
+        """The ORDER BY expression for ``column`` (the quoted column by default;
+        a dialect that stores a type as text may sort by a conversion instead)."""
+        return self.quote(column)
 
     def _limited(self, text: str, select: Select, params: Params) -> str:
         if select.limit is not None:

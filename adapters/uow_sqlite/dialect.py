@@ -1,0 +1,307 @@
+"""SQLite statement text and value conversion.
+
+Storage choices (what a row looks like in the file):
+
+- ``integer`` INTEGER; a generated integer primary key is
+  ``INTEGER PRIMARY KEY AUTOINCREMENT``: the key is the rowid, and
+  AUTOINCREMENT makes SQLite never hand out a key again after its row was
+  deleted (audit records and outbox events keep pointing at one row only), at
+  the cost of one ``sqlite_sequence`` update per insert statement;
+- ``float`` REAL, ``boolean`` INTEGER 0/1 (read back as ``bool``), ``text``
+  TEXT, ``bytes`` BLOB;
+- ``datetime`` TEXT in ISO-8601 with microseconds always written, so text order
+  is time order. A naive value stays naive; an aware value is stored converted
+  to UTC (``+00:00``) and read back as an equal, UTC-aware datetime, the way
+  PostgreSQL's ``timestamptz`` behaves;
+- ``date`` and ``time`` TEXT in ISO format (times always with microseconds);
+- ``decimal`` TEXT (exact, read back as ``Decimal``); comparisons and sorting
+  cast it to a number, so ``10 > 9`` holds as for the other adapters;
+- ``uuid`` TEXT in the canonical hyphenated form, read back as ``UUID``;
+- ``json`` TEXT written by ``msgspec.json``, read back with the column's type
+  (``dict``, ``list``, a Struct, ...);
+- Enum columns store the member's ``value`` and read back the member.
+
+LIKE: a case-sensitive ``Like`` compiles to ``GLOB`` with the pattern
+translated (SQLite's own LIKE ignores ASCII case by default), which keeps the
+built-in C implementation and prefix index use. A case-insensitive ``Like``
+calls ``uow_ilike(value, pattern)``, a deterministic Python function registered
+on every connection that runs :func:`uow.conditions.like_regex`, so Unicode
+case folding (``É``/``é``, ``Ä``/``ä``) matches the memory adapter exactly
+instead of SQLite's ASCII-only folding.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import msgspec
+
+from uow.conditions import Between, Compare, Condition, In, Like, like_regex
+from uow.model import ColumnInfo, TableInfo
+from uow.sql import Converter, Params, SqlDialect
+from uow.statements import Select
+
+ILIKE_FUNCTION = "uow_ilike"
+"""Name of the SQL function registered on each connection for case-insensitive LIKE."""
+
+_TYPES = {
+    "integer": "INTEGER",
+    "float": "REAL",
+    "boolean": "INTEGER",
+    "text": "TEXT",
+    "bytes": "BLOB",
+    "datetime": "TEXT",
+    "date": "TEXT",
+    "time": "TEXT",
+    "decimal": "TEXT",
+    "uuid": "TEXT",
+    "json": "TEXT",
+}
+
+_SQL_COMPARE = {"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+_GLOB_SPECIAL = frozenset("*?[")
+
+
+def ilike(value: Any, pattern: Any) -> int | None:
+    """``value ILIKE pattern`` with ``\\`` as escape, as SQL sees it (NULL in, NULL out)."""
+    if value is None or pattern is None:
+        return None
+    return int(like_regex(str(pattern), True).fullmatch(str(value)) is not None)
+
+
+def like_to_glob(pattern: str) -> str:
+    """A GLOB pattern matching exactly what the LIKE ``pattern`` (``\\`` escape) matches."""
+    parts: list[str] = []
+    chars = iter(pattern)
+    for char in chars:
+        if char == "\\":
+            literal = next(chars, "\\")
+            parts.append(f"[{literal}]" if literal in _GLOB_SPECIAL else literal)
+        elif char == "%":
+            parts.append("*")
+        elif char == "_":
+            parts.append("?")
+        elif char in _GLOB_SPECIAL:
+            parts.append(f"[{char}]")
+        else:
+            parts.append(char)
+    return "".join(parts)
+
+
+def _encode_datetime(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None and value.utcoffset() is not None:
+            value = value.astimezone(dt.UTC)
+        return value.isoformat(timespec="microseconds")
+    return value
+
+
+def _encode_time(value: Any) -> Any:
+    return value.isoformat(timespec="microseconds") if isinstance(value, dt.time) else value
+
+
+def _encode_date(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.date) else value
+
+
+def _encode_decimal(value: Any) -> Any:
+    return str(value) if isinstance(value, (decimal.Decimal, int, float)) else value
+
+
+def _decode_decimal(value: Any) -> decimal.Decimal:
+    return value if isinstance(value, decimal.Decimal) else decimal.Decimal(str(value))
+
+
+def _encode_uuid(value: Any) -> Any:
+    return str(value) if isinstance(value, uuid.UUID) else value
+
+
+def _decode_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _encode_json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _encode_enum(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _json_decoder(python_type: Any) -> Converter:
+    try:
+        typed: msgspec.json.Decoder[Any] = msgspec.json.Decoder(python_type)
+    except TypeError:
+        typed = msgspec.json.Decoder()
+    plain: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+
+    def decode(value: Any) -> Any:
+        try:
+            return typed.decode(value)
+        except msgspec.ValidationError:
+            # Written outside uow (raw SQL) in another shape: hand back plain JSON.
+            return plain.decode(value)
+
+    return decode
+
+
+def _is_enum(python_type: Any) -> bool:
+    return isinstance(python_type, type) and issubclass(python_type, enum.Enum)
+
+
+class SQLiteDialect(SqlDialect):
+    """The :class:`uow.sql.SqlDialect` for SQLite 3.35 or later (RETURNING, NULLS FIRST)."""
+
+    name = "sqlite"
+    no_limit_clause = " LIMIT -1"
+
+    def __init__(self) -> None:
+        self._row_decoders: dict[int, tuple[TableInfo, Callable[[Sequence[Any]], tuple[Any, ...]]]] = {}
+        self._json_decoders: dict[Any, Converter] = {}
+
+    # --- types --------------------------------------------------------------
+
+    def column_type(self, column: ColumnInfo) -> str:
+        return _TYPES[column.kind]
+
+    def encoder(self, column: ColumnInfo) -> Converter | None:
+        if _is_enum(column.python_type):
+            return _encode_enum
+        kind = column.kind
+        if kind == "datetime":
+            return _encode_datetime
+        if kind == "date":
+            return _encode_date
+        if kind == "time":
+            return _encode_time
+        if kind == "decimal":
+            return _encode_decimal
+        if kind == "uuid":
+            return _encode_uuid
+        if kind == "json":
+            return _encode_json
+        return None
+
+    def decoder(self, column: ColumnInfo) -> Converter | None:
+        if _is_enum(column.python_type):
+            enum_type: Converter = column.python_type
+            return enum_type
+        kind = column.kind
+        if kind == "boolean":
+            return bool
+        if kind == "float":
+            return float
+        if kind == "datetime":
+            return dt.datetime.fromisoformat
+        if kind == "date":
+            return dt.date.fromisoformat
+        if kind == "time":
+            return dt.time.fromisoformat
+        if kind == "decimal":
+            return _decode_decimal
+        if kind == "uuid":
+            return _decode_uuid
+        if kind == "json":
+            try:
+                cached = self._json_decoders.get(column.python_type)
+            except TypeError:  # an unhashable annotation
+                return _json_decoder(column.python_type)
+            if cached is None:
+                cached = self._json_decoders[column.python_type] = _json_decoder(column.python_type)
+            return cached
+        return None
+
+    def row_decoder(self, table: TableInfo) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+        """As the base, built once per table."""
+        cached = self._row_decoders.get(id(table))
+        if cached is not None and cached[0] is table:
+            return cached[1]
+        decode = super().row_decoder(table)
+        self._row_decoders[id(table)] = (table, decode)
+        return decode
+
+    # --- schema -------------------------------------------------------------
+
+    def column_definition(self, table: TableInfo, column: ColumnInfo) -> str:
+        """As the base, with AUTOINCREMENT on a generated integer key and NOT NULL
+        on every other key (SQLite otherwise lets a non-integer key be NULL)."""
+        if not column.primary_key:
+            return super().column_definition(table, column)
+        column_type = self.column_type(column)
+        if column.generated and column_type == "INTEGER":
+            return f"{self.quote(column.name)} INTEGER PRIMARY KEY AUTOINCREMENT"
+        return f"{self.quote(column.name)} {column_type} PRIMARY KEY NOT NULL"
+
+    # --- reads --------------------------------------------------------------
+
+    def select(self, select: Select) -> tuple[str, list[Any]]:
+        """As the base; ``for_update`` is dropped, since SQLite has no row locks
+        (a writing transaction locks the whole database; ask for isolation
+        ``"serializable"`` to take that lock when the transaction begins)."""
+        if select.for_update:
+            select = replace(select, for_update=False)
+        return super().select(select)
+
+    def sort_key(self, table: TableInfo, column: str) -> str:
+        quoted = self.quote(column)
+        if self._is_decimal(table, column):
+            return f"CAST({quoted} AS REAL)"
+        return quoted
+
+    def condition(self, condition: Condition, table: TableInfo, params: Params) -> str:
+        if isinstance(condition, Like):
+            column = self.quote(condition.column)
+            if condition.case_insensitive:
+                return f"{ILIKE_FUNCTION}({column}, {params.add(condition.pattern)})"
+            return f"{column} GLOB {params.add(like_to_glob(condition.pattern))}"
+        if isinstance(condition, (Compare, Between, In)) and self._is_decimal(table, condition.column):
+            return self._decimal_condition(condition, table, params)
+        return super().condition(condition, table, params)
+
+    def _is_decimal(self, table: TableInfo, column: str) -> bool:
+        index = table.column_index.get(column)
+        return index is not None and table.columns[index].kind == "decimal"
+
+    def _decimal_condition(self, condition: Compare | Between | In, table: TableInfo, params: Params) -> str:
+        column = f"CAST({self.quote(condition.column)} AS REAL)"
+
+        def value(raw: Any) -> str:
+            return f"CAST({params.add(self.encode_value(table, condition.column, raw))} AS REAL)"
+
+        if isinstance(condition, Compare):
+            return f"{column} {_SQL_COMPARE[condition.cmp]} {value(condition.value)}"
+        if isinstance(condition, Between):
+            return f"{column} BETWEEN {value(condition.low)} AND {value(condition.high)}"
+        if not condition.values:
+            return "1 = 1" if condition.negate else "1 = 0"
+        holders = ", ".join(value(v) for v in condition.values)
+        return f"{column} {'NOT ' if condition.negate else ''}IN ({holders})"
+
+    # --- writes -------------------------------------------------------------
+
+    def insert_returning_many(self, table: TableInfo, columns: Sequence[str], count: int) -> str:
+        """One INSERT of ``count`` rows that returns the generated keys.
+
+        Rows come from a VALUES list tagged with their position and sorted by it,
+        so SQLite inserts them in row order; a generated integer key only grows,
+        so the returned keys sorted ascending are the keys of the rows in order
+        (without relying on the order RETURNING emits them in, which SQLite
+        leaves unspecified).
+        """
+        holders = ", ".join("?" for _ in columns)
+        values = ", ".join(f"({position}, {holders})" for position in range(count))
+        picked = ", ".join(f"column{i}" for i in range(2, len(columns) + 2))
+        return (
+            f"INSERT INTO {self.quote(table.name)} ({self.column_list(table, columns)}) "
+            f"SELECT {picked} FROM (VALUES {values}) ORDER BY column1 "
+            f"RETURNING {self.quote(table.key_column)}"
+        )
+
+
+__all__ = ["ILIKE_FUNCTION", "SQLiteDialect", "ilike", "like_to_glob"]
