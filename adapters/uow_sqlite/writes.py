@@ -7,10 +7,13 @@ replayed row by row (then undone again) to tell which row failed; the fast
 path never pays for that.
 
 Inserts that return generated integer keys use one multi-row statement per
-chunk (see :meth:`uow_sqlite.dialect.SQLiteDialect.insert_returning_many`);
-measured on 1000 rows this is about 3x faster than one statement per row in
-the worker thread and faster than a plain ``executemany``. Other keys, and
-upserts, run one statement per row, still in a single thread hop.
+chunk (see :meth:`uow_sqlite.dialect.SQLiteDialect.insert_returning_many`).
+Measured for 1000 three-column rows in one transaction on a WAL file (SQLite
+3.40, median of 9): that statement 2.9 ms; a bare multi-row ``VALUES ...
+RETURNING`` (whose RETURNING order SQLite does not promise) 2.5 ms;
+``executemany`` without keys 3.5 ms; one statement per row inside a single
+worker-thread call 8.6 ms; one awaited statement per row about 450 ms. Other
+keys, and upserts, run one statement per row, still in a single thread hop.
 """
 
 from __future__ import annotations
