@@ -577,14 +577,16 @@ class AsyncSession:
             await connection.savepoint(savepoint)
         try:
             outcome = await self._apply(connection, plan)
+            if savepoint is not None:
+                # once every batch applied, a cancellation must not split the flush from its bookkeeping
+                with anyio.CancelScope(shield=True):
+                    await connection.release_savepoint(savepoint)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._undo_failed_flush(connection, savepoint, exc)
                 if isinstance(exc, IntegrityError) and exc.event is None:
                     await self._explain_integrity_error(exc, plan, pending)
             raise
-        if savepoint is not None:
-            await connection.release_savepoint(savepoint)
         self._after_flush(outcome, pending)
         return outcome
 
