@@ -979,6 +979,7 @@ class AsyncSession:
         A tracked object is returned without a query. Soft-deleted rows are
         left out unless ``with_deleted``.
         """
+        self._check_idle()
         table = self._table(model)
         key = self._check_key(table, key)
         state = self._identity.get(table, key)
@@ -1143,9 +1144,13 @@ class AsyncSession:
             state = self._live_state(obj)
             checked = self._checked_values(state.table, values)
             self._record_changes(state)
-            for name, value in checked.items():
-                setattr(obj, name, value)
-            self._record_changes(state)
+            try:
+                for name, value in checked.items():
+                    setattr(obj, name, value)
+                self._record_changes(state)
+            except BaseException:
+                state.restore_snapshot()  # a refused update leaves the object as it was
+                raise
             await self._flush()
             await self._done()
         return obj
