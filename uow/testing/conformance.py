@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import anyio
@@ -320,6 +320,19 @@ class SessionConformance:
             await session.commit()
         saved = await stored(engine, User, alice.id)
         assert (saved.name, saved.age) == ("Alice", 30)
+
+    async def test_update_of_the_primary_key_is_refused_and_changes_nothing(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            with pytest.raises(ValidationError):
+                await session.update(user, id=12345, name="Other")
+            assert (user.id, user.name) == (alice.id, "Alice")
+            assert not session.is_modified(user)
+            await session.update(user, age=1)
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).age == 1
 
     # --- remove / delete ----------------------------------------------------------------
 
@@ -819,6 +832,53 @@ class SessionConformance:
         assert await stored(engine, User, bob.id) is not None
         assert await count_rows(engine, User) == 2
 
+    async def test_rollback_undoes_every_kind_of_event_in_place(
+        self, engine: uow.Engine, alice: User, reads: ReadCounter
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            bob, carol = await session.insert_all(
+                [User(name="Bob", email="bob@example.com", age=1), User(name="Carol", email="carol@example.com", age=1)]
+            )
+            post = await session.insert(Post(title="Bob's", author=bob))
+            note = await session.insert(Note(text="note"))
+            await session.commit()
+            user = await session.get_one(User, alice.id)
+            reads_before = reads.count
+            upserted_new = await session.upsert(User(name="Dan", email="dan@example.com"), conflict_target=["email"])
+            assert await session.upsert(User(name="Al", email="alice@example.com", age=2), ["email"]) is user
+            assert await session.bulk_update(User, {"age": 9}, age=1) == 2
+            await session.soft_delete(note)
+            session.delete(bob)
+            await session.flush()
+            assert post not in session and bob not in session
+            assert await session.bulk_delete(User, email="carol@example.com") == 1
+            assert carol not in session
+            await session.rollback()
+            assert reads.count == reads_before
+            assert upserted_new not in session and upserted_new.id is None
+            assert (user.name, user.age) == ("Alice", 30)
+            assert bob in session and post in session and carol in session
+            assert (bob.age, carol.age, post.author_id) == (1, 1, bob.id)
+            assert note.deleted_at is None and await session.get(Note, note.id) is note
+            assert not any(session.is_modified(o) for o in (user, bob, carol, post, note))
+            await session.commit()
+        assert await count_rows(engine, User) == 3
+        assert (await stored(engine, Post, post.id)).author_id == bob.id
+
+    async def test_savepoint_rollback_revives_deleted_objects(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            post = await session.insert(Post(title="p", author=user))
+            with pytest.raises(RuntimeError):
+                async with session.begin_nested():
+                    await session.remove(user)
+                    assert user not in session and post not in session
+                    raise RuntimeError("undo")
+            assert user in session and post in session
+            assert await session.get(Post, post.id) is post
+            await session.commit()
+        assert (await stored(engine, Post, post.id)).author_id == alice.id
+
     async def test_rollback_discards_unflushed_work(self, engine: uow.Engine, alice: User) -> None:
         async with AsyncSession(engine) as session:
             user = await session.get_one(User, alice.id)
@@ -1166,43 +1226,73 @@ class SessionConformance:
             assert await session.get_one(User, alice.id) is not None
         assert await count_rows(engine, User) == 51
 
+    async def test_reads_of_tracked_objects_are_refused_while_another_task_flushes(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            session.add_all([User(name=f"u{i}", email=f"u{i}@example.com") for i in range(50)])
+            refused: list[SessionStateError] = []
+
+            async def read_while_busy() -> None:
+                for _ in range(1000):
+                    await anyio.lowlevel.checkpoint()
+                    if not session.journal.pending:
+                        return
+                    try:
+                        await session.get(User, alice.id)
+                    except SessionStateError as exc:
+                        refused.append(exc)
+                        return
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(session.commit)
+                tasks.start_soon(read_while_busy)
+            assert refused, "a read from a second task during commit was not refused"
+            assert await session.get(User, alice.id) is user
+
     async def test_cancelled_commit_leaves_a_defined_state(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
-            committed_in_scope = False
-            for steps in range(40):
+            for steps in _CANCEL_POINTS:
                 users = [User(name=f"u{steps}-{i}", email=f"u{steps}-{i}@example.com") for i in range(3)]
                 session.add_all(users)
-                finished = anyio.Event()
-                with anyio.CancelScope() as scope:
-
-                    async def cancel_after(
-                        scope: anyio.CancelScope = scope, steps: int = steps, finished: anyio.Event = finished
-                    ) -> None:
-                        for _ in range(steps):
-                            await anyio.lowlevel.checkpoint()
-                        if not finished.is_set():
-                            scope.cancel()
-
-                    async with anyio.create_task_group() as tasks:
-                        tasks.start_soon(cancel_after)
-                        await session.commit()
-                        finished.set()
-                if scope.cancelled_caught:
-                    # either nothing of it was committed and the events wait, or all of it was
-                    if session.journal.pending:
-                        assert all(u.id is None for u in users)
-                        assert await count_rows(engine, User, name=users[0].name) == 0
-                    await session.commit()
-                else:
-                    committed_in_scope = True
+                cancelled = await _cancel_after(steps, session.commit)
+                if cancelled and session.journal.pending:
+                    # nothing of it was committed and its events wait for the next commit
+                    assert all(u.id is None for u in users)
+                    assert not session.in_transaction()
+                    assert await count_rows(engine, User, name=users[0].name) == 0
+                await session.commit()
                 assert not session.journal.pending and not session.in_transaction()
-                assert all(u.id is not None for u in users)
                 for user in users:
                     assert (await stored(engine, User, user.id)).email == user.email
-                if committed_in_scope:
+                assert await count_rows(engine, User) == len(session)
+                if not cancelled:
                     break
-            assert committed_in_scope
-            assert await count_rows(engine, User) == len(session)
+            assert not cancelled
+
+    async def test_cancelled_commit_keeps_earlier_flushes_of_the_transaction(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            for steps in _CANCEL_POINTS:
+                early = await session.insert(User(name=f"early{steps}", email=f"early{steps}@example.com"))
+                late = [User(name=f"late{steps}-{i}", email=f"late{steps}-{i}@example.com") for i in range(3)]
+                session.add_all(late)
+                early.age = 5
+                cancelled = await _cancel_after(steps, session.commit)
+                if cancelled and session.journal.pending:
+                    assert all(u.id is None for u in late)
+                    assert early.id is not None and early in session and early.age == 5
+                    assert session.in_transaction()
+                    assert await stored(engine, User, early.id) is None
+                await session.commit()
+                assert not session.journal.pending and not session.in_transaction()
+                for user in [early, *late]:
+                    saved = await stored(engine, User, user.id)
+                    assert (saved.email, saved.age) == (user.email, user.age)
+                assert await count_rows(engine, User) == len(session)
+                if not cancelled:
+                    break
+            assert not cancelled
 
     async def test_cancelled_flush_then_rollback(self, engine: uow.Engine, alice: User) -> None:
         async with AsyncSession(engine) as session:
@@ -1243,6 +1333,30 @@ class SessionConformance:
             await session.commit()
         saved = await stored(engine, Sample, full.id)
         assert (saved.amount, saved.color, saved.data) == (decimal.Decimal("0.5"), Color.BLUE, {"x": [1, 2]})
+
+
+_CANCEL_POINTS = [*range(30), *(int(30 * 1.25**k) for k in range(1, 40))]
+"""How many scheduling points to wait before cancelling: every early one, then
+growing, so that work waiting on a real network is reached too."""
+
+
+async def _cancel_after(checkpoints: int, work: Callable[[], Awaitable[Any]]) -> bool:
+    """Run ``work``, cancelling it after ``checkpoints`` scheduling points of a
+    helper task unless it finished first; whether it was cancelled."""
+    finished = anyio.Event()
+    with anyio.CancelScope() as scope:
+
+        async def cancel_later() -> None:
+            for _ in range(checkpoints):
+                await anyio.lowlevel.checkpoint()
+            if not finished.is_set():
+                scope.cancel()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(cancel_later)
+            await work()
+            finished.set()
+    return scope.cancelled_caught
 
 
 def _sample_values() -> dict[str, Any]:
