@@ -145,6 +145,7 @@ class AsyncSession:
         self._savepoints: list[_Savepoint] = []
         self._savepoint_counter = 0
         self._next_ref = 1
+        self._adding: dict[int, int] = {}
         self._busy: str | None = None
         self._cascaded_upto = 0
         self._context_tokens: list[contextvars.Token[AsyncSession | None]] = []
@@ -309,7 +310,12 @@ class AsyncSession:
         state = self._identity.state_of(obj)
         if state is not None and state.status in _LIVE:
             return state
-        parent_refs = self._link_parents(obj, table)
+        ref = self._new_ref()
+        self._adding[id(obj)] = ref  # parents that point back at obj link to this ref
+        try:
+            parent_refs = self._link_parents(obj, table)
+        finally:
+            del self._adding[id(obj)]
         if links:
             parent_refs.update(links)
         values = table.values_of(obj)
@@ -322,7 +328,6 @@ class AsyncSession:
                     f"another {type(obj).__name__} with {table.key_column}={key!r} is already tracked; "
                     "use merge() to copy this one onto it"
                 )
-        ref = self._new_ref()
         new_state = InstanceState(obj, ref, table, values, Status.PENDING)
         new_state.parent_refs = parent_refs or None
         self._identity.track(new_state)
@@ -357,6 +362,10 @@ class AsyncSession:
             descriptor: RelationDescriptor = getattr(table.model, relation.name)
             parent = descriptor.raw(obj)
             if not is_model(parent):
+                continue
+            if id(parent) in self._adding:  # a cycle of new objects: the planner breaks it
+                setattr(obj, relation.local_column, None)
+                waiting[relation.local_column] = self._adding[id(parent)]
                 continue
             parent_state = self._identity.state_of(parent)
             if parent_state is None or parent_state.status is Status.DETACHED:
@@ -468,6 +477,9 @@ class AsyncSession:
 
     def _sync_relations(self, state: InstanceState) -> None:
         table = state.table
+        if not table.relations:
+            return
+        self._add_children(state.obj, table, state)
         for relation in table.relations.values():
             if relation.many or relation.local_column is None:
                 continue
