@@ -373,6 +373,32 @@ class SessionConformance:
         saved_review = await stored(engine, Review, review.id)
         assert saved_review is not None and saved_review.reviewer_id is None
 
+    async def test_deleting_a_parent_takes_its_new_children_with_it(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            draft = Post(title="draft", author=user)
+            session.add(draft)
+            session.delete(user)
+            await session.commit()
+            assert draft not in session and draft.id is None
+        assert await stored(engine, User, alice.id) is None
+        assert await count_rows(engine, Post) == 0
+
+    async def test_assigning_a_relation_moves_the_foreign_key(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            post = await session.insert(Post(title="p", author_id=alice.id))
+            bob = await session.insert(User(name="Bob", email="bob@example.com"))
+            await session.commit()
+            post.author = bob
+            await session.flush()
+            assert post.author_id == bob.id
+            post.author = User(name="Carol", email="carol@example.com")
+            await session.commit()
+            assert post.author_id is not None and post.author_id not in (alice.id, bob.id)
+            carol_id = post.author_id
+        assert (await stored(engine, Post, post.id)).author_id == carol_id
+        assert (await stored(engine, User, carol_id)).name == "Carol"
+
     async def test_delete_of_an_unsaved_object_writes_nothing(self, engine: uow.Engine, reads: ReadCounter) -> None:
         async with AsyncSession(engine) as session:
             ghost = User(name="Ghost", email="ghost@example.com")
@@ -782,6 +808,36 @@ class SessionConformance:
         assert (await stored(engine, User, first.id)).age == 0
         assert await count_rows(engine, User) == 1
 
+    async def test_a_failed_flush_inside_a_savepoint_rolls_back_only_the_savepoint(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            kept = await session.insert(User(name="Kept", email="kept@example.com"))
+            duplicate = User(name="Dup", email="alice@example.com")
+            with pytest.raises(IntegrityError):
+                async with session.begin_nested():
+                    kept.age = 3
+                    session.add(duplicate)
+                    await session.flush()
+            assert duplicate not in session and duplicate.id is None
+            assert kept in session and kept.age == 0
+            assert not session.journal.pending
+            await session.commit()
+        assert (await stored(engine, User, kept.id)).name == "Kept"
+        assert await count_rows(engine, User) == 2
+
+    async def test_releasing_a_savepoint_releases_the_ones_inside_it(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            outer = await session.begin_nested()
+            inner = await session.begin_nested()
+            user = await session.insert(User(name="A", email="a@example.com"))
+            await outer.commit()
+            with pytest.raises(SessionStateError):
+                await inner.rollback()
+            assert user in session
+            await session.commit()
+        assert await stored(engine, User, user.id) is not None
+
     async def test_nested_savepoints(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             base = await session.insert(User(name="Base", email="base@example.com"))
@@ -878,6 +934,25 @@ class SessionConformance:
             assert await session.get(Post, post.id) is post
             await session.commit()
         assert (await stored(engine, Post, post.id)).author_id == alice.id
+
+    async def test_rolled_back_inserts_lose_generated_keys_and_can_be_added_again(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author = User(name="Author", email="author@example.com")
+            post = Post(title="p", author=author)
+            root = Category(name="root")
+            leaf = Category(name="leaf", parent=root)
+            session.add_all([post, leaf])
+            await session.flush()
+            assert None not in (author.id, post.author_id, root.id, leaf.parent_id)
+            await session.rollback()
+            assert (author.id, post.id, post.author_id) == (None, None, None)
+            assert (root.id, leaf.id, leaf.parent_id) == (None, None, None)
+            assert len(session) == 0
+            session.add_all([post, leaf])
+            await session.commit()
+            assert post.author_id == author.id and leaf.parent_id == root.id
+        assert (await stored(engine, Post, post.id)).author_id == author.id
+        assert (await stored(engine, Category, leaf.id)).parent_id == root.id
 
     async def test_rollback_discards_unflushed_work(self, engine: uow.Engine, alice: User) -> None:
         async with AsyncSession(engine) as session:
@@ -1201,6 +1276,36 @@ class SessionConformance:
                 await session.commit()
             assert caught.value.kind == "foreign_key"
             assert caught.value.model is Post
+
+    async def test_failed_bulk_update_restores_tracked_objects(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            one, two = await session.insert_all(
+                [User(name="one", email="1@example.com", age=1), User(name="two", email="2@example.com", age=1)]
+            )
+            await session.commit()
+            events = len(session.journal)
+            with pytest.raises(IntegrityError) as caught:
+                await session.bulk_update(User, {"email": "same@example.com"}, age=1)
+            assert caught.value.kind == "unique"
+            assert (one.email, two.email) == ("1@example.com", "2@example.com")
+            assert len(session.journal) == events and not session.journal.pending
+            assert await session.bulk_update(User, {"age": 2}, age=1) == 2
+            assert (one.age, two.age) == (2, 2)
+            await session.commit()
+        assert (await stored(engine, User, two.id)).email == "2@example.com"
+
+    async def test_a_duplicate_given_primary_key_is_an_integrity_error(self, engine: uow.Engine) -> None:
+        sample = _sample()
+        async with AsyncSession(engine) as session:
+            await session.insert(sample)
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            session.add(_sample(id=sample.id, label="duplicate"))
+            with pytest.raises(IntegrityError) as caught:
+                await session.commit()
+            assert caught.value.kind == "primary_key"
+            assert caught.value.model is Sample and caught.value.key == sample.id
+        assert (await stored(engine, Sample, sample.id)).label == "sample"
 
     # --- concurrency and cancellation -----------------------------------------------------------------
 
