@@ -1223,6 +1223,7 @@ class SessionConformance:
                 await session.flush()
             error = caught.value
             assert error.kind == "unique"
+            assert error.table == "conformance_posts" and error.columns == ("slug",)
             assert error.model is Post
             assert isinstance(error.event, Inserted) and error.event.values["slug"] == "taken"
             assert error.event in pending_before
