@@ -50,6 +50,11 @@ class QueryError(UowError):
     """A query names an unknown field or lookup, or is malformed."""
 
 
+class UnknownFieldError(QueryError, AttributeError):
+    """A query, or a class-level column expression (``User.agee``), names a field
+    the model does not have; the message lists the fields it has."""
+
+
 class UnsupportedOperationError(UowError):
     """The adapter in use cannot do what was asked (for example raw SQL on memory)."""
 
@@ -170,6 +175,7 @@ __all__ = [
     "SerializationFailure",
     "SessionStateError",
     "StorageError",
+    "UnknownFieldError",
     "UnsupportedOperationError",
     "UowError",
     "ValidationError",

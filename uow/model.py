@@ -39,7 +39,8 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origi
 import msgspec
 from msgspec import StructMeta
 
-from uow.errors import ModelDefinitionError, RelationNotLoadedError
+from uow.errors import ModelDefinitionError, RelationNotLoadedError, UnknownFieldError
+from uow.expressions import Column
 
 OnDelete = Literal["no action", "restrict", "cascade", "set null"]
 ColumnKind = Literal[
@@ -249,6 +250,25 @@ class ModelMeta(StructMeta):
             _REGISTRY[name] = cls  # type: ignore[assignment]
         return cls
 
+    # Only attribute access on the class goes through these two methods: an
+    # instance's ``user.age`` is found by the type's slot lookup and never calls
+    # the metaclass, so it stays a plain slot read.
+    def __getattribute__(cls, name: str) -> Any:
+        value = _class_getattribute(cls, name)
+        if value.__class__ is _MemberDescriptor:
+            return Column(cls, name)  # a column field: ``User.age >= 18``
+        return value
+
+    def __getattr__(cls, name: str) -> Any:
+        if name.startswith("_") or _class_getattribute(cls, "__uow_table_name__") is None:
+            raise AttributeError(f"type object {cls.__name__!r} has no attribute {name!r}")
+        fields = _class_getattribute(cls, "__struct_fields__")
+        raise UnknownFieldError(f"{cls.__name__} has no field {name!r}; fields: {', '.join(fields)}")
+
+
+_class_getattribute: Callable[[type, str], Any] = type.__getattribute__
+_MemberDescriptor = types.MemberDescriptorType
+
 
 def _merge_mixin_fields(bases: tuple[type, ...], namespace: dict[str, Any]) -> None:
     annotations = namespace.setdefault("__annotations__", {})
@@ -399,12 +419,13 @@ class TableInfo:
 
 def is_model(obj: Any) -> bool:
     """Whether ``obj`` is an instance of a mapped model."""
-    return isinstance(obj, Model) and type(obj).__uow_table_name__ is not None
+    return isinstance(obj, Model) and _class_getattribute(type(obj), "__uow_table_name__") is not None
 
 
 def table_info(model: type[Any]) -> TableInfo:
     """The :class:`TableInfo` of a model class, built on first use."""
-    info = getattr(model, "__uow_table__", None)
+    # read past ModelMeta.__getattribute__: this runs on every session call
+    info = _class_getattribute(model, "__uow_table__") if isinstance(model, ModelMeta) else None
     if info is not None:
         return info  # type: ignore[no-any-return]
     if not isinstance(model, ModelMeta) or model.__uow_table_name__ is None:
