@@ -8,6 +8,7 @@ them through a storage adapter (memory, SQLite, PostgreSQL) in one transaction.
 from uow import errors
 from uow.batches import FlushPlan
 from uow.conditions import Condition
+from uow.criteria import Q
 from uow.engine import Engine, create_engine, register_adapter
 from uow.events import (
     AnyEvent,
@@ -34,6 +35,8 @@ from uow.model import (
     table_info,
 )
 from uow.planner import plan_flush
+from uow.query import Query, SelectStatement, select
+from uow.results import Result, ScalarResult
 from uow.session import (
     AsyncSession,
     SavepointTransaction,
@@ -61,8 +64,13 @@ __all__ = [
     "JournalView",
     "Model",
     "PrimaryKey",
+    "Q",
+    "Query",
     "Restored",
+    "Result",
     "SavepointTransaction",
+    "ScalarResult",
+    "SelectStatement",
     "SoftDelete",
     "SoftDeleted",
     "Unique",
@@ -79,6 +87,7 @@ __all__ = [
     "relation",
     "replay",
     "require_current_session",
+    "select",
     "session_context",
     "sessionmaker",
     "table_info",

@@ -67,6 +67,7 @@ from uow.identity import IdentityMap, InstanceState, Status
 from uow.journal import Journal, JournalView
 from uow.model import Model, RelationDescriptor, TableInfo, is_model, table_info
 from uow.planner import plan_flush
+from uow.reads import ReadsMixin
 from uow.statements import Select
 
 M = TypeVar("M", bound=Model)
@@ -107,7 +108,7 @@ class _FlushOutcome:
     rowcounts: dict[int, int] = field(default_factory=dict)
 
 
-class AsyncSession:
+class AsyncSession(ReadsMixin):
     """A unit of work over one engine, used by one task at a time.
 
     ``auto_commit``: every immediate operation (``insert``, ``update``,
@@ -1375,10 +1376,15 @@ class AsyncSession:
         """``UPDATE model SET values WHERE column = value AND ...``; returns the
         number of rows changed. Tracked objects that match are updated in place."""
         table = self._table(model)
+        self._checked_values(table, values)
+        return await self._bulk_update_where(table, values, self._filters(table, filters))
+
+    async def _bulk_update_where(self, table: TableInfo, values: Mapping[str, Any], where: Condition | None) -> int:
+        """``UPDATE table SET values WHERE where``, journaled as one BulkUpdated;
+        the tracked objects ``where`` matches (evaluated in Python) change in place."""
         checked = self._checked_values(table, values)
         if table.key_column in checked:
             raise ValidationError(f"bulk_update cannot change the primary key {table.key_column!r}")
-        where = self._filters(table, filters)
         with self._exclusive("bulk_update"):
             await self._flush()
             old: dict[int, dict[str, Any]] = {}
@@ -1403,7 +1409,11 @@ class AsyncSession:
         """``DELETE FROM model WHERE column = value AND ...``; returns the number
         of rows deleted. Tracked objects that match stop being tracked."""
         table = self._table(model)
-        where = self._filters(table, filters)
+        return await self._bulk_delete_where(table, self._filters(table, filters))
+
+    async def _bulk_delete_where(self, table: TableInfo, where: Condition | None) -> int:
+        """``DELETE FROM table WHERE where``, journaled as one BulkDeleted; the
+        tracked objects ``where`` matches (evaluated in Python) stop being tracked."""
         with self._exclusive("bulk_delete"):
             await self._flush()
             matched = self._matching(table, where)

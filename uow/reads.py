@@ -1,0 +1,228 @@
+"""The session's read methods: ``query``, ``execute``, ``scalars``, ``stream``,
+``parallel_exec``. :class:`AsyncSession` inherits them from :class:`ReadsMixin`.
+
+Rules every read keeps (see ``docs/querying.md``):
+
+- Rows go through the identity map. A row whose object the session tracks
+  gives that same object, and its values are left alone: unflushed changes are
+  never overwritten by a read (``expire(obj)`` opts in to overwriting it on
+  the next read, ``refresh(obj)`` reloads it now). A row deleted in the session
+  but not flushed yet is left out.
+- Reads flush first when the session's ``autoflush`` is on (the default), so
+  they see the session's own changes; ``query.no_autoflush()`` skips it.
+- Relations are loaded only by ``include``, never lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import anyio
+
+from uow.adapter import Connection
+from uow.errors import QueryError, SessionStateError
+from uow.identity import IdentityMap, InstanceState, Status
+from uow.loading import RelationLoader
+from uow.model import Model, TableInfo
+from uow.query import Query, Readable, readables
+from uow.results import Result, ScalarResult
+from uow.statements import Select
+
+if TYPE_CHECKING:
+    from uow.engine import Engine
+    from uow.query import _Builder
+
+M = TypeVar("M", bound=Model)
+
+
+class ReadsMixin:
+    """Reads for :class:`~uow.session.AsyncSession`."""
+
+    if TYPE_CHECKING:
+        engine: Engine
+        autoflush: bool
+        _identity: IdentityMap
+        _connection: Connection | None
+
+        def _exclusive(self, operation: str) -> AbstractContextManager[None]: ...
+        async def _flush(self) -> Any: ...
+        async def _connection_for_work(self) -> Connection: ...
+        def _load_row(self, table: TableInfo, row: Any) -> InstanceState: ...
+        def _table(self, model: type[Any]) -> TableInfo: ...
+
+    # --- public -------------------------------------------------------------------
+
+    def query(self, model: type[M]) -> Query[M]:
+        """A query of ``model`` rows bound to this session::
+
+        adults = await session.query(User).filter(age__gte=18).order_by("-age").all()
+        """
+        self._table(model)
+        return Query(self, model)  # type: ignore[arg-type]
+
+    async def execute(self, statement: _Builder[M]) -> Result[M]:
+        """Run a ``select(...)`` statement (or a query); the result holds the
+        objects: ``(await session.execute(stmt)).scalars().all()``."""
+        return Result(await self._read_objects(statement), statement.model.__name__)
+
+    async def scalars(self, statement: _Builder[M]) -> ScalarResult[M]:
+        """``(await session.execute(statement)).scalars()``."""
+        return (await self.execute(statement)).scalars()
+
+    async def scalar(self, statement: _Builder[M]) -> M | None:
+        """The first object the statement returns, or ``None``."""
+        limit = statement._limit
+        found = await self._read_objects(statement.limit(1 if limit is None else min(limit, 1)))
+        return found[0] if found else None
+
+    async def stream(self, statement: _Builder[M], *, chunk_size: int = 1000, track: bool = False) -> AsyncIterator[M]:
+        """Yield the objects of a read chunk by chunk, holding about one chunk
+        in memory (a server-side cursor on PostgreSQL, chunked reads elsewhere)::
+
+            async for user in session.stream(select(User), chunk_size=500):
+                ...
+
+        Objects the session already tracks are yielded as they are (same
+        object, values untouched); other rows become objects the session does
+        **not** track, unless ``track=True``, since keeping them would hold every
+        row in memory. Change an untracked one through ``await session.merge(obj)``.
+        Relations in ``include`` are loaded per chunk, one query per relation.
+
+        The stream reads inside the session's transaction: do not commit or
+        roll back before it is exhausted (that is refused). Close a stream you
+        leave early with ``contextlib.aclosing`` to free its cursor at once.
+        """
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise QueryError(f"chunk_size must be a whole number >= 1, not {chunk_size!r}")
+        table = statement.table
+        with self._exclusive("stream"):
+            await self._autoflush(statement)
+            connection = await self._connection_for_work()
+            chunks = connection.stream(statement.compile(), chunk_size)
+        try:
+            while True:
+                with self._exclusive("stream"):
+                    if self._connection is not connection:
+                        raise SessionStateError(
+                            "the transaction this stream reads in ended (commit or rollback) before the stream "
+                            "was exhausted; finish the stream first"
+                        )
+                    try:
+                        rows = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    objects = [obj for row in rows if (obj := self._materialize(table, row, track)) is not None]
+                    if statement.includes:
+                        await self._relation_loader(connection.fetch, statement, track_all=track).load(
+                            statement.model, objects, statement.includes
+                        )
+                for obj in objects:
+                    yield obj
+        finally:
+            with anyio.CancelScope(shield=True):
+                await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def parallel_exec(self, reads: Iterable[Readable]) -> list[list[Any]]:
+        """Run independent reads concurrently, each on its own pooled
+        connection, and return their objects in the order given::
+
+            users, posts = await session.parallel_exec([select(User), session.query(Post).include(Post.author)])
+
+        The reads run **outside the session's transaction**, each in a short
+        read transaction of its own: they see committed data only, not this
+        session's pending or flushed-but-uncommitted changes (so nothing is
+        autoflushed). Their rows still go through the identity map.
+        """
+        listed = readables(reads)
+        results: list[list[Any]] = [[] for _ in listed]
+
+        async def run(index: int, read: _Builder[Any]) -> None:
+            connection = await self.engine.acquire()
+            clean = False
+            try:
+                await connection.begin()
+                results[index] = await self._load(read, connection.fetch, track_all=True)
+                with anyio.CancelScope(shield=True):
+                    await connection.rollback()
+                clean = True
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.engine.adapter.release(connection, discard=not clean)
+
+        with self._exclusive("parallel_exec"):
+            async with anyio.create_task_group() as group:
+                for index, read in enumerate(listed):
+                    group.start_soon(run, index, read)
+        return results
+
+    # --- used by Query ------------------------------------------------------------
+
+    async def _read_objects(self, read: _Builder[M]) -> list[M]:
+        with self._exclusive("query"):
+            await self._autoflush(read)
+            connection = await self._connection_for_work()
+            return await self._load(read, connection.fetch, track_all=True)
+
+    async def _read_value(self, read: _Builder[Any], mode: Literal["count", "exists"]) -> Any:
+        with self._exclusive("query"):
+            await self._autoflush(read)
+            connection = await self._connection_for_work()
+            rows = await connection.fetch(read.compile(mode))
+            return rows[0][0]
+
+    # --- machinery ----------------------------------------------------------------
+
+    async def _autoflush(self, read: _Builder[Any]) -> None:
+        if read.autoflush if read.autoflush is not None else self.autoflush:
+            await self._flush()
+
+    async def _load(
+        self,
+        read: _Builder[M],
+        fetch: Callable[[Select], Awaitable[list[tuple[Any, ...]]]],
+        *,
+        track_all: bool,
+    ) -> list[M]:
+        table = read.table
+        rows = await fetch(read.compile())
+        objects = [obj for row in rows if (obj := self._materialize(table, row, track_all)) is not None]
+        if read.includes:
+            await self._relation_loader(fetch, read, track_all=track_all).load(read.model, objects, read.includes)
+        return objects
+
+    def _relation_loader(
+        self, fetch: Callable[[Select], Awaitable[list[tuple[Any, ...]]]], read: _Builder[Any], *, track_all: bool
+    ) -> RelationLoader:
+        def is_tracked(obj: Any) -> bool:
+            return self._identity.state_of(obj) is not None
+
+        def waiting(obj: Any, column: str) -> bool:
+            state = self._identity.state_of(obj)
+            return state is not None and bool(state.parent_refs) and column in state.parent_refs  # type: ignore[operator]
+
+        return RelationLoader(
+            fetch,
+            self._materialize,
+            keep_deleted=read.deleted != "exclude",
+            track_all=track_all,
+            is_tracked=is_tracked,
+            waiting=waiting,
+        )
+
+    def _materialize(self, table: TableInfo, row: tuple[Any, ...], track: bool) -> Any:
+        """The object for a fetched row: the tracked one if any (values kept
+        unless expired), else a new one, tracked when ``track``; ``None`` for a
+        row whose object is deleted in the session but not flushed."""
+        state = self._identity.get(table, row[table.key_index])
+        if state is not None:
+            if state.status is Status.DELETED:
+                return None
+            return self._load_row(table, row).obj
+        if track:
+            return self._load_row(table, row).obj
+        return table.from_row(row)
+
+
+__all__ = ["ReadsMixin"]
