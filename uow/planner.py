@@ -270,15 +270,17 @@ def _group_key(op: _Op) -> tuple[Any, ...]:
     if op.phase == _INSERT:
         return (_INSERT, table.name, _insert_columns(op), op.key is None and table.primary_key.generated)
     if op.phase == _UPDATE:
-        columns = tuple(c for c in table.column_names if c in op.values)
+        values = op.values
+        columns = tuple([c for c in table.column_names if c in values])
         return (_UPDATE, table.name, columns, _checks_version(op))
     return (_DELETE, table.name, (), _checks_version(op))
 
 
 def _insert_columns(op: _Op) -> tuple[str, ...]:
-    key_column = op.table.key_column
-    generated = op.key is None and op.table.primary_key.generated
-    return tuple(c for c in op.table.column_names if not (generated and c == key_column))
+    if op.key is None and op.table.primary_key.generated:
+        key_column = op.table.key_column
+        return tuple([c for c in op.table.column_names if c != key_column])
+    return op.table.column_names
 
 
 def _checks_version(op: _Op) -> bool:
@@ -500,6 +502,14 @@ def _value(op: _Op, column: str) -> Any:
     return op.values[column]
 
 
+def _row_values(op: _Op, columns: tuple[str, ...]) -> list[Any]:
+    """The values of ``columns``, a :class:`PendingKey` where a parent's key is awaited."""
+    values = op.values
+    if not op.parent_refs:  # the common case, without a lookup per column
+        return [values[c] for c in columns]
+    return [_value(op, c) for c in columns]
+
+
 def _row_key(op: _Op) -> Any:
     return op.key if op.key is not None else PendingKey(op.ref)
 
@@ -510,13 +520,13 @@ def _batch(group_key: tuple[Any, ...], group: list[_Op]) -> Batch:
     refs = [op.ref for op in group]
     seqs = [op.first_seq if phase == _DELETE else op.last_seq for op in group]
     if phase == _INSERT:
-        rows = [tuple(_value(op, c) for c in columns) for op in group]
+        rows = [tuple(_row_values(op, columns)) for op in group]
         return InsertBatch(table, columns, rows, returning_key=flag, refs=refs, seqs=seqs)
     if phase == _UPDATE:
         version = table.version_column
         rows = []
         for op in group:
-            row = [_value(op, c) for c in columns]
+            row = _row_values(op, columns)
             row.append(_row_key(op))
             if flag:
                 row.append(op.old[version])  # type: ignore[index]
