@@ -38,9 +38,10 @@ from typing import Any
 
 import msgspec
 
-from uow.conditions import Condition, In
+from uow.conditions import Compare, Condition, In
 from uow.model import ColumnInfo, TableInfo
 from uow.sql import Converter, Params, SqlDialect
+from uow.statements import Select
 
 _TYPES: dict[str, str] = {
     "integer": "BIGINT",
@@ -86,6 +87,7 @@ class PostgresDialect(SqlDialect):
     def __init__(self) -> None:
         self._column_encoders: dict[tuple[TableInfo, tuple[str, ...]], list[Converter | None]] = {}
         self._row_decoders: dict[TableInfo, Callable[[Sequence[Any]], tuple[Any, ...]]] = {}
+        self._select_texts: dict[tuple[Any, ...], str] = {}
 
     def placeholder(self, position: int) -> str:
         return f"${position}"
@@ -158,6 +160,27 @@ class PostgresDialect(SqlDialect):
         return None
 
     # --- reads ----------------------------------------------------------------
+
+    def select(self, select: Select) -> tuple[str, list[Any]]:
+        """As the base, with the text of one-comparison reads (``get``,
+        ``refresh``: ``WHERE id = $1``) written once per shape and reused."""
+        where = select.where
+        if (
+            not isinstance(where, Compare)
+            or where.value is None
+            or select.limit is not None
+            or select.offset is not None
+        ):
+            return super().select(select)
+        shape = (select.table, where.column, where.cmp, select.mode, select.order_by, select.for_update)
+        value = self.encode_value(select.table, where.column, where.value)
+        text = self._select_texts.get(shape)
+        if text is None:
+            text, params = super().select(select)
+            if len(params) != 1:
+                return text, params
+            self._select_texts[shape] = text
+        return text, [value]
 
     def condition(self, condition: Condition, table: TableInfo, params: Params) -> str:
         # One array parameter instead of one parameter per value: the statement
