@@ -1,0 +1,45 @@
+"""The benchmark runs end to end (a smoke run with a few rows; no timing is checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pgserver
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ("insert", "insert_sqlite", "update", "delete", "get_hit", "get_miss", "load", "memory")
+SQLITE_OR_MEMORY = ("insert_sqlite", "memory")
+
+
+def test_the_bench_runs_every_case_and_writes_its_results(tmp_path: Path) -> None:
+    reason = pgserver.postgres_unavailable_reason()
+    database = None if reason else pgserver.create_database(pgserver.postgres_url())
+    output = tmp_path / "results.json"
+    command = [sys.executable, "-m", "bench", "--quick", "--json", str(output)]
+    command += ["--no-postgres"] if database is None else ["--postgres-url", database]
+    try:
+        finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        if database is not None:
+            pgserver.drop_database(database)
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads(output.read_text())
+
+    assert set(report["cases"]) == set(CASES)
+    assert set(report["targets"]) == set(CASES)
+    assert {"cpu", "cores", "python", "postgresql", "sqlite", "libraries"} <= set(report["machine"])
+    ran = CASES if database is not None else SQLITE_OR_MEMORY
+    for name in ran:
+        contenders = report["cases"][name]["contenders"]
+        mine = contenders["uow"]
+        assert "error" not in mine, (name, mine)
+        assert report["targets"][name]["status"] in ("PASS", "MISS"), (name, report["targets"][name])
+        if name != "memory":
+            assert all("error" not in found for found in contenders.values()), (name, contenders)
+    assert "PASS" in finished.stdout or "MISS" in finished.stdout
+    if database is None:
+        assert all(report["cases"][n]["skipped"] for n in CASES if n not in SQLITE_OR_MEMORY)
+        pgserver.unavailable(str(reason))
