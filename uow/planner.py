@@ -362,7 +362,7 @@ def _break_cycle(blocked: list[_Op], ready: dict[tuple[Any, ...], list[_Op]]) ->
                     continue
                 _defer_foreign_key(child, fk.column, parent, ready)
                 return 1
-        if child.phase == _DELETE:
+        if child.phase != _INSERT:  # a deleted row, or an updated one that also takes a freed unique value
             for fk in child.table.foreign_keys:
                 column_info = child.table.columns[child.table.column_index[fk.column]]
                 if not column_info.nullable or child.old.get(fk.column) is None:
