@@ -221,20 +221,15 @@ class AsyncSession(ReadsMixin):
         return sum(1 for s in self._identity.states() if s.status in _LIVE)
 
     def plan(self) -> FlushPlan:
-        """The plan ``flush()`` would apply now (nothing is recorded or written)."""
-        pending = list(self._journal.pending)
-        seq = self._journal.mark + 1
-        for state in self._identity.states():
-            if state.status in _LIVE:
-                old, new = state.changes()
-                if new:
-                    pending.append(
-                        Updated(
-                            seq=seq, at=_now(), table=state.table.name, ref=state.ref, key=state.key, old=old, new=new
-                        )
-                    )
-                    seq += 1
-        return plan_flush(pending, self._tables)
+        """The plan ``flush()`` would apply now; nothing is written.
+
+        Like the first step of a flush, this records pending assignments,
+        relation changes and cascades in the journal, so the plan is exactly
+        what the next flush applies (a later rollback undoes them as usual).
+        """
+        self._check_idle()
+        self._collect_changes()
+        return plan_flush(self._journal.pending, self._tables)
 
     # --- bookkeeping ------------------------------------------------------------
 
@@ -521,6 +516,11 @@ class AsyncSession(ReadsMixin):
                 deleted_refs.add(event.ref)
         if pending:
             self._cascaded_upto = pending[-1].seq
+        self._cascade(deleted_keys, deleted_refs)
+
+    def _cascade(self, deleted_keys: dict[str, set[Any]], deleted_refs: set[int]) -> None:
+        """Delete (``cascade``) or unlink (``set null``) the tracked children of
+        the given deleted rows, recursively, as the database will."""
         while deleted_keys or deleted_refs:
             targets = set(deleted_keys)
             next_keys: dict[str, set[Any]] = {}
@@ -1401,7 +1401,7 @@ class AsyncSession(ReadsMixin):
             self._record(event)
             for ref in old:
                 self._identity.by_ref[ref].set_values(dict(checked))
-            outcome = await self._flush_recorded(event)
+            outcome = await self._flush_recorded(self._journal.mark - 1)
             await self._done()
         return outcome.rowcounts.get(event.seq, 0)
 
@@ -1416,7 +1416,18 @@ class AsyncSession(ReadsMixin):
         tracked objects ``where`` matches (evaluated in Python) stop being tracked."""
         with self._exclusive("bulk_delete"):
             await self._flush()
+            mark = self._journal.mark
             matched = self._matching(table, where)
+            deleted_keys = {state.key for state in matched}
+            if self._has_dependents(table):
+                # untracked rows may go too: learn their keys to update tracked children
+                connection = await self._connection_for_work()
+                deleted_keys.update(row[table.key_index] for row in await connection.fetch(Select(table, where)))
+            for state in matched:
+                state.status = Status.GONE
+                self._identity.untrack(state)
+            self._cascade({table.name: deleted_keys}, set())
+            self._collect_changes()  # the set-null assignments, before the bulk event
             event = BulkDeleted(
                 seq=self._journal.next_seq(),
                 at=_now(),
@@ -1425,21 +1436,33 @@ class AsyncSession(ReadsMixin):
                 old={s.ref: table.row_dict(s.snapshot) for s in matched},
             )
             self._record(event)
-            for state in matched:
-                state.status = Status.GONE
-                self._identity.untrack(state)
-            outcome = await self._flush_recorded(event)
+            outcome = await self._flush_recorded(mark)
             await self._done()
         return outcome.rowcounts.get(event.seq, 0)
 
-    async def _flush_recorded(self, event: AnyEvent) -> _FlushOutcome:
+    async def _flush_recorded(self, mark: int) -> _FlushOutcome:
+        """Flush what a bulk operation recorded after ``mark``; if it fails, its
+        events are dropped and the objects they changed restored."""
         try:
             return await self._flush()
         except BaseException:
-            if self._journal.pending and self._journal.pending[-1] is event:
-                # a bulk event that did not apply is dropped, and the objects it changed restored
-                self._undo_to(self._journal.mark - 1)
+            if self._journal.flushed_mark <= mark:
+                self._undo_to(mark)
             raise
+
+    def _has_dependents(self, table: TableInfo) -> bool:
+        """Whether a tracked object may be a child the database changes when a
+        row of ``table`` is deleted."""
+        child_tables = {
+            child.name
+            for child in self._tables.values()
+            if any(
+                fk.target_table == table.name and fk.on_delete in ("cascade", "set null") for fk in child.foreign_keys
+            )
+        }
+        return bool(child_tables) and any(
+            state.table.name in child_tables and state.status in _LIVE for state in self._identity.states()
+        )
 
     def _filters(self, table: TableInfo, filters: Mapping[str, Any]) -> Condition | None:
         if not filters:

@@ -1148,7 +1148,7 @@ class SessionConformance:
                 encoded = session.journal.encode(format)
                 assert uow.decode(encoded, tables, format) == events
 
-    async def test_plan_explains_without_recording_or_writing(self, engine: uow.Engine) -> None:
+    async def test_plan_explains_what_the_next_flush_writes_without_writing(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             alice = User(name="Alice", email="alice@example.com")
             session.add(Post(title="Hello", author=alice))
@@ -1162,9 +1162,31 @@ class SessionConformance:
             await session.commit()
             alice.name = "Alicia"
             assert "conformance_users" in session.plan().explain()
-            assert len(session.journal) == 2
+            # like a flush, plan() records the assignment; nothing is written yet
+            assert len(session.journal) == 3 and len(session.journal.pending) == 1
+            async with AsyncSession(engine) as other:
+                assert (await other.get_one(User, alice.id)).name == "Alice"
             await session.commit()
             assert session.plan().batches == ()
+
+    async def test_plan_shows_relation_changes_and_cascades_before_the_flush(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            alice = User(name="Alice", email="alice@example.com")
+            post = Post(title="Hello", author=alice)
+            session.add(post)
+            await session.commit()
+            bob = User(name="Bob", email="bob@example.com")
+            post.author = bob
+            explained = session.plan().explain()
+            assert "INSERT conformance_users" in explained and "UPDATE conformance_posts" in explained
+            await session.flush()
+            assert post.author_id == bob.id
+            session.delete(bob)
+            explained = session.plan().explain()
+            assert "DELETE conformance_posts" in explained and "DELETE conformance_users" in explained
+            assert explained.index("DELETE conformance_posts") < explained.index("DELETE conformance_users")
+            await session.commit()
+            assert post not in session
 
     # --- optimistic locking and failures -------------------------------------------------------------
 
