@@ -583,6 +583,30 @@ class SessionConformance:
         assert await stored(engine, User, two.id) is None
         assert await stored(engine, User, three.id) is not None
 
+    async def test_bulk_delete_updates_tracked_children_of_rows_it_never_loaded(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author = User(name="Author", email="author@example.com", age=9)
+            post = Post(title="Cascades", slug="cascades", author=author)
+            session.add(post)
+            await session.flush()
+            review = await session.insert(Review(reviewer_id=author.id, stars=4))
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            loaded_post = await session.get_one(Post, post.id)
+            loaded_review = await session.get_one(Review, review.id)
+            assert await session.bulk_delete(User, age=9) == 1  # the author itself was never loaded
+            assert loaded_post not in session
+            assert await session.get(Post, post.id) is None
+            assert loaded_review.reviewer_id is None
+            await session.rollback()
+            assert loaded_post in session and loaded_post.author_id == author.id
+            assert loaded_review.reviewer_id == author.id
+            assert await session.bulk_delete(User, age=9) == 1
+            await session.commit()
+        assert await stored(engine, Post, post.id) is None
+        kept = await stored(engine, Review, review.id)
+        assert kept is not None and kept.reviewer_id is None
+
     async def test_bulk_operations_refuse_unknown_names_before_writing(self, engine: uow.Engine, alice: User) -> None:
         async with AsyncSession(engine) as session:
             pending = User(name="Pending", email="pending@example.com")
