@@ -165,6 +165,8 @@ def evaluate(condition: Condition | None, row: Mapping[str, Any]) -> bool | None
             return None
         return bool(_COMPARE[condition.cmp](value, condition.value))
     if isinstance(condition, In):
+        if not condition.values:  # even NULL is (NOT) IN an empty list, as in SQLite and PostgreSQL's ALL/ANY
+            return condition.negate
         value = row[condition.column]
         if value is None:
             return None
