@@ -87,14 +87,12 @@ class Upserted(RowEvent, frozen=True, kw_only=True, tag=True):
 class BulkUpdated(Event, frozen=True, kw_only=True, tag=True):
     """Every row matching ``where`` (all rows when ``None``) got ``values``.
 
-    ``old`` holds, per ref, the previous values of the tracked rows it changed;
-    ``rowcount`` how many rows the database changed.
+    ``old`` holds, per ref, the previous values of the tracked rows it changed.
     """
 
     where: AnyCondition | None
     values: dict[str, Any]
     old: dict[int, dict[str, Any]] = msgspec.field(default_factory=dict)
-    rowcount: int | None = None
 
 
 class BulkDeleted(Event, frozen=True, kw_only=True, tag=True):
@@ -105,7 +103,6 @@ class BulkDeleted(Event, frozen=True, kw_only=True, tag=True):
 
     where: AnyCondition | None
     old: dict[int, dict[str, Any]] = msgspec.field(default_factory=dict)
-    rowcount: int | None = None
 
 
 AnyEvent = Inserted | Updated | Deleted | SoftDeleted | Restored | Upserted | BulkUpdated | BulkDeleted
