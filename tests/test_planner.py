@@ -870,6 +870,8 @@ class History:
     def __init__(self, draw: st.DrawFn):
         self.draw = draw
         self.rec = Recorder()
+        self.let_go: set[tuple[str, Any]] = set()
+        """Keys of deleted rows that children let go of; not given again (see the xfail tests)."""
 
     def live(self, model: type[Model]) -> list[Row]:
         return self.rec.live(table_info(model))
@@ -905,7 +907,7 @@ class History:
         model = draw(st.sampled_from(PROPERTY_MODELS))
         values: dict[str, Any] = {}
         links: dict[str, Row] = {}
-        free_keys = self.free(model, "id", GIVEN_KEYS)
+        free_keys = [k for k in self.free(model, "id", GIVEN_KEYS) if (table_info(model).name, k) not in self.let_go]
         values["id"] = draw(st.sampled_from([None, *free_keys]))
         if model is User:
             emails = self.free(User, "email", EMAILS)
@@ -974,6 +976,8 @@ class History:
         or after it in the journal (a session records cascades at flush)."""
         doomed.add(row.ref)
         children_first = self.draw(st.booleans())
+        if self.referrers(row):
+            self.let_go.add((row.table.name, row.key))
         if not children_first:
             self.rec.delete(row)
         for child, column in self.referrers(row):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import msgspec
 
@@ -79,22 +79,29 @@ class Between(Condition, frozen=True, tag="between"):
 class And(Condition, frozen=True, tag="and"):
     """All of ``items`` hold (true when empty)."""
 
-    items: tuple[Condition, ...]
+    items: tuple[ConditionItem, ...]
 
 
 class Or(Condition, frozen=True, tag="or"):
     """Any of ``items`` holds (false when empty)."""
 
-    items: tuple[Condition, ...]
+    items: tuple[ConditionItem, ...]
 
 
 class Not(Condition, frozen=True, tag="not"):
     """``item`` does not hold."""
 
-    item: Condition
+    item: ConditionItem
 
 
 AnyCondition = Compare | In | IsNull | Like | Between | And | Or | Not
+
+if TYPE_CHECKING:
+    ConditionItem: TypeAlias = Condition
+else:
+    # decoders need the tagged union to read nested conditions back (a bare
+    # Condition only accepts its own tag); type checkers see the base class
+    ConditionItem = AnyCondition
 
 
 def escape_like(text: str) -> str:
