@@ -243,6 +243,9 @@ async def test_column_expressions_compile_to_the_same_conditions(
     assert await run((Author.age >= 18) & Author.name.startswith("A")) == ["Ann"]
     assert await run((Author.age < 13) | (Author.age > 65)) == ["Bob", "al_%"]
     assert await run(~(Author.name == "Ann"), Author.age == 34) == ["Dee"]
+    assert await run(uow.col(Author.name).in_(["Cy", "Dee"])) == ["Cy", "Dee"]
+    ordered = select(Author).where(Author.age.is_not_null()).order_by(uow.desc(Author.age), uow.asc(Author.name))
+    assert names((await session.execute(ordered)).all()) == ["Bob", "Ann", "Dee", "Abe", "al_%"]
 
 
 async def test_execute_returns_a_result_with_scalars_and_helpers(

@@ -22,6 +22,7 @@ from uow.events import (
     Updated,
     Upserted,
 )
+from uow.expressions import Column, asc, col, desc
 from uow.journal import JournalView, decode, encode, replay
 from uow.model import (
     ForeignKey,
@@ -53,6 +54,7 @@ __all__ = [
     "AsyncSession",
     "BulkDeleted",
     "BulkUpdated",
+    "Column",
     "Condition",
     "Deleted",
     "Engine",
@@ -77,9 +79,12 @@ __all__ = [
     "Updated",
     "Upserted",
     "Versioned",
+    "asc",
+    "col",
     "create_engine",
     "current_session",
     "decode",
+    "desc",
     "encode",
     "errors",
     "plan_flush",

@@ -217,6 +217,24 @@ class Column:
         return f"{self.model.__name__}.{self.name}"
 
 
+def col(attribute: Any) -> Column:
+    """``User.age`` typed as a :class:`Column`, for type checkers, which see the
+    instance type (``int``): ``col(User.name).in_(["a", "b"])``."""
+    if not isinstance(attribute, Column):
+        raise QueryError(f"col() takes a model's column at class level, such as User.age, not {attribute!r}")
+    return attribute
+
+
+def asc(attribute: Any) -> Ordering:
+    """``order_by(asc(User.age))``: ascending, NULLs first."""
+    return col(attribute).asc()
+
+
+def desc(attribute: Any) -> Ordering:
+    """``order_by(desc(User.age))``: descending, NULLs last."""
+    return col(attribute).desc()
+
+
 def _values(column: Column, values: Iterable[Any]) -> tuple[Any, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise QueryError(f"{column!r}.in_() takes a list or tuple of values, not {values!r}")
@@ -229,4 +247,4 @@ def _text(column: Column, value: Any) -> str:
     return value
 
 
-__all__ = ["Column", "Ordering", "Predicate"]
+__all__ = ["Column", "Ordering", "Predicate", "asc", "col", "desc"]

@@ -22,9 +22,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from uow.conditions import And, Compare, Condition, IsNull, Not
-from uow.criteria import Q, compile_criterion, compile_lookups, order_terms
+from uow.criteria import compile_criterion, compile_lookups, order_terms
 from uow.errors import MultipleResultsFound, NoResultFound, QueryError
-from uow.expressions import Column, Ordering, Predicate
 from uow.model import Model, RelationDescriptor, TableInfo, table_info
 from uow.statements import OrderBy, Select
 
@@ -36,11 +35,15 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound=Model)
 
 Deleted = Literal["exclude", "include", "only"]
-Criterion = Q | Predicate | Condition
 
 
 class _Builder(Generic[M]):
-    """The builder methods :class:`Query` and :class:`SelectStatement` share."""
+    """The builder methods :class:`Query` and :class:`SelectStatement` share.
+
+    Their arguments are typed ``Any``: a type checker sees ``User.age`` as an
+    ``int`` and ``Post.author`` as a ``User | None`` (the instance types), while
+    at run time they are column expressions and relations, checked here.
+    """
 
     __slots__ = ("model", "table", "_where", "_order", "_limit", "_offset", "_includes", "_deleted", "_autoflush")
 
@@ -74,12 +77,12 @@ class _Builder(Generic[M]):
 
     # --- which rows --------------------------------------------------------------
 
-    def where(self, *criteria: Criterion) -> Self:
+    def where(self, *criteria: Any) -> Self:
         """Keep rows matching every criterion: column expressions
         (``User.age >= 18``), :class:`~uow.criteria.Q` objects or conditions."""
         return self._copy(_where=self._where + tuple(compile_criterion(self.table, c) for c in criteria))
 
-    def filter(self, *criteria: Criterion, **lookups: Any) -> Self:
+    def filter(self, *criteria: Any, **lookups: Any) -> Self:
         """Keep rows matching every criterion and lookup: ``filter(age__gte=18,
         name="Ann")``. Lookups: eq (the default), ne, lt, lte, gt, gte, in,
         not_in, is_null, between, contains, icontains, startswith, istartswith,
@@ -89,7 +92,7 @@ class _Builder(Generic[M]):
             query = query._copy(_where=(*query._where, compile_lookups(self.table, lookups)))
         return query
 
-    def exclude(self, *criteria: Criterion, **lookups: Any) -> Self:
+    def exclude(self, *criteria: Any, **lookups: Any) -> Self:
         """Leave out rows matching all of the criteria and lookups. SQL's
         three-valued logic holds: ``exclude(age__gt=3)`` also leaves out rows
         whose ``age`` is NULL."""
@@ -114,7 +117,7 @@ class _Builder(Generic[M]):
 
     # --- order and window ----------------------------------------------------------
 
-    def order_by(self, *keys: str | Column | Ordering) -> Self:
+    def order_by(self, *keys: Any) -> Self:
         """Sort by columns: ``order_by("-age", "name")`` or
         ``order_by(User.age.desc(), User.name)``. Later calls add terms after
         earlier ones. NULLs come first ascending and last descending."""
@@ -130,7 +133,7 @@ class _Builder(Generic[M]):
 
     # --- relations and options -----------------------------------------------------
 
-    def include(self, *relations: RelationDescriptor) -> Self:
+    def include(self, *relations: Any) -> Self:
         """Load relations with one extra query per relation (an ``IN`` on the keys).
 
         Each relation applies to the objects of its model loaded most recently:
