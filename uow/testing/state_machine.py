@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import anyio
@@ -343,6 +343,77 @@ class DifferentialMachine(RuleBasedStateMachine):
             normalized.append(_normalize(actual))
         for i in range(1, len(normalized)):
             assert normalized[i] == normalized[0], f"{self.urls[i]} and {self.urls[0]} hold different rows"
+
+    # --- query rules ------------------------------------------------------------------
+
+    @rule(
+        lookup=st.sampled_from(["score", "score__ne", "score__lt", "score__gte", "score__in"]),
+        score=SCORES,
+        prefix=st.sampled_from(["", "a", "b", "d", "e"]),
+        descending=st.booleans(),
+        limit=st.none() | st.integers(min_value=0, max_value=4),
+        offset=st.none() | st.integers(min_value=0, max_value=2),
+    )
+    def query_owners(
+        self, lookup: str, score: int, prefix: str, descending: bool, limit: int | None, offset: int | None
+    ) -> None:
+        """A filtered, ordered, windowed query (it autoflushes) answers the same
+        on every adapter, and what the expected objects say."""
+        value: Any = [score, score + 1] if lookup == "score__in" else score
+        self._flushed()
+        tests: dict[str, Callable[[int], bool]] = {
+            "score": lambda s: s == score,
+            "score__ne": lambda s: s != score,
+            "score__lt": lambda s: s < score,
+            "score__gte": lambda s: s >= score,
+            "score__in": lambda s: s in (score, score + 1),
+        }
+        compare = tests[lookup]
+        owners = [e.values for e in self.expected if e.live and e.kind == "owner"]
+        matching = sorted(
+            ((o["name"], o["score"]) for o in owners if compare(o["score"]) and o["name"].startswith(prefix)),
+            key=lambda pair: (-pair[1] if descending else pair[1], pair[0]),
+        )
+        start = offset or 0
+        expected = matching[start : None if limit is None else start + limit]
+
+        async def run(i: int, session: uow.AsyncSession) -> list[tuple[str, int]]:
+            query = (
+                session.query(Owner)
+                .filter(**{lookup: value}, name__startswith=prefix)
+                .order_by("-score" if descending else "score", "name")
+                .limit(limit)
+                .offset(offset)
+            )
+            found = [(owner.name, owner.score) for owner in await query.all()]
+            assert await query.count() == len(found), f"{self.urls[i]}: count() disagrees with all()"
+            return found
+
+        for i, found in enumerate(self._each(run)):
+            assert found == expected, f"{self.urls[i]}: {found} != {expected}"
+
+    @rule(labels=st.lists(LABELS, min_size=1, max_size=3), with_deleted=st.booleans())
+    def query_items_with_owners(self, labels: list[str], with_deleted: bool) -> None:
+        """Items by label with their owners included (soft-deleted ones only
+        when asked), normalized without generated keys, agree everywhere."""
+        self._flushed()
+        expected = sorted(
+            (e.values["label"], self.expected[e.owner].values["name"] if e.owner is not None else None)
+            for e in self.expected
+            if e.live and e.kind == "item" and e.values["label"] in labels and (with_deleted or not e.values["deleted"])
+        )
+
+        async def run(i: int, session: uow.AsyncSession) -> list[tuple[str, str | None]]:
+            query = session.query(Item).filter(label__in=labels).include(Item.owner)
+            if with_deleted:
+                query = query.with_deleted()
+            items = await query.all()
+            for item in items:
+                assert item in session, f"{self.urls[i]}: a queried item is not the tracked object"
+            return sorted((item.label, item.owner.name if item.owner is not None else None) for item in items)
+
+        for i, found in enumerate(self._each(run)):
+            assert found == expected, f"{self.urls[i]}: {found} != {expected}"
 
 
 def _normalize(rows: dict[str, dict[Any, dict[str, Any]]]) -> tuple[list[Any], list[Any]]:
