@@ -1041,7 +1041,6 @@ def test_applying_the_plan_gives_the_rows_replay_gives(rec: Recorder) -> None:
     assert_same_rows(database.rows, expected)
 
 
-@pytest.mark.xfail(strict=True, reason="the child's K -> NULL -> K updates coalesce to nothing, so K is deleted first")
 def test_a_child_let_go_of_a_key_that_is_deleted_and_inserted_again_and_points_back_at_it() -> None:
     rec = Recorder()
     old = rec.stored(User, id=1, email="a@x")

@@ -130,6 +130,7 @@ def plan_flush(events: Sequence[AnyEvent | Event], tables: Mapping[str, TableInf
 
 def _coalesce(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> list[_Op]:
     ops: dict[int, _Op | None] = {}
+    deleted_keys = {(e.table, e.key) for e in events if isinstance(e, Deleted) and e.key is not None}
     for event in events:
         ref: int = event.ref  # type: ignore[attr-defined]
         table = tables[event.table]
@@ -170,7 +171,11 @@ def _coalesce(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> list[
         if op is None:
             continue
         if op.phase == _UPDATE:
-            changed = {c: v for c, v in op.values.items() if c in op.parent_refs or op.old.get(c, _MISSING) != v}
+            changed = {
+                c: v
+                for c, v in op.values.items()
+                if c in op.parent_refs or op.old.get(c, _MISSING) != v or _relinked(op.table, c, v, deleted_keys)
+            }
             if not changed:
                 continue
             op.values = changed
@@ -179,6 +184,15 @@ def _coalesce(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> list[
 
 
 _MISSING: Any = object()
+
+
+def _relinked(table: TableInfo, column: str, value: Any, deleted: set[tuple[str, Any]]) -> bool:
+    """Whether a foreign key that ends where it started pointed, in between, away
+    from a parent row deleted (and given again) in the same flush: it must let
+    go before the delete and point back after the new insert."""
+    if value is None:
+        return False
+    return any(fk.column == column and (fk.target_table, value) in deleted for fk in table.foreign_keys)
 
 
 # --- ordering -----------------------------------------------------------------
