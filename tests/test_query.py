@@ -382,6 +382,22 @@ async def test_include_one_to_many_and_nested(
     assert nested.book.author.name == "Bob"  # type: ignore[union-attr]
 
 
+async def test_a_repeated_self_relation_loads_one_level_further_each_time(engine: uow.Engine) -> None:
+    from uow.testing.models import Category
+
+    await engine.create_all(Category)
+    async with uow.AsyncSession(engine) as session:
+        root = Category(name="root")
+        middle = Category(name="middle", parent=root)
+        session.add_all([root, middle, Category(name="leaf", parent=middle)])
+        await session.commit()
+        session.expunge_all()
+        leaf = await session.query(Category).filter(name="leaf").include(Category.parent, Category.parent).one()
+        assert leaf.parent.name == "middle" and leaf.parent.parent.name == "root"  # type: ignore[union-attr]
+        with pytest.raises(RelationNotLoadedError):
+            _ = leaf.parent.parent.parent  # type: ignore[union-attr]
+
+
 async def test_reading_a_relation_that_was_not_included_names_the_include(
     session: uow.AsyncSession, people: dict[str, Author]
 ) -> None:
