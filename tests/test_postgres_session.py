@@ -1,0 +1,101 @@
+"""Session behaviour that needs a real PostgreSQL server: a connection lost in
+the middle of a flush, and cancellation leaving the pool clean."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+import asyncpg
+import pytest
+
+import uow
+from uow import AsyncSession, ForeignKey, Model, PrimaryKey, Unique, relation
+from uow.errors import OperationalError
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+
+class Team(Model, table="pg_session_teams"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    name: Annotated[str, Unique()]
+
+
+class Player(Model, table="pg_session_players"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    team_id: Annotated[int | None, ForeignKey(Team, on_delete="cascade")] = None
+    name: str
+    team: Team | None = relation("team_id")
+
+
+@pytest.fixture
+def adapter_name() -> str:
+    return "postgresql"
+
+
+async def _admin(url: str, sql: str, *args: Any) -> list[Any]:
+    connection = await asyncpg.connect(url)
+    try:
+        return list(await connection.fetch(sql, *args))
+    finally:
+        await connection.close()
+
+
+async def _count(engine: uow.Engine, table: str) -> int:
+    rows = await _admin(engine.url, f"SELECT count(*) FROM {table}")
+    return int(rows[0][0])
+
+
+async def test_a_connection_lost_mid_flush_applies_nothing_and_keeps_the_events_pending(engine: uow.Engine) -> None:
+    await engine.create_all(Team, Player)
+    async with AsyncSession(engine) as session:
+        # the backend of the session's own connection, in its transaction
+        pid = (await session.execute_raw("SELECT pg_backend_pid()"))[0][0]
+        team = Team(name="Reds")
+        session.add_all([Player(name="Ann", team=team), Player(name="Bo", team=team)])
+        pending = len(session.journal.pending)
+
+        connection = session._connection
+        assert connection is not None
+        apply = connection.apply
+        calls = 0
+
+        async def apply_then_lose_the_connection(batch: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # the teams are written; the server drops us before the players
+                await _admin(engine.url, "SELECT pg_terminate_backend($1)", pid)
+                await anyio.sleep(0.2)
+            return await apply(batch)
+
+        connection.apply = apply_then_lose_the_connection  # type: ignore[method-assign]
+        with pytest.raises(OperationalError):
+            await session.flush()
+
+        assert len(session.journal.pending) == pending
+        assert team.id is None and not session.in_transaction()
+        assert await _count(engine, "pg_session_teams") == 0
+
+        await session.commit()  # a fresh connection from the pool; the same events
+        assert team.id is not None
+    assert await _count(engine, "pg_session_players") == 2
+
+
+async def test_cancelled_flushes_never_return_a_connection_in_a_transaction(engine: uow.Engine) -> None:
+    await engine.create_all(Team, Player)
+    for attempt in range(12):
+        async with AsyncSession(engine) as session:
+            session.add_all([Team(name=f"t{attempt}-{n}") for n in range(200)])
+            with anyio.move_on_after(0.001 * attempt):
+                await session.commit()
+    await anyio.sleep(0.1)
+    database = engine.url.rsplit("/", 1)[-1].split("?", 1)[0]
+    stuck = await _admin(
+        engine.url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+        database,
+    )
+    assert stuck[0][0] == 0
+    async with AsyncSession(engine) as session:
+        await session.insert(Team(name="after"))
+        await session.commit()
