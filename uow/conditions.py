@@ -59,8 +59,7 @@ class IsNull(Condition, frozen=True, tag="is_null"):
 class Like(Condition, frozen=True, tag="like"):
     """``column LIKE pattern ESCAPE '\\'``: ``%`` any run, ``_`` one character.
 
-    Case-sensitive unless ``case_insensitive``, which folds ASCII letters only;
-    adapters must honour both.
+    Case-sensitive unless ``case_insensitive``; adapters must honour both.
     """
 
     column: str
@@ -154,9 +153,7 @@ def like_regex(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
             parts.append(".")
         else:
             parts.append(re.escape(char))
-    # ASCII-only case folding: what SQLite's LIKE and PostgreSQL's ILIKE under
-    # the C locale do, so memory, replay and the databases agree
-    compiled = re.compile("".join(parts), re.DOTALL | (re.IGNORECASE | re.ASCII if case_insensitive else 0))
+    compiled = re.compile("".join(parts), re.DOTALL | (re.IGNORECASE if case_insensitive else 0))
     if len(_like_cache) < 1024:
         _like_cache[(pattern, case_insensitive)] = compiled
     return compiled

@@ -178,7 +178,7 @@ class Column:
         return self._predicate(Like(self.name, _text(self, pattern)))
 
     def ilike(self, pattern: str) -> Predicate:
-        """:meth:`like`, ignoring the case of ASCII letters."""
+        """:meth:`like`, ignoring case (see docs/querying.md on non-ASCII letters)."""
         return self._predicate(Like(self.name, _text(self, pattern), case_insensitive=True))
 
     def contains(self, text: str) -> Predicate:
@@ -186,7 +186,7 @@ class Column:
         return self.like(f"%{escape_like(_text(self, text))}%")
 
     def icontains(self, text: str) -> Predicate:
-        """:meth:`contains`, ignoring the case of ASCII letters."""
+        """:meth:`contains`, ignoring case."""
         return self.ilike(f"%{escape_like(_text(self, text))}%")
 
     def startswith(self, text: str) -> Predicate:
@@ -194,7 +194,7 @@ class Column:
         return self.like(f"{escape_like(_text(self, text))}%")
 
     def istartswith(self, text: str) -> Predicate:
-        """:meth:`startswith`, ignoring the case of ASCII letters."""
+        """:meth:`startswith`, ignoring case."""
         return self.ilike(f"{escape_like(_text(self, text))}%")
 
     def endswith(self, text: str) -> Predicate:
@@ -202,7 +202,7 @@ class Column:
         return self.like(f"%{escape_like(_text(self, text))}")
 
     def iendswith(self, text: str) -> Predicate:
-        """:meth:`endswith`, ignoring the case of ASCII letters."""
+        """:meth:`endswith`, ignoring case."""
         return self.ilike(f"%{escape_like(_text(self, text))}")
 
     def asc(self) -> Ordering:
