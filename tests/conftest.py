@@ -17,9 +17,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import pgserver  # noqa: E402
+import pgserver
 
-import uow  # noqa: E402
+import uow
 
 ADAPTER_PARAMS = [
     pytest.param("memory", id="memory"),

@@ -160,8 +160,10 @@ class Engine:
 
             async def transfer(session):
                 source = await session.get_one(Account, 1)
+                target = await session.get_one(Account, 2)
                 source.balance -= 10
-                ...
+                target.balance += 10
+
             await engine.run_in_transaction(transfer, isolation="serializable")
 
         ``work`` must be safe to run again: each attempt gets a fresh session,

@@ -8,6 +8,7 @@ from model metadata only and are always quoted; values always become parameters.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ class Params:
         return self._placeholder(len(self.values))
 
 
-class SqlDialect:
+class SqlDialect(ABC):
     """Statement text and value conversion for one SQL database.
 
     Subclasses set :attr:`name` and implement :meth:`column_type`; they override
@@ -62,9 +63,9 @@ class SqlDialect:
         """A fresh parameter collector for one statement."""
         return Params(self.placeholder)
 
+    @abstractmethod
     def column_type(self, column: ColumnInfo) -> str:
         """The SQL type of a column."""
-        raise NotImplementedError(f"{type(self).__name__} must define column_type")
 
     def encoder(self, column: ColumnInfo) -> Converter | None:
         """Python value to driver value for a column; ``None`` when no conversion."""
