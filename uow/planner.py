@@ -45,6 +45,9 @@ from uow.events import (
     Deleted,
     Event,
     Inserted,
+    Restored,
+    SoftDeleted,
+    Updated,
     Upserted,
 )
 from uow.model import TableInfo
@@ -100,35 +103,58 @@ def plan_flush(events: Sequence[AnyEvent | Event], tables: Mapping[str, TableInf
     batches: list[Batch] = []
     segment: list[Event] = []
     upserts: list[Upserted] = []
+    # (ref, column) -> parent ref, for foreign keys that earlier segments fill
+    # from a key generated in this flush: a later segment sees them as pending
+    links: dict[tuple[int, str], int] = {}
+
+    def plan_segment() -> None:
+        nonlocal segment
+        batches.extend(_plan_rows(segment, tables, links))
+        _follow_links(segment, links)
+        segment = []
+
     for event in events:
         if isinstance(event, Upserted):
-            batches.extend(_plan_rows(segment, tables))
-            segment = []
+            plan_segment()
             upserts.append(event)
             continue
         if upserts:
             batches.extend(_plan_upserts(upserts, tables))
             upserts = []
         if isinstance(event, BulkUpdated):
-            batches.extend(_plan_rows(segment, tables))
-            segment = []
+            plan_segment()
             batches.append(BulkUpdateBatch(tables[event.table], event.where, dict(event.values), seqs=[event.seq]))
         elif isinstance(event, BulkDeleted):
-            batches.extend(_plan_rows(segment, tables))
-            segment = []
+            plan_segment()
             batches.append(BulkDeleteBatch(tables[event.table], event.where, seqs=[event.seq]))
         else:
             segment.append(event)
     if upserts:
         batches.extend(_plan_upserts(upserts, tables))
-    batches.extend(_plan_rows(segment, tables))
+    plan_segment()
     return FlushPlan(tuple(batches))
+
+
+def _follow_links(events: Sequence[Event], links: dict[tuple[int, str], int]) -> None:
+    """Update ``links`` with the pending foreign keys ``events`` set or replace."""
+    for event in events:
+        if isinstance(event, (Inserted, Updated, SoftDeleted, Restored)):
+            ref: int = event.ref
+            columns = event.values if isinstance(event, Inserted) else event.new
+            parent_refs: Mapping[str, int] = getattr(event, "parent_refs", {})
+            for column in columns:
+                if column in parent_refs:
+                    links[(ref, column)] = parent_refs[column]
+                else:
+                    links.pop((ref, column), None)
 
 
 # --- coalescing -----------------------------------------------------------------
 
 
-def _coalesce(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> list[_Op]:
+def _coalesce(
+    events: Sequence[Event], tables: Mapping[str, TableInfo], links: Mapping[tuple[int, str], int]
+) -> list[_Op]:
     ops: dict[int, _Op | None] = {}
     deleted_keys = {(e.table, e.key) for e in events if isinstance(e, Deleted) and e.key is not None}
     for event in events:
@@ -146,7 +172,10 @@ def _coalesce(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> list[
                 op = ops[ref] = _Op(table, ref, _UPDATE, event.key, event.seq)
             for column, value in event.new.items():
                 if op.phase == _UPDATE and column not in op.old:
-                    op.old[column] = event.old.get(column)
+                    old = event.old.get(column)
+                    if old is None and (ref, column) in links:
+                        old = PendingKey(links[(ref, column)])  # stored by an earlier segment of this flush
+                    op.old[column] = old
                 op.values[column] = value
                 if column in parent_refs:
                     op.parent_refs[column] = parent_refs[column]
@@ -198,10 +227,12 @@ def _relinked(table: TableInfo, column: str, value: Any, deleted: set[tuple[str,
 # --- ordering -----------------------------------------------------------------
 
 
-def _plan_rows(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> list[Batch]:
+def _plan_rows(
+    events: Sequence[Event], tables: Mapping[str, TableInfo], links: Mapping[tuple[int, str], int]
+) -> list[Batch]:
     if not events:
         return []
-    ops = _coalesce(events, tables)
+    ops = _coalesce(events, tables, links)
     if not ops:
         return []
     _link(ops)
@@ -218,7 +249,8 @@ def _edge(before: _Op, after: _Op) -> None:
 def _link(ops: list[_Op]) -> None:
     inserts_by_ref = {op.ref: op for op in ops if op.phase == _INSERT}
     inserts_by_key = {(op.table.name, op.key): op for op in ops if op.phase == _INSERT and op.key is not None}
-    deletes_by_key = {(op.table.name, op.key): op for op in ops if op.phase == _DELETE}
+    deletes_by_key = {(op.table.name, op.key): op for op in ops if op.phase == _DELETE and op.key is not None}
+    deletes_by_ref = {op.ref: op for op in ops if op.phase == _DELETE}
 
     for op in ops:
         if op.phase == _DELETE:
@@ -248,7 +280,11 @@ def _link(ops: list[_Op]) -> None:
         for fk in op.table.foreign_keys:
             if fk.column not in op.old:
                 continue
-            parent = deletes_by_key.get((fk.target_table, op.old[fk.column]))
+            old = op.old[fk.column]
+            if isinstance(old, PendingKey):
+                parent = deletes_by_ref.get(old.ref)
+            else:
+                parent = deletes_by_key.get((fk.target_table, old))
             if parent is not None and parent is not op:
                 _edge(op, parent)
 
