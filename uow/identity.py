@@ -68,6 +68,13 @@ class InstanceState:
                 new[name] = after
         return old, new
 
+    def set_value(self, name: str, value: Any) -> None:
+        """Assign one column on the object and in the snapshot."""
+        setattr(self.obj, name, value)
+        index = self.table.column_index[name]
+        snapshot = self.snapshot
+        self.snapshot = (*snapshot[:index], value, *snapshot[index + 1 :])
+
     def set_values(self, values: dict[str, Any]) -> None:
         """Assign column values on the object and in the snapshot."""
         obj = self.obj
@@ -90,12 +97,22 @@ class InstanceState:
 
 
 class IdentityMap:
-    """Tracked objects by ref, by object identity and by (table, key)."""
+    """Tracked objects by object identity and by (table, key), and by ref the
+    ones the current transaction's events are about.
+
+    ``by_ref`` is what undo, the planner's pending parent keys and the
+    bookkeeping after a flush look states up by. Only states named by an event
+    of the open transaction need to be found that way, so a state enters it
+    when the session records an event about it (:meth:`remember`) and the
+    session empties it when the transaction ends: rows that are only loaded and
+    read never cost an entry.
+    """
 
     __slots__ = ("by_ref", "_by_obj", "_by_key")
 
     def __init__(self) -> None:
         self.by_ref: dict[int, InstanceState] = {}
+        """ref -> state, for the states the open transaction's events name."""
         self._by_obj: dict[int, InstanceState] = {}
         self._by_key: dict[TableInfo, dict[Any, InstanceState]] = {}
 
@@ -108,9 +125,12 @@ class IdentityMap:
         rows = self._by_key.get(table)
         return None if rows is None else rows.get(key)
 
+    def remember(self, state: InstanceState) -> None:
+        """Make the state findable by its ref (an event about it is being recorded)."""
+        self.by_ref[state.ref] = state
+
     def track(self, state: InstanceState) -> None:
         """Start tracking (or track again) an object."""
-        self.by_ref[state.ref] = state
         self._by_obj[id(state.obj)] = state
         key = state.key
         if key is not None:
@@ -128,18 +148,11 @@ class IdentityMap:
         if rows is not None and rows.get(key) is state:
             del rows[key]
 
-    def untrack(self, state: InstanceState, *, forget_ref: bool = False) -> None:
-        """Stop tracking an object (its ref stays known for undo unless ``forget_ref``)."""
+    def untrack(self, state: InstanceState) -> None:
+        """Stop tracking an object (its ref stays known for undo)."""
         if self._by_obj.get(id(state.obj)) is state:
             del self._by_obj[id(state.obj)]
         self.unindex_key(state, state.key)
-        if forget_ref:
-            self.by_ref.pop(state.ref, None)
-
-    def forget_refs(self, refs: set[int]) -> None:
-        """Drop ref entries no longer needed for undo."""
-        for ref in refs:
-            self.by_ref.pop(ref, None)
 
     def states(self) -> Iterator[InstanceState]:
         """Every tracked state (not the ones only kept for undo)."""

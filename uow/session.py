@@ -281,7 +281,11 @@ class AsyncSession(ReadsMixin):
             or any(s.status in _LIVE and s.current() != s.snapshot for s in self._identity.states())
         )
 
-    def _record(self, event: AnyEvent) -> None:
+    def _record(self, event: AnyEvent, *about: InstanceState) -> None:
+        """Append ``event``; the states it is about become findable by ref
+        until the transaction ends (undo and the flush look them up so)."""
+        for state in about:
+            self._identity.remember(state)
         self._journal.append(event)
 
     # --- unit of work: add / delete ----------------------------------------------
@@ -336,7 +340,8 @@ class AsyncSession(ReadsMixin):
                 key=key,
                 values=table.row_dict(values),
                 parent_refs=dict(parent_refs),
-            )
+            ),
+            new_state,
         )
         self._add_children(obj, table, new_state)
         return new_state
@@ -411,7 +416,8 @@ class AsyncSession(ReadsMixin):
                 ref=state.ref,
                 key=state.key,
                 old=state.table.row_dict(state.snapshot),
-            )
+            ),
+            state,
         )
 
     # --- change detection -------------------------------------------------------
@@ -468,7 +474,8 @@ class AsyncSession(ReadsMixin):
                 ref=state.ref,
                 key=state.key,
                 **kwargs,
-            )
+            ),
+            state,
         )
 
     def _sync_relations(self, state: InstanceState) -> None:
@@ -812,7 +819,6 @@ class AsyncSession(ReadsMixin):
                 self._in_tx = False
         committed = self._journal.events()[self._tx_start :]
         self._reset_transaction()
-        self._forget_gone()
         await self._drop_connection()
         for hook in self.engine.commit_hooks:
             hook(committed)
@@ -821,11 +827,8 @@ class AsyncSession(ReadsMixin):
         self._tx_start = self._journal.mark
         self._tx_writes = False
         self._savepoints.clear()
-
-    def _forget_gone(self) -> None:
-        gone = {ref for ref, s in self._identity.by_ref.items() if s.status in (Status.GONE, Status.DETACHED)}
-        gone |= {ref for ref, s in self._identity.by_ref.items() if s.ref != ref}
-        self._identity.forget_refs(gone)
+        # nothing can be undone past this point: states need not be found by ref any more
+        self._identity.by_ref.clear()
 
     async def rollback(self) -> None:
         """Roll the transaction back and restore every tracked object in place:
@@ -1287,7 +1290,7 @@ class AsyncSession(ReadsMixin):
                     update_fields=fields,
                     old=table.row_dict(tracked.snapshot) if tracked is not None else None,
                 )
-                self._record(event)
+                self._record(event, *([tracked] if tracked is not None else []))
                 events.append((event, obj))
             outcome = await self._flush()
             results: list[M] = []
@@ -1328,6 +1331,7 @@ class AsyncSession(ReadsMixin):
         new_state = InstanceState(obj, event.ref, table, tuple(row), Status.PERSISTENT)
         new_state.set_values(table.row_dict(tuple(row)))
         self._identity.track(new_state)
+        self._identity.remember(new_state)  # undoing the upsert finds it by ref
         return obj
 
     async def save(self, obj: M) -> M:
@@ -1387,8 +1391,9 @@ class AsyncSession(ReadsMixin):
             raise ValidationError(f"bulk_update cannot change the primary key {table.key_column!r}")
         with self._exclusive("bulk_update"):
             await self._flush()
+            matched = self._matching(table, where)
             old: dict[int, dict[str, Any]] = {}
-            for state in self._matching(table, where):
+            for state in matched:
                 old[state.ref] = {c: state.snapshot[table.column_index[c]] for c in checked}
             event = BulkUpdated(
                 seq=self._journal.next_seq(),
@@ -1398,9 +1403,9 @@ class AsyncSession(ReadsMixin):
                 values=checked,
                 old=old,
             )
-            self._record(event)
-            for ref in old:
-                self._identity.by_ref[ref].set_values(dict(checked))
+            self._record(event, *matched)
+            for state in matched:
+                state.set_values(dict(checked))
             outcome = await self._flush_recorded(self._journal.mark - 1)
             await self._done()
         return outcome.rowcounts.get(event.seq, 0)
@@ -1425,7 +1430,7 @@ class AsyncSession(ReadsMixin):
                 deleted_keys.update(row[table.key_index] for row in await connection.fetch(Select(table, where)))
             for state in matched:
                 state.status = Status.GONE
-                self._identity.untrack(state)
+                self._identity.unindex_key(state, state.key)
             self._cascade({table.name: deleted_keys}, set())
             self._collect_changes()  # the set-null assignments, before the bulk event
             event = BulkDeleted(
@@ -1435,7 +1440,7 @@ class AsyncSession(ReadsMixin):
                 where=where,  # type: ignore[arg-type]
                 old={s.ref: table.row_dict(s.snapshot) for s in matched},
             )
-            self._record(event)
+            self._record(event, *matched)
             outcome = await self._flush_recorded(mark)
             await self._done()
         return outcome.rowcounts.get(event.seq, 0)
