@@ -120,7 +120,9 @@ async def sa_sessions(url: str) -> AsyncIterator[async_sessionmaker[AsyncSession
 def sa_url(env: Env, backend: str) -> str:
     if backend == "sqlite":
         return f"sqlite+aiosqlite:///{env.sqlite_path()}"
-    return "postgresql+asyncpg://" + env.pg.split("://", 1)[1]
+    # SQLAlchemy's asyncpg dialect passes query options to asyncpg.connect, which
+    # spells the TLS mode ssl= rather than libpq's sslmode=
+    return "postgresql+asyncpg://" + env.pg.split("://", 1)[1].replace("sslmode=", "ssl=")
 
 
 def uow_url(env: Env, backend: str) -> str:

@@ -159,7 +159,8 @@ class LocalServer:
                     "pg_ctl", "-D", self.data_dir, "-w", "-t", str(START_TIMEOUT), "-o", options,
                     "-l", self.log_file, "start",
                 )  # fmt: skip
-                return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+                # a private server without TLS: no TLS negotiation on connects and cancel requests
+                return f"postgresql://postgres@127.0.0.1:{self.port}/postgres?sslmode=disable"
             except PostgresUnavailable as exc:
                 last_error = exc
         assert last_error is not None

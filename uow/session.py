@@ -369,8 +369,10 @@ class AsyncSession(ReadsMixin):
                 waiting[relation.local_column] = self._adding[id(parent)]
                 continue
             parent_state = self._identity.state_of(parent)
-            if parent_state is None or parent_state.status is Status.DETACHED:
+            if parent_state is None:
                 parent_state = self._add(parent)
+            elif parent_state.status not in _LIVE:
+                continue  # deleted or detached here: never added back through a relation
             if parent_state.key is not None:
                 setattr(obj, relation.local_column, parent_state.key)
             else:
@@ -490,8 +492,10 @@ class AsyncSession(ReadsMixin):
             if not is_model(parent):
                 continue
             parent_state = self._identity.state_of(parent)
-            if parent_state is None or parent_state.status is Status.DETACHED:
+            if parent_state is None:
                 parent_state = self._add(parent)
+            elif parent_state.status not in _LIVE:
+                continue  # deleted or detached here: never added back through a relation
             column = relation.local_column
             if parent_state.key is not None:
                 if getattr(state.obj, column) != parent_state.key:
@@ -792,8 +796,8 @@ class AsyncSession(ReadsMixin):
             elif isinstance(event, Deleted):
                 state = self._identity.by_ref.get(event.ref)
                 if state is not None and state.ref == event.ref and state.status is Status.DELETED:
-                    state.status = Status.GONE
-                    self._identity.untrack(state)
+                    state.status = Status.GONE  # still known by object, so relations do not add it back
+                    self._identity.unindex_key(state, state.key)
         journal.mark_flushed()
         self._tx_writes = True
 

@@ -172,6 +172,10 @@ class PostgresAdapter(Adapter):
         with anyio.CancelScope(shield=True):
             try:
                 close = discard or connection.broken or raw.is_closed()
+                if not raw.is_closed():
+                    # a cancelled statement leaves asyncpg sending a cancel request on
+                    # the side; let it finish, or closing races with it
+                    await _cancellation_done(raw)
                 if not close and raw.is_in_transaction():
                     try:
                         with anyio.fail_after(RELEASE_TIMEOUT):
@@ -188,6 +192,14 @@ class PostgresAdapter(Adapter):
                 # own reset failed: make sure the connection is closed.
                 with contextlib.suppress(Exception):
                     raw.terminate()
+
+
+async def _cancellation_done(raw: RawConnection) -> None:
+    protocol = getattr(raw, "_protocol", None)
+    is_cancelling = getattr(protocol, "_is_cancelling", None)
+    if is_cancelling is not None and is_cancelling():
+        with contextlib.suppress(Exception):
+            await protocol._wait_for_cancellation(RELEASE_TIMEOUT)  # type: ignore[union-attr]
 
 
 __all__ = ["PostgresAdapter", "parse_url"]
