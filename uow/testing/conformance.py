@@ -583,6 +583,24 @@ class SessionConformance:
         assert await stored(engine, User, two.id) is None
         assert await stored(engine, User, three.id) is not None
 
+    async def test_a_deleted_object_still_referenced_by_a_relation_is_not_inserted_again(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author = User(name="Author", email="author@example.com")
+            first = Post(title="First", slug="first", author=author)
+            second = Post(title="Second", slug="second", author=author)
+            author.posts = [first, second]
+            session.add(author)
+            await session.commit()
+            session.delete(first)  # still in author.posts
+            await session.commit()
+            second.title = "Second, edited"
+            await session.commit()
+            assert first not in session
+            assert [type(e).__name__ for e in session.journal[-2:]] == ["Deleted", "Updated"]
+        assert await stored(engine, Post, first.id) is None
+
     async def test_bulk_delete_updates_tracked_children_of_rows_it_never_loaded(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author = User(name="Author", email="author@example.com", age=9)
