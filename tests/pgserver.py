@@ -146,7 +146,13 @@ class LocalServer:
 
     def start(self) -> str:
         """Initialise and start the server; return its base URL."""
-        self._command("initdb", "-D", self.data_dir, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        initdb = ("initdb", "-D", self.data_dir, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        try:
+            # a UTF-8 character type, so ILIKE and lower() fold non-ASCII letters as Python does
+            self._command(*initdb, "--locale=C.UTF-8")
+        except PostgresUnavailable:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self._command(*initdb)
         last_error: PostgresUnavailable | None = None
         for _ in range(3):  # the free port may be taken between choosing it and binding it
             self.port = _free_port()
