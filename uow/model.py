@@ -361,6 +361,9 @@ class TableInfo:
         "soft_delete_column",
         "version_column",
         "relations",
+        "parent_relations",
+        "child_relations",
+        "required_indexes",
         "values_of",
         "_row_factory",
     )
@@ -389,6 +392,22 @@ class TableInfo:
         self.soft_delete_column: str | None = soft[0] if soft else None
         self.version_column: str | None = version[0] if version else None
         self.relations = relations
+        # the session reads every relation of every tracked object at flush: keep the
+        # readers of the raw values at hand instead of looking the descriptors up on the class
+        self.parent_relations: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(
+            (r.local_column, _class_getattribute(model, r.name).raw)
+            for r in relations.values()
+            if not r.many and r.local_column is not None
+        )
+        """(foreign-key column, reader of the parent object) per many-to-one relation."""
+        self.child_relations: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(
+            (r.remote_column, _class_getattribute(model, r.name).raw)
+            for r in relations.values()
+            if r.many and r.remote_column is not None
+        )
+        """(the children's foreign-key column, reader of the children) per one-to-many relation."""
+        self.required_indexes = tuple(i for i, c in enumerate(columns) if not c.nullable and not c.generated)
+        """Positions of the columns a new row must not leave ``None``."""
         getter = operator.attrgetter(*self.column_names)
         if len(self.column_names) == 1:
             self.values_of: Callable[[Any], tuple[Any, ...]] = lambda obj: (getter(obj),)

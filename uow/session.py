@@ -65,7 +65,7 @@ from uow.events import (
 )
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.journal import Journal, JournalView
-from uow.model import Model, RelationDescriptor, TableInfo, is_model, table_info
+from uow.model import Model, TableInfo, is_model, table_info
 from uow.planner import plan_flush
 from uow.reads import ReadsMixin
 from uow.statements import Select
@@ -139,6 +139,7 @@ class AsyncSession(ReadsMixin):
         self._journal = Journal()
         self._identity = IdentityMap()
         self._tables: dict[str, TableInfo] = {}
+        self._tables_by_type: dict[type, TableInfo] = {}
         self._connection: Connection | None = None
         self._in_tx = False
         self._tx_start = 0
@@ -251,9 +252,12 @@ class AsyncSession(ReadsMixin):
         return info
 
     def _table_of(self, obj: Any) -> TableInfo:
-        if not is_model(obj):
-            raise ModelDefinitionError(f"{obj!r} is not an instance of a model with a table")
-        return self._table(type(obj))
+        table = self._tables_by_type.get(type(obj))
+        if table is None:
+            if not is_model(obj):
+                raise ModelDefinitionError(f"{obj!r} is not an instance of a model with a table")
+            table = self._tables_by_type[type(obj)] = self._table(type(obj))
+        return table
 
     def _state(self, obj: Any) -> InstanceState:
         state = self._identity.state_of(obj)
@@ -311,11 +315,13 @@ class AsyncSession(ReadsMixin):
         if state is not None and state.status in _LIVE:
             return state
         ref = self._new_ref()
-        self._adding[id(obj)] = ref  # parents that point back at obj link to this ref
-        try:
-            parent_refs = self._link_parents(obj, table)
-        finally:
-            del self._adding[id(obj)]
+        parent_refs: dict[str, int] = {}
+        if table.parent_relations:
+            self._adding[id(obj)] = ref  # parents that point back at obj link to this ref
+            try:
+                parent_refs = self._link_parents(obj, table)
+            finally:
+                del self._adding[id(obj)]
         if links:
             parent_refs.update(links)
         values = table.values_of(obj)
@@ -347,8 +353,9 @@ class AsyncSession(ReadsMixin):
         return new_state
 
     def _validate_new_row(self, table: TableInfo, values: tuple[Any, ...]) -> None:
-        for column, value in zip(table.columns, values):
-            if value is None and not column.nullable and not column.generated:
+        for index in table.required_indexes:
+            if values[index] is None:
+                column = table.columns[index]
                 raise ValidationError(
                     f"{table.model.__name__}.{column.name} is None but the column is NOT NULL; set a value"
                 )
@@ -357,16 +364,13 @@ class AsyncSession(ReadsMixin):
         """Add new parents assigned through many-to-one relations and fill the
         foreign keys; returns the columns waiting for a generated key."""
         waiting: dict[str, int] = {}
-        for relation in table.relations.values():
-            if relation.many or relation.local_column is None:
-                continue
-            descriptor: RelationDescriptor = getattr(table.model, relation.name)
-            parent = descriptor.raw(obj)
-            if not is_model(parent):
+        for column, read_parent in table.parent_relations:
+            parent = read_parent(obj)
+            if parent is None or not is_model(parent):
                 continue
             if id(parent) in self._adding:  # a cycle of new objects: the planner breaks it
-                setattr(obj, relation.local_column, None)
-                waiting[relation.local_column] = self._adding[id(parent)]
+                setattr(obj, column, None)
+                waiting[column] = self._adding[id(parent)]
                 continue
             parent_state = self._identity.state_of(parent)
             if parent_state is None:
@@ -374,29 +378,27 @@ class AsyncSession(ReadsMixin):
             elif parent_state.status not in _LIVE:
                 continue  # deleted or detached here: never added back through a relation
             if parent_state.key is not None:
-                setattr(obj, relation.local_column, parent_state.key)
+                setattr(obj, column, parent_state.key)
             else:
-                setattr(obj, relation.local_column, None)
-                waiting[relation.local_column] = parent_state.ref
+                setattr(obj, column, None)
+                waiting[column] = parent_state.ref
         return waiting
 
     def _add_children(self, obj: Any, table: TableInfo, state: InstanceState) -> None:
         """Add new children listed in one-to-many relations, linked to ``obj``."""
-        for relation in table.relations.values():
-            if not relation.many or relation.remote_column is None:
-                continue
-            children = getattr(table.model, relation.name).raw(obj)
+        for column, read_children in table.child_relations:
+            children = read_children(obj)
             if not isinstance(children, (list, tuple)):
                 continue
             for child in children:
                 if self._identity.state_of(child) is not None:
                     continue
                 if state.key is not None:
-                    setattr(child, relation.remote_column, state.key)
+                    setattr(child, column, state.key)
                     self._add(child)
                 else:
-                    setattr(child, relation.remote_column, None)
-                    self._add(child, links={relation.remote_column: state.ref})
+                    setattr(child, column, None)
+                    self._add(child, links={column: state.ref})
 
     def delete(self, obj: Any) -> None:
         """Mark a tracked object deleted; the delete is flushed later.
@@ -484,19 +486,17 @@ class AsyncSession(ReadsMixin):
         table = state.table
         if not table.relations:
             return
-        self._add_children(state.obj, table, state)
-        for relation in table.relations.values():
-            if relation.many or relation.local_column is None:
-                continue
-            parent = getattr(table.model, relation.name).raw(state.obj)
-            if not is_model(parent):
+        if table.child_relations:
+            self._add_children(state.obj, table, state)
+        for column, read_parent in table.parent_relations:
+            parent = read_parent(state.obj)
+            if parent is None or not is_model(parent):
                 continue
             parent_state = self._identity.state_of(parent)
             if parent_state is None:
                 parent_state = self._add(parent)
             elif parent_state.status not in _LIVE:
                 continue  # deleted or detached here: never added back through a relation
-            column = relation.local_column
             if parent_state.key is not None:
                 if getattr(state.obj, column) != parent_state.key:
                     setattr(state.obj, column, parent_state.key)
@@ -512,7 +512,10 @@ class AsyncSession(ReadsMixin):
         """Record cascades and every assignment since the last flush."""
         self._cascade_deletes()
         for state in self._identity.states():
-            if state.status in _LIVE:
+            # most states are unchanged rows of tables without relations: for those one
+            # tuple comparison (done in C) replaces the call to _record_changes
+            table = state.table
+            if state.status in _LIVE and (table.relations or table.values_of(state.obj) != state.snapshot):
                 self._record_changes(state)
 
     def _cascade_deletes(self) -> None:
@@ -532,7 +535,9 @@ class AsyncSession(ReadsMixin):
     def _cascade(self, deleted_keys: dict[str, set[Any]], deleted_refs: set[int]) -> None:
         """Delete (``cascade``) or unlink (``set null``) the tracked children of
         the given deleted rows, recursively, as the database will."""
-        while deleted_keys or deleted_refs:
+        # without a foreign key that acts on deletes there is no tracked child to look for
+        acting = any(fk.on_delete in ("cascade", "set null") for t in self._tables.values() for fk in t.foreign_keys)
+        while acting and (deleted_keys or deleted_refs):
             targets = set(deleted_keys)
             next_keys: dict[str, set[Any]] = {}
             next_refs: set[int] = set()
