@@ -107,10 +107,11 @@ def plan_flush(events: Sequence[AnyEvent | Event], tables: Mapping[str, TableInf
     # from a key generated in this flush: a later segment sees them as pending
     links: dict[tuple[int, str], int] = {}
 
-    def plan_segment() -> None:
+    def plan_segment(*, last: bool = False) -> None:
         nonlocal segment
         batches.extend(_plan_rows(segment, tables, links))
-        _follow_links(segment, links)
+        if not last:  # only later segments read the links
+            _follow_links(segment, links)
         segment = []
 
     for event in events:
@@ -131,7 +132,7 @@ def plan_flush(events: Sequence[AnyEvent | Event], tables: Mapping[str, TableInf
             segment.append(event)
     if upserts:
         batches.extend(_plan_upserts(upserts, tables))
-    plan_segment()
+    plan_segment(last=True)
     return FlushPlan(tuple(batches))
 
 
