@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+import gc
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -92,6 +93,27 @@ def require_current_session() -> AsyncSession:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a stretch of flush bookkeeping
+    that does no I/O.
+
+    Planning and settling a flush allocate a few short-lived containers per
+    row; with the collector on, that many allocations set off collections that
+    walk the session's tracked objects and states again and again (about half
+    of the planning time at 10k rows). Nothing collectable is lost: the
+    collector runs as usual once it is enabled again.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass
@@ -229,8 +251,9 @@ class AsyncSession(ReadsMixin):
         what the next flush applies (a later rollback undoes them as usual).
         """
         self._check_idle()
-        self._collect_changes()
-        return plan_flush(self._journal.pending, self._tables)
+        with _collector_paused():
+            self._collect_changes()
+            return plan_flush(self._journal.pending, self._tables)
 
     # --- bookkeeping ------------------------------------------------------------
 
@@ -593,11 +616,12 @@ class AsyncSession(ReadsMixin):
         return self._connection
 
     async def _flush(self) -> _FlushOutcome:
-        self._collect_changes()
-        if not self._journal.has_pending():
-            return _FlushOutcome()
-        pending = list(self._journal.pending)
-        plan = plan_flush(pending, self._tables)
+        with _collector_paused():
+            self._collect_changes()
+            if not self._journal.has_pending():
+                return _FlushOutcome()
+            pending = list(self._journal.pending)
+            plan = plan_flush(pending, self._tables)
         connection = await self._connection_for_work()
         savepoint = None
         if self._tx_writes or self._savepoints:
@@ -616,7 +640,8 @@ class AsyncSession(ReadsMixin):
                 if isinstance(exc, IntegrityError) and exc.event is None:
                     await self._explain_integrity_error(exc, plan, pending)
             raise
-        self._after_flush(outcome, pending)
+        with _collector_paused():
+            self._after_flush(outcome, pending)
         return outcome
 
     async def _undo_failed_flush(self, connection: Connection, savepoint: str | None, exc: BaseException) -> None:
