@@ -715,15 +715,14 @@ class AsyncSession(ReadsMixin):
         ):
             raise StorageError(f"the adapter returned no keys for the insert into {batch.table.name}")
         if isinstance(batch, (UpdateBatch, DeleteBatch)):
-            if isinstance(batch, UpdateBatch):
-                expected = len(batch.rows)
-                keys = [row[len(batch.columns)] for row in batch.rows]
-                checked = batch.check_version
-            else:
-                expected = len(batch.keys)
-                keys = list(batch.keys)
-                checked = batch.expected_versions is not None
+            expected = len(batch.rows) if isinstance(batch, UpdateBatch) else len(batch.keys)
             if result.rowcount != expected:
+                if isinstance(batch, UpdateBatch):
+                    keys = [row[len(batch.columns)] for row in batch.rows]
+                    checked = batch.check_version
+                else:
+                    keys = list(batch.keys)
+                    checked = batch.expected_versions is not None
                 verb = "UPDATE" if isinstance(batch, UpdateBatch) else "DELETE"
                 shown = ", ".join(repr(k) for k in keys[:10]) + (" ..." if len(keys) > 10 else "")
                 raise ConcurrencyError(
@@ -798,36 +797,37 @@ class AsyncSession(ReadsMixin):
 
     def _after_flush(self, outcome: _FlushOutcome, pending: list[AnyEvent]) -> None:
         journal = self._journal
-        key_column_of = {name: table.key_column for name, table in self._tables.items()}
+        by_ref = self._identity.by_ref
+        generated_keys = journal.generated_keys
+        generated_keys.update(outcome.generated)
         for ref, key in outcome.generated.items():
-            journal.generated_keys[ref] = key
-            state = self._identity.by_ref.get(ref)
+            state = by_ref.get(ref)
             if state is not None and state.ref == ref:
-                state.set_values({key_column_of[state.table.name]: key})
+                state.set_value(state.table.key_column, key)
                 self._identity.index_key(state)
+        # one pass over the events: a status set here (pending -> persistent,
+        # deleted -> gone) never changes whether a state is live
         for event in pending:
+            if not isinstance(event, RowEvent):
+                continue
+            state = by_ref.get(event.ref)
+            if state is None or state.ref != event.ref:
+                continue
             parent_refs = getattr(event, "parent_refs", None)
-            if parent_refs:
-                assert isinstance(event, RowEvent)
-                state = self._identity.by_ref.get(event.ref)
-                if state is None or state.ref != event.ref or state.status not in _LIVE:
-                    continue
+            if parent_refs and state.parent_refs and state.status in _LIVE:
+                # foreign keys that waited for a parent's generated key get it
                 for column, parent_ref in parent_refs.items():
-                    if state.parent_refs and state.parent_refs.get(column) == parent_ref:
-                        parent_key = outcome.generated.get(parent_ref, journal.generated_keys.get(parent_ref))
+                    if state.parent_refs.get(column) == parent_ref:
+                        parent_key = generated_keys.get(parent_ref)
                         if parent_key is not None:
-                            state.set_values({column: parent_key})
+                            state.set_value(column, parent_key)
                             del state.parent_refs[column]
-        for event in pending:
             if isinstance(event, Inserted):
-                state = self._identity.by_ref.get(event.ref)
-                if state is not None and state.ref == event.ref and state.status is Status.PENDING:
+                if state.status is Status.PENDING:
                     state.status = Status.PERSISTENT
-            elif isinstance(event, Deleted):
-                state = self._identity.by_ref.get(event.ref)
-                if state is not None and state.ref == event.ref and state.status is Status.DELETED:
-                    state.status = Status.GONE  # still known by object, so relations do not add it back
-                    self._identity.unindex_key(state, state.key)
+            elif isinstance(event, Deleted) and state.status is Status.DELETED:
+                state.status = Status.GONE  # still known by object, so relations do not add it back
+                self._identity.unindex_key(state, state.key)
         journal.mark_flushed()
         self._tx_writes = True
 
