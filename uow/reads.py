@@ -82,7 +82,7 @@ class ReadsMixin:
         in memory (a server-side cursor on PostgreSQL, chunked reads elsewhere)::
 
             async for user in session.stream(select(User), chunk_size=500):
-                ...
+                send_newsletter(user)
 
         Objects the session already tracks are yielded as they are (same
         object, values untouched); other rows become objects the session does
