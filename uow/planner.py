@@ -192,6 +192,10 @@ def _coalesce(
             key = event.key if event.key is not None or op is None else op.key
             deleted = _Op(table, ref, _DELETE, key, event.seq)
             deleted.old = dict(event.old)
+            if links:
+                for fk in table.foreign_keys:  # stored by an earlier segment of this flush
+                    if deleted.old.get(fk.column) is None and (ref, fk.column) in links:
+                        deleted.old[fk.column] = PendingKey(links[(ref, fk.column)])
             if op is not None:
                 deleted.first_seq = op.first_seq
                 deleted.old.update(op.old)  # what storage still holds, the version included
