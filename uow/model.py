@@ -364,6 +364,8 @@ class TableInfo:
         "parent_relations",
         "child_relations",
         "required_indexes",
+        "non_key_columns",
+        "column_order",
         "values_of",
         "_row_factory",
     )
@@ -383,6 +385,11 @@ class TableInfo:
             )
         self.primary_key: ColumnInfo = keys[0]
         self.key_index = self.column_index[self.primary_key.name]
+        self.non_key_columns = tuple(n for n in self.column_names if n != self.primary_key.name)
+        """Every column but the primary key (an insert whose key the database generates)."""
+        self.column_order: dict[tuple[str, ...], tuple[str, ...]] = {}
+        """Column names as met (an update's changed columns) to the same names in table order;
+        the planner's cache, so each row of a flush does not sort them again."""
         self.foreign_keys = tuple(c.foreign_key for c in columns if c.foreign_key is not None)
         self.unique_columns = tuple(c.name for c in columns if c.unique or c.primary_key)
         soft = [c.name for c in columns if c.soft_delete]

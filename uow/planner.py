@@ -21,8 +21,9 @@ operations before them are planned and applied first.
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from uow.batches import (
@@ -72,21 +73,46 @@ class _Op:
         "successors",
         "waiting_on",
         "order",
+        "shared",
     )
 
-    def __init__(self, table: TableInfo, ref: int, phase: int, key: Any, seq: int):
+    def __init__(
+        self,
+        table: TableInfo,
+        ref: int,
+        phase: int,
+        key: Any,
+        seq: int,
+        values: dict[str, Any] | None = None,
+        old: dict[str, Any] | None = None,
+        parent_refs: dict[str, int] | None = None,
+        *,
+        shared: bool = False,
+    ):
         self.table = table
         self.ref = ref
         self.phase = phase
         self.key = key
-        self.values: dict[str, Any] = {}
-        self.old: dict[str, Any] = {}
-        self.parent_refs: dict[str, int] = {}
+        self.values: dict[str, Any] = {} if values is None else values
+        self.old: dict[str, Any] = {} if old is None else old
+        self.parent_refs: dict[str, int] = {} if parent_refs is None else parent_refs
+        # True while values, old and parent_refs are the dictionaries of the one event
+        # the op was made from (events are never changed, so reading them is safe):
+        # own() copies them before the first change
+        self.shared = shared
         self.first_seq = seq
         self.last_seq = seq
         self.successors: list[_Op] = []
         self.waiting_on = 0
         self.order = 0
+
+    def own(self) -> None:
+        """Copy the event's dictionaries before changing them."""
+        if self.shared:
+            self.values = dict(self.values)
+            self.old = dict(self.old)
+            self.parent_refs = dict(self.parent_refs)
+            self.shared = False
 
     def label(self) -> tuple[str, Any]:
         return (self.table.name, self.key if self.key is not None else f"ref {self.ref}")
@@ -100,6 +126,10 @@ def plan_flush(events: Sequence[AnyEvent | Event], tables: Mapping[str, TableInf
 
     >>> plan_flush(session.journal.pending, tables).explain()  # doctest: +SKIP
     """
+    if not any(issubclass(kind, _BARRIERS) for kind in set(map(type, events))):
+        # the common flush: only row events, one segment, no links to follow (the
+        # loop below would reach the same single plan_segment(last=True))
+        return FlushPlan(tuple(_plan_rows(events, tables, {})))
     batches: list[Batch] = []
     segment: list[Event] = []
     upserts: list[Upserted] = []
@@ -136,6 +166,10 @@ def plan_flush(events: Sequence[AnyEvent | Event], tables: Mapping[str, TableInf
     return FlushPlan(tuple(batches))
 
 
+_BARRIERS = (Upserted, BulkUpdated, BulkDeleted)
+"""Events that end a segment: the row events before them are planned first."""
+
+
 def _follow_links(events: Sequence[Event], links: dict[tuple[int, str], int]) -> None:
     """Update ``links`` with the pending foreign keys ``events`` set or replace."""
     for event in events:
@@ -157,20 +191,23 @@ def _coalesce(
     events: Sequence[Event], tables: Mapping[str, TableInfo], links: Mapping[tuple[int, str], int]
 ) -> list[_Op]:
     ops: dict[int, _Op | None] = {}
-    deleted_keys = {(e.table, e.key) for e in events if isinstance(e, Deleted) and e.key is not None}
+    deleted_keys: set[tuple[str, Any]] = set()
     for event in events:
         ref: int = event.ref  # type: ignore[attr-defined]
         table = tables[event.table]
         op = ops.get(ref)
         if isinstance(event, Inserted):
-            op = _Op(table, ref, _INSERT, event.key, event.seq)
-            op.values = dict(event.values)
-            op.parent_refs = dict(event.parent_refs)
-            ops[ref] = op
+            values, parent_refs = event.values, event.parent_refs
+            ops[ref] = _Op(table, ref, _INSERT, event.key, event.seq, values, None, parent_refs, shared=True)
         elif isinstance(event, ROW_CHANGES):
-            parent_refs: Mapping[str, int] = getattr(event, "parent_refs", {})
+            parent_refs = getattr(event, "parent_refs", {})
+            if op is None and not links and not parent_refs and event.old.keys() == event.new.keys():
+                # the first change of a stored row: the op is the event itself
+                ops[ref] = _Op(table, ref, _UPDATE, event.key, event.seq, event.new, event.old, None, shared=True)
+                continue
             if op is None:
                 op = ops[ref] = _Op(table, ref, _UPDATE, event.key, event.seq)
+            op.own()
             for column, value in event.new.items():
                 if op.phase == _UPDATE and column not in op.old:
                     old = event.old.get(column)
@@ -186,10 +223,15 @@ def _coalesce(
             if op.key is None:
                 op.key = event.key
         elif isinstance(event, Deleted):
+            if event.key is not None:
+                deleted_keys.add((event.table, event.key))
             if op is not None and op.phase == _INSERT:
                 ops[ref] = None  # inserted and deleted in one flush: nothing to store
                 continue
             key = event.key if event.key is not None or op is None else op.key
+            if op is None and not links:
+                ops[ref] = _Op(table, ref, _DELETE, key, event.seq, None, event.old, None, shared=True)
+                continue
             deleted = _Op(table, ref, _DELETE, key, event.seq)
             deleted.old = dict(event.old)
             if links:
@@ -252,10 +294,20 @@ def _edge(before: _Op, after: _Op) -> None:
 
 
 def _link(ops: list[_Op]) -> None:
-    inserts_by_ref = {op.ref: op for op in ops if op.phase == _INSERT}
-    inserts_by_key = {(op.table.name, op.key): op for op in ops if op.phase == _INSERT and op.key is not None}
-    deletes_by_key = {(op.table.name, op.key): op for op in ops if op.phase == _DELETE and op.key is not None}
-    deletes_by_ref = {op.ref: op for op in ops if op.phase == _DELETE}
+    inserts_by_ref: dict[int, _Op] = {}
+    inserts_by_key: dict[tuple[str, Any], _Op] = {}
+    deletes_by_key: dict[tuple[str, Any], _Op] = {}
+    deletes_by_ref: dict[int, _Op] = {}
+    for op in ops:
+        if op.phase == _INSERT:
+            inserts_by_ref[op.ref] = op
+            if op.key is not None:
+                inserts_by_key[(op.table.name, op.key)] = op
+        elif op.phase == _DELETE:
+            deletes_by_ref[op.ref] = op
+            if op.key is not None:
+                deletes_by_key[(op.table.name, op.key)] = op
+    only_deletes = len(deletes_by_ref) == len(ops)
 
     for op in ops:
         if op.phase == _DELETE:
@@ -295,6 +347,8 @@ def _link(ops: list[_Op]) -> None:
 
     # a unique value (or key) that one row gives up is taken by another only afterwards,
     # whatever order the journal recorded them in (assignments are recorded at flush)
+    if only_deletes:
+        return  # nothing takes a value: no need to list the ones given up
     released: dict[tuple[str, str, Any], _Op] = {}
     for op in ops:
         if op.phase == _INSERT:
@@ -326,15 +380,19 @@ def _group_key(op: _Op) -> tuple[Any, ...]:
         return (_INSERT, table.name, _insert_columns(op), op.key is None and table.primary_key.generated)
     if op.phase == _UPDATE:
         values = op.values
-        columns = tuple([c for c in table.column_names if c in values])
+        met = tuple(values)
+        columns = table.column_order.get(met)
+        if columns is None:
+            columns = tuple([c for c in table.column_names if c in values])
+            if len(table.column_order) < 256:  # a handful of update shapes per table in practice
+                table.column_order[met] = columns
         return (_UPDATE, table.name, columns, _checks_version(op))
     return (_DELETE, table.name, (), _checks_version(op))
 
 
 def _insert_columns(op: _Op) -> tuple[str, ...]:
     if op.key is None and op.table.primary_key.generated:
-        key_column = op.table.key_column
-        return tuple([c for c in op.table.column_names if c != key_column])
+        return op.table.non_key_columns
     return op.table.column_names
 
 
@@ -465,6 +523,7 @@ def _parent_in(child: _Op, column: str, component: list[_Op]) -> _Op | None:
 
 def _defer_foreign_key(child: _Op, column: str, parent: _Op, ready: dict[tuple[Any, ...], list[_Op]]) -> None:
     """Insert ``child`` with ``column`` NULL now and set it after ``parent``."""
+    child.own()
     follow_up = _Op(child.table, child.ref, _UPDATE, child.key, child.last_seq)
     follow_up.values = {column: child.values[column]}
     follow_up.old = {column: None}
@@ -551,18 +610,26 @@ def _find_cycle(blocked: list[_Op]) -> list[_Op]:
 # --- batches ------------------------------------------------------------------
 
 
-def _value(op: _Op, column: str) -> Any:
-    if column in op.parent_refs:
-        return PendingKey(op.parent_refs[column])
-    return op.values[column]
-
-
-def _row_values(op: _Op, columns: tuple[str, ...]) -> list[Any]:
-    """The values of ``columns``, a :class:`PendingKey` where a parent's key is awaited."""
-    values = op.values
-    if not op.parent_refs:  # the common case, without a lookup per column
-        return [values[c] for c in columns]
-    return [_value(op, c) for c in columns]
+def _rows(group: list[_Op], columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """Each op's values of ``columns`` as a tuple, a :class:`PendingKey` where a
+    parent's key is awaited."""
+    # one itemgetter call (in C) per row instead of a lookup per column in Python
+    if len(columns) > 1:
+        get: Callable[[dict[str, Any]], tuple[Any, ...]] = operator.itemgetter(*columns)
+    else:
+        get = lambda values: tuple([values[c] for c in columns])  # noqa: E731  (itemgetter of one is no tuple)
+    position = {c: i for i, c in enumerate(columns)}
+    rows: list[tuple[Any, ...]] = []
+    for op in group:
+        row = get(op.values)
+        if op.parent_refs:
+            patched = list(row)
+            for column, parent_ref in op.parent_refs.items():
+                if column in position:
+                    patched[position[column]] = PendingKey(parent_ref)
+            row = tuple(patched)
+        rows.append(row)
+    return rows
 
 
 def _row_key(op: _Op) -> Any:
@@ -575,17 +642,14 @@ def _batch(group_key: tuple[Any, ...], group: list[_Op]) -> Batch:
     refs = [op.ref for op in group]
     seqs = [op.first_seq if phase == _DELETE else op.last_seq for op in group]
     if phase == _INSERT:
-        rows = [tuple(_row_values(op, columns)) for op in group]
-        return InsertBatch(table, columns, rows, returning_key=flag, refs=refs, seqs=seqs)
+        return InsertBatch(table, columns, _rows(group, columns), returning_key=flag, refs=refs, seqs=seqs)
     if phase == _UPDATE:
         version = table.version_column
-        rows = []
-        for op in group:
-            row = _row_values(op, columns)
-            row.append(_row_key(op))
-            if flag:
-                row.append(op.old[version])  # type: ignore[index]
-            rows.append(tuple(row))
+        values = _rows(group, columns)
+        if flag:
+            rows = [(*row, _row_key(op), op.old[version]) for row, op in zip(values, group)]  # type: ignore[index]
+        else:
+            rows = [(*row, _row_key(op)) for row, op in zip(values, group)]
         return UpdateBatch(table, columns, rows, check_version=flag, refs=refs, seqs=seqs)
     keys = [_row_key(op) for op in group]
     versions = [op.old[table.version_column] for op in group] if flag and table.version_column else None
