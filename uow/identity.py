@@ -55,9 +55,11 @@ class InstanceState:
         """The object's column values now."""
         return self.table.values_of(self.obj)
 
-    def changes(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(old, new) values of the columns assigned since the snapshot."""
-        now = self.current()
+    def changes(self, now: tuple[Any, ...] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(old, new) values of the columns assigned since the snapshot; ``now``:
+        the object's values when the caller has just read them."""
+        if now is None:
+            now = self.current()
         if now == self.snapshot:
             return {}, {}
         old: dict[str, Any] = {}

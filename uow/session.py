@@ -453,7 +453,8 @@ class AsyncSession(ReadsMixin):
         self, state: InstanceState, event_type: type[Updated | SoftDeleted | Restored] = Updated
     ) -> None:
         """Turn assignments on ``state.obj`` since its snapshot into an event."""
-        self._sync_relations(state)
+        if state.table.relations:
+            self._sync_relations(state)
         old, new = state.changes()
         if not new:
             return
@@ -466,6 +467,7 @@ class AsyncSession(ReadsMixin):
         new: dict[str, Any],
         event_type: type[Updated | SoftDeleted | Restored] = Updated,
         parent_refs: dict[str, int] | None = None,
+        at: dt.datetime | None = None,
     ) -> None:
         table = state.table
         version = table.version_column
@@ -487,23 +489,27 @@ class AsyncSession(ReadsMixin):
             state.parent_refs = {**(state.parent_refs or {}), **parent_refs}
         # only the recorded columns join the snapshot: other assignments still wait for their own event
         snapshot = list(state.snapshot)
+        column_index = table.column_index
         for column, value in new.items():
-            snapshot[table.column_index[column]] = value
+            snapshot[column_index[column]] = value
         state.snapshot = tuple(snapshot)
-        kwargs: dict[str, Any] = {"old": old, "new": new}
-        if event_type is Updated:
-            kwargs["parent_refs"] = dict(parent_refs or {})
-        self._record(
-            event_type(
-                seq=self._journal.next_seq(),
-                at=_now(),
+        seq = self._journal.next_seq()
+        if at is None:
+            at = _now()
+        if event_type is Updated and parent_refs:
+            event: Updated | SoftDeleted | Restored = Updated(
+                seq=seq,
+                at=at,
                 table=table.name,
                 ref=state.ref,
                 key=state.key,
-                **kwargs,
-            ),
-            state,
-        )
+                old=old,
+                new=new,
+                parent_refs=dict(parent_refs),
+            )
+        else:  # an Updated event's parent_refs defaults to a new empty dict
+            event = event_type(seq=seq, at=at, table=table.name, ref=state.ref, key=state.key, old=old, new=new)
+        self._record(event, state)
 
     def _sync_relations(self, state: InstanceState) -> None:
         table = state.table
@@ -534,12 +540,22 @@ class AsyncSession(ReadsMixin):
     def _collect_changes(self) -> None:
         """Record cascades and every assignment since the last flush."""
         self._cascade_deletes()
+        at = _now()  # the assignments found here are all recorded at this moment
         for state in self._identity.states():
             # most states are unchanged rows of tables without relations: for those one
-            # tuple comparison (done in C) replaces the call to _record_changes
+            # tuple comparison (done in C) replaces the call to _record_changes, and a
+            # changed one goes to _record_update with the values already read
             table = state.table
-            if state.status in _LIVE and (table.relations or table.values_of(state.obj) != state.snapshot):
+            if state.status not in _LIVE:
+                continue
+            if table.relations:
                 self._record_changes(state)
+                continue
+            now = table.values_of(state.obj)
+            if now != state.snapshot:
+                old, new = state.changes(now)
+                if new:
+                    self._record_update(state, old, new, at=at)
 
     def _cascade_deletes(self) -> None:
         """Apply foreign-key delete actions to tracked children of deleted rows."""
