@@ -15,7 +15,7 @@ Rules every read keeps (see ``docs/querying.md``):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -50,6 +50,7 @@ class ReadsMixin:
         async def _flush(self) -> Any: ...
         async def _connection_for_work(self) -> Connection: ...
         def _load_row(self, table: TableInfo, row: Any) -> InstanceState: ...
+        def _new_ref(self) -> int: ...
         def _table(self, model: type[Any]) -> TableInfo: ...
 
     # --- public -------------------------------------------------------------------
@@ -113,7 +114,7 @@ class ReadsMixin:
                         rows = await chunks.__anext__()
                     except StopAsyncIteration:
                         return
-                    objects = [obj for row in rows if (obj := self._materialize(table, row, track)) is not None]
+                    objects = self._materialize_all(table, rows, track)
                     if statement.includes:
                         await self._relation_loader(connection.fetch, statement, track_all=track).load(
                             statement.model, objects, statement.includes
@@ -187,7 +188,7 @@ class ReadsMixin:
     ) -> list[M]:
         table = read.table
         rows = await fetch(read.compile())
-        objects = [obj for row in rows if (obj := self._materialize(table, row, track_all)) is not None]
+        objects = self._materialize_all(table, rows, track_all)
         if read.includes:
             await self._relation_loader(fetch, read, track_all=track_all).load(read.model, objects, read.includes)
         return objects
@@ -211,7 +212,19 @@ class ReadsMixin:
             waiting=waiting,
         )
 
-    def _materialize(self, table: TableInfo, row: tuple[Any, ...], track: bool) -> Any:
+    def _materialize_all(self, table: TableInfo, rows: Sequence[Sequence[Any]], track: bool) -> list[Any]:
+        """:meth:`_materialize` for each row, in order, leaving out ``None``."""
+        if not track:
+            return [obj for row in rows if (obj := self._materialize(table, row, False)) is not None]
+
+        def tracked(row: Sequence[Any]) -> Any:
+            return self._materialize(table, row, True)
+
+        # most rows of a read are not tracked yet: the identity map makes and tracks
+        # those in one loop, without two calls and three lookups per row
+        return self._identity.load(table, rows, self._new_ref, tracked)
+
+    def _materialize(self, table: TableInfo, row: Sequence[Any], track: bool) -> Any:
         """The object for a fetched row: the tracked one if any (values kept
         unless expired), else a new one, tracked when ``track``; ``None`` for a
         row whose object is deleted in the session but not flushed."""
