@@ -73,9 +73,9 @@ class InstanceState:
     def set_value(self, name: str, value: Any) -> None:
         """Assign one column on the object and in the snapshot."""
         setattr(self.obj, name, value)
-        index = self.table.column_index[name]
-        snapshot = self.snapshot
-        self.snapshot = (*snapshot[:index], value, *snapshot[index + 1 :])
+        snapshot = list(self.snapshot)
+        snapshot[self.table.column_index[name]] = value
+        self.snapshot = tuple(snapshot)
 
     def set_values(self, values: dict[str, Any]) -> None:
         """Assign column values on the object and in the snapshot."""

@@ -824,7 +824,12 @@ class AsyncSession(ReadsMixin):
         # one pass over the events: a status set here (pending -> persistent,
         # deleted -> gone) never changes whether a state is live
         for event in pending:
-            if not isinstance(event, RowEvent):
+            # statuses change on inserts and deletes, and only inserts and updates
+            # carry parent refs: any other event (most updates) needs no lookup
+            if isinstance(event, Updated):
+                if not event.parent_refs:
+                    continue
+            elif not isinstance(event, (Inserted, Deleted)):
                 continue
             state = by_ref.get(event.ref)
             if state is None or state.ref != event.ref:
