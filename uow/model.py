@@ -215,6 +215,12 @@ class RelationDescriptor:
         """The stored value, :data:`NOT_LOADED` included, without raising."""
         return self._member.__get__(instance, type(instance))
 
+    @property
+    def reader(self) -> Callable[[Any], Any]:
+        """What :meth:`raw` does, as the slot's own getter: one call in C per
+        object where the session reads the relation of every tracked object."""
+        return self._member.__get__  # type: ignore[no-any-return]
+
     def __repr__(self) -> str:
         return f"<relation {self.model.__name__}.{self.name}>"
 
@@ -402,13 +408,13 @@ class TableInfo:
         # the session reads every relation of every tracked object at flush: keep the
         # readers of the raw values at hand instead of looking the descriptors up on the class
         self.parent_relations: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(
-            (r.local_column, _class_getattribute(model, r.name).raw)
+            (r.local_column, _class_getattribute(model, r.name).reader)
             for r in relations.values()
             if not r.many and r.local_column is not None
         )
         """(foreign-key column, reader of the parent object) per many-to-one relation."""
         self.child_relations: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(
-            (r.remote_column, _class_getattribute(model, r.name).raw)
+            (r.remote_column, _class_getattribute(model, r.name).reader)
             for r in relations.values()
             if r.many and r.remote_column is not None
         )

@@ -333,11 +333,15 @@ class AsyncSession(ReadsMixin):
             self._add(obj)
 
     def _add(self, obj: Any, links: dict[str, int] | None = None) -> InstanceState:
-        table = self._table_of(obj)
-        state = self._identity.state_of(obj)
+        # runs once per new object: the lookups of _table_of, _new_ref and _record are
+        # written out here to spare their calls
+        table = self._tables_by_type.get(type(obj)) or self._table_of(obj)
+        identity = self._identity
+        state = identity.state_of(obj)
         if state is not None and state.status in _LIVE:
             return state
-        ref = self._new_ref()
+        ref = self._next_ref
+        self._next_ref = ref + 1
         parent_refs: dict[str, int] = {}
         if table.parent_relations:
             self._adding[id(obj)] = ref  # parents that point back at obj link to this ref
@@ -359,20 +363,21 @@ class AsyncSession(ReadsMixin):
                 )
         new_state = InstanceState(obj, ref, table, values, Status.PENDING)
         new_state.parent_refs = parent_refs or None
-        self._identity.track(new_state)
-        self._record(
+        identity.track(new_state)
+        identity.by_ref[ref] = new_state
+        self._journal.append(
             Inserted(
                 seq=self._journal.next_seq(),
                 at=_now(),
                 table=table.name,
                 ref=ref,
                 key=key,
-                values=table.row_dict(values),
+                values=dict(zip(table.column_names, values)),
                 parent_refs=dict(parent_refs),
-            ),
-            new_state,
+            )
         )
-        self._add_children(obj, table, new_state)
+        if table.child_relations:
+            self._add_children(obj, table, new_state)
         return new_state
 
     def _validate_new_row(self, table: TableInfo, values: tuple[Any, ...]) -> None:
@@ -389,7 +394,7 @@ class AsyncSession(ReadsMixin):
         waiting: dict[str, int] = {}
         for column, read_parent in table.parent_relations:
             parent = read_parent(obj)
-            if parent is None or not is_model(parent):
+            if parent is None or (type(parent) not in self._tables_by_type and not is_model(parent)):
                 continue
             if id(parent) in self._adding:  # a cycle of new objects: the planner breaks it
                 setattr(obj, column, None)
