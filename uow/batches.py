@@ -136,11 +136,38 @@ class BatchResult:
 
 def resolve_pending(batch: Batch, key_of_ref: Callable[[int], Any]) -> Batch:
     """The batch with every :class:`PendingKey` replaced by the generated key."""
-    if isinstance(batch, (InsertBatch, UpdateBatch, UpsertBatch)):
+    if not isinstance(batch, (InsertBatch, UpdateBatch, UpsertBatch)) or not batch.rows:
+        return batch
+    if len(set(map(len, batch.rows))) != 1:  # the planner's rows always have one shape
         if not any(isinstance(v, PendingKey) for row in batch.rows for v in row):
             return batch
         rows = [tuple(key_of_ref(v.ref) if isinstance(v, PendingKey) else v for v in row) for row in batch.rows]
         return replace(batch, rows=rows)
+    # column by column: finding the columns that hold a PendingKey and turning the
+    # rows into columns and back are done in C; only those columns are rewritten
+    columns = list(zip(*batch.rows))
+    changed = False
+    for index, column in enumerate(columns):
+        if PendingKey in set(map(type, column)):
+            columns[index] = tuple([key_of_ref(v.ref) if type(v) is PendingKey else v for v in column])
+            changed = True
+    if not changed:
+        return batch
+    return replace(batch, rows=list(zip(*columns)))
+    if len(set(map(len, batch.rows))) != 1:  # rows of one shape, always, when the planner made them
+        rows = [tuple(key_of_ref(v.ref) if isinstance(v, PendingKey) else v for v in row) for row in batch.rows]
+        return replace(batch, rows=rows)
+    if True:
+        # column by column: finding the columns that hold a PendingKey and turning the
+        # rows into columns and back are done in C; only those columns are rewritten
+        columns = list(zip(*batch.rows))
+        changed = False
+        for index, column in enumerate(columns):
+            if PendingKey in set(map(type, column)):
+                columns[index] = tuple([key_of_ref(v.ref) if type(v) is PendingKey else v for v in column])
+                changed = True
+        if changed:
+            return replace(batch, rows=list(zip(*columns)))
     return batch
 
 

@@ -524,7 +524,7 @@ class AsyncSession(ReadsMixin):
             self._add_children(state.obj, table, state)
         for column, read_parent in table.parent_relations:
             parent = read_parent(state.obj)
-            if parent is None or not is_model(parent):
+            if parent is None or (type(parent) not in self._tables_by_type and not is_model(parent)):
                 continue
             parent_state = self._identity.state_of(parent)
             if parent_state is None:
