@@ -12,7 +12,8 @@ replaying what a session did gives what storage must hold. :func:`encode` and
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
 
 import msgspec
@@ -34,24 +35,19 @@ from uow.model import TableInfo
 class Journal:
     """Append-only events with a flushed mark and the keys storage generated."""
 
-    __slots__ = ("_events", "_flushed", "generated_keys", "_next_seq")
+    __slots__ = ("_events", "_flushed", "generated_keys", "next_seq", "append")
 
     def __init__(self) -> None:
         self._events: list[AnyEvent] = []
         self._flushed = 0
-        self._next_seq = 1
         self.generated_keys: dict[int, Any] = {}
         """ref -> primary key the database generated for that row."""
-
-    def next_seq(self) -> int:
+        # both run once per recorded event: bound C methods rather than Python ones
+        # (truncate() deletes in place, so the list stays the same object)
+        self.next_seq: Callable[[], int] = itertools.count(1).__next__
         """The sequence number for the next event (and reserve it)."""
-        seq = self._next_seq
-        self._next_seq += 1
-        return seq
-
-    def append(self, event: AnyEvent) -> None:
+        self.append: Callable[[AnyEvent], None] = self._events.append
         """Record one event."""
-        self._events.append(event)
 
     @property
     def mark(self) -> int:

@@ -94,8 +94,11 @@ def require_current_session() -> AsyncSession:
     return session
 
 
+_utc_now, _UTC = dt.datetime.now, dt.UTC
+
+
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return _utc_now(_UTC)
 
 
 @contextmanager
@@ -336,47 +339,52 @@ class AsyncSession(ReadsMixin):
             self._add(obj)
 
     def _add(self, obj: Any, links: dict[str, int] | None = None) -> InstanceState:
-        # runs once per new object: the lookups of _table_of, _new_ref and _record are
-        # written out here to spare their calls
+        # runs once per new object: the lookups of _table_of, _new_ref, track() and
+        # _record are written out here to spare their calls
         table = self._tables_by_type.get(type(obj)) or self._table_of(obj)
         identity = self._identity
-        state = identity.state_of(obj)
+        state = identity.by_obj.get(id(obj))
         if state is not None and state.status in _LIVE:
             return state
         ref = self._next_ref
         self._next_ref = ref + 1
-        parent_refs: dict[str, int] = {}
+        waiting = None
         if table.parent_relations:
             self._adding[id(obj)] = ref  # parents that point back at obj link to this ref
             try:
-                parent_refs = self._link_parents(obj, table)
+                waiting = self._link_parents(obj, table)
             finally:
                 del self._adding[id(obj)]
         if links:
-            parent_refs.update(links)
+            waiting = {**waiting, **links} if waiting else dict(links)
         values = table.values_of(obj)
-        self._validate_new_row(table, values)
+        for index in table.required_indexes:
+            if values[index] is None:
+                self._refuse_null(table, index)
         key = values[table.key_index]
         if key is not None:
-            other = self._identity.get(table, key)
+            other = identity.get(table, key)
             if other is not None and other.obj is not obj and other.status in _LIVE:
                 raise SessionStateError(
                     f"another {type(obj).__name__} with {table.key_column}={key!r} is already tracked; "
                     "use merge() to copy this one onto it"
                 )
-        new_state = InstanceState(obj, ref, table, values, _PENDING)
-        new_state.parent_refs = parent_refs or None
-        identity.track(new_state)
+        new_state = InstanceState(obj, ref, table, values, _PENDING, False, waiting)
+        identity.by_obj[id(obj)] = new_state
+        if key is not None:
+            identity.index_key(new_state)
         identity.by_ref[ref] = new_state
-        self._journal.append(
+        journal = self._journal
+        # the state owns `waiting` (settling keys after a flush edits it): the event gets a copy
+        journal.append(
             Inserted(
-                seq=self._journal.next_seq(),
-                at=_now(),
+                seq=journal.next_seq(),
+                at=_utc_now(_UTC),
                 table=table.name,
                 ref=ref,
                 key=key,
                 values=dict(zip(table.column_names, values)),
-                parent_refs=dict(parent_refs),
+                parent_refs=dict(waiting) if waiting else {},
             )
         )
         if table.child_relations:
@@ -386,32 +394,38 @@ class AsyncSession(ReadsMixin):
     def _validate_new_row(self, table: TableInfo, values: tuple[Any, ...]) -> None:
         for index in table.required_indexes:
             if values[index] is None:
-                column = table.columns[index]
-                raise ValidationError(
-                    f"{table.model.__name__}.{column.name} is None but the column is NOT NULL; set a value"
-                )
+                self._refuse_null(table, index)
 
-    def _link_parents(self, obj: Any, table: TableInfo) -> dict[str, int]:
+    def _refuse_null(self, table: TableInfo, index: int) -> None:
+        column = table.columns[index]
+        raise ValidationError(f"{table.model.__name__}.{column.name} is None but the column is NOT NULL; set a value")
+
+    def _link_parents(self, obj: Any, table: TableInfo) -> dict[str, int] | None:
         """Add new parents assigned through many-to-one relations and fill the
-        foreign keys; returns the columns waiting for a generated key."""
-        waiting: dict[str, int] = {}
+        foreign keys; returns the columns waiting for a generated key, if any."""
+        waiting: dict[str, int] | None = None
         for column, read_parent in table.parent_relations:
             parent = read_parent(obj)
             if parent is None or (type(parent) not in self._tables_by_type and not is_model(parent)):
                 continue
             if id(parent) in self._adding:  # a cycle of new objects: the planner breaks it
                 setattr(obj, column, None)
+                if waiting is None:
+                    waiting = {}
                 waiting[column] = self._adding[id(parent)]
                 continue
-            parent_state = self._identity.state_of(parent)
+            parent_state = self._identity.by_obj.get(id(parent))
             if parent_state is None:
                 parent_state = self._add(parent)
             elif parent_state.status not in _LIVE:
                 continue  # deleted or detached here: never added back through a relation
-            if parent_state.key is not None:
-                setattr(obj, column, parent_state.key)
+            parent_key = parent_state.snapshot[parent_state.table.key_index]
+            if parent_key is not None:
+                setattr(obj, column, parent_key)
             else:
                 setattr(obj, column, None)
+                if waiting is None:
+                    waiting = {}
                 waiting[column] = parent_state.ref
         return waiting
 
