@@ -36,7 +36,8 @@ from uow.errors import CycleError
 from uow.events import AnyEvent, BulkDeleted, BulkUpdated, Deleted, Inserted, SoftDeleted, Updated, Upserted
 from uow.journal import Rows, replay
 from uow.model import ForeignKey, Model, PrimaryKey, TableInfo, Unique, Versioned, table_info
-from uow.planner import plan_flush
+from uow.planner import _plan_rows, plan_flush
+from uow.shortcut import plan_shortcut
 
 # --- models -----------------------------------------------------------------------
 
@@ -1091,3 +1092,88 @@ def test_users_that_trade_unique_values_are_refused_with_advice() -> None:
         rec.plan()
 
     assert set(caught.value.rows) == {("planner_users", 1), ("planner_users", 2)}
+
+
+# --- the shortcut for flushes of independent rows ---------------------------------------------
+
+
+def _one_event_per_row(events: Iterable[AnyEvent], keep_last: bool) -> list[AnyEvent]:
+    """Row events only, the first (or last) of each row: the flushes the shortcut is for."""
+    chosen: dict[int, AnyEvent] = {}
+    for event in events:
+        if isinstance(event, (Upserted, BulkUpdated, BulkDeleted)):
+            continue
+        if keep_last or event.ref not in chosen:
+            chosen[event.ref] = event
+    return sorted(chosen.values(), key=lambda event: event.seq)
+
+
+def _general_plan(events: list[AnyEvent]) -> list[Batch]:
+    return _plan_rows(events, TABLES, {})
+
+
+@PROPERTY_SETTINGS
+@given(histories(), st.booleans())
+def test_wherever_the_shortcut_applies_it_plans_what_the_general_planner_plans(rec: Recorder, keep_last: bool) -> None:
+    events = _one_event_per_row(rec.events, keep_last)
+    shortcut = plan_shortcut(events, TABLES)
+    try:
+        general = _general_plan(events)
+    except CycleError:
+        assert shortcut is None
+        return
+    if shortcut is not None:
+        assert shortcut == general
+        assert list(plan_flush(events, TABLES)) == general
+
+
+def test_the_shortcut_plans_new_parents_with_new_children_updates_and_deletes_of_stored_rows() -> None:
+    rec = Recorder()
+    users = [rec.insert(User, email=f"{n}@x") for n in range(3)]
+    for n, user in enumerate(users):
+        rec.insert(Post, title=f"post {n}", links={"author_id": user})
+    stored = [rec.stored(User, id=n, email=f"s{n}@x") for n in (1, 2)]
+    rec.update(stored[0], name="renamed")
+    old_posts = [rec.stored(Post, id=n, author_id=2) for n in (7, 8)]
+    for post in old_posts:
+        rec.delete(post)
+    rec.delete(stored[1])
+    docs = [rec.stored(Doc, id=n, version=1) for n in (1, 2)]
+    rec.update(docs[0], body="checked")
+    rec.delete(docs[1])
+
+    shortcut = plan_shortcut(rec.events, TABLES)
+
+    assert shortcut is not None
+    assert shortcut == _general_plan(rec.events)
+    assert [(batch.kind, batch.table.name) for batch in shortcut] == [
+        ("insert", "planner_users"),
+        ("insert", "planner_posts"),
+        ("update", "planner_users"),
+        ("update", "planner_docs"),
+        ("delete", "planner_posts"),
+        ("delete", "planner_docs"),
+        ("delete", "planner_users"),
+    ]
+    posts = shortcut[1]
+    assert isinstance(posts, InsertBatch)
+    assert [row[0] for row in posts.rows] == [PendingKey(user.ref) for user in users]
+    database, expected = apply_and_replay(rec)
+    assert_same_rows(database.rows, expected)
+
+
+def test_the_shortcut_leaves_dependent_rows_of_one_table_to_the_general_planner() -> None:
+    rec = Recorder()
+    root = rec.insert(Category, code="root")
+    rec.insert(Category, code="leaf", links={"parent_id": root})
+    assert plan_shortcut(rec.events, TABLES) is None
+
+    rec = Recorder()
+    rec.delete(rec.stored(User, id=1, email="a@x"))
+    rec.insert(User, email="a@x")  # takes the unique value the delete gives up
+    assert plan_shortcut(rec.events, TABLES) is None
+
+    rec = Recorder()
+    row = rec.insert(User, email="a@x")
+    rec.update(row, name="twice")  # two events of one row: coalesced by the general planner
+    assert plan_shortcut(rec.events, TABLES) is None

@@ -52,8 +52,10 @@ from uow.events import (
     Upserted,
 )
 from uow.model import TableInfo
+from uow.shapes import DELETE, INSERT, UPDATE, checks_version, insert_columns, phase_rank, table_ranks, update_columns
+from uow.shortcut import plan_shortcut
 
-_INSERT, _UPDATE, _DELETE = 0, 1, 2
+_INSERT, _UPDATE, _DELETE = INSERT, UPDATE, DELETE
 _PHASE_NAME = ("insert", "update", "delete")
 
 
@@ -128,8 +130,12 @@ def plan_flush(events: Sequence[AnyEvent | Event], tables: Mapping[str, TableInf
     """
     if not any(issubclass(kind, _BARRIERS) for kind in set(map(type, events))):
         # the common flush: only row events, one segment, no links to follow (the
-        # loop below would reach the same single plan_segment(last=True))
-        return FlushPlan(tuple(_plan_rows(events, tables, {})))
+        # loop below would reach the same single plan_segment(last=True)); most
+        # such flushes need no graph of rows at all
+        planned = plan_shortcut(events, tables)
+        if planned is None:
+            planned = _plan_rows(events, tables, {})
+        return FlushPlan(tuple(planned))
     batches: list[Batch] = []
     segment: list[Event] = []
     upserts: list[Upserted] = []
@@ -377,28 +383,10 @@ def _link(ops: list[_Op]) -> None:
 def _group_key(op: _Op) -> tuple[Any, ...]:
     table = op.table
     if op.phase == _INSERT:
-        return (_INSERT, table.name, _insert_columns(op), op.key is None and table.primary_key.generated)
+        return (_INSERT, table.name, insert_columns(table, op.key), op.key is None and table.primary_key.generated)
     if op.phase == _UPDATE:
-        values = op.values
-        met = tuple(values)
-        columns = table.column_order.get(met)
-        if columns is None:
-            columns = tuple([c for c in table.column_names if c in values])
-            if len(table.column_order) < 256:  # a handful of update shapes per table in practice
-                table.column_order[met] = columns
-        return (_UPDATE, table.name, columns, _checks_version(op))
-    return (_DELETE, table.name, (), _checks_version(op))
-
-
-def _insert_columns(op: _Op) -> tuple[str, ...]:
-    if op.key is None and op.table.primary_key.generated:
-        return op.table.non_key_columns
-    return op.table.column_names
-
-
-def _checks_version(op: _Op) -> bool:
-    version = op.table.version_column
-    return version is not None and version in op.old and op.old[version] is not None
+        return (_UPDATE, table.name, update_columns(table, op.values), checks_version(table, op.old))
+    return (_DELETE, table.name, (), checks_version(table, op.old))
 
 
 def _emit(ops: list[_Op]) -> list[Batch]:
@@ -430,33 +418,11 @@ def _emit(ops: list[_Op]) -> list[Batch]:
 
 
 def _priority(key: tuple[Any, ...], group: list[_Op], table_rank: Mapping[str, int]) -> tuple[int, int, int]:
-    phase, table = key[0], key[1]
-    rank = table_rank.get(table, 0)
-    if phase == _DELETE:
-        rank = -rank  # children first
-    return (phase, rank, min(op.order for op in group))
+    return (*phase_rank(key[0], key[1], table_rank), min(op.order for op in group))
 
 
 def _table_ranks(ops: list[_Op]) -> dict[str, int]:
-    """Depth of each table in the foreign-key graph (parents lower)."""
-    tables = {op.table.name: op.table for op in ops}
-    ranks: dict[str, int] = {}
-
-    def rank(name: str, visiting: frozenset[str]) -> int:
-        if name in ranks:
-            return ranks[name]
-        table = tables.get(name)
-        depth = 0
-        if table is not None:
-            for fk in table.foreign_keys:
-                if fk.target_table != name and fk.target_table not in visiting:
-                    depth = max(depth, rank(fk.target_table, visiting | {name}) + 1)
-        ranks[name] = depth
-        return depth
-
-    for name in tables:
-        rank(name, frozenset({name}))
-    return ranks
+    return table_ranks({op.table.name: op.table for op in ops})
 
 
 def _break_cycle(blocked: list[_Op], ready: dict[tuple[Any, ...], list[_Op]]) -> int:
