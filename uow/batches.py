@@ -13,12 +13,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import msgspec
+
 from uow.conditions import Condition
 from uow.model import TableInfo
 
 
-@dataclass(frozen=True, slots=True)
-class PendingKey:
+# a Struct rather than a frozen dataclass: a plan holds one per row that waits for
+# a parent's key (10k new posts of 10k new users), and a Struct is made about six
+# times faster; gc=False since it holds only an int
+class PendingKey(msgspec.Struct, frozen=True, gc=False):
     """Stands for the generated primary key of the row with session ref ``ref``."""
 
     ref: int

@@ -272,6 +272,8 @@ def _rows(group: _Group) -> list[tuple[Any, ...]]:
 
 
 def _row_keys(group: _Group) -> list[Any]:
+    if None not in group.keys:
+        return group.keys
     return [key if key is not None else PendingKey(ref) for key, ref in zip(group.keys, group.refs)]
 
 
@@ -282,9 +284,14 @@ def _batch(group: _Group) -> Batch:
             table, group.columns, _rows(group), returning_key=group.flag, refs=group.refs, seqs=group.seqs
         )
     if group.phase == UPDATE:
-        values = _rows(group)
         keys = _row_keys(group)
         version = table.version_column
+        if len(group.columns) == 1 and not group.flag and not any(group.parent_refs):
+            # one changed column, the most common update: each row built in one step
+            column = group.columns[0]
+            rows = [(values[column], key) for values, key in zip(group.values, keys)]
+            return UpdateBatch(table, group.columns, rows, refs=group.refs, seqs=group.seqs)
+        values = _rows(group)
         if group.flag and version is not None:
             rows = [(*row, key, old[version]) for row, key, old in zip(values, keys, group.olds)]
         else:
