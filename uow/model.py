@@ -373,6 +373,7 @@ class TableInfo:
         "non_key_columns",
         "column_order",
         "values_of",
+        "row_dict",
         "_row_factory",
     )
 
@@ -427,6 +428,8 @@ class TableInfo:
         else:
             self.values_of = getter
         self._row_factory = _row_constructor(model, self.column_names)
+        self.row_dict: Callable[[Sequence[Any]], dict[str, Any]] = _row_dict_maker(self.column_names)
+        """Column name to value for a row in column order (a tuple)."""
 
     @property
     def key_column(self) -> str:
@@ -440,10 +443,6 @@ class TableInfo:
     def from_row(self, row: Sequence[Any]) -> Any:
         """A new model instance from a row in column order."""
         return self._row_factory(row)
-
-    def row_dict(self, values: tuple[Any, ...]) -> dict[str, Any]:
-        """Column name to value for a row tuple."""
-        return dict(zip(self.column_names, values))
 
     def __repr__(self) -> str:
         return f"<TableInfo {self.name} ({self.model.__name__})>"
@@ -461,6 +460,18 @@ def _row_constructor(model: type[Model], column_names: tuple[str, ...]) -> Calla
     namespace: dict[str, Any] = {"model": model}
     exec(f"def from_row(row):\n    return model({arguments})\n", namespace)
     return namespace["from_row"]  # type: ignore[no-any-return]
+
+
+def _row_dict_maker(column_names: tuple[str, ...]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """``lambda row: {"a": row[0], "b": row[1], ...}``, written out once per table.
+
+    Every insert and delete records a whole row as a dict; a dict display is
+    about twice as fast as ``dict(zip(column_names, row))``.
+    """
+    items = ", ".join(f"{name!r}: row[{index}]" for index, name in enumerate(column_names))
+    namespace: dict[str, Any] = {}
+    exec(f"def row_dict(row):\n    return {{{items}}}\n", namespace)
+    return namespace["row_dict"]  # type: ignore[no-any-return]
 
 
 def is_model(obj: Any) -> bool:

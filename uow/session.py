@@ -329,7 +329,8 @@ class AsyncSession(ReadsMixin):
         Parents assigned through relations are added too. Adding an object that
         is already tracked does nothing.
         """
-        self._check_idle()
+        if self._busy is not None:
+            self._check_idle()
         self._add(obj)
 
     def add_all(self, objects: Iterable[Any]) -> None:
@@ -338,7 +339,9 @@ class AsyncSession(ReadsMixin):
         for obj in objects:
             self._add(obj)
 
-    def _add(self, obj: Any, links: dict[str, int] | None = None) -> InstanceState:
+    def _add(self, obj: Any, links: dict[str, int] | None = None, at: dt.datetime | None = None) -> InstanceState:
+        """Track ``obj`` as new and record its insert, with the parents and
+        children it brings along; their events share the time ``at`` (now by default)."""
         # runs once per new object: the lookups of _table_of, _new_ref, track() and
         # _record are written out here to spare their calls
         table = self._tables_by_type.get(type(obj)) or self._table_of(obj)
@@ -346,13 +349,15 @@ class AsyncSession(ReadsMixin):
         state = identity.by_obj.get(id(obj))
         if state is not None and state.status in _LIVE:
             return state
+        if at is None:
+            at = _utc_now(_UTC)
         ref = self._next_ref
         self._next_ref = ref + 1
         waiting = None
         if table.parent_relations:
             self._adding[id(obj)] = ref  # parents that point back at obj link to this ref
             try:
-                waiting = self._link_parents(obj, table)
+                waiting = self._link_parents(obj, table, at)
             finally:
                 del self._adding[id(obj)]
         if links:
@@ -379,16 +384,16 @@ class AsyncSession(ReadsMixin):
         journal.append(
             Inserted(
                 seq=journal.next_seq(),
-                at=_utc_now(_UTC),
+                at=at,
                 table=table.name,
                 ref=ref,
                 key=key,
-                values=dict(zip(table.column_names, values)),
+                values=table.row_dict(values),
                 parent_refs=dict(waiting) if waiting else {},
             )
         )
         if table.child_relations:
-            self._add_children(obj, table, new_state)
+            self._add_children(obj, table, new_state, at)
         return new_state
 
     def _validate_new_row(self, table: TableInfo, values: tuple[Any, ...]) -> None:
@@ -400,7 +405,7 @@ class AsyncSession(ReadsMixin):
         column = table.columns[index]
         raise ValidationError(f"{table.model.__name__}.{column.name} is None but the column is NOT NULL; set a value")
 
-    def _link_parents(self, obj: Any, table: TableInfo) -> dict[str, int] | None:
+    def _link_parents(self, obj: Any, table: TableInfo, at: dt.datetime) -> dict[str, int] | None:
         """Add new parents assigned through many-to-one relations and fill the
         foreign keys; returns the columns waiting for a generated key, if any."""
         waiting: dict[str, int] | None = None
@@ -416,7 +421,7 @@ class AsyncSession(ReadsMixin):
                 continue
             parent_state = self._identity.by_obj.get(id(parent))
             if parent_state is None:
-                parent_state = self._add(parent)
+                parent_state = self._add(parent, None, at)
             elif parent_state.status not in _LIVE:
                 continue  # deleted or detached here: never added back through a relation
             parent_key = parent_state.snapshot[parent_state.table.key_index]
@@ -429,7 +434,7 @@ class AsyncSession(ReadsMixin):
                 waiting[column] = parent_state.ref
         return waiting
 
-    def _add_children(self, obj: Any, table: TableInfo, state: InstanceState) -> None:
+    def _add_children(self, obj: Any, table: TableInfo, state: InstanceState, at: dt.datetime | None = None) -> None:
         """Add new children listed in one-to-many relations, linked to ``obj``."""
         for column, read_children in table.child_relations:
             children = read_children(obj)
@@ -440,10 +445,10 @@ class AsyncSession(ReadsMixin):
                     continue
                 if state.key is not None:
                     setattr(child, column, state.key)
-                    self._add(child)
+                    self._add(child, None, at)
                 else:
                     setattr(child, column, None)
-                    self._add(child, links={column: state.ref})
+                    self._add(child, {column: state.ref}, at)
 
     def delete(self, obj: Any) -> None:
         """Mark a tracked object deleted; the delete is flushed later.
