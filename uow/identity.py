@@ -9,7 +9,7 @@ into ``Updated`` events at flush.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
@@ -191,6 +191,27 @@ class IdentityMap:
         key = state.key
         if key is not None:
             self._by_key.setdefault(state.table, {})[key] = state
+
+    def settle_keys(self, generated: Mapping[int, Any]) -> None:
+        """Write keys storage generated (ref -> key) into the objects and
+        snapshots of the states with those refs, and index them by key."""
+        by_ref = self.by_ref
+        table: TableInfo | None = None
+        for ref, key in generated.items():
+            state = by_ref.get(ref)
+            if state is None:
+                continue
+            if state.table is not table:  # the keys of one batch come together: look its table up once
+                table = state.table
+                index = table.key_index
+                name = table.column_names[index]
+                rows = self._by_key.setdefault(table, {})
+            setattr(state.obj, name, key)
+            snapshot = list(state.snapshot)
+            snapshot[index] = key
+            state.snapshot = tuple(snapshot)
+            if key is not None:
+                rows[key] = state
 
     def unindex_key(self, state: InstanceState, key: Any) -> None:
         """Forget the state under ``key``."""

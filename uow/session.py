@@ -839,46 +839,54 @@ class AsyncSession(ReadsMixin):
                     await self._drop_connection(discard=True)
 
     def _after_flush(self, outcome: _FlushOutcome, pending: list[AnyEvent]) -> None:
-        journal = self._journal
-        by_ref = self._identity.by_ref
-        generated_keys = journal.generated_keys
+        identity = self._identity
+        by_ref = identity.by_ref
+        generated_keys = self._journal.generated_keys
         generated_keys.update(outcome.generated)
-        index_key = self._identity.index_key
-        for ref, key in outcome.generated.items():
-            state = by_ref.get(ref)
-            if state is not None and state.ref == ref:
-                state.set_value(state.table.primary_key.name, key)
-                index_key(state)
+        identity.settle_keys(outcome.generated)
         # one pass over the events: a status set here (pending -> persistent,
-        # deleted -> gone) never changes whether a state is live
+        # deleted -> gone) never changes whether a state is live. Statuses change
+        # on inserts and deletes, and only inserts and updates carry parent refs:
+        # any other event (most updates) needs no lookup. Events are final
+        # classes, so their type is compared rather than tested with isinstance.
         for event in pending:
-            # statuses change on inserts and deletes, and only inserts and updates
-            # carry parent refs: any other event (most updates) needs no lookup
-            if isinstance(event, Updated):
-                if not event.parent_refs:
+            if type(event) is Inserted:
+                state = by_ref.get(event.ref)
+                if state is None:
                     continue
-            elif not isinstance(event, (Inserted, Deleted)):
-                continue
-            state = by_ref.get(event.ref)
-            if state is None or state.ref != event.ref:
-                continue
-            parent_refs = getattr(event, "parent_refs", None)
-            if parent_refs and state.parent_refs and state.status in _LIVE:
-                # foreign keys that waited for a parent's generated key get it
-                for column, parent_ref in parent_refs.items():
-                    if state.parent_refs.get(column) == parent_ref:
-                        parent_key = generated_keys.get(parent_ref)
-                        if parent_key is not None:
-                            state.set_value(column, parent_key)
-                            del state.parent_refs[column]
-            if isinstance(event, Inserted):
+                if event.parent_refs and state.parent_refs:
+                    self._settle_parent_keys(state, event.parent_refs, generated_keys)
                 if state.status is _PENDING:
                     state.status = _PERSISTENT
-            elif isinstance(event, Deleted) and state.status is _DELETED:
-                state.status = _GONE  # still known by object, so relations do not add it back
-                self._identity.unindex_key(state, state.key)
-        journal.mark_flushed()
+            elif type(event) is Deleted:
+                state = by_ref.get(event.ref)
+                if state is not None and state.status is _DELETED:
+                    state.status = _GONE  # still known by object, so relations do not add it back
+                    identity.unindex_key(state, state.snapshot[state.table.key_index])
+            elif type(event) is Updated and event.parent_refs:
+                state = by_ref.get(event.ref)
+                if state is not None and state.parent_refs:
+                    self._settle_parent_keys(state, event.parent_refs, generated_keys)
+        self._journal.mark_flushed()
         self._tx_writes = True
+
+    def _settle_parent_keys(
+        self, state: InstanceState, parent_refs: dict[str, int], generated_keys: dict[int, Any]
+    ) -> None:
+        """Foreign keys of ``state`` that an event left waiting for a parent's
+        generated key, and still wait for that parent, get the key."""
+        waiting = state.parent_refs
+        if waiting is None or state.status not in _LIVE:
+            return
+        for column, parent_ref in parent_refs.items():
+            if waiting.get(column) == parent_ref:
+                parent_key = generated_keys.get(parent_ref)
+                if parent_key is not None:
+                    del waiting[column]
+                    setattr(state.obj, column, parent_key)
+                    snapshot = list(state.snapshot)
+                    snapshot[state.table.column_index[column]] = parent_key
+                    state.snapshot = tuple(snapshot)
 
     # --- transactions ---------------------------------------------------------------
 
