@@ -66,7 +66,7 @@ from uow.events import (
 )
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.journal import Journal, JournalView
-from uow.model import Model, TableInfo, is_model, table_info
+from uow.model import NOT_LOADED, Model, TableInfo, is_model, table_info
 from uow.planner import plan_flush
 from uow.reads import ReadsMixin
 from uow.statements import Select
@@ -540,53 +540,104 @@ class AsyncSession(ReadsMixin):
 
     def _sync_relations(self, state: InstanceState) -> None:
         table = state.table
-        if not table.relations:
-            return
+        obj = state.obj
         if table.child_relations:
-            self._add_children(state.obj, table, state)
+            self._add_children(obj, table, state)
         for column, read_parent in table.parent_relations:
-            parent = read_parent(state.obj)
-            if parent is None or (type(parent) not in self._tables_by_type and not is_model(parent)):
+            parent = read_parent(obj)
+            if (
+                parent is None
+                or parent is NOT_LOADED
+                or (type(parent) not in self._tables_by_type and not is_model(parent))
+            ):
                 continue
-            parent_state = self._identity.state_of(parent)
+            parent_state = self._identity.by_obj.get(id(parent))
             if parent_state is None:
                 parent_state = self._add(parent)
             elif parent_state.status not in _LIVE:
                 continue  # deleted or detached here: never added back through a relation
-            if parent_state.key is not None:
-                if getattr(state.obj, column) != parent_state.key:
-                    setattr(state.obj, column, parent_state.key)
+            parent_key = parent_state.snapshot[parent_state.table.key_index]
+            if parent_key is not None:
+                if getattr(obj, column) != parent_key:
+                    setattr(obj, column, parent_key)
                 if state.parent_refs:
                     state.parent_refs.pop(column, None)
             elif (state.parent_refs or {}).get(column) != parent_state.ref:
                 index = table.column_index[column]
                 old_value = state.snapshot[index]
-                setattr(state.obj, column, None)
+                setattr(obj, column, None)
                 self._record_update(state, {column: old_value}, {column: None}, parent_refs={column: parent_state.ref})
 
     def _collect_changes(self) -> None:
         """Record cascades and every assignment since the last flush."""
         self._cascade_deletes()
-        at = _now()  # the assignments found here are all recorded at this moment
+        at = _utc_now(_UTC)  # the assignments found here are all recorded at this moment
         for state in self._identity.states():
-            # most states are unchanged rows of tables without relations: for those one
-            # tuple comparison (done in C) replaces the call to _record_changes, and a
-            # changed one goes to _record_update with the values already read
-            table = state.table
+            # most states are unchanged: for those the work is one tuple comparison
+            # (done in C), plus the relations of tables that have some
             if state.status not in _LIVE:
                 continue
+            table = state.table
             if table.relations:
-                self._record_changes(state)
-                continue
+                self._sync_relations(state)
             now = table.values_of(state.obj)
             if now != state.snapshot:
-                old, new = state.changes(now)
-                if new:
-                    self._record_update(state, old, new, at=at)
+                self._record_assigned(state, now, at)
+
+    def _record_assigned(self, state: InstanceState, now: tuple[Any, ...], at: dt.datetime) -> None:
+        """Record the columns assigned on ``state.obj`` since its snapshot, as
+        one ``Updated`` event at ``at``; ``now``: the object's values."""
+        table = state.table
+        if table.version_column is not None or state.parent_refs:
+            self._record_diff(state, now, at)
+            return
+        # the common row, without a version to bump or a key to wait for: the
+        # columns that differ are exactly what the event records, so the values
+        # read become the snapshot as they are
+        snapshot = state.snapshot
+        old: dict[str, Any] = {}
+        new: dict[str, Any] = {}
+        kept = False
+        for name, before, after in zip(table.column_names, snapshot, now):
+            if before is not after:
+                if before != after:
+                    old[name] = before
+                    new[name] = after
+                else:
+                    kept = True  # an equal value, not recorded: the snapshot keeps the one it had
+        if not new:
+            return
+        if kept or table.primary_key.name in new:
+            self._record_update(state, old, new, at=at)
+            return
+        state.snapshot = now
+        journal = self._journal
+        self._identity.by_ref[state.ref] = state
+        journal.append(
+            Updated(
+                seq=journal.next_seq(),
+                at=at,
+                table=table.name,
+                ref=state.ref,
+                key=now[table.key_index],
+                old=old,
+                new=new,
+            )
+        )
+
+    def _record_diff(self, state: InstanceState, now: tuple[Any, ...], at: dt.datetime) -> None:
+        old, new = state.changes(now)
+        if new:
+            self._record_update(state, old, new, at=at)
 
     def _cascade_deletes(self) -> None:
         """Apply foreign-key delete actions to tracked children of deleted rows."""
         pending = self._journal.pending
+        if not pending:
+            return
+        if not self._deletes_act():
+            self._cascaded_upto = pending[-1].seq
+            return
         deleted_keys: dict[str, set[Any]] = {}
         deleted_refs: set[int] = set()
         for event in pending:
@@ -594,15 +645,18 @@ class AsyncSession(ReadsMixin):
                 if event.key is not None:
                     deleted_keys.setdefault(event.table, set()).add(event.key)
                 deleted_refs.add(event.ref)
-        if pending:
-            self._cascaded_upto = pending[-1].seq
+        self._cascaded_upto = pending[-1].seq
         self._cascade(deleted_keys, deleted_refs)
+
+    def _deletes_act(self) -> bool:
+        """Whether a foreign key of a known table acts on deletes of its parent
+        (without one, no tracked child changes when a row is deleted)."""
+        return any(fk.on_delete in ("cascade", "set null") for t in self._tables.values() for fk in t.foreign_keys)
 
     def _cascade(self, deleted_keys: dict[str, set[Any]], deleted_refs: set[int]) -> None:
         """Delete (``cascade``) or unlink (``set null``) the tracked children of
         the given deleted rows, recursively, as the database will."""
-        # without a foreign key that acts on deletes there is no tracked child to look for
-        acting = any(fk.on_delete in ("cascade", "set null") for t in self._tables.values() for fk in t.foreign_keys)
+        acting = self._deletes_act()
         while acting and (deleted_keys or deleted_refs):
             targets = set(deleted_keys)
             next_keys: dict[str, set[Any]] = {}
