@@ -11,7 +11,7 @@ connection becomes :class:`~uow.errors.OperationalError`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -29,14 +29,32 @@ _KEY_DETAIL = re.compile(r"^Key \((?P<columns>.*?)\)=\((?P<values>.*)\)(?: alrea
 
 class Failure:
     """Where a statement failed: the batch's table, columns and rows, for the
-    error's ``table``, ``columns`` and ``row_index``."""
+    error's ``table``, ``columns`` and ``row_index``.
 
-    __slots__ = ("table", "columns", "rows")
+    ``make_rows``, when given, makes the rows only if an error needs them, so a
+    batch that sends columns need not build rows on the way.
+    """
 
-    def __init__(self, table: TableInfo | None, columns: Sequence[str] = (), rows: Sequence[Sequence[Any]] = ()):
+    __slots__ = ("table", "columns", "_rows", "_make_rows")
+
+    def __init__(
+        self,
+        table: TableInfo | None,
+        columns: Sequence[str] = (),
+        rows: Sequence[Sequence[Any]] = (),
+        *,
+        make_rows: Callable[[], Sequence[Sequence[Any]]] | None = None,
+    ):
         self.table = table
         self.columns = columns
-        self.rows = rows
+        self._rows = rows
+        self._make_rows = make_rows
+
+    @property
+    def rows(self) -> Sequence[Sequence[Any]]:
+        if self._make_rows is not None:
+            self._rows, self._make_rows = self._make_rows(), None
+        return self._rows
 
 
 def is_connection_error(exc: BaseException) -> bool:
