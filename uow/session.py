@@ -456,22 +456,36 @@ class AsyncSession(ReadsMixin):
         Tracked children whose foreign key cascades are deleted with it at flush,
         and those with ``on_delete="set null"`` lose the reference.
         """
-        self._check_idle()
-        self._delete(self._live_state(obj))
+        if self._busy is not None:
+            self._check_idle()
+        state = self._identity.by_obj.get(id(obj))
+        if state is None or state.status not in _LIVE:
+            state = self._live_state(obj)  # raises the error that says why
+        self._delete(state)
 
     def _delete(self, state: InstanceState) -> None:
-        self._record_changes(state)
+        # runs once per deleted object: assignments made before the delete are
+        # recorded first, as at a flush, then the delete, both at one moment
+        at = _utc_now(_UTC)
+        table = state.table
+        if table.relations:
+            self._sync_relations(state)
+        now = table.values_of(state.obj)
+        if now != state.snapshot:
+            self._record_assigned(state, now, at)
         state.status = _DELETED
-        self._record(
+        snapshot = state.snapshot
+        self._identity.by_ref[state.ref] = state
+        journal = self._journal
+        journal.append(
             Deleted(
-                seq=self._journal.next_seq(),
-                at=_now(),
-                table=state.table.name,
+                seq=journal.next_seq(),
+                at=at,
+                table=table.name,
                 ref=state.ref,
-                key=state.key,
-                old=state.table.row_dict(state.snapshot),
-            ),
-            state,
+                key=snapshot[table.key_index],
+                old=table.row_dict(snapshot),
+            )
         )
 
     # --- change detection -------------------------------------------------------
