@@ -285,23 +285,17 @@ class SQLiteDialect(SqlDialect):
 
     # --- writes -------------------------------------------------------------
 
-    def insert_returning_many(self, table: TableInfo, columns: Sequence[str], count: int) -> str:
-        """One INSERT of ``count`` rows that returns the generated keys.
-
-        Rows come from a VALUES list tagged with their position and sorted by it,
-        so SQLite inserts them in row order; a generated integer key only grows,
-        so the returned keys sorted ascending are the keys of the rows in order
-        (without relying on the order RETURNING emits them in, which SQLite
-        leaves unspecified).
-        """
-        holders = ", ".join("?" for _ in columns)
-        values = ", ".join(f"({position}, {holders})" for position in range(count))
-        picked = ", ".join(f"column{i}" for i in range(2, len(columns) + 2))
+    def insert_with_keys(self, table: TableInfo, columns: Sequence[str], count: int) -> str:
+        """One INSERT of ``count`` rows, each given as its key then ``columns``."""
+        row = "(" + ", ".join("?" * (len(columns) + 1)) + ")"
         return (
-            f"INSERT INTO {self.quote(table.name)} ({self.column_list(table, columns)}) "
-            f"SELECT {picked} FROM (VALUES {values}) ORDER BY column1 "
-            f"RETURNING {self.quote(table.key_column)}"
+            f"INSERT INTO {self.quote(table.name)} ({self.column_list(table, [table.key_column, *columns])}) "
+            f"VALUES {', '.join([row] * count)}"
         )
+
+    def max_key(self, table: TableInfo) -> str:
+        """The largest key of ``table``."""
+        return f"SELECT max({self.quote(table.key_column)}) FROM {self.quote(table.name)}"
 
 
 __all__ = ["ILIKE_FUNCTION", "SQLiteDialect", "ilike", "like_to_glob"]
