@@ -374,7 +374,7 @@ class TableInfo:
         "column_order",
         "values_of",
         "row_dict",
-        "_row_factory",
+        "from_row",
     )
 
     def __init__(
@@ -427,7 +427,8 @@ class TableInfo:
             self.values_of: Callable[[Any], tuple[Any, ...]] = lambda obj: (getter(obj),)
         else:
             self.values_of = getter
-        self._row_factory = _row_constructor(model, self.column_names)
+        self.from_row: Callable[[Sequence[Any]], Any] = _row_constructor(model, self.column_names)
+        """A new model instance from a row in column order."""
         self.row_dict: Callable[[Sequence[Any]], dict[str, Any]] = _row_dict_maker(self.column_names)
         """Column name to value for a row in column order (a tuple)."""
 
@@ -439,10 +440,6 @@ class TableInfo:
     def key_of(self, obj: Any) -> Any:
         """The primary-key value of ``obj`` (``None`` before a generated key exists)."""
         return getattr(obj, self.primary_key.name)
-
-    def from_row(self, row: Sequence[Any]) -> Any:
-        """A new model instance from a row in column order."""
-        return self._row_factory(row)
 
     def __repr__(self) -> str:
         return f"<TableInfo {self.name} ({self.model.__name__})>"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import gc
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
@@ -174,7 +175,8 @@ class AsyncSession(ReadsMixin):
         self._tx_writes = False
         self._savepoints: list[_Savepoint] = []
         self._savepoint_counter = 0
-        self._next_ref = 1
+        self._new_ref: Callable[[], int] = itertools.count(1).__next__
+        """The ref for the next tracked row (a bound C method: reads call it per row)."""
         self._adding: dict[int, int] = {}
         self._busy: str | None = None
         self._cascaded_upto = 0
@@ -302,11 +304,6 @@ class AsyncSession(ReadsMixin):
             raise SessionStateError(f"{type(obj).__name__} {obj!r} is deleted in this session")
         return state
 
-    def _new_ref(self) -> int:
-        ref = self._next_ref
-        self._next_ref += 1
-        return ref
-
     def _has_work(self) -> bool:
         return (
             self._in_tx
@@ -342,7 +339,7 @@ class AsyncSession(ReadsMixin):
     def _add(self, obj: Any, links: dict[str, int] | None = None, at: dt.datetime | None = None) -> InstanceState:
         """Track ``obj`` as new and record its insert, with the parents and
         children it brings along; their events share the time ``at`` (now by default)."""
-        # runs once per new object: the lookups of _table_of, _new_ref, track() and
+        # runs once per new object: the lookups of _table_of, track() and
         # _record are written out here to spare their calls
         table = self._tables_by_type.get(type(obj)) or self._table_of(obj)
         identity = self._identity
@@ -351,8 +348,7 @@ class AsyncSession(ReadsMixin):
             return state
         if at is None:
             at = _utc_now(_UTC)
-        ref = self._next_ref
-        self._next_ref = ref + 1
+        ref = self._new_ref()
         waiting = None
         if table.parent_relations:
             self._adding[id(obj)] = ref  # parents that point back at obj link to this ref

@@ -317,10 +317,11 @@ class PostgresConnection(Connection):
     async def fetch(self, select: Select) -> list[tuple[Any, ...]]:
         sql, params = self.dialect.select(select)
         records = await self._call(lambda: self.raw.fetch(sql, *params))
+        # map() keeps the per-record loop in C (decode is the tuple type itself
+        # when no column needs converting)
         if select.mode != "rows":
-            return [tuple(record) for record in records]
-        decode = self.dialect.row_decoder(select.table)
-        return [decode(record) for record in records]
+            return list(map(tuple, records))
+        return list(map(self.dialect.row_decoder(select.table), records))
 
     async def stream(self, select: Select, chunk_size: int = 1000) -> AsyncIterator[list[tuple[Any, ...]]]:
         sql, params = self.dialect.select(select)
