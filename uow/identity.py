@@ -74,12 +74,7 @@ class InstanceState(msgspec.Struct, gc=False, eq=False):
             now = self.current()
         if now == self.snapshot:
             return {}, {}
-        old: dict[str, Any] = {}
-        new: dict[str, Any] = {}
-        for name, before, after in zip(self.table.column_names, self.snapshot, now):
-            if before is not after and before != after:
-                old[name] = before
-                new[name] = after
+        old, new, _ = self.table.diff(self.snapshot, now)
         return old, new
 
     def set_value(self, name: str, value: Any) -> None:

@@ -374,6 +374,7 @@ class TableInfo:
         "column_order",
         "values_of",
         "row_dict",
+        "diff",
         "from_row",
     )
 
@@ -431,6 +432,12 @@ class TableInfo:
         """A new model instance from a row in column order."""
         self.row_dict: Callable[[Sequence[Any]], dict[str, Any]] = _row_dict_maker(self.column_names)
         """Column name to value for a row in column order (a tuple)."""
+        self.diff: Callable[[Sequence[Any], Sequence[Any]], tuple[dict[str, Any], dict[str, Any], bool]] = _diff_maker(
+            self.column_names
+        )
+        """``diff(before, after)`` of two rows in column order: ``(old, new, kept)``,
+        the columns whose values differ (``before`` and ``after`` values), and
+        whether some column holds an equal value that is not the same object."""
 
     @property
     def key_column(self) -> str:
@@ -469,6 +476,33 @@ def _row_dict_maker(column_names: tuple[str, ...]) -> Callable[[Sequence[Any]], 
     namespace: dict[str, Any] = {}
     exec(f"def row_dict(row):\n    return {{{items}}}\n", namespace)
     return namespace["row_dict"]  # type: ignore[no-any-return]
+
+
+def _diff_maker(
+    column_names: tuple[str, ...],
+) -> Callable[[Sequence[Any], Sequence[Any]], tuple[dict[str, Any], dict[str, Any], bool]]:
+    """The comparison of two rows column by column, written out once per table.
+
+    Change collection compares every changed row with its snapshot; the
+    written-out comparisons take about half the time of a loop over
+    ``zip(column_names, before, after)``.
+    """
+    lines = ["def diff(before, after):", "    old = {}", "    new = {}", "    kept = False"]
+    for index, name in enumerate(column_names):
+        lines += [
+            f"    b = before[{index}]",
+            f"    a = after[{index}]",
+            "    if b is not a:",
+            "        if b != a:",
+            f"            old[{name!r}] = b",
+            f"            new[{name!r}] = a",
+            "        else:",
+            "            kept = True",
+        ]
+    lines.append("    return old, new, kept")
+    namespace: dict[str, Any] = {}
+    exec("\n".join(lines) + "\n", namespace)
+    return namespace["diff"]  # type: ignore[no-any-return]
 
 
 def is_model(obj: Any) -> bool:

@@ -343,7 +343,8 @@ class AsyncSession(ReadsMixin):
         # _record are written out here to spare their calls
         table = self._tables_by_type.get(type(obj)) or self._table_of(obj)
         identity = self._identity
-        state = identity.by_obj.get(id(obj))
+        obj_id = id(obj)
+        state = identity.by_obj.get(obj_id)
         if state is not None and state.status in _LIVE:
             return state
         if at is None:
@@ -351,11 +352,11 @@ class AsyncSession(ReadsMixin):
         ref = self._new_ref()
         waiting = None
         if table.parent_relations:
-            self._adding[id(obj)] = ref  # parents that point back at obj link to this ref
+            self._adding[obj_id] = ref  # parents that point back at obj link to this ref
             try:
                 waiting = self._link_parents(obj, table, at)
             finally:
-                del self._adding[id(obj)]
+                del self._adding[obj_id]
         if links:
             waiting = {**waiting, **links} if waiting else dict(links)
         values = table.values_of(obj)
@@ -371,7 +372,7 @@ class AsyncSession(ReadsMixin):
                     "use merge() to copy this one onto it"
                 )
         new_state = InstanceState(obj, ref, table, values, _PENDING, False, waiting)
-        identity.by_obj[id(obj)] = new_state
+        identity.by_obj[obj_id] = new_state
         if key is not None:
             identity.index_key(new_state)
         identity.by_ref[ref] = new_state
@@ -407,16 +408,19 @@ class AsyncSession(ReadsMixin):
         waiting: dict[str, int] | None = None
         for column, read_parent in table.parent_relations:
             parent = read_parent(obj)
-            if parent is None or (type(parent) not in self._tables_by_type and not is_model(parent)):
+            if parent is None or parent is NOT_LOADED:
                 continue
-            if id(parent) in self._adding:  # a cycle of new objects: the planner breaks it
+            parent_id = id(parent)
+            if parent_id in self._adding:  # a cycle of new objects: the planner breaks it
                 setattr(obj, column, None)
                 if waiting is None:
                     waiting = {}
-                waiting[column] = self._adding[id(parent)]
+                waiting[column] = self._adding[parent_id]
                 continue
-            parent_state = self._identity.by_obj.get(id(parent))
+            parent_state = self._identity.by_obj.get(parent_id)  # a tracked object is a model
             if parent_state is None:
+                if type(parent) not in self._tables_by_type and not is_model(parent):
+                    continue
                 parent_state = self._add(parent, None, at)
             elif parent_state.status not in _LIVE:
                 continue  # deleted or detached here: never added back through a relation
@@ -555,14 +559,12 @@ class AsyncSession(ReadsMixin):
             self._add_children(obj, table, state)
         for column, read_parent in table.parent_relations:
             parent = read_parent(obj)
-            if (
-                parent is None
-                or parent is NOT_LOADED
-                or (type(parent) not in self._tables_by_type and not is_model(parent))
-            ):
+            if parent is None or parent is NOT_LOADED:
                 continue
-            parent_state = self._identity.by_obj.get(id(parent))
+            parent_state = self._identity.by_obj.get(id(parent))  # a tracked object is a model
             if parent_state is None:
+                if type(parent) not in self._tables_by_type and not is_model(parent):
+                    continue
                 parent_state = self._add(parent)
             elif parent_state.status not in _LIVE:
                 continue  # deleted or detached here: never added back through a relation
@@ -604,19 +606,10 @@ class AsyncSession(ReadsMixin):
         # the common row, without a version to bump or a key to wait for: the
         # columns that differ are exactly what the event records, so the values
         # read become the snapshot as they are
-        snapshot = state.snapshot
-        old: dict[str, Any] = {}
-        new: dict[str, Any] = {}
-        kept = False
-        for name, before, after in zip(table.column_names, snapshot, now):
-            if before is not after:
-                if before != after:
-                    old[name] = before
-                    new[name] = after
-                else:
-                    kept = True  # an equal value, not recorded: the snapshot keeps the one it had
+        old, new, kept = table.diff(state.snapshot, now)
         if not new:
             return
+        # an equal value is not recorded, and the snapshot keeps the one it had
         if kept or table.primary_key.name in new:
             self._record_update(state, old, new, at=at)
             return
