@@ -553,6 +553,8 @@ class AsyncSession(ReadsMixin):
         self._record(event, state)
 
     def _sync_relations(self, state: InstanceState) -> None:
+        """Add new objects assigned to the relations of ``state.obj`` (a table
+        with relations) and bring its foreign keys in line with its parents."""
         table = state.table
         obj = state.obj
         if table.child_relations:
@@ -609,7 +611,8 @@ class AsyncSession(ReadsMixin):
         old, new, kept = table.diff(state.snapshot, now)
         if not new:
             return
-        # an equal value is not recorded, and the snapshot keeps the one it had
+        # an equal but distinct value is not recorded, so the snapshot must keep the
+        # one it had; a changed key needs the checks of _record_update
         if kept or table.primary_key.name in new:
             self._record_update(state, old, new, at=at)
             return
