@@ -1146,19 +1146,29 @@ class AsyncSession(ReadsMixin):
         A tracked object is returned without a query. Soft-deleted rows are
         left out unless ``with_deleted``.
         """
-        self._check_idle()
-        table = self._table(model)
-        key = self._check_key(table, key)
+        # written out, without helper calls: a get by key is the session's hottest read
+        if self._busy is not None:
+            self._check_idle()
+        table = self._tables_by_type.get(model)
+        if table is None:
+            table = self._tables_by_type[model] = self._table(model)
+        if type(key) is not table.primary_key.python_type:
+            key = self._check_key(table, key)
         state = self._identity.get(table, key)
         if state is not None and not state.expired:
             if state.status not in _LIVE:
                 return None
             return self._visible(state, with_deleted)  # type: ignore[no-any-return]
-        with self._exclusive("get"):
+        self._busy = "get"
+        try:
             if self.autoflush and self._journal.has_pending():
                 await self._flush()
-            connection = await self._connection_for_work()
+            connection = self._connection if self._in_tx else None
+            if connection is None:
+                connection = await self._connection_for_work()
             rows = await connection.fetch(Select(table, Compare(table.key_column, "eq", key)))
+        finally:
+            self._busy = None
         if not rows:
             return None
         state = self._load_row(table, rows[0])
@@ -1243,8 +1253,9 @@ class AsyncSession(ReadsMixin):
         self._expunge(state)
 
     def _expunge(self, state: InstanceState) -> None:
-        if state.status in (Status.PENDING, Status.DELETED) or any(
-            getattr(e, "ref", None) == state.ref for e in self._journal.pending
+        journal = self._journal
+        if state.status in (Status.PENDING, Status.DELETED) or (
+            journal.has_pending() and any(getattr(e, "ref", None) == state.ref for e in journal.pending)
         ):
             raise SessionStateError(
                 f"{state.table.model.__name__} ref {state.ref} has unflushed changes; flush or roll back first"
