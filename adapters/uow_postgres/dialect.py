@@ -155,7 +155,7 @@ class PostgresDialect(SqlDialect):
         if key.kind == "integer":
             # cast once, in the sub-select: nextval() of the bare text would cast
             # it to regclass again for every row drawn (measured: 10k keys in
-            # 4–8 ms instead of 8–14 ms)
+            # 4-8 ms instead of 8-14 ms)
             sequence = (
                 f"(SELECT pg_get_serial_sequence({_literal(self.quote(table.name))}, {_literal(key.name)})::regclass)"
             )
