@@ -290,6 +290,24 @@ def test_truncating_behind_unflushed_events_keeps_the_flushed_mark() -> None:
     assert journal.flushed_mark == 1 and not journal.has_pending()
 
 
+def test_pending_refs_follow_appends_flushes_and_truncations() -> None:
+    journal = Journal()
+    _inserted(journal, 1)
+    assert journal.pending_refs() == {1}
+    mark = journal.mark
+    _inserted(journal, 2)
+    assert journal.pending_refs() == {1, 2}
+    journal.mark_flushed()
+    assert journal.pending_refs() == set()
+    journal.truncate(mark)  # the flush of ref 2 is undone with its event; ref 1 stays flushed
+    assert journal.pending_refs() == set()
+    _inserted(journal, 3)
+    assert journal.pending_refs() == {3}
+    journal.truncate(mark)
+    _inserted(journal, 4)  # the same length and flushed mark as a moment ago, another row
+    assert journal.pending_refs() == {4}
+
+
 def test_the_view_follows_the_journal_and_cannot_change_it() -> None:
     journal = Journal()
     view = journal.view()

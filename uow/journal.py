@@ -35,11 +35,13 @@ from uow.model import TableInfo
 class Journal:
     """Append-only events with a flushed mark and the keys storage generated."""
 
-    __slots__ = ("_events", "_flushed", "generated_keys", "next_seq", "append")
+    __slots__ = ("_events", "_flushed", "_truncations", "_pending_refs", "generated_keys", "next_seq", "append")
 
     def __init__(self) -> None:
         self._events: list[AnyEvent] = []
         self._flushed = 0
+        self._truncations = 0
+        self._pending_refs: tuple[tuple[int, int, int], frozenset[int]] = ((0, 0, 0), frozenset())
         self.generated_keys: dict[int, Any] = {}
         """ref -> primary key the database generated for that row."""
         # both run once per recorded event: bound C methods rather than Python ones
@@ -72,8 +74,24 @@ class Journal:
         """Whether any event waits for a flush."""
         return self._flushed < len(self._events)
 
+    def pending_refs(self) -> frozenset[int]:
+        """The refs of the rows that pending events are about.
+
+        Kept until the journal changes, so asking once per tracked object (as
+        ``is_modified`` or ``expunge`` in a loop do) reads the pending events
+        once, not once per call. Appends are seen by the length, flushes by the
+        mark and truncations by their count.
+        """
+        version = (len(self._events), self._flushed, self._truncations)
+        cached_version, refs = self._pending_refs
+        if cached_version != version:
+            refs = frozenset(ref for ref in (getattr(event, "ref", None) for event in self.pending) if ref is not None)
+            self._pending_refs = (version, refs)
+        return refs
+
     def truncate(self, mark: int) -> list[AnyEvent]:
         """Remove and return the events after ``mark`` (oldest first)."""
+        self._truncations += 1
         removed = self._events[mark:]
         del self._events[mark:]
         self._flushed = min(self._flushed, mark)

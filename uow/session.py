@@ -237,9 +237,7 @@ class AsyncSession(ReadsMixin):
         state = self._state(obj)
         if state.status in (Status.PENDING, Status.DELETED):
             return True
-        return state.current() != state.snapshot or any(
-            getattr(e, "ref", None) == state.ref for e in self._journal.pending
-        )
+        return state.current() != state.snapshot or state.ref in self._journal.pending_refs()
 
     def __contains__(self, obj: object) -> bool:
         state = self._identity.state_of(obj)
@@ -1255,7 +1253,7 @@ class AsyncSession(ReadsMixin):
     def _expunge(self, state: InstanceState) -> None:
         journal = self._journal
         if state.status in (Status.PENDING, Status.DELETED) or (
-            journal.has_pending() and any(getattr(e, "ref", None) == state.ref for e in journal.pending)
+            journal.has_pending() and state.ref in journal.pending_refs()
         ):
             raise SessionStateError(
                 f"{state.table.model.__name__} ref {state.ref} has unflushed changes; flush or roll back first"
