@@ -1162,6 +1162,24 @@ def test_the_shortcut_plans_new_parents_with_new_children_updates_and_deletes_of
     assert_same_rows(database.rows, expected)
 
 
+def test_the_shortcut_writes_a_pending_key_only_into_rows_that_wait_for_one() -> None:
+    rec = Recorder()
+    new_user = rec.insert(User, email="new@x")
+    stored_user = rec.stored(User, id=5, email="old@x")
+    rec.insert(Post, title="waits", links={"author_id": new_user})
+    rec.insert(Post, title="known", links={"author_id": stored_user})
+    rec.insert(Post, title="waits too", links={"author_id": new_user})
+
+    shortcut = plan_shortcut(rec.events, TABLES)
+
+    assert shortcut is not None
+    assert shortcut == _general_plan(rec.events)
+    posts = shortcut[1]
+    assert isinstance(posts, InsertBatch)
+    author = posts.columns.index("author_id")
+    assert [row[author] for row in posts.rows] == [PendingKey(new_user.ref), 5, PendingKey(new_user.ref)]
+
+
 def test_the_shortcut_leaves_dependent_rows_of_one_table_to_the_general_planner() -> None:
     rec = Recorder()
     root = rec.insert(Category, code="root")

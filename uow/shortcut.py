@@ -255,8 +255,22 @@ def _rows(group: _Group) -> list[tuple[Any, ...]]:
         get: Callable[[Mapping[str, Any]], tuple[Any, ...]] = operator.itemgetter(*columns)
     else:
         get = lambda values: tuple([values[c] for c in columns])  # noqa: E731  (itemgetter of one is no tuple)
-    if not any(group.parent_refs):
+    links = group.parent_refs
+    if not any(links):
         return list(map(get, group.values))
+    waiting = [c for c in set().union(*filter(None, links)) if c in columns]
+    if len(waiting) == 1 and all(links):
+        # one column waits for a parent's key (a child of one new parent, the
+        # common case): built column by column, in C, when every row waits
+        column = waiting[0]
+        try:
+            pending = list(map(PendingKey, map(operator.itemgetter(column), links)))  # type: ignore[arg-type]
+        except KeyError:
+            pass  # some row's key is known: row by row below
+        else:
+            built = [list(map(operator.itemgetter(c), group.values)) for c in columns]
+            built[columns.index(column)] = pending
+            return list(zip(*built))
     position = {c: i for i, c in enumerate(columns)}
     rows: list[tuple[Any, ...]] = []
     for values, parent_refs in zip(group.values, group.parent_refs):
