@@ -459,11 +459,42 @@ def _row_constructor(model: type[Model], column_names: tuple[str, ...]) -> Calla
     model's own ``__init__`` (defaults, ``__post_init__``) about twice as fast
     as ``model(**dict(zip(column_names, row)))``. The names are the model's
     field names, so they are identifiers.
+
+    When ``__init__`` would do nothing but store the values (no
+    ``__post_init__``, and every other field's default is a value that can be
+    shared), each object is a copy of one prototype with every column
+    replaced, through ``msgspec.structs.replace``: on Python 3.11 a call of a
+    class whose metaclass is written in Python (``ModelMeta``) takes CPython's
+    generic path, 0.6 µs per object, against 0.17 µs for ``replace``.
     """
     arguments = ", ".join(f"{name}=row[{index}]" for index, name in enumerate(column_names))
     namespace: dict[str, Any] = {"model": model}
-    exec(f"def from_row(row):\n    return model({arguments})\n", namespace)
+    prototype = _prototype(model, column_names)
+    if prototype is not None:
+        namespace.update(replace=msgspec.structs.replace, prototype=prototype)
+        exec(f"def from_row(row):\n    return replace(prototype, {arguments})\n", namespace)
+    else:
+        exec(f"def from_row(row):\n    return model({arguments})\n", namespace)
     return namespace["from_row"]  # type: ignore[no-any-return]
+
+
+_SHAREABLE = (type(None), bool, int, float, str, bytes, decimal.Decimal, uuid.UUID, dt.date, dt.time, dt.datetime)
+
+
+def _prototype(model: type[Model], column_names: tuple[str, ...]) -> Any:
+    """An instance to copy for new rows, or ``None`` when a copy could differ
+    from what ``__init__`` makes (a ``__post_init__`` to run, or a default that
+    ``__init__`` makes afresh or that objects must not share)."""
+    if any("__post_init__" in vars(cls) for cls in model.__mro__):
+        return None
+    for field in msgspec.structs.fields(model):
+        if field.name in column_names:
+            continue
+        if field.default_factory is not msgspec.NODEFAULT:
+            return None
+        if field.default is not NOT_LOADED and type(field.default) not in _SHAREABLE:
+            return None
+    return model(**dict.fromkeys(column_names))
 
 
 def _row_dict_maker(column_names: tuple[str, ...]) -> Callable[[Sequence[Any]], dict[str, Any]]:
