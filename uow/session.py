@@ -1147,7 +1147,7 @@ class AsyncSession(ReadsMixin):
         # written out, without helper calls: a get by key is the session's hottest read
         if self._busy is not None:
             self._check_idle()
-        table = self._tables_by_type.get(model)
+        table = self._tables_by_type.get(model) if isinstance(model, type) else None
         if table is None:
             table = self._tables_by_type[model] = self._table(model)
         if type(key) is not table.primary_key.python_type:

@@ -282,6 +282,10 @@ class SessionConformance:
                 await session.get_one(User, 12345)
             with pytest.raises(ValidationError):
                 await session.get(User, "not a key")
+            with pytest.raises(ModelDefinitionError):
+                await session.get(User(name="an instance", email="x@example.com"), 1)  # type: ignore[arg-type]
+            with pytest.raises(ModelDefinitionError):
+                await session.get(dict, 1)  # type: ignore[type-var]
 
     async def test_get_does_not_overwrite_unflushed_assignments(self, engine: uow.Engine, alice: User) -> None:
         async with AsyncSession(engine, autoflush=False) as session:
