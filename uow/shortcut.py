@@ -268,8 +268,7 @@ def _rows(group: _Group) -> list[tuple[Any, ...]]:
         except KeyError:
             pass  # some row's key is known: row by row below
         else:
-            built = [list(map(operator.itemgetter(c), group.values)) for c in columns]
-            built[columns.index(column)] = pending
+            built = [pending if c == column else list(map(operator.itemgetter(c), group.values)) for c in columns]
             return list(zip(*built))
     position = {c: i for i, c in enumerate(columns)}
     rows: list[tuple[Any, ...]] = []
