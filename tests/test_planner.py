@@ -1048,6 +1048,27 @@ def test_a_child_let_go_of_a_key_that_is_deleted_and_inserted_again_and_points_b
     assert_same_rows(database.rows, expected)
 
 
+def test_a_row_that_frees_a_unique_value_and_points_at_the_new_row_taking_it_is_updated_in_two_steps() -> None:
+    # the new category needs "r" freed first, and the old one needs the new
+    # one's key: the old one's update is split around the insert
+    rec = Recorder()
+    old = rec.stored(Category, id=1, code="r")
+    rec.update(old, code=None)
+    new = rec.insert(Category, code="r")
+    rec.update(new, links={"parent_id": new})
+    rec.update(old, links={"parent_id": new})
+
+    plan = rec.plan()
+    database, expected = apply_and_replay(rec)
+
+    assert [(batch.kind, batch.table.name, batch.columns) for batch in plan] == [
+        ("update", "planner_categories", ("code",)),
+        ("insert", "planner_categories", ("parent_id", "code")),
+        ("update", "planner_categories", ("parent_id",)),
+    ]
+    assert_same_rows(database.rows, expected)
+
+
 def test_a_link_to_a_new_parent_cleared_after_a_bulk_event_is_written_before_the_parent_is_deleted() -> None:
     rec = Recorder()
     author = rec.insert(User, email="a@x")

@@ -51,7 +51,7 @@ from uow.events import (
     Updated,
     Upserted,
 )
-from uow.model import TableInfo
+from uow.model import ForeignKeyInfo, TableInfo
 from uow.shapes import DELETE, INSERT, UPDATE, checks_version, insert_columns, phase_rank, table_ranks, update_columns
 from uow.shortcut import plan_shortcut
 
@@ -461,6 +461,17 @@ def _break_cycle(blocked: list[_Op], ready: dict[tuple[Any, ...], list[_Op]]) ->
                     continue
                 _clear_before_delete(child, fk.column, parent, ready)
                 return 1
+    for child in component:
+        if child.phase != _UPDATE:
+            continue
+        for fk in child.table.foreign_keys:
+            if fk.column not in child.values or len(child.values) == 1:
+                continue
+            parent = _parent_in(child, fk.column, component)
+            if parent is None:
+                continue
+            _split_update(child, fk, parent, ready)
+            return 1
     swap = all(op.phase == _UPDATE for op in component)
     raise CycleError(
         (
@@ -501,6 +512,37 @@ def _defer_foreign_key(child: _Op, column: str, parent: _Op, ready: dict[tuple[A
     child.waiting_on -= 1
     _edge(parent, follow_up)
     _edge(child, follow_up)
+    if child.waiting_on == 0:
+        ready[_group_key(child)].append(child)
+
+
+def _split_update(child: _Op, fk: ForeignKeyInfo, parent: _Op, ready: dict[tuple[Any, ...], list[_Op]]) -> None:
+    """Update ``child`` without ``fk``'s column now, and set that column after
+    ``parent`` is inserted: for an update that both waits for a new parent and
+    frees a unique value that parent takes."""
+    column = fk.column
+    child.own()
+    follow_up = _Op(child.table, child.ref, _UPDATE, child.key, child.last_seq)
+    follow_up.values = {column: child.values.pop(column)}
+    follow_up.old = {column: child.old.pop(column, None)}
+    if column in child.parent_refs:
+        follow_up.parent_refs[column] = child.parent_refs.pop(column)
+    follow_up.order = child.order
+    parent.successors.remove(child)
+    child.waiting_on -= 1
+    _edge(parent, follow_up)
+    _edge(child, follow_up)
+    # the row now lets go of its old parent in the follow-up: a delete of that
+    # parent waits for it
+    released = follow_up.old[column]
+    for successor in child.successors:
+        deletes_old_parent = (
+            successor.phase == _DELETE
+            and successor.table.name == fk.target_table
+            and (successor.key == released or (isinstance(released, PendingKey) and successor.ref == released.ref))
+        )
+        if deletes_old_parent:
+            _edge(follow_up, successor)
     if child.waiting_on == 0:
         ready[_group_key(child)].append(child)
 
