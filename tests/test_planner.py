@@ -91,7 +91,16 @@ class Doc(Model, Versioned, table="planner_docs"):
     body: str = ""
 
 
-MODELS: tuple[type[Model], ...] = (User, Post, Category, Team, Player, Hen, Egg, Doc)
+class Region(Model, table="planner_regions"):
+    """Two unique columns and a parent that cannot be NULL."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    parent_id: Annotated[int, ForeignKey("Region")]
+    code: Annotated[str | None, Unique()] = None
+    name: Annotated[str | None, Unique()] = None
+
+
+MODELS: tuple[type[Model], ...] = (User, Post, Category, Team, Player, Hen, Egg, Doc, Region)
 TABLES: dict[str, TableInfo] = {info.name: info for info in map(table_info, MODELS)}
 AT = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -1067,6 +1076,22 @@ def test_a_row_that_frees_a_unique_value_and_points_at_the_new_row_taking_it_is_
         ("update", "planner_categories", ("parent_id",)),
     ]
     assert_same_rows(database.rows, expected)
+
+
+def test_a_split_update_still_lets_go_of_its_old_parent_before_that_parent_is_deleted() -> None:
+    # the new region takes the row's code and the old parent's name, and the
+    # row cannot point at nothing meanwhile: no order exists, and splitting the
+    # row's update must not hide that by deleting the parent it still points at
+    rec = Recorder()
+    old_parent = rec.stored(Region, id=1, parent_id=1, code="p", name="old")
+    row = rec.stored(Region, id=2, parent_id=1, code="r", name="row")
+    rec.update(row, code=None)
+    new_parent = rec.insert(Region, parent_id=2, code="r", name="old")
+    rec.update(row, links={"parent_id": new_parent})
+    rec.delete(old_parent)
+
+    with pytest.raises(CycleError):
+        rec.plan()
 
 
 def test_a_link_to_a_new_parent_cleared_after_a_bulk_event_is_written_before_the_parent_is_deleted() -> None:
