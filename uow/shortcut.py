@@ -27,7 +27,9 @@ check that both plan alike wherever the shortcut applies.
 
 from __future__ import annotations
 
+import itertools
 import operator
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -92,77 +94,151 @@ class _Index:
         self.deletes_by_key: dict[tuple[str, Any], _Group] = {}
 
 
+_PHASE_OF_KIND: dict[type, int] = {
+    Inserted: INSERT,
+    Updated: UPDATE,
+    SoftDeleted: UPDATE,
+    Restored: UPDATE,
+    Deleted: DELETE,
+}
+_TABLE_NAME = operator.attrgetter("table")
+_REF = operator.attrgetter("ref")
+_SEQ = operator.attrgetter("seq")
+_KEY = operator.attrgetter("key")
+_VALUES = operator.attrgetter("values")
+_OLD = operator.attrgetter("old")
+_PARENT_REFS = operator.attrgetter("parent_refs")
+
+
 def _group(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> tuple[list[_Group], _Index] | None:
-    """The events grouped by batch shape, in the order the groups were met,
-    and where the rows are; ``None`` when an event does not fit the shortcut."""
-    groups: dict[tuple[Any, ...], _Group] = {}
+    """The events grouped by batch shape, and where the rows are; ``None`` when
+    an event does not fit the shortcut.
+
+    The events are first split by phase and table in one pass; inserts and
+    deletes are then read field by field (``map`` over an ``attrgetter``, a
+    loop in C), since every row of a flush of many rows needs the same few
+    fields. A group's ``first`` is the ``seq`` of its first event, which orders
+    groups as the position in the journal would (``seq`` grows along it).
+    """
+    phases = map(_PHASE_OF_KIND.get, map(type, events))
+    by_phase_and_table: defaultdict[tuple[int | None, str], list[Any]] = defaultdict(list)
+    for event, where in zip(events, zip(phases, map(_TABLE_NAME, events))):
+        by_phase_and_table[where].append(event)
+    groups: list[_Group] = []
     index = _Index()
-    inserts_by_ref = index.inserts_by_ref
-    event: Any  # a row event: the checks of its type below are by identity, cheaper than isinstance
-    for position, event in enumerate(events):
-        kind = type(event)
-        table = tables[event.table]
-        if kind is Inserted:
-            key = event.key
-            generated = key is None and table.primary_key.generated
-            shape: tuple[Any, ...] = (INSERT, table.name, generated)
-            group = groups.get(shape)
-            if group is None:
-                columns = table.non_key_columns if generated else table.column_names
-                group = groups[shape] = _Group(INSERT, table, columns, generated, position)
-            inserts_by_ref[event.ref] = group
-            if key is not None:
-                where = (table.name, key)
-                if where in index.inserts_by_key:
-                    return None
-                index.inserts_by_key[where] = group
-            values: Mapping[str, Any] = event.values
-            parent_refs: Mapping[str, int] | None = event.parent_refs or None
-            old: Mapping[str, Any] = values
-        elif kind is Deleted:
-            key = event.key
-            old = values = event.old
-            checked = checks_version(table, old)
-            shape = (DELETE, table.name, checked)
-            group = groups.get(shape)
-            if group is None:
-                group = groups[shape] = _Group(DELETE, table, (), checked, position)
-            if key is not None:
-                where = (table.name, key)
-                if where in index.deletes_by_key:
-                    return None
-                index.deletes_by_key[where] = group
-            parent_refs = None
-        elif kind is Updated or kind is SoftDeleted or kind is Restored:
-            key = event.key
-            values = event.new
-            old = event.old
-            parent_refs = event.parent_refs if kind is Updated else None
-            if parent_refs:
-                # the general planner keeps the links of the columns the update names
-                parent_refs = {c: parent_refs[c] for c in values if c in parent_refs}
-            parent_refs = parent_refs or None
-            if parent_refs is not None or old.keys() != values.keys():
-                old = {column: old.get(column) for column in values}
-            for column, value in values.items():
-                changed = old[column] != value  # the general planner's test, not the negation of ==
-                if not changed and (parent_refs is None or column not in parent_refs):
-                    return None  # a column that ends where it started: the general planner drops it
-            columns = update_columns(table, values)
-            checked = checks_version(table, old)
-            shape = (UPDATE, table.name, columns, checked)
-            group = groups.get(shape)
-            if group is None:
-                group = groups[shape] = _Group(UPDATE, table, columns, checked, position)
+    for (phase, name), members in by_phase_and_table.items():
+        table = tables[name]
+        if phase == INSERT:
+            made = _insert_groups(table, members, index)
+        elif phase == DELETE:
+            made = _delete_groups(table, members, index)
+        elif phase == UPDATE:
+            made = _update_groups(table, members)
         else:
+            return None  # upserts and bulk events are for the general planner
+        if made is None:
             return None
+        groups.extend(made)
+    groups.sort(key=lambda group: group.first)  # the order the groups were met in
+    return groups, index
+
+
+def _filled(group: _Group, events: list[Any], values: list[Mapping[str, Any]]) -> _Group:
+    """``group`` with the refs, seqs and keys of ``events``, and ``values``."""
+    group.refs = list(map(_REF, events))
+    group.seqs = list(map(_SEQ, events))
+    group.keys = list(map(_KEY, events))
+    group.values = values
+    return group
+
+
+def _insert_groups(table: TableInfo, events: list[Inserted], index: _Index) -> list[_Group] | None:
+    """Inserts into one table: a group of rows with keys to generate and one
+    of rows with their key given, as the events have them."""
+    parts: list[tuple[list[Inserted], bool]] = [(events, False)]
+    if table.primary_key.generated:
+        keys = list(map(_KEY, events))
+        new_count = keys.count(None)
+        if new_count == len(keys):
+            parts = [(events, True)]
+        elif new_count:
+            parts = [([e for e in events if e.key is None], True), ([e for e in events if e.key is not None], False)]
+    made: list[_Group] = []
+    for members, generated in parts:
+        columns = table.non_key_columns if generated else table.column_names
+        group = _filled(_Group(INSERT, table, columns, generated, members[0].seq), members, list(map(_VALUES, members)))
+        group.olds = group.values
+        group.parent_refs = [links or None for links in map(_PARENT_REFS, members)]
+        index.inserts_by_ref.update(zip(group.refs, itertools.repeat(group)))
+        if not generated and not _index_keys(table, group, index.inserts_by_key):
+            return None  # one key inserted twice: left to the general planner
+        made.append(group)
+    return made
+
+
+def _delete_groups(table: TableInfo, events: list[Deleted], index: _Index) -> list[_Group] | None:
+    """Deletes from one table: one group, or two when some rows check a version."""
+    parts: list[tuple[list[Deleted], bool]] = [(events, False)]
+    if table.version_column is not None:
+        checked = [checks_version(table, event.old) for event in events]
+        if all(checked):
+            parts = [(events, True)]
+        elif any(checked):
+            parts = [
+                ([e for e, c in zip(events, checked) if c], True),
+                ([e for e, c in zip(events, checked) if not c], False),
+            ]
+    made: list[_Group] = []
+    for members, flag in parts:
+        olds = list(map(_OLD, members))
+        group = _filled(_Group(DELETE, table, (), flag, members[0].seq), members, olds)
+        group.olds = olds
+        group.parent_refs = [None] * len(members)
+        if not _index_keys(table, group, index.deletes_by_key):
+            return None  # one key deleted twice
+        made.append(group)
+    return made
+
+
+def _index_keys(table: TableInfo, group: _Group, by_key: dict[tuple[str, Any], _Group]) -> bool:
+    """Enter the group's rows in ``by_key``; ``False`` when a key is there twice."""
+    wheres = [(table.name, key) for key in group.keys if key is not None]
+    if len(set(wheres)) != len(wheres) or not by_key.keys().isdisjoint(wheres):
+        return False
+    by_key.update(zip(wheres, itertools.repeat(group)))
+    return True
+
+
+def _update_groups(table: TableInfo, events: list[Updated | SoftDeleted | Restored]) -> list[_Group] | None:
+    """Updates of one table, grouped by the columns they change and whether
+    they check a version; row by row, since those differ per row."""
+    groups: dict[tuple[tuple[str, ...], bool], _Group] = {}
+    for event in events:
+        values = event.new
+        old = event.old
+        parent_refs: Mapping[str, int] | None = event.parent_refs if type(event) is Updated else None
+        if parent_refs:
+            # the general planner keeps the links of the columns the update names
+            parent_refs = {c: parent_refs[c] for c in values if c in parent_refs}
+        parent_refs = parent_refs or None
+        if parent_refs is not None or old.keys() != values.keys():
+            old = {column: old.get(column) for column in values}
+        for column, value in values.items():
+            changed = old[column] != value  # the general planner's test, not the negation of ==
+            if not changed and (parent_refs is None or column not in parent_refs):
+                return None  # a column that ends where it started: the general planner drops it
+        columns = update_columns(table, values)
+        checked = checks_version(table, old)
+        group = groups.get((columns, checked))
+        if group is None:
+            group = groups[(columns, checked)] = _Group(UPDATE, table, columns, checked, event.seq)
         group.refs.append(event.ref)
         group.seqs.append(event.seq)
-        group.keys.append(key)
+        group.keys.append(event.key)
         group.values.append(values)
         group.parent_refs.append(parent_refs)
         group.olds.append(old)
-    return list(groups.values()), index
+    return list(groups.values())
 
 
 def _dependencies(groups: list[_Group], index: _Index) -> set[tuple[_Group, _Group]] | None:
@@ -170,44 +246,65 @@ def _dependencies(groups: list[_Group], index: _Index) -> set[tuple[_Group, _Gro
     needs a row of ``before`` written first; ``None`` when a row needs a row of
     its own group (or itself, through a key not generated yet)."""
     edges: set[tuple[_Group, _Group]] = set()
-    inserts_by_ref, inserts_by_key, deletes_by_key = index.inserts_by_ref, index.inserts_by_key, index.deletes_by_key
     for group in groups:
-        table = group.table
-        if not table.foreign_keys:
-            continue
-        rows = zip(group.refs, group.keys, group.values, group.parent_refs, group.olds)
-        for ref, key, values, parent_refs, old in rows:
-            for fk in table.foreign_keys:
-                column, target = fk.column, fk.target_table
-                if group.phase != DELETE:
-                    # a row pointing at a new parent is written after the parent's insert
-                    parent: _Group | None = None
-                    itself = False
-                    if parent_refs is not None and column in parent_refs:
-                        parent = inserts_by_ref.get(parent_refs[column])
-                        itself = parent_refs[column] == ref
-                    elif column in values and values[column] is not None:
-                        parent = inserts_by_key.get((target, values[column]))
-                        itself = group.phase == INSERT and target == table.name and values[column] == key
-                    if parent is not None:
-                        if itself and key is not None:
-                            pass  # a row may reference itself when its key is known
-                        elif parent is group:
-                            return None
-                        else:
-                            edges.add((parent, group))
-                if group.phase != INSERT and column in old:
-                    # a row letting go of a parent (or deleted) goes before the parent's delete
-                    released = old[column]
-                    if isinstance(released, PendingKey):
-                        return None
-                    doomed = deletes_by_key.get((target, released))
-                    if doomed is None or (group.phase == DELETE and target == table.name and released == key):
-                        continue
-                    if doomed is group:
-                        return None
-                    edges.add((group, doomed))
+        for fk in group.table.foreign_keys:
+            if group.phase != DELETE:
+                # a row pointing at a new parent is written after the parent's insert
+                parents = _parent_groups(group, fk.column, fk.target_table, index)
+                if parents is None:
+                    return None
+                edges.update((parent, group) for parent in parents)
+            if group.phase != INSERT:
+                # a row letting go of a parent (or deleted) goes before the parent's delete
+                doomed = _doomed_groups(group, fk.column, fk.target_table, index)
+                if doomed is None:
+                    return None
+                edges.update((group, parent) for parent in doomed)
     return edges
+
+
+def _parent_groups(group: _Group, column: str, target: str, index: _Index) -> set[_Group] | None:
+    """The other groups that insert a parent the rows of ``group`` point at
+    through ``column``: by the ref a row waits on, or by the key it names;
+    ``None`` when a parent is in ``group`` itself (a row naming its own given
+    key excepted)."""
+    by_ref, by_key = index.inserts_by_ref, index.inserts_by_key
+    found = [
+        by_ref.get(links[column]) if links and column in links else by_key.get((target, values.get(column)))
+        for values, links in zip(group.values, group.parent_refs)
+    ]
+    parents = set(filter(None, found))
+    if group in parents:
+        parents.discard(group)
+        rows = zip(group.refs, group.keys, group.values, group.parent_refs, found)
+        for ref, key, values, links, parent in rows:
+            if parent is not group:
+                continue
+            if links and column in links:
+                itself = links[column] == ref
+            else:
+                itself = group.phase == INSERT and target == group.table.name and values[column] == key
+            if not itself or key is None:
+                return None
+    return parents
+
+
+def _doomed_groups(group: _Group, column: str, target: str, index: _Index) -> set[_Group] | None:
+    """The other groups that delete a parent the rows of ``group`` let go of
+    through ``column``; ``None`` when one is in ``group`` itself (a row that
+    points at itself excepted) or a row lets go of a key not generated yet."""
+    released = [old.get(column) for old in group.olds]
+    if PendingKey in set(map(type, released)):
+        return None
+    by_key = index.deletes_by_key
+    found = list(map(by_key.get, zip(itertools.repeat(target), released)))
+    doomed = set(filter(None, found))
+    if group in doomed:
+        doomed.discard(group)
+        for key, value, parent in zip(group.keys, released, found):
+            if parent is group and not (group.phase == DELETE and target == group.table.name and value == key):
+                return None
+    return doomed
 
 
 def _no_unique_handover(groups: list[_Group]) -> bool:
