@@ -8,15 +8,18 @@ strings as identifiers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 from uow.conditions import Condition
 from uow.model import TableInfo
 
 
-@dataclass(frozen=True, slots=True)
-class OrderBy:
+# msgspec structs rather than frozen dataclasses: a Select is made for every
+# read, and a frozen dataclass of seven fields takes about 1 µs to construct
+# against 0.1 µs (a get by key of an untracked row costs 50-80 µs in all)
+class OrderBy(msgspec.Struct, frozen=True):
     """Sort by ``column``, descending when ``descending``; NULLs sort first
     ascending and last descending on every adapter."""
 
@@ -24,13 +27,12 @@ class OrderBy:
     descending: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Select:
+class Select(msgspec.Struct, frozen=True):
     """Rows of ``table`` matching ``where``, ordered, limited and offset.
 
     ``mode`` asks for the rows (``"rows"``), their number (``"count"``: one row
     holding one integer) or whether any exists (``"exists"``: one row holding one
-    boolean).
+    boolean). Copy one with changes with ``msgspec.structs.replace``.
     """
 
     table: TableInfo

@@ -37,7 +37,6 @@ import decimal
 import enum
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -245,7 +244,7 @@ class SQLiteDialect(SqlDialect):
         (a writing transaction locks the whole database; ask for isolation
         ``"serializable"`` to take that lock when the transaction begins)."""
         if select.for_update:
-            select = replace(select, for_update=False)
+            select = msgspec.structs.replace(select, for_update=False)
         return super().select(select)
 
     def sort_key(self, table: TableInfo, column: str) -> str:
