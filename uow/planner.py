@@ -501,40 +501,20 @@ def _parent_in(child: _Op, column: str, component: list[_Op]) -> _Op | None:
 def _defer_foreign_key(child: _Op, column: str, parent: _Op, ready: dict[tuple[Any, ...], list[_Op]]) -> None:
     """Insert ``child`` with ``column`` NULL now and set it after ``parent``."""
     child.own()
-    follow_up = _Op(child.table, child.ref, _UPDATE, child.key, child.last_seq)
-    follow_up.values = {column: child.values[column]}
-    follow_up.old = {column: None}
-    if column in child.parent_refs:
-        follow_up.parent_refs[column] = child.parent_refs.pop(column)
+    value = child.values[column]
     child.values[column] = None
-    follow_up.order = child.order
-    parent.successors.remove(child)
-    child.waiting_on -= 1
-    _edge(parent, follow_up)
-    _edge(child, follow_up)
-    if child.waiting_on == 0:
-        ready[_group_key(child)].append(child)
+    _set_after(child, column, value, None, parent, ready)
 
 
 def _split_update(child: _Op, fk: ForeignKeyInfo, parent: _Op, ready: dict[tuple[Any, ...], list[_Op]]) -> None:
     """Update ``child`` without ``fk``'s column now, and set that column after
     ``parent`` is inserted: for an update that both waits for a new parent and
     frees a unique value that parent takes."""
-    column = fk.column
     child.own()
-    follow_up = _Op(child.table, child.ref, _UPDATE, child.key, child.last_seq)
-    follow_up.values = {column: child.values.pop(column)}
-    follow_up.old = {column: child.old.pop(column, None)}
-    if column in child.parent_refs:
-        follow_up.parent_refs[column] = child.parent_refs.pop(column)
-    follow_up.order = child.order
-    parent.successors.remove(child)
-    child.waiting_on -= 1
-    _edge(parent, follow_up)
-    _edge(child, follow_up)
+    released = child.old.pop(fk.column, None)
+    follow_up = _set_after(child, fk.column, child.values.pop(fk.column), released, parent, ready)
     # the row now lets go of its old parent in the follow-up: a delete of that
     # parent waits for it
-    released = follow_up.old[column]
     for successor in child.successors:
         deletes_old_parent = (
             successor.phase == _DELETE
@@ -543,8 +523,27 @@ def _split_update(child: _Op, fk: ForeignKeyInfo, parent: _Op, ready: dict[tuple
         )
         if deletes_old_parent:
             _edge(follow_up, successor)
+
+
+def _set_after(
+    child: _Op, column: str, value: Any, old: Any, parent: _Op, ready: dict[tuple[Any, ...], list[_Op]]
+) -> _Op:
+    """A follow-up update setting ``child``'s ``column`` (from ``old``) to
+    ``value`` once both ``parent`` and ``child`` are written; ``child`` no
+    longer waits for ``parent``, and is ready when nothing else holds it."""
+    follow_up = _Op(child.table, child.ref, _UPDATE, child.key, child.last_seq)
+    follow_up.values = {column: value}
+    follow_up.old = {column: old}
+    if column in child.parent_refs:
+        follow_up.parent_refs[column] = child.parent_refs.pop(column)
+    follow_up.order = child.order
+    parent.successors.remove(child)
+    child.waiting_on -= 1
+    _edge(parent, follow_up)
+    _edge(child, follow_up)
     if child.waiting_on == 0:
         ready[_group_key(child)].append(child)
+    return follow_up
 
 
 def _clear_before_delete(child: _Op, column: str, parent: _Op, ready: dict[tuple[Any, ...], list[_Op]]) -> None:

@@ -143,11 +143,11 @@ def _group(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> tuple[li
     return groups, index
 
 
-def _filled(group: _Group, events: list[Any], values: list[Mapping[str, Any]]) -> _Group:
-    """``group`` with the refs, seqs and keys of ``events``, and ``values``."""
+def _filled(group: _Group, events: list[Any], keys: list[Any], values: list[Mapping[str, Any]]) -> _Group:
+    """``group`` with the refs and seqs of ``events``, their ``keys`` and ``values``."""
     group.refs = list(map(_REF, events))
     group.seqs = list(map(_SEQ, events))
-    group.keys = list(map(_KEY, events))
+    group.keys = keys
     group.values = values
     return group
 
@@ -155,18 +155,18 @@ def _filled(group: _Group, events: list[Any], values: list[Mapping[str, Any]]) -
 def _insert_groups(table: TableInfo, events: list[Inserted], index: _Index) -> list[_Group] | None:
     """Inserts into one table: a group of rows with keys to generate and one
     of rows with their key given, as the events have them."""
-    parts: list[tuple[list[Inserted], bool]] = [(events, False)]
-    if table.primary_key.generated:
-        keys = list(map(_KEY, events))
-        new_count = keys.count(None)
-        if new_count == len(keys):
-            parts = [(events, True)]
-        elif new_count:
-            parts = [([e for e in events if e.key is None], True), ([e for e in events if e.key is not None], False)]
+    keys = list(map(_KEY, events))
+    new_count = keys.count(None) if table.primary_key.generated else 0
+    parts: list[tuple[list[Inserted], list[Any], bool]] = [(events, keys, new_count > 0)]
+    if 0 < new_count < len(keys):
+        new = [e for e in events if e.key is None]
+        given = [e for e in events if e.key is not None]
+        parts = [(new, [None] * new_count, True), (given, list(map(_KEY, given)), False)]
     made: list[_Group] = []
-    for members, generated in parts:
+    for members, member_keys, generated in parts:
         columns = table.non_key_columns if generated else table.column_names
-        group = _filled(_Group(INSERT, table, columns, generated, members[0].seq), members, list(map(_VALUES, members)))
+        group = _Group(INSERT, table, columns, generated, members[0].seq)
+        _filled(group, members, member_keys, list(map(_VALUES, members)))
         group.olds = group.values
         group.parent_refs = [links or None for links in map(_PARENT_REFS, members)]
         index.inserts_by_ref.update(zip(group.refs, itertools.repeat(group)))
@@ -191,7 +191,7 @@ def _delete_groups(table: TableInfo, events: list[Deleted], index: _Index) -> li
     made: list[_Group] = []
     for members, flag in parts:
         olds = list(map(_OLD, members))
-        group = _filled(_Group(DELETE, table, (), flag, members[0].seq), members, olds)
+        group = _filled(_Group(DELETE, table, (), flag, members[0].seq), members, list(map(_KEY, members)), olds)
         group.olds = olds
         group.parent_refs = [None] * len(members)
         if not _index_keys(table, group, index.deletes_by_key):
