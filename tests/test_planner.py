@@ -1107,6 +1107,22 @@ def test_a_link_to_a_new_parent_cleared_after_a_bulk_event_is_written_before_the
     assert_same_rows(database.rows, expected)
 
 
+def test_a_child_lets_go_of_a_parent_added_before_a_bulk_event_and_deleted_after_it_then_takes_its_value() -> None:
+    # after the bulk event the parent's key is known only by its ref: the
+    # child's link is cleared before the delete, its code taken after
+    rec = Recorder()
+    parent = rec.insert(Category, code="r")
+    child = rec.insert(Category, links={"parent_id": parent})
+    rec.bulk_delete(Post, None)
+    rec.delete(parent)
+    rec.update(child, parent_id=None)
+    rec.update(child, code="r")
+
+    database, expected = apply_and_replay(rec)
+
+    assert_same_rows(database.rows, expected)
+
+
 def test_a_child_that_lets_go_of_a_deleted_parent_and_takes_its_unique_value_is_updated_in_two_steps() -> None:
     rec = Recorder()
     parent = rec.stored(Category, id=1, code="s")

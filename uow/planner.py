@@ -444,16 +444,14 @@ def _break_cycle(blocked: list[_Op], ready: dict[tuple[Any, ...], list[_Op]]) ->
         if child.phase != _INSERT:  # a deleted row, or an updated one that also takes a freed unique value
             for fk in child.table.foreign_keys:
                 column_info = child.table.columns[child.table.column_index[fk.column]]
-                if not column_info.nullable or child.old.get(fk.column) is None:
+                released = child.old.get(fk.column)
+                if not column_info.nullable or released is None:
                     continue
                 parent = next(
                     (
                         op
                         for op in child.successors
-                        if id(op) in members
-                        and op.phase == _DELETE
-                        and op.table.name == fk.target_table
-                        and op.key == child.old[fk.column]
+                        if id(op) in members and op.phase == _DELETE and _is_row(op, fk.target_table, released)
                     ),
                     None,
                 )
@@ -516,12 +514,7 @@ def _split_update(child: _Op, fk: ForeignKeyInfo, parent: _Op, ready: dict[tuple
     # the row now lets go of its old parent in the follow-up: a delete of that
     # parent waits for it
     for successor in child.successors:
-        deletes_old_parent = (
-            successor.phase == _DELETE
-            and successor.table.name == fk.target_table
-            and (successor.key == released or (isinstance(released, PendingKey) and successor.ref == released.ref))
-        )
-        if deletes_old_parent:
+        if successor.phase == _DELETE and _is_row(successor, fk.target_table, released):
             _edge(follow_up, successor)
 
 
@@ -544,6 +537,16 @@ def _set_after(
     if child.waiting_on == 0:
         ready[_group_key(child)].append(child)
     return follow_up
+
+
+def _is_row(op: _Op, table: str, key: Any) -> bool:
+    """Whether ``op`` is about the row of ``table`` with primary key ``key``
+    (a :class:`PendingKey` for a row whose key is not generated yet)."""
+    if op.table.name != table:
+        return False
+    if isinstance(key, PendingKey):
+        return op.ref == key.ref
+    return op.key is not None and op.key == key
 
 
 def _clear_before_delete(child: _Op, column: str, parent: _Op, ready: dict[tuple[Any, ...], list[_Op]]) -> None:
