@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pgserver
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ("insert", "insert_sqlite", "update", "delete", "get_hit", "get_miss", "load", "memory")
@@ -43,3 +45,26 @@ def test_the_bench_runs_every_case_and_writes_its_results(tmp_path: Path) -> Non
     if database is None:
         assert all(report["cases"][n]["skipped"] for n in CASES if n not in SQLITE_OR_MEMORY)
         pgserver.unavailable(str(reason))
+
+
+@pytest.mark.parametrize("contender", ["uow", "aiosqlite executemany"])
+def test_the_instruction_counter_runs_each_sqlite_contender_in_full(contender: str, tmp_path: Path) -> None:
+    from bench import instructions
+
+    instructions.run_child("insert_sqlite", contender, 30, None, tmp_path)
+
+    with sqlite3.connect(tmp_path / "bench.db") as connection:
+        users = connection.execute("SELECT count(*) FROM users").fetchone()[0]
+        linked = connection.execute("SELECT count(*) FROM posts JOIN users ON users.id = posts.user_id").fetchone()[0]
+    connection.close()
+    assert (users, linked) == (30, 30)
+
+
+def test_the_instruction_counter_says_when_valgrind_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import instructions
+
+    monkeypatch.setattr(instructions.shutil, "which", lambda name: None)
+    assert instructions.main([]) == 2
+    assert "valgrind is not installed" in capsys.readouterr().err
