@@ -6,7 +6,7 @@ a shared machine's noise does not move.
 
 Wall times on a virtual machine shared with others can differ by 2x from one
 run to the next, which hides a change of a few percent. The number of machine
-instructions a process executes barely moves (about 0.5% here), so it shows
+instructions a process executes barely moves (about 1% here), so it shows
 such a change at once. Each contender's case runs alone in a child process
 under ``valgrind --tool=cachegrind``, once with ``--rows`` rows and once with
 twice as many; the difference, divided by the rows, is the work per row with
@@ -33,11 +33,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench import cases
 
-from bench import cases  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CONTENDERS: dict[str, list[tuple[str, cases.Timed]]] = {
     "insert_sqlite": [("uow", cases.insert_sqlite_uow), ("aiosqlite executemany", cases.insert_sqlite_raw)],
