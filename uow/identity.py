@@ -139,10 +139,12 @@ class IdentityMap:
         """Make the state findable by its ref (an event about it is being recorded)."""
         self.by_ref[state.ref] = state
 
-    def track(self, state: InstanceState) -> None:
-        """Start tracking (or track again) an object."""
+    def track(self, state: InstanceState, key: Any = None) -> None:
+        """Start tracking (or track again) an object; ``key``: its key, when the
+        caller has it at hand (else read from the snapshot)."""
         self.by_obj[id(state.obj)] = state
-        key = state.key
+        if key is None:
+            key = state.key
         if key is not None:
             self._by_key.setdefault(state.table, {})[key] = state
 
@@ -216,9 +218,11 @@ class IdentityMap:
 
     def untrack(self, state: InstanceState) -> None:
         """Stop tracking an object (its ref stays known for undo)."""
-        if self.by_obj.get(id(state.obj)) is state:
-            del self.by_obj[id(state.obj)]
-        self.unindex_key(state, state.key)
+        by_obj = self.by_obj
+        obj_id = id(state.obj)
+        if by_obj.get(obj_id) is state:
+            del by_obj[obj_id]
+        self.unindex_key(state, state.snapshot[state.table.key_index])
 
     def states(self) -> Iterator[InstanceState]:
         """Every tracked state (not the ones only kept for undo)."""

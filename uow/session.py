@@ -80,6 +80,7 @@ _current_session: contextvars.ContextVar[AsyncSession | None] = contextvars.Cont
 # once per row use these names instead
 _PENDING, _PERSISTENT, _DELETED, _GONE = Status.PENDING, Status.PERSISTENT, Status.DELETED, Status.GONE
 _LIVE = (_PENDING, _PERSISTENT)
+_UNFLUSHED = (_PENDING, _DELETED)
 
 
 def current_session() -> AsyncSession | None:
@@ -1170,6 +1171,8 @@ class AsyncSession(ReadsMixin):
         if not rows:
             return None
         state = self._load_row(table, rows[0])
+        if table.soft_delete_column is None:
+            return state.obj  # type: ignore[no-any-return]
         return self._visible(state, with_deleted)  # type: ignore[no-any-return]
 
     def _visible(self, state: InstanceState, with_deleted: bool) -> Any:
@@ -1206,9 +1209,8 @@ class AsyncSession(ReadsMixin):
                 state.set_values(table.row_dict(tuple(row)))
                 state.expired = False
             return state
-        obj = table.from_row(row)
-        state = InstanceState(obj, self._new_ref(), table, tuple(row), Status.PERSISTENT)
-        self._identity.track(state)
+        state = InstanceState(table.from_row(row), self._new_ref(), table, tuple(row), _PERSISTENT)
+        self._identity.track(state, key)
         return state
 
     async def refresh(self, obj: Any) -> None:
@@ -1246,15 +1248,16 @@ class AsyncSession(ReadsMixin):
 
     def expunge(self, obj: Any) -> None:
         """Stop tracking an object that has no unflushed changes."""
-        self._check_idle()
-        state = self._state(obj)
+        if self._busy is not None:
+            self._check_idle()
+        state = self._identity.by_obj.get(id(obj))
+        if state is None or state.status is Status.DETACHED:
+            state = self._state(obj)  # raises DetachedInstanceError
         self._expunge(state)
 
     def _expunge(self, state: InstanceState) -> None:
         journal = self._journal
-        if state.status in (Status.PENDING, Status.DELETED) or (
-            journal.has_pending() and state.ref in journal.pending_refs()
-        ):
+        if state.status in _UNFLUSHED or (journal.has_pending() and state.ref in journal.pending_refs()):
             raise SessionStateError(
                 f"{state.table.model.__name__} ref {state.ref} has unflushed changes; flush or roll back first"
             )

@@ -119,13 +119,18 @@ class PostgresConnection(Connection):
         try:
             return await operation()
         except Exception as exc:
-            if is_connection_error(exc):
-                self.broken = True
-            raise translate(exc, failure) from exc
+            raise self._failed(exc, failure) from exc
         except BaseException:
             # Cancelled while the server may still be working on the statement.
             self.broken = True
             raise
+
+    def _failed(self, exc: Exception, failure: Failure | None = None) -> Exception:
+        """The :mod:`uow.errors` error for a driver error; a lost connection is
+        marked broken."""
+        if is_connection_error(exc):
+            self.broken = True
+        return translate(exc, failure)
 
     async def _run(self, method: str, sql: str, args: Sequence[Any], failure: Failure | None = None) -> Any:
         """``_call`` of one asyncpg method (``"fetchrow"`` …) with positional arguments."""
@@ -316,7 +321,15 @@ class PostgresConnection(Connection):
 
     async def fetch(self, select: Select) -> list[tuple[Any, ...]]:
         sql, params = self.dialect.select(select)
-        records = await self._call(lambda: self.raw.fetch(sql, *params))
+        # _call written out: every get by key is one fetch, and the wrapper's
+        # extra coroutine and closure cost more than the rest of this method
+        try:
+            records = await self.raw.fetch(sql, *params)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        except BaseException:
+            self.broken = True
+            raise
         # map() keeps the per-record loop in C (decode is the tuple type itself
         # when no column needs converting)
         if select.mode != "rows":

@@ -87,7 +87,7 @@ class PostgresDialect(SqlDialect):
     def __init__(self) -> None:
         self._column_encoders: dict[tuple[TableInfo, tuple[str, ...]], list[Converter | None]] = {}
         self._row_decoders: dict[TableInfo, Callable[[Sequence[Any]], tuple[Any, ...]]] = {}
-        self._select_texts: dict[tuple[Any, ...], str] = {}
+        self._select_texts: dict[tuple[Any, ...], tuple[str, Converter | None]] = {}
 
     def placeholder(self, position: int) -> str:
         return f"${position}"
@@ -178,14 +178,15 @@ class PostgresDialect(SqlDialect):
         ):
             return super().select(select)
         shape = (select.table, where.column, where.cmp, select.mode, select.order_by, select.for_update)
-        value = self.encode_value(select.table, where.column, where.value)
-        text = self._select_texts.get(shape)
-        if text is None:
+        known = self._select_texts.get(shape)
+        if known is None:
             text, params = super().select(select)
             if len(params) != 1:
                 return text, params
-            self._select_texts[shape] = text
-        return text, [value]
+            table = select.table
+            known = self._select_texts[shape] = (text, self.encoder(table.columns[table.column_index[where.column]]))
+        text, encode = known
+        return text, [where.value if encode is None else encode(where.value)]
 
     def condition(self, condition: Condition, table: TableInfo, params: Params) -> str:
         # One array parameter instead of one parameter per value: the statement
