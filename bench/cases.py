@@ -162,7 +162,8 @@ async def _raw_unnest_insert(connection: asyncpg.Connection[Any], data: Sequence
     return keys
 
 
-async def _user_keys(env: Env) -> list[int]:
+async def user_keys(env: Env) -> list[int]:
+    """Every user's key, in key order (read by the get cases before their timed part)."""
     connection = await asyncpg.connect(env.pg)
     try:
         return [r[0] for r in await connection.fetch("SELECT id FROM users ORDER BY id")]
@@ -350,7 +351,7 @@ async def delete_raw(env: Env, n: int) -> float:
 
 
 async def get_hit_uow(env: Env, n: int) -> float:
-    keys = await _user_keys(env)
+    keys = await user_keys(env)
     async with uow_engine(env.pg) as engine, uow.AsyncSession(engine) as session:
         await uow_load_all(session, User)
         with Stopwatch() as watch:
@@ -361,7 +362,7 @@ async def get_hit_uow(env: Env, n: int) -> float:
 
 
 async def get_hit_sqlalchemy(env: Env, n: int) -> float:
-    keys = await _user_keys(env)
+    keys = await user_keys(env)
     async with sa_sessions(sa_url(env, "postgresql")) as sessions, sessions() as session:
         users = (await session.scalars(select(SAUser))).all()  # held: SQLAlchemy's identity map is weak
         with Stopwatch() as watch:
@@ -374,7 +375,7 @@ async def get_hit_sqlalchemy(env: Env, n: int) -> float:
 
 async def get_raw(env: Env, n: int) -> float:
     """``fetchrow`` by key inside a transaction (the peer of both hit and miss)."""
-    keys = await _user_keys(env)
+    keys = await user_keys(env)
     connection = await asyncpg.connect(env.pg)
     try:
         await connection.fetchrow(SELECT_USER, 0)  # prepare outside the timed part, as the sessions do
@@ -392,7 +393,7 @@ async def get_raw(env: Env, n: int) -> float:
 
 
 async def get_miss_uow(env: Env, n: int) -> float:
-    keys = await _user_keys(env)
+    keys = await user_keys(env)
     async with uow_engine(env.pg) as engine, uow.AsyncSession(engine) as session:
         await session.get(User, -1)  # open the transaction and prepare the read outside the timed part
         with Stopwatch() as watch:
@@ -403,7 +404,7 @@ async def get_miss_uow(env: Env, n: int) -> float:
 
 
 async def get_miss_sqlalchemy(env: Env, n: int) -> float:
-    keys = await _user_keys(env)
+    keys = await user_keys(env)
     async with sa_sessions(sa_url(env, "postgresql")) as sessions, sessions() as session:
         await session.get(SAUser, -1)
         with Stopwatch() as watch:
@@ -447,4 +448,4 @@ async def load_raw(env: Env, n: int) -> float:
     return watch.seconds
 
 
-__all__ = ["Env", "Stopwatch", "Timed", "fresh_postgres", "fresh_sqlite", "uow_load_all"]
+__all__ = ["Env", "Stopwatch", "Timed", "fresh_postgres", "fresh_sqlite", "uow_load_all", "user_keys"]

@@ -2,7 +2,7 @@
 a shared machine's noise does not move.
 
     python -m bench.instructions                        # insert on SQLite
-    python -m bench.instructions --postgres-url URL     # and insert on PostgreSQL
+    python -m bench.instructions --postgres-url URL     # and insert and cold get on PostgreSQL
 
 Wall times on a virtual machine shared with others can differ by 2x from one
 run to the next, which hides a change of a few percent. The number of machine
@@ -14,10 +14,11 @@ the start-up of Python and of the engine taken out.
 
 Only this process is counted: on PostgreSQL the server's work is not, so the
 numbers there are the client's share alone, which is the part uow adds. The
-insert cases are the ones measured because their set-up outside the timed
-part (making the rows' data) is the same small work for every contender; the
-other cases load or seed rows first, which a difference of two runs would
-count too. SQLAlchemy is left out: under valgrind it takes minutes per run.
+insert cases' set-up outside the timed part (making the rows' data) is the
+same small work for every contender. The cold get seeds the rows and reads
+their keys first; that set-up is counted on its own at both sizes and taken
+off each contender's count. SQLAlchemy is left out: under valgrind it takes
+minutes per run.
 """
 
 from __future__ import annotations
@@ -40,8 +41,15 @@ ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS: dict[str, list[tuple[str, cases.Timed]]] = {
     "insert_sqlite": [("uow", cases.insert_sqlite_uow), ("aiosqlite executemany", cases.insert_sqlite_raw)],
     "insert": [("uow", cases.insert_uow), ("asyncpg unnest RETURNING", cases.insert_raw_unnest)],
+    "get_miss": [("uow", cases.get_miss_uow), ("asyncpg fetchrow", cases.get_raw)],
 }
 """Per case, the contenders counted; the last one is the one ratios are taken to."""
+
+SET_UP_ONLY = "set-up only"
+"""The pseudo-contender of a seeded case: the seeding and key read alone."""
+
+SEEDED = {"get_miss"}
+"""Cases that start from ``rows`` seeded users (with a post each) and read their keys."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -56,15 +64,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run_child(case: str, contender: str, rows: int, postgres_url: str | None, sqlite_dir: Path) -> None:
     """Run one contender's case once, as the bench does (fresh tables first)."""
-    timed = dict(CONTENDERS[case])[contender]
     env = cases.Env(postgres_url=postgres_url, sqlite_dir=sqlite_dir)
 
     async def once() -> None:
         if case == "insert_sqlite":
             cases.fresh_sqlite(env)
         else:
-            await cases.fresh_postgres(env)
-        await timed(env, rows)
+            await cases.fresh_postgres(env, seed=rows if case in SEEDED else 0)
+        if contender == SET_UP_ONLY:
+            await cases.user_keys(env)  # what each contender of a seeded case reads before its timed part
+            return
+        await dict(CONTENDERS[case])[contender](env, rows)
 
     asyncio.run(once())
 
@@ -95,15 +105,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
-    measured = ["insert_sqlite"] + (["insert"] if args.postgres_url else [])
-    print(f"instructions per row (user + post), from runs of {args.rows} and {2 * args.rows} rows")
+    measured = ["insert_sqlite"] + (["insert", "get_miss"] if args.postgres_url else [])
+    print(f"instructions per row (user + post; one read for get_miss), from runs of {args.rows} and {2 * args.rows}")
     print(f"{'case':<14} {'contender':<26} {'per row':>10} {'ratio':>7}")
+
+    def per_row_of(case: str, label: str) -> float:
+        smaller = count(case, label, args.rows, args.postgres_url)
+        larger = count(case, label, 2 * args.rows, args.postgres_url)
+        return (larger - smaller) / args.rows
+
     for case in measured:
-        per_row: dict[str, float] = {}
-        for label, _ in CONTENDERS[case]:
-            smaller = count(case, label, args.rows, args.postgres_url)
-            larger = count(case, label, 2 * args.rows, args.postgres_url)
-            per_row[label] = (larger - smaller) / args.rows
+        set_up = per_row_of(case, SET_UP_ONLY) if case in SEEDED else 0.0
+        per_row = {label: per_row_of(case, label) - set_up for label, _ in CONTENDERS[case]}
         base = per_row[CONTENDERS[case][-1][0]]
         for label, value in per_row.items():
             print(f"{case:<14} {label:<26} {value:>10,.0f} {value / base:>6.2f}x")

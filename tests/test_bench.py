@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -68,3 +69,32 @@ def test_the_instruction_counter_says_when_valgrind_is_missing(
     monkeypatch.setattr(instructions.shutil, "which", lambda name: None)
     assert instructions.main([]) == 2
     assert "valgrind is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("contender", ["uow", "asyncpg fetchrow", "set-up only"])
+def test_the_instruction_counter_seeds_the_cold_get_for_each_contender_and_the_set_up_alone(
+    contender: str, tmp_path: Path
+) -> None:
+    import asyncpg
+
+    from bench import instructions
+
+    reason = pgserver.postgres_unavailable_reason()
+    if reason:
+        pgserver.unavailable(reason)
+    database = pgserver.create_database(pgserver.postgres_url())
+    try:
+        instructions.run_child("get_miss", contender, 30, database, tmp_path)
+
+        async def counts() -> tuple[int, int]:
+            connection = await asyncpg.connect(database)
+            try:
+                users = await connection.fetchval("SELECT count(*) FROM users")
+                linked = await connection.fetchval("SELECT count(*) FROM posts JOIN users ON users.id = posts.user_id")
+                return users, linked
+            finally:
+                await connection.close()
+
+        assert asyncio.run(counts()) == (30, 30)
+    finally:
+        pgserver.drop_database(database)
