@@ -1224,6 +1224,44 @@ def test_the_shortcut_plans_new_parents_with_new_children_updates_and_deletes_of
     assert_same_rows(database.rows, expected)
 
 
+def test_updates_changing_the_same_columns_are_one_batch_with_their_rows_in_journal_order() -> None:
+    rec = Recorder()
+    stored = [rec.stored(User, id=n, email=f"{n}@x", name=f"user {n}") for n in (3, 1, 2)]
+    for n, user in enumerate(stored):
+        rec.update(user, name=f"renamed {n}")
+
+    shortcut = plan_shortcut(rec.events, TABLES)
+
+    assert shortcut is not None
+    assert shortcut == _general_plan(rec.events)
+    [batch] = shortcut
+    assert isinstance(batch, UpdateBatch)
+    assert batch.columns == ("name",)
+    assert batch.rows == [("renamed 0", 3), ("renamed 1", 1), ("renamed 2", 2)]
+
+
+def test_updates_of_different_columns_or_to_an_unchanged_value_are_grouped_as_the_general_planner_does() -> None:
+    rec = Recorder()
+    first, second, third = (rec.stored(User, id=n, email=f"{n}@x", name=f"user {n}") for n in (1, 2, 3))
+    rec.update(first, name="renamed")
+    rec.update(second, email="moved@x")
+    rec.update(third, name="renamed too")
+
+    shortcut = plan_shortcut(rec.events, TABLES)
+
+    assert shortcut is not None
+    assert shortcut == _general_plan(rec.events)
+    assert [(batch.columns, len(batch.rows)) for batch in shortcut] == [(("name",), 2), (("email",), 1)]
+
+    unchanged = Recorder()
+    rows = [unchanged.stored(User, id=n, email=f"{n}@x", name="same") for n in (1, 2)]
+    unchanged.update(rows[0], name="other")
+    unchanged.update(rows[1], name="same")  # ends where it started: the general planner drops it
+
+    assert plan_shortcut(unchanged.events, TABLES) is None
+    assert [len(batch.rows) for batch in _general_plan(unchanged.events)] == [1]
+
+
 def test_the_shortcut_writes_a_pending_key_only_into_rows_that_wait_for_one() -> None:
     rec = Recorder()
     new_user = rec.insert(User, email="new@x")
