@@ -1247,7 +1247,8 @@ class AsyncSession(ReadsMixin):
             state.expired = True
 
     def expunge(self, obj: Any) -> None:
-        """Stop tracking an object that has no unflushed changes."""
+        """Stop tracking an object that has no unflushed changes (recorded
+        events or assignments since its last flush)."""
         if self._busy is not None:
             self._check_idle()
         state = self._identity.by_obj.get(id(obj))
@@ -1257,7 +1258,11 @@ class AsyncSession(ReadsMixin):
 
     def _expunge(self, state: InstanceState) -> None:
         journal = self._journal
-        if state.status in _UNFLUSHED or (journal.has_pending() and state.ref in journal.pending_refs()):
+        if (
+            state.status in _UNFLUSHED
+            or (journal.has_pending() and state.ref in journal.pending_refs())
+            or (state.status is _PERSISTENT and state.table.values_of(state.obj) != state.snapshot)
+        ):
             raise SessionStateError(
                 f"{state.table.model.__name__} ref {state.ref} has unflushed changes; flush or roll back first"
             )
@@ -1265,9 +1270,12 @@ class AsyncSession(ReadsMixin):
         state.status = Status.DETACHED
 
     def expunge_all(self) -> None:
-        """Stop tracking every object (there must be no unflushed changes)."""
+        """Stop tracking every object (there must be no unflushed changes,
+        recorded or assigned)."""
         self._check_idle()
-        if self._journal.has_pending():
+        if self._journal.has_pending() or any(
+            state.status is _PERSISTENT and state.current() != state.snapshot for state in self._identity.states()
+        ):
             raise SessionStateError("the session has unflushed changes; flush or roll back first")
         for state in self._identity.states():
             self._identity.untrack(state)

@@ -752,6 +752,11 @@ class SessionConformance:
             again = await session.get_one(User, alice.id)
             assert again is not user and again.email == user.email
             again.name = "changed"
+            with pytest.raises(SessionStateError):
+                session.expunge(again)  # an assignment not flushed yet is an unflushed change
+            with pytest.raises(SessionStateError):
+                session.expunge_all()
+            assert again in session and session.is_modified(again)
             await session.flush()
             session.expunge_all()
             assert len(session) == 0 and again not in session
