@@ -9,6 +9,7 @@ into ``Updated`` events at flush.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -105,6 +106,10 @@ class InstanceState(msgspec.Struct, gc=False, eq=False):
         return f"<state {self.table.name} ref={self.ref} {self.status.value}>"
 
 
+_SWEEP_FLOOR = 1024
+"""Detached objects remembered before the first sweep of dead entries."""
+
+
 class IdentityMap:
     """Tracked objects by object identity and by (table, key), and by ref the
     ones the current transaction's events are about.
@@ -117,7 +122,7 @@ class IdentityMap:
     read never cost an entry.
     """
 
-    __slots__ = ("by_ref", "by_obj", "_by_key")
+    __slots__ = ("by_ref", "by_obj", "_by_key", "_detached", "_detached_sweep_at")
 
     def __init__(self) -> None:
         self.by_ref: dict[int, InstanceState] = {}
@@ -125,6 +130,12 @@ class IdentityMap:
         self.by_obj: dict[int, InstanceState] = {}
         """id(object) -> state, for every tracked object (:meth:`state_of` reads it)."""
         self._by_key: dict[TableInfo, dict[Any, InstanceState]] = {}
+        self._detached: dict[int, weakref.ref[Any]] = {}
+        """id(object) -> weak reference, for the objects :meth:`detach` let go
+        of. An entry whose object is gone is dead: it can never match, even
+        when the id is reused, and dead entries are swept out in one pass once
+        the dict has doubled since the last sweep."""
+        self._detached_sweep_at = _SWEEP_FLOOR
 
     def state_of(self, obj: Any) -> InstanceState | None:
         """The state of a tracked object, or ``None``."""
@@ -224,6 +235,26 @@ class IdentityMap:
             del by_obj[obj_id]
         self.unindex_key(state, state.snapshot[state.table.key_index])
 
+    def detach(self, state: InstanceState) -> None:
+        """Stop tracking an object for good (expunged, its row gone, or its
+        insert rolled back): :meth:`was_detached` tells it apart from an
+        object never tracked."""
+        self.untrack(state)
+        state.status = Status.DETACHED
+        detached = self._detached
+        detached[id(state.obj)] = weakref.ref(state.obj)
+        if len(detached) >= self._detached_sweep_at:
+            # no callback per object (that doubles the cost of an expunge):
+            # dead entries are dropped in one pass, amortized over the detaches
+            self._detached = {key: ref for key, ref in detached.items() if ref() is not None}
+            self._detached_sweep_at = max(_SWEEP_FLOOR, 2 * len(self._detached))
+
+    def was_detached(self, obj: Any) -> bool:
+        """Whether ``obj`` is an object this map let go of (and not tracked
+        since): relations must not add it back as a new row."""
+        found = self._detached.get(id(obj))
+        return found is not None and found() is obj
+
     def states(self) -> Iterator[InstanceState]:
         """Every tracked state (not the ones only kept for undo)."""
         return iter(list(self.by_obj.values()))
@@ -243,6 +274,7 @@ class IdentityMap:
         self.by_ref.clear()
         self.by_obj.clear()
         self._by_key.clear()
+        self._detached.clear()
 
 
 __all__ = ["IdentityMap", "InstanceState", "Status"]

@@ -229,7 +229,8 @@ class RelationDescriptor:
 
 
 class ModelMeta(StructMeta):
-    """Makes every model keyword-only and records its table name."""
+    """Makes every model keyword-only and weakly referenceable, and records its
+    table name."""
 
     def __new__(
         mcls,
@@ -241,6 +242,9 @@ class ModelMeta(StructMeta):
         **struct_options: Any,
     ) -> ModelMeta:
         struct_options.setdefault("kw_only", True)
+        # a session keeps weak references to the objects it let go of, so that
+        # relations never add them back as new rows (8 bytes per object)
+        struct_options.setdefault("weakref", True)
         _merge_mixin_fields(bases, namespace)
         relation_specs = {attr: value for attr, value in namespace.items() if isinstance(value, _RelationSpec)}
         for attr in relation_specs:

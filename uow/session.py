@@ -420,6 +420,8 @@ class AsyncSession(ReadsMixin):
             if parent_state is None:
                 if type(parent) not in self._tables_by_type and not is_model(parent):
                     continue
+                if self._identity.was_detached(parent):
+                    continue  # let go of here: never added back through a relation
                 parent_state = self._add(parent, None, at)
             elif parent_state.status not in _LIVE:
                 continue  # deleted or detached here: never added back through a relation
@@ -440,7 +442,7 @@ class AsyncSession(ReadsMixin):
             if not isinstance(children, (list, tuple)):
                 continue
             for child in children:
-                if self._identity.state_of(child) is not None:
+                if self._identity.state_of(child) is not None or self._identity.was_detached(child):
                     continue
                 if state.key is not None:
                     setattr(child, column, state.key)
@@ -566,6 +568,8 @@ class AsyncSession(ReadsMixin):
             if parent_state is None:
                 if type(parent) not in self._tables_by_type and not is_model(parent):
                     continue
+                if self._identity.was_detached(parent):
+                    continue  # let go of here: never added back through a relation
                 parent_state = self._add(parent)
             elif parent_state.status not in _LIVE:
                 continue  # deleted or detached here: never added back through a relation
@@ -1008,22 +1012,45 @@ class AsyncSession(ReadsMixin):
             if state.status in (*_LIVE, Status.DELETED) and state.current() != state.snapshot:
                 state.restore_snapshot()
         removed = self._journal.truncate(mark)
+        detached: dict[int, Any] = {}
         for event in reversed(removed):
-            self._undo(event)
+            self._undo(event, detached)
+        if detached:
+            self._unload_relations_to(detached)
         self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1) if removed else self._cascaded_upto
 
-    def _undo(self, event: AnyEvent) -> None:
+    def _unload_relations_to(self, detached: Mapping[int, Any]) -> None:
+        """Unload the relations of tracked objects that hold an object the
+        undo let go of (``id -> object``): its row went with the rollback, and
+        the foreign keys were restored without it. Reading such a relation
+        then asks for ``include()``, as before it was loaded."""
+        for state in self._identity.states():
+            table = state.table
+            if not table.relations:
+                continue
+            for name, relation in table.relations.items():
+                descriptor = getattr(table.model, name)
+                value = descriptor.raw(state.obj)
+                if relation.many:
+                    held = isinstance(value, list) and any(detached.get(id(item)) is item for item in value)
+                else:
+                    held = value is not None and detached.get(id(value)) is value
+                if held:
+                    descriptor.__set__(state.obj, NOT_LOADED)
+
+    def _undo(self, event: AnyEvent, detached: dict[int, Any]) -> None:
+        """Undo one event in place; objects it lets go of go into ``detached``."""
         by_ref = self._identity.by_ref
         if isinstance(event, Inserted):
             state = by_ref.get(event.ref)
             if state is None:
                 return
-            self._identity.untrack(state)
+            self._identity.detach(state)
+            detached[id(state.obj)] = state.obj
             values = dict(event.values)
             if state.table.primary_key.generated and event.key is None:
                 values[state.table.key_column] = None
             state.set_values(values)
-            state.status = Status.DETACHED
             state.parent_refs = None
             by_ref.pop(event.ref, None)
         elif isinstance(event, (Updated, SoftDeleted, Restored)):
@@ -1040,8 +1067,8 @@ class AsyncSession(ReadsMixin):
             if state is None:
                 return
             if event.old is None:
-                self._identity.untrack(state)
-                state.status = Status.DETACHED
+                self._identity.detach(state)
+                detached[id(state.obj)] = state.obj
                 values = dict(event.values)
                 if state.table.primary_key.generated and event.key is None:
                     values[state.table.key_column] = None
@@ -1227,8 +1254,7 @@ class AsyncSession(ReadsMixin):
             table = state.table
             rows = await connection.fetch(Select(table, Compare(table.key_column, "eq", state.key)))
             if not rows:
-                self._identity.untrack(state)
-                state.status = Status.DETACHED
+                self._identity.detach(state)
                 raise NoResultFound(f"{table.model.__name__} {table.key_column}={state.key!r} no longer exists")
             state.restore_snapshot()
             state.set_values(table.row_dict(tuple(rows[0])))
@@ -1266,8 +1292,7 @@ class AsyncSession(ReadsMixin):
             raise SessionStateError(
                 f"{state.table.model.__name__} ref {state.ref} has unflushed changes; flush or roll back first"
             )
-        self._identity.untrack(state)
-        state.status = Status.DETACHED
+        self._identity.detach(state)
 
     def expunge_all(self) -> None:
         """Stop tracking every object (there must be no unflushed changes,
@@ -1278,8 +1303,7 @@ class AsyncSession(ReadsMixin):
         ):
             raise SessionStateError("the session has unflushed changes; flush or roll back first")
         for state in self._identity.states():
-            self._identity.untrack(state)
-            state.status = Status.DETACHED
+            self._identity.detach(state)
 
     async def merge(self, obj: M) -> M:
         """The tracked object for ``obj``'s key with ``obj``'s column values

@@ -53,6 +53,7 @@ from uow.errors import (
     IntegrityError,
     ModelDefinitionError,
     NoResultFound,
+    RelationNotLoadedError,
     SessionStateError,
     UnsupportedOperationError,
     ValidationError,
@@ -604,6 +605,51 @@ class SessionConformance:
             assert first not in session
             assert [type(e).__name__ for e in session.journal[-2:]] == ["Deleted", "Updated"]
         assert await stored(engine, Post, first.id) is None
+
+    async def test_an_expunged_object_still_referenced_by_a_relation_is_not_inserted_again(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author = User(name="Author", email="author@example.com")
+            first = Post(title="First", slug="first", author=author)
+            second = Post(title="Second", slug="second", author=author)
+            author.posts = [first, second]
+            session.add(author)
+            await session.commit()
+            session.expunge(author)  # still first.author and second.author
+            session.expunge(second)  # still in author.posts
+            first.title = "First, edited"
+            await session.commit()
+            assert author not in session and second not in session
+            assert first.author is author and first.author_id == author.id
+            assert [type(e).__name__ for e in session.journal[-1:]] == ["Updated"]
+            again = await session.get(User, author.id)
+            assert again is not None and again is not author
+        assert await count_rows(engine, User) == 1
+        assert await count_rows(engine, Post) == 2
+
+    async def test_a_rollback_unloads_relations_that_held_objects_it_let_go_of(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author = User(name="Author", email="author@example.com")
+            post = Post(title="Post", slug="post", author=author)
+            author.posts = [post]
+            session.add(author)
+            await session.commit()
+            post.author = User(name="Newcomer", email="new@example.com")
+            author.posts = [Post(title="Added", slug="added")]
+            await session.flush()
+            await session.rollback()
+            assert post.author_id == author.id
+            with pytest.raises(RelationNotLoadedError):
+                post.author  # noqa: B018
+            with pytest.raises(RelationNotLoadedError):
+                author.posts  # noqa: B018
+            post.title = "Kept"
+            await session.commit()  # writes the title, and nothing the rollback undid
+            assert [type(e).__name__ for e in session.journal[-1:]] == ["Updated"]
+        assert await count_rows(engine, User) == 1
+        assert await count_rows(engine, Post) == 1
+        assert (await stored(engine, Post, post.id)).title == "Kept"
 
     async def test_bulk_delete_updates_tracked_children_of_rows_it_never_loaded(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:

@@ -1,0 +1,47 @@
+"""The identity map's memory of objects it let go of (``detach``)."""
+
+from __future__ import annotations
+
+import gc
+from typing import Annotated
+
+from uow.identity import IdentityMap, InstanceState, Status
+from uow.model import Model, PrimaryKey, table_info
+
+
+class Thing(Model, table="identity_things"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    name: str = ""
+
+
+def _tracked(identity: IdentityMap, key: int) -> InstanceState:
+    table = table_info(Thing)
+    thing = Thing(id=key, name=f"thing {key}")
+    state = InstanceState(thing, key, table, table.values_of(thing), Status.PERSISTENT)
+    identity.track(state)
+    return state
+
+
+def test_a_detached_object_is_known_as_such_and_an_untracked_one_is_not() -> None:
+    identity = IdentityMap()
+    state = _tracked(identity, 1)
+
+    identity.detach(state)
+
+    assert state.status is Status.DETACHED
+    assert state.obj not in identity and identity.get(state.table, 1) is None
+    assert identity.was_detached(state.obj)
+    assert not identity.was_detached(Thing(id=1, name="thing 1"))
+
+
+def test_detached_objects_that_are_gone_are_swept_and_live_ones_are_still_known() -> None:
+    identity = IdentityMap()
+    kept = _tracked(identity, 0)
+    identity.detach(kept)
+    for key in range(1, 5000):
+        identity.detach(_tracked(identity, key))  # each object is gone once its state is
+    gc.collect()
+
+    assert len(identity._detached) < 2500  # swept as it grew, not one entry per detach
+    assert identity.was_detached(kept.obj)
+    assert not any(identity.was_detached(Thing(id=key)) for key in range(1, 100))
