@@ -67,7 +67,7 @@ from uow.events import (
 )
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.journal import Journal, JournalView
-from uow.model import NOT_LOADED, Model, TableInfo, is_model, table_info
+from uow.model import NOT_LOADED, Model, RelationInfo, TableInfo, is_model, table_info
 from uow.planner import plan_flush
 from uow.reads import ReadsMixin
 from uow.statements import Select
@@ -1015,28 +1015,39 @@ class AsyncSession(ReadsMixin):
         detached: dict[int, Any] = {}
         for event in reversed(removed):
             self._undo(event, detached)
-        if detached:
-            self._unload_relations_to(detached)
+        self._unload_stale_relations(detached)
         self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1) if removed else self._cascaded_upto
 
-    def _unload_relations_to(self, detached: Mapping[int, Any]) -> None:
-        """Unload the relations of tracked objects that hold an object the
-        undo let go of (``id -> object``): its row went with the rollback, and
-        the foreign keys were restored without it. Reading such a relation
-        then asks for ``include()``, as before it was loaded."""
+    def _unload_stale_relations(self, detached: Mapping[int, Any]) -> None:
+        """After an undo, unload each relation of a tracked object that no
+        longer matches what the journal restored: a many-to-one relation whose
+        object does not have the key its foreign key holds (assigned or moved
+        in the undone part, or a new row the undo let go of), and a one-to-many
+        list holding an object the undo let go of (``detached``: id ->
+        object). A flush would otherwise write the undone link again. Reading
+        such a relation asks for ``include()``, as before it was loaded."""
+        descriptors: dict[TableInfo, list[tuple[Any, RelationInfo]]] = {}
         for state in self._identity.states():
             table = state.table
             if not table.relations:
                 continue
-            for name, relation in table.relations.items():
-                descriptor = getattr(table.model, name)
-                value = descriptor.raw(state.obj)
+            relations = descriptors.get(table)
+            if relations is None:
+                relations = descriptors[table] = [(getattr(table.model, n), r) for n, r in table.relations.items()]
+            obj = state.obj
+            for descriptor, relation in relations:
+                value = descriptor.raw(obj)
+                if value is None or value is NOT_LOADED:
+                    continue
+                stale = False
                 if relation.many:
-                    held = isinstance(value, list) and any(detached.get(id(item)) is item for item in value)
-                else:
-                    held = value is not None and detached.get(id(value)) is value
-                if held:
-                    descriptor.__set__(state.obj, NOT_LOADED)
+                    stale = isinstance(value, list) and any(detached.get(id(item)) is item for item in value)
+                elif relation.local_column is not None:
+                    key = getattr(value, table_info(type(value)).key_column)
+                    linked = key is not None and key == getattr(obj, relation.local_column)
+                    stale = detached.get(id(value)) is value or not linked
+                if stale:
+                    descriptor.__set__(obj, NOT_LOADED)
 
     def _undo(self, event: AnyEvent, detached: dict[int, Any]) -> None:
         """Undo one event in place; objects it lets go of go into ``detached``."""

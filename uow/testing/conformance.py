@@ -651,6 +651,28 @@ class SessionConformance:
         assert await count_rows(engine, Post) == 1
         assert (await stored(engine, Post, post.id)).title == "Kept"
 
+    async def test_a_rolled_back_move_to_another_parent_is_not_written_again(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            first = User(name="First", email="first@example.com")
+            second = User(name="Second", email="second@example.com")
+            post = Post(title="Moves", slug="moves", author=first)
+            session.add_all([post, second])
+            await session.commit()
+            post.author = second
+            await session.flush()
+            await session.rollback()  # the move was flushed, then undone
+            assert post.author_id == first.id
+            async with session.begin_nested() as savepoint:
+                post.author = second  # assigned, not flushed
+                await savepoint.rollback()
+            assert post.author_id == first.id
+            with pytest.raises(RelationNotLoadedError):
+                post.author  # noqa: B018
+            await session.commit()
+            post.author = second  # assigning it again moves it
+            await session.commit()
+        assert (await stored(engine, Post, post.id)).author_id == second.id
+
     async def test_bulk_delete_updates_tracked_children_of_rows_it_never_loaded(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author = User(name="Author", email="author@example.com", age=9)
