@@ -67,7 +67,7 @@ from uow.events import (
 )
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.journal import Journal, JournalView
-from uow.model import NOT_LOADED, Model, RelationInfo, TableInfo, is_model, table_info
+from uow.model import NOT_LOADED, Model, TableInfo, is_model, table_info
 from uow.planner import plan_flush
 from uow.reads import ReadsMixin
 from uow.statements import Select
@@ -1026,28 +1026,38 @@ class AsyncSession(ReadsMixin):
         list holding an object the undo let go of (``detached``: id ->
         object). A flush would otherwise write the undone link again. Reading
         such a relation asks for ``include()``, as before it was loaded."""
-        descriptors: dict[TableInfo, list[tuple[Any, RelationInfo]]] = {}
-        for state in self._identity.states():
+        # per table: (reader of the raw value, relation name, foreign-key column
+        # of a many-to-one relation or None for a list, the target's key column)
+        checks: dict[TableInfo, list[tuple[Callable[[Any], Any], str, str | None, str]]] = {}
+        for state in self._identity.by_obj.values():  # not changed here: no copy needed
             table = state.table
             if not table.relations:
                 continue
-            relations = descriptors.get(table)
+            relations = checks.get(table)
             if relations is None:
-                relations = descriptors[table] = [(getattr(table.model, n), r) for n, r in table.relations.items()]
+                relations = checks[table] = [
+                    (
+                        getattr(table.model, name).reader,
+                        name,
+                        None if relation.many else relation.local_column,
+                        table_info(relation.target).key_column,
+                    )
+                    for name, relation in table.relations.items()
+                ]
             obj = state.obj
-            for descriptor, relation in relations:
-                value = descriptor.raw(obj)
+            for read, name, column, target_key in relations:
+                value = read(obj)
                 if value is None or value is NOT_LOADED:
                     continue
-                stale = False
-                if relation.many:
-                    stale = isinstance(value, list) and any(detached.get(id(item)) is item for item in value)
-                elif relation.local_column is not None:
-                    key = getattr(value, table_info(type(value)).key_column)
-                    linked = key is not None and key == getattr(obj, relation.local_column)
-                    stale = detached.get(id(value)) is value or not linked
+                if column is None:
+                    stale = bool(detached) and isinstance(value, list) and any(detached.get(id(v)) is v for v in value)
+                else:
+                    key = getattr(value, target_key, None)
+                    stale = key is None or key != getattr(obj, column)
+                    if detached and not stale:
+                        stale = detached.get(id(value)) is value
                 if stale:
-                    descriptor.__set__(obj, NOT_LOADED)
+                    setattr(obj, name, NOT_LOADED)
 
     def _undo(self, event: AnyEvent, detached: dict[int, Any]) -> None:
         """Undo one event in place; objects it lets go of go into ``detached``."""
