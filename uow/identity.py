@@ -236,9 +236,8 @@ class IdentityMap:
         self.unindex_key(state, state.snapshot[state.table.key_index])
 
     def detach(self, state: InstanceState) -> None:
-        """Stop tracking an object for good (expunged, its row gone, or its
-        insert rolled back): :meth:`was_detached` tells it apart from an
-        object never tracked."""
+        """Stop tracking an object for good (expunged, or its row gone):
+        :meth:`was_detached` tells it apart from an object never tracked."""
         self.untrack(state)
         state.status = Status.DETACHED
         detached = self._detached

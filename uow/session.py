@@ -421,7 +421,11 @@ class AsyncSession(ReadsMixin):
                 if type(parent) not in self._tables_by_type and not is_model(parent):
                     continue
                 if self._identity.was_detached(parent):
-                    continue  # let go of here: never added back through a relation
+                    # expunged here: its row is linked, never inserted again
+                    key = self._table_of(parent).key_of(parent)
+                    if key is not None:
+                        setattr(obj, column, key)
+                    continue
                 parent_state = self._add(parent, None, at)
             elif parent_state.status not in _LIVE:
                 continue  # deleted or detached here: never added back through a relation
@@ -569,7 +573,13 @@ class AsyncSession(ReadsMixin):
                 if type(parent) not in self._tables_by_type and not is_model(parent):
                     continue
                 if self._identity.was_detached(parent):
-                    continue  # let go of here: never added back through a relation
+                    # expunged here: its row is linked, never inserted again
+                    key = self._table_of(parent).key_of(parent)
+                    if key is not None and getattr(obj, column) != key:
+                        setattr(obj, column, key)
+                        if state.parent_refs:
+                            state.parent_refs.pop(column, None)
+                    continue
                 parent_state = self._add(parent)
             elif parent_state.status not in _LIVE:
                 continue  # deleted or detached here: never added back through a relation
@@ -1066,7 +1076,9 @@ class AsyncSession(ReadsMixin):
             state = by_ref.get(event.ref)
             if state is None:
                 return
-            self._identity.detach(state)
+            # untracked, not detached for good: adding it again (a retry) inserts it
+            self._identity.untrack(state)
+            state.status = Status.DETACHED
             detached[id(state.obj)] = state.obj
             values = dict(event.values)
             if state.table.primary_key.generated and event.key is None:
@@ -1088,7 +1100,8 @@ class AsyncSession(ReadsMixin):
             if state is None:
                 return
             if event.old is None:
-                self._identity.detach(state)
+                self._identity.untrack(state)
+                state.status = Status.DETACHED
                 detached[id(state.obj)] = state.obj
                 values = dict(event.values)
                 if state.table.primary_key.generated and event.key is None:

@@ -651,6 +651,37 @@ class SessionConformance:
         assert await count_rows(engine, Post) == 1
         assert (await stored(engine, Post, post.id)).title == "Kept"
 
+    async def test_a_child_and_its_new_parent_added_again_after_a_rollback_are_both_inserted(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author = User(name="Author", email=alice.email)  # taken: the flush fails
+            post = Post(title="Retried", slug="retried", author=author)
+            session.add(post)
+            with pytest.raises(IntegrityError):
+                await session.flush()
+            await session.rollback()
+            author.email = "author@example.com"
+            session.add(post)  # the retry brings its author along again
+            await session.commit()
+            assert author.id is not None and post.author_id == author.id
+        assert (await stored(engine, Post, post.id)).author_id == author.id
+
+    async def test_assigning_an_expunged_object_links_its_row_without_inserting_it(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            other = await session.get_one(User, alice.id)
+            session.expunge(other)
+            post = Post(title="Linked", slug="linked")
+            session.add(post)
+            await session.commit()
+            post.author = other  # forgotten by the session, but its row is there
+            await session.commit()
+            assert post.author_id == alice.id and other not in session
+        assert await count_rows(engine, User) == 1
+        assert (await stored(engine, Post, post.id)).author_id == alice.id
+
     async def test_a_rolled_back_move_to_another_parent_is_not_written_again(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             first = User(name="First", email="first@example.com")
