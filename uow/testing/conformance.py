@@ -95,6 +95,18 @@ async def count_rows(engine: uow.Engine, model: type[Model], **filters: Any) -> 
         return count
 
 
+async def _committed_author_with_two_posts(session: AsyncSession) -> tuple[User, Post, Post]:
+    """An author whose ``posts`` list holds both posts, each pointing back
+    through ``author``, added and committed in ``session``."""
+    author = User(name="Author", email="author@example.com")
+    first = Post(title="First", slug="first", author=author)
+    second = Post(title="Second", slug="second", author=author)
+    author.posts = [first, second]
+    session.add(author)
+    await session.commit()
+    return author, first, second
+
+
 def _raw_placeholder(engine: uow.Engine, position: int) -> str:
     return f"${position}" if engine.adapter.paramstyle == "numeric" else "?"
 
@@ -592,12 +604,7 @@ class SessionConformance:
         self, engine: uow.Engine
     ) -> None:
         async with AsyncSession(engine) as session:
-            author = User(name="Author", email="author@example.com")
-            first = Post(title="First", slug="first", author=author)
-            second = Post(title="Second", slug="second", author=author)
-            author.posts = [first, second]
-            session.add(author)
-            await session.commit()
+            _, first, second = await _committed_author_with_two_posts(session)
             session.delete(first)  # still in author.posts
             await session.commit()
             second.title = "Second, edited"
@@ -610,12 +617,7 @@ class SessionConformance:
         self, engine: uow.Engine
     ) -> None:
         async with AsyncSession(engine) as session:
-            author = User(name="Author", email="author@example.com")
-            first = Post(title="First", slug="first", author=author)
-            second = Post(title="Second", slug="second", author=author)
-            author.posts = [first, second]
-            session.add(author)
-            await session.commit()
+            author, first, second = await _committed_author_with_two_posts(session)
             session.expunge(author)  # still first.author and second.author
             session.expunge(second)  # still in author.posts
             first.title = "First, edited"
