@@ -428,7 +428,7 @@ class AsyncSession(ReadsMixin):
                     continue
                 parent_state = self._add(parent, None, at)
             elif parent_state.status not in _LIVE:
-                continue  # deleted or detached here: never added back through a relation
+                self._refuse_deleted_parent(table, column, parent_state)
             parent_key = parent_state.snapshot[parent_state.table.key_index]
             if parent_key is not None:
                 setattr(obj, column, parent_key)
@@ -438,6 +438,33 @@ class AsyncSession(ReadsMixin):
                     waiting = {}
                 waiting[column] = parent_state.ref
         return waiting
+
+    def _refuse_deleted_parent(self, table: TableInfo, column: str, parent_state: InstanceState) -> None:
+        name = next(n for n, r in table.relations.items() if not r.many and r.local_column == column)
+        parent = parent_state.table
+        raise SessionStateError(
+            f"{table.model.__name__}.{name} holds {parent.model.__name__} "
+            f"{parent.key_column}={parent_state.key!r}, which is deleted in this session; "
+            "assign a live object or None"
+        )
+
+    def _refuse_new_children(self, state: InstanceState) -> None:
+        """Refuse new objects in a one-to-many list of an object deleted in
+        this session: they would point at a row that is going away."""
+        identity = self._identity
+        for column, read_children in state.table.child_relations:
+            children = read_children(state.obj)
+            if not isinstance(children, (list, tuple)):
+                continue
+            for child in children:
+                if identity.state_of(child) is None and not identity.was_detached(child) and is_model(child):
+                    table = state.table
+                    name = next(n for n, r in table.relations.items() if r.many and r.remote_column == column)
+                    raise SessionStateError(
+                        f"a new {type(child).__name__} is in {table.model.__name__}.{name} of "
+                        f"{table.model.__name__} {table.key_column}={state.key!r}, which is deleted in this "
+                        "session; add it to a live object instead"
+                    )
 
     def _add_children(self, obj: Any, table: TableInfo, state: InstanceState, at: dt.datetime | None = None) -> None:
         """Add new children listed in one-to-many relations, linked to ``obj``."""
@@ -474,7 +501,7 @@ class AsyncSession(ReadsMixin):
         at = _utc_now(_UTC)
         table = state.table
         if table.relations:
-            self._sync_relations(state)
+            self._sync_relations(state, deleting=True)
         now = table.values_of(state.obj)
         if now != state.snapshot:
             self._record_assigned(state, now, at)
@@ -557,9 +584,11 @@ class AsyncSession(ReadsMixin):
             event = event_type(seq=seq, at=at, table=table.name, ref=state.ref, key=state.key, old=old, new=new)
         self._record(event, state)
 
-    def _sync_relations(self, state: InstanceState) -> None:
+    def _sync_relations(self, state: InstanceState, *, deleting: bool = False) -> None:
         """Add new objects assigned to the relations of ``state.obj`` (a table
-        with relations) and bring its foreign keys in line with its parents."""
+        with relations) and bring its foreign keys in line with its parents.
+        ``deleting``: the object is being deleted, so a relation holding a
+        deleted object is left alone rather than refused."""
         table = state.table
         obj = state.obj
         if table.child_relations:
@@ -582,7 +611,11 @@ class AsyncSession(ReadsMixin):
                     continue
                 parent_state = self._add(parent)
             elif parent_state.status not in _LIVE:
-                continue  # deleted or detached here: never added back through a relation
+                # deleted here: a child it already had is left to the foreign key's
+                # on_delete; pointing a live object at it is refused
+                if not deleting and getattr(obj, column) != parent_state.snapshot[parent_state.table.key_index]:
+                    self._refuse_deleted_parent(table, column, parent_state)
+                continue
             parent_key = parent_state.snapshot[parent_state.table.key_index]
             if parent_key is not None:
                 if getattr(obj, column) != parent_key:
@@ -603,6 +636,8 @@ class AsyncSession(ReadsMixin):
             # most states are unchanged: for those the work is one tuple comparison
             # (done in C), plus the relations of tables that have some
             if state.status not in _LIVE:
+                if state.table.child_relations:
+                    self._refuse_new_children(state)
                 continue
             table = state.table
             if table.relations:
@@ -702,9 +737,22 @@ class AsyncSession(ReadsMixin):
                         setattr(state.obj, fk.column, None)
                         if state.parent_refs:
                             state.parent_refs.pop(fk.column, None)
+                        self._unlink_deleted_parents(state, fk.column)
             deleted_keys, deleted_refs = next_keys, next_refs
         if self._journal.pending:
             self._cascaded_upto = self._journal.pending[-1].seq
+
+    def _unlink_deleted_parents(self, state: InstanceState, column: str) -> None:
+        """Set to ``None`` the many-to-one relations through ``column`` that
+        hold an object deleted in this session (its ``set null`` took effect)."""
+        table = state.table
+        for name, relation in table.relations.items():
+            if relation.many or relation.local_column != column:
+                continue
+            parent = getattr(table.model, name).reader(state.obj)
+            parent_state = self._identity.state_of(parent)
+            if parent_state is not None and parent_state.status not in _LIVE:
+                setattr(state.obj, name, None)
 
     # --- flush --------------------------------------------------------------------
 

@@ -706,6 +706,58 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, Post, post.id)).author_id == second.id
 
+    async def test_a_relation_pointing_a_live_object_at_a_deleted_one_is_refused_before_anything_is_written(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, _ = await _committed_author_with_two_posts(session)
+            other = User(name="Other", email="other@example.com")
+            session.add(other)
+            await session.commit()
+            first.author = other
+            session.delete(other)  # after the move was assigned, before it was flushed
+            with pytest.raises(SessionStateError, match=r"Post.author holds User id=.*deleted in this session"):
+                await session.flush()
+            first.author = author  # the move is given up: the delete goes ahead
+            await session.flush()
+            assert other not in session
+            first.author = other  # deleted and flushed
+            with pytest.raises(SessionStateError, match="deleted in this session"):
+                await session.flush()
+            first.author = author
+            with pytest.raises(SessionStateError, match="deleted in this session"):
+                session.add(Post(title="Orphan", slug="orphan", author=other))
+            await session.commit()
+        assert await stored(engine, User, other.id) is None
+        assert (await stored(engine, Post, first.id)).author_id == author.id
+        assert await count_rows(engine, Post) == 2
+
+    async def test_a_new_child_in_the_list_of_a_deleted_object_is_refused(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second = await _committed_author_with_two_posts(session)
+            session.delete(author)  # its posts go with it
+            author.posts.append(Post(title="Late", slug="late"))
+            with pytest.raises(SessionStateError, match=r"new Post is in User.posts of User id=.*deleted"):
+                await session.commit()
+            author.posts.pop()
+            await session.commit()
+            assert first not in session and second not in session
+        assert await stored(engine, User, author.id) is None
+        assert await count_rows(engine, Post) == 0
+
+    async def test_set_null_on_delete_also_empties_the_relation(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            reviewer = await session.get_one(User, alice.id)
+            review = Review(stars=3, reviewer=reviewer)
+            session.add(review)
+            await session.flush()
+            assert review.reviewer_id == alice.id
+            session.delete(reviewer)
+            await session.commit()
+            assert review.reviewer is None and review.reviewer_id is None
+        saved = await stored(engine, Review, review.id)
+        assert saved is not None and saved.reviewer_id is None
+
     async def test_bulk_delete_updates_tracked_children_of_rows_it_never_loaded(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author = User(name="Author", email="author@example.com", age=9)

@@ -46,6 +46,7 @@ class Review(Model, table="conformance_reviews", kw_only=True):
     id: Annotated[int | None, PrimaryKey()] = None
     reviewer_id: Annotated[int | None, ForeignKey(User, on_delete="set null")] = None
     stars: int = 0
+    reviewer: User | None = relation("reviewer_id")
 
 
 class Category(Model, table="conformance_categories", kw_only=True):
