@@ -45,3 +45,18 @@ def test_detached_objects_that_are_gone_are_swept_and_live_ones_are_still_known(
     assert len(identity._detached) < 2500  # swept as it grew, not one entry per detach
     assert identity.was_detached(kept.obj)
     assert not any(identity.was_detached(Thing(id=key)) for key in range(1, 100))
+
+
+def test_an_object_let_go_after_its_delete_is_known_as_deleted_not_as_detached() -> None:
+    identity = IdentityMap()
+    deleted = _tracked(identity, 1)
+    deleted.status = Status.GONE  # its delete was flushed
+    expunged = _tracked(identity, 2)
+
+    identity.detach(deleted)
+    identity.detach(expunged)
+
+    assert identity.was_deleted(deleted.obj) and not identity.was_detached(deleted.obj)
+    assert identity.was_detached(expunged.obj) and not identity.was_deleted(expunged.obj)
+    assert identity.was_let_go(deleted.obj) and identity.was_let_go(expunged.obj)
+    assert not identity.was_let_go(Thing(id=1))

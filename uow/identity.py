@@ -107,7 +107,43 @@ class InstanceState(msgspec.Struct, gc=False, eq=False):
 
 
 _SWEEP_FLOOR = 1024
-"""Detached objects remembered before the first sweep of dead entries."""
+"""Objects remembered before the first sweep of dead entries."""
+
+
+class _LetGo:
+    """Objects by identity, held weakly: the ones the identity map let go of
+    for one reason. An entry whose object is gone is dead: it can never match,
+    even when the id is reused, and dead entries are swept out in one pass
+    once the dict has doubled since the last sweep (no callback per object:
+    that doubles the cost of letting one go)."""
+
+    __slots__ = ("refs", "_sweep_at")
+
+    def __init__(self) -> None:
+        self.refs: dict[int, weakref.ref[Any]] = {}
+        self._sweep_at = _SWEEP_FLOOR
+
+    def add(self, obj: Any) -> None:
+        refs = self.refs
+        refs[id(obj)] = weakref.ref(obj)
+        if len(refs) >= self._sweep_at:
+            self.refs = {key: ref for key, ref in refs.items() if ref() is not None}
+            self._sweep_at = max(_SWEEP_FLOOR, 2 * len(self.refs))
+
+    def discard(self, obj: Any) -> None:
+        found = self.refs.get(id(obj))
+        if found is not None and found() is obj:
+            del self.refs[id(obj)]
+
+    def __contains__(self, obj: Any) -> bool:
+        found = self.refs.get(id(obj))
+        return found is not None and found() is obj
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def clear(self) -> None:
+        self.refs.clear()
 
 
 class IdentityMap:
@@ -122,7 +158,7 @@ class IdentityMap:
     read never cost an entry.
     """
 
-    __slots__ = ("by_ref", "by_obj", "_by_key", "_detached", "_detached_sweep_at")
+    __slots__ = ("by_ref", "by_obj", "_by_key", "_detached", "_deleted")
 
     def __init__(self) -> None:
         self.by_ref: dict[int, InstanceState] = {}
@@ -130,12 +166,10 @@ class IdentityMap:
         self.by_obj: dict[int, InstanceState] = {}
         """id(object) -> state, for every tracked object (:meth:`state_of` reads it)."""
         self._by_key: dict[TableInfo, dict[Any, InstanceState]] = {}
-        self._detached: dict[int, weakref.ref[Any]] = {}
-        """id(object) -> weak reference, for the objects :meth:`detach` let go
-        of. An entry whose object is gone is dead: it can never match, even
-        when the id is reused, and dead entries are swept out in one pass once
-        the dict has doubled since the last sweep."""
-        self._detached_sweep_at = _SWEEP_FLOOR
+        self._detached = _LetGo()
+        """Objects :meth:`detach` let go of while their rows exist (expunged)."""
+        self._deleted = _LetGo()
+        """Objects :meth:`detach` let go of after their rows were deleted."""
 
     def state_of(self, obj: Any) -> InstanceState | None:
         """The state of a tracked object, or ``None``."""
@@ -236,23 +270,34 @@ class IdentityMap:
         self.unindex_key(state, state.snapshot[state.table.key_index])
 
     def detach(self, state: InstanceState) -> None:
-        """Stop tracking an object for good (expunged, or its row gone):
-        :meth:`was_detached` tells it apart from an object never tracked."""
+        """Stop tracking an object for good (expunged, its row gone, or its
+        delete committed): :meth:`was_detached` and :meth:`was_deleted` tell it
+        apart from an object never tracked."""
+        deleted = state.status is Status.GONE
         self.untrack(state)
         state.status = Status.DETACHED
-        detached = self._detached
-        detached[id(state.obj)] = weakref.ref(state.obj)
-        if len(detached) >= self._detached_sweep_at:
-            # no callback per object (that doubles the cost of an expunge):
-            # dead entries are dropped in one pass, amortized over the detaches
-            self._detached = {key: ref for key, ref in detached.items() if ref() is not None}
-            self._detached_sweep_at = max(_SWEEP_FLOOR, 2 * len(self._detached))
+        obj = state.obj
+        if deleted:
+            self._detached.discard(obj)
+            self._deleted.add(obj)
+        else:
+            self._deleted.discard(obj)
+            self._detached.add(obj)
 
     def was_detached(self, obj: Any) -> bool:
-        """Whether ``obj`` is an object this map let go of (and not tracked
-        since): relations must not add it back as a new row."""
-        found = self._detached.get(id(obj))
-        return found is not None and found() is obj
+        """Whether ``obj`` is an object this map let go of while its row exists
+        (and not tracked since): relations link its row, never add it back as a
+        new row."""
+        return obj in self._detached
+
+    def was_let_go(self, obj: Any) -> bool:
+        """:meth:`was_detached` or :meth:`was_deleted`."""
+        return obj in self._detached or obj in self._deleted
+
+    def was_deleted(self, obj: Any) -> bool:
+        """Whether ``obj`` is an object this map let go of once its row was
+        deleted (and not tracked since): relations must not point at it."""
+        return obj in self._deleted
 
     def states(self) -> Iterator[InstanceState]:
         """Every tracked state (not the ones only kept for undo)."""
@@ -274,6 +319,7 @@ class IdentityMap:
         self.by_obj.clear()
         self._by_key.clear()
         self._detached.clear()
+        self._deleted.clear()
 
 
 __all__ = ["IdentityMap", "InstanceState", "Status"]

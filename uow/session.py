@@ -179,6 +179,10 @@ class AsyncSession(ReadsMixin):
         self._new_ref: Callable[[], int] = itertools.count(1).__next__
         """The ref for the next tracked row (a bound C method: reads call it per row)."""
         self._adding: dict[int, int] = {}
+        self._gone: list[InstanceState] = []
+        """States whose delete this transaction flushed."""
+        self._committed_gone: list[InstanceState] = []
+        """States whose delete is committed: the next flush lets them go."""
         self._busy: str | None = None
         self._cascaded_upto = 0
         self._context_tokens: list[contextvars.Token[AsyncSession | None]] = []
@@ -291,6 +295,8 @@ class AsyncSession(ReadsMixin):
 
     def _state(self, obj: Any) -> InstanceState:
         state = self._identity.state_of(obj)
+        if state is None and self._identity.was_deleted(obj):
+            raise DetachedInstanceError(f"{type(obj).__name__} {obj!r} is deleted in this session")
         if state is None or state.status is Status.DETACHED:
             raise DetachedInstanceError(
                 f"{type(obj).__name__} {obj!r} is not tracked by this session; add() it, or get() it first"
@@ -426,9 +432,11 @@ class AsyncSession(ReadsMixin):
                     if key is not None:
                         setattr(obj, column, key)
                     continue
+                if self._identity.was_deleted(parent):
+                    self._refuse_deleted_parent(table, column, parent)
                 parent_state = self._add(parent, None, at)
             elif parent_state.status not in _LIVE:
-                self._refuse_deleted_parent(table, column, parent_state)
+                self._refuse_deleted_parent(table, column, parent)
             parent_key = parent_state.snapshot[parent_state.table.key_index]
             if parent_key is not None:
                 setattr(obj, column, parent_key)
@@ -439,12 +447,12 @@ class AsyncSession(ReadsMixin):
                 waiting[column] = parent_state.ref
         return waiting
 
-    def _refuse_deleted_parent(self, table: TableInfo, column: str, parent_state: InstanceState) -> None:
+    def _refuse_deleted_parent(self, table: TableInfo, column: str, parent: Any) -> None:
         name = next(n for n, r in table.relations.items() if not r.many and r.local_column == column)
-        parent = parent_state.table
+        parent_table = self._table_of(parent)
         raise SessionStateError(
-            f"{table.model.__name__}.{name} holds {parent.model.__name__} "
-            f"{parent.key_column}={parent_state.key!r}, which is deleted in this session; "
+            f"{table.model.__name__}.{name} holds {parent_table.model.__name__} "
+            f"{parent_table.key_column}={parent_table.key_of(parent)!r}, which is deleted in this session; "
             "assign a live object or None"
         )
 
@@ -457,7 +465,7 @@ class AsyncSession(ReadsMixin):
             if not isinstance(children, (list, tuple)):
                 continue
             for child in children:
-                if identity.state_of(child) is None and not identity.was_detached(child) and is_model(child):
+                if identity.state_of(child) is None and is_model(child) and not identity.was_let_go(child):
                     table = state.table
                     name = next(n for n, r in table.relations.items() if r.many and r.remote_column == column)
                     raise SessionStateError(
@@ -473,7 +481,7 @@ class AsyncSession(ReadsMixin):
             if not isinstance(children, (list, tuple)):
                 continue
             for child in children:
-                if self._identity.state_of(child) is not None or self._identity.was_detached(child):
+                if self._identity.state_of(child) is not None or self._identity.was_let_go(child):
                     continue
                 if state.key is not None:
                     setattr(child, column, state.key)
@@ -609,12 +617,16 @@ class AsyncSession(ReadsMixin):
                         if state.parent_refs:
                             state.parent_refs.pop(column, None)
                     continue
+                if self._identity.was_deleted(parent):  # its delete is committed
+                    if not deleting and getattr(obj, column) != self._table_of(parent).key_of(parent):
+                        self._refuse_deleted_parent(table, column, parent)
+                    continue
                 parent_state = self._add(parent)
             elif parent_state.status not in _LIVE:
                 # deleted here: a child it already had is left to the foreign key's
                 # on_delete; pointing a live object at it is refused
                 if not deleting and getattr(obj, column) != parent_state.snapshot[parent_state.table.key_index]:
-                    self._refuse_deleted_parent(table, column, parent_state)
+                    self._refuse_deleted_parent(table, column, parent)
                 continue
             parent_key = parent_state.snapshot[parent_state.table.key_index]
             if parent_key is not None:
@@ -630,6 +642,8 @@ class AsyncSession(ReadsMixin):
 
     def _collect_changes(self) -> None:
         """Record cascades and every assignment since the last flush."""
+        if self._committed_gone:
+            self._let_go_of_committed_deletes()
         self._cascade_deletes()
         at = _utc_now(_UTC)  # the assignments found here are all recorded at this moment
         for state in self._identity.states():
@@ -645,6 +659,16 @@ class AsyncSession(ReadsMixin):
             now = table.values_of(state.obj)
             if now != state.snapshot:
                 self._record_assigned(state, now, at)
+
+    def _let_go_of_committed_deletes(self) -> None:
+        """Stop tracking the objects whose delete is committed: they are only
+        remembered (weakly), so relations never point at them. Done at the next
+        flush rather than at commit, as most sessions end after their commit."""
+        detach = self._identity.detach
+        for state in self._committed_gone:
+            if state.status is _GONE:
+                detach(state)
+        self._committed_gone.clear()
 
     def _record_assigned(self, state: InstanceState, now: tuple[Any, ...], at: dt.datetime) -> None:
         """Record the columns assigned on ``state.obj`` since its snapshot, as
@@ -963,6 +987,7 @@ class AsyncSession(ReadsMixin):
         identity = self._identity
         by_ref = identity.by_ref
         generated_keys = self._journal.generated_keys
+        gone = self._gone
         generated_keys.update(outcome.generated)
         identity.settle_keys(outcome.generated)
         # one pass over the events: a status set here (pending -> persistent,
@@ -984,6 +1009,7 @@ class AsyncSession(ReadsMixin):
                 if state is not None and state.status is _DELETED:
                     state.status = _GONE  # still known by object, so relations do not add it back
                     identity.unindex_key(state, state.snapshot[state.table.key_index])
+                    gone.append(state)
             elif type(event) is Updated and event.parent_refs:
                 state = by_ref.get(event.ref)
                 if state is not None and state.parent_refs:
@@ -1029,6 +1055,7 @@ class AsyncSession(ReadsMixin):
                     self._reset_transaction()
                     raise
                 self._in_tx = False
+        self._committed_gone.extend(self._gone)
         committed = self._journal.events()[self._tx_start :]
         self._reset_transaction()
         await self._drop_connection()
@@ -1039,6 +1066,7 @@ class AsyncSession(ReadsMixin):
         self._tx_start = self._journal.mark
         self._tx_writes = False
         self._savepoints.clear()
+        self._gone.clear()
         # nothing can be undone past this point: states need not be found by ref any more
         self._identity.by_ref.clear()
 
@@ -1708,6 +1736,7 @@ class AsyncSession(ReadsMixin):
             for state in matched:
                 state.status = Status.GONE
                 self._identity.unindex_key(state, state.key)
+            self._gone.extend(matched)
             self._cascade({table.name: deleted_keys}, set())
             self._collect_changes()  # the set-null assignments, before the bulk event
             event = BulkDeleted(

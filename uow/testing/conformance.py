@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import gc
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -728,9 +730,35 @@ class SessionConformance:
             with pytest.raises(SessionStateError, match="deleted in this session"):
                 session.add(Post(title="Orphan", slug="orphan", author=other))
             await session.commit()
+            first.author = other  # its delete is committed: no longer tracked, still refused
+            with pytest.raises(SessionStateError, match="deleted in this session"):
+                await session.commit()
+            first.author = author
+            await session.commit()
         assert await stored(engine, User, other.id) is None
         assert (await stored(engine, Post, first.id)).author_id == author.id
         assert await count_rows(engine, Post) == 2
+
+    async def test_a_session_lets_go_of_the_objects_whose_delete_it_committed(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second = await _committed_author_with_two_posts(session)
+            session.delete(first)
+            await session.flush()
+            await session.rollback()  # a rolled-back delete keeps the object tracked
+            assert first in session
+            session.delete(first)
+            await session.commit()
+            assert first not in session and len(session) == 2
+            second.title = "Second, edited"
+            await session.commit()  # a long session: its next flush lets the deleted post go
+            with pytest.raises(SessionStateError, match="deleted in this session"):
+                session.delete(first)
+            author.posts.remove(first)
+            released = weakref.ref(first)
+            del first
+            gc.collect()
+            assert released() is None  # the session holds no reference to it
+        assert await count_rows(engine, Post) == 1
 
     async def test_a_new_child_in_the_list_of_a_deleted_object_is_refused(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
