@@ -2,7 +2,8 @@
 
 The machine runs one random sequence of session operations (add, assignment,
 moving a child to another parent through its relation, delete, soft delete,
-flush, commit, rollback, savepoints, a refused flush) on a
+flush, commit, rollback, savepoints, a refused flush, a refused move to a
+deleted parent) on a
 session per database URL, in lockstep, and after every step checks that:
 
 - each tracked object holds the values the machine expects (the identity map
@@ -35,7 +36,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import uow
-from uow.errors import IntegrityError
+from uow.errors import IntegrityError, SessionStateError
 from uow.journal import replay
 from uow.model import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, relation, table_info
 from uow.statements import Select
@@ -72,6 +73,8 @@ class _Expected:
         self.values = values
         self.owner = owner
         self.live = True
+        self.deleted = False
+        """Deleted in the session (not an insert a rollback undid)."""
         self.cascaded = False
         """Deleted with its owner; the session cascades at the next flush."""
         self.flushed_values = dict(values)
@@ -219,11 +222,38 @@ class DifferentialMachine(RuleBasedStateMachine):
 
         self._each(move)
 
+    @precondition(lambda self: bool(self._live("item")) and any(e.deleted for e in self.expected))
+    @rule(data=st.data())
+    def refused_move_to_deleted_owner(self, data: st.DataObject) -> None:
+        """Pointing an item at an owner deleted in the session (pending,
+        flushed or committed) is refused at flush; putting its owner back lets
+        the next flush through."""
+        index = data.draw(st.sampled_from(self._live("item")))
+        deleted = [i for i, e in enumerate(self.expected) if e.deleted]
+        owner_index = data.draw(st.sampled_from(deleted))
+        kept_owner = self.expected[index].owner
+        self._flushed()
+
+        async def refuse(i: int, session: uow.AsyncSession) -> None:
+            item = self.objects[i][index]
+            item.owner = self.objects[i][owner_index]
+            try:
+                await session.flush()
+            except SessionStateError as exc:
+                assert "deleted in this session" in str(exc), exc
+            else:
+                raise AssertionError(f"{self.urls[i]}: an item was pointed at a deleted owner")
+            item.owner = None if kept_owner is None else self.objects[i][kept_owner]
+            await session.flush()
+
+        self._each(refuse)
+
     @precondition(lambda self: bool(self._live("owner")))
     @rule(data=st.data())
     def delete_owner(self, data: st.DataObject) -> None:
         index = data.draw(st.sampled_from(self._live("owner")))
         self.expected[index].live = False
+        self.expected[index].deleted = True
         for entry in self.expected:
             if entry.kind == "item" and entry.owner == index and entry.live:
                 entry.live = False
