@@ -290,6 +290,12 @@ class IdentityMap:
         new row."""
         return obj in self._detached
 
+    def forget_let_go(self, obj: Any) -> None:
+        """No longer remember ``obj`` as let go of: it was tracked again, and
+        the insert that tracked it was undone (adding it again inserts it)."""
+        self._detached.discard(obj)
+        self._deleted.discard(obj)
+
     def was_let_go(self, obj: Any) -> bool:
         """:meth:`was_detached` or :meth:`was_deleted`."""
         return obj in self._detached or obj in self._deleted

@@ -1154,6 +1154,7 @@ class AsyncSession(ReadsMixin):
                 return
             # untracked, not detached for good: adding it again (a retry) inserts it
             self._identity.untrack(state)
+            self._identity.forget_let_go(state.obj)
             state.status = Status.DETACHED
             detached[id(state.obj)] = state.obj
             values = dict(event.values)

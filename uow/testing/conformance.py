@@ -760,6 +760,28 @@ class SessionConformance:
             assert released() is None  # the session holds no reference to it
         assert await count_rows(engine, Post) == 1
 
+    async def test_an_object_deleted_and_added_again_is_retried_like_any_new_one(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            user = User(name="Back", email="back@example.com")
+            other = User(name="Other", email="other@example.com")
+            session.add_all([user, other])
+            await session.commit()
+            session.delete(user)
+            await session.commit()
+            other.age = 1
+            await session.commit()  # its next flush lets the deleted user go
+            session.add(user)  # its row again, under the same key
+            session.add(User(name="Clash", email=other.email))
+            with pytest.raises(IntegrityError):
+                await session.flush()
+            await session.rollback()
+            post = Post(title="Retry", slug="retry", author=user)
+            session.add(post)  # the retry brings the user along again
+            await session.commit()
+            assert post.author_id == user.id
+        assert (await stored(engine, User, user.id)).name == "Back"
+        assert (await stored(engine, Post, post.id)).author_id == user.id
+
     async def test_a_new_child_in_the_list_of_a_deleted_object_is_refused(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author, first, second = await _committed_author_with_two_posts(session)
