@@ -138,6 +138,11 @@ class _FlushOutcome:
     rowcounts: dict[int, int] = field(default_factory=dict)
 
 
+def _refers_to(obj: Any, column: str, key: Any) -> bool:
+    """Whether ``obj``'s foreign key ``column`` holds ``key`` (a stored row's)."""
+    return key is not None and getattr(obj, column) == key
+
+
 class AsyncSession(ReadsMixin):
     """A unit of work over one engine, used by one task at a time.
 
@@ -618,14 +623,14 @@ class AsyncSession(ReadsMixin):
                             state.parent_refs.pop(column, None)
                     continue
                 if self._identity.was_deleted(parent):  # its delete is committed
-                    if not deleting and getattr(obj, column) != self._table_of(parent).key_of(parent):
+                    if not deleting and not _refers_to(obj, column, self._table_of(parent).key_of(parent)):
                         self._refuse_deleted_parent(table, column, parent)
                     continue
                 parent_state = self._add(parent)
             elif parent_state.status not in _LIVE:
                 # deleted here: a child it already had is left to the foreign key's
                 # on_delete; pointing a live object at it is refused
-                if not deleting and getattr(obj, column) != parent_state.snapshot[parent_state.table.key_index]:
+                if not deleting and not _refers_to(obj, column, parent_state.key):
                     self._refuse_deleted_parent(table, column, parent)
                 continue
             parent_key = parent_state.snapshot[parent_state.table.key_index]

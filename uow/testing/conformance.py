@@ -735,9 +735,19 @@ class SessionConformance:
                 await session.commit()
             first.author = author
             await session.commit()
+            loose = Post(title="Loose", slug="loose")  # no author: its foreign key is None
+            ghost = User(name="Ghost", email="ghost@example.com")
+            session.add_all([loose, ghost])
+            session.delete(ghost)  # never stored, so it has no key either
+            loose.author = ghost
+            with pytest.raises(SessionStateError, match="deleted in this session"):
+                await session.commit()
+            loose.author = None
+            await session.commit()
         assert await stored(engine, User, other.id) is None
         assert (await stored(engine, Post, first.id)).author_id == author.id
-        assert await count_rows(engine, Post) == 2
+        assert await count_rows(engine, Post) == 3
+        assert await count_rows(engine, User) == 1
 
     async def test_a_session_lets_go_of_the_objects_whose_delete_it_committed(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
