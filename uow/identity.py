@@ -261,6 +261,19 @@ class IdentityMap:
         if rows is not None and rows.get(key) is state:
             del rows[key]
 
+    def unindex_states(self, states: Iterable[InstanceState]) -> None:
+        """:meth:`unindex_key` of each state under its snapshot's key (the
+        states of a flush's deletes, which come table by table)."""
+        table: TableInfo | None = None
+        for state in states:
+            if state.table is not table:
+                table = state.table
+                index = table.key_index
+                rows = self._by_key.get(table, {})
+            key = state.snapshot[index]
+            if rows.get(key) is state:
+                del rows[key]
+
     def untrack(self, state: InstanceState) -> None:
         """Stop tracking an object (its ref stays known for undo)."""
         by_obj = self.by_obj

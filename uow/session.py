@@ -993,6 +993,7 @@ class AsyncSession(ReadsMixin):
         by_ref = identity.by_ref
         generated_keys = self._journal.generated_keys
         gone = self._gone
+        gone_before = len(gone)
         generated_keys.update(outcome.generated)
         identity.settle_keys(outcome.generated)
         # one pass over the events: a status set here (pending -> persistent,
@@ -1013,12 +1014,13 @@ class AsyncSession(ReadsMixin):
                 state = by_ref.get(event.ref)
                 if state is not None and state.status is _DELETED:
                     state.status = _GONE  # still known by object, so relations do not add it back
-                    identity.unindex_key(state, state.snapshot[state.table.key_index])
                     gone.append(state)
             elif type(event) is Updated and event.parent_refs:
                 state = by_ref.get(event.ref)
                 if state is not None and state.parent_refs:
                     self._settle_parent_keys(state, event.parent_refs, generated_keys)
+        if len(gone) > gone_before:
+            identity.unindex_states(itertools.islice(gone, gone_before, None))
         self._journal.mark_flushed()
         self._tx_writes = True
 

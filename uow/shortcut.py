@@ -61,7 +61,7 @@ class _Group:
 def plan_shortcut(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> list[Batch] | None:
     """The plan of row events (no upserts or bulk events) when the shortcut
     applies (see the module's docstring), else ``None``."""
-    refs = [event.ref for event in events]  # type: ignore[attr-defined]
+    refs = list(map(_REF, events))
     if len(set(refs)) != len(refs):
         return None
     grouped = _group(events, tables)
@@ -83,15 +83,15 @@ def plan_shortcut(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> l
 
 
 class _Index:
-    """Where the rows that others may depend on are: inserts by ref and by key,
-    deletes by key."""
+    """Where the rows that others may depend on are: inserts by ref and by
+    (table, key), deletes by (table, key); keys per table name."""
 
     __slots__ = ("inserts_by_ref", "inserts_by_key", "deletes_by_key")
 
     def __init__(self) -> None:
         self.inserts_by_ref: dict[int, _Group] = {}
-        self.inserts_by_key: dict[tuple[str, Any], _Group] = {}
-        self.deletes_by_key: dict[tuple[str, Any], _Group] = {}
+        self.inserts_by_key: defaultdict[str, dict[Any, _Group]] = defaultdict(dict)
+        self.deletes_by_key: defaultdict[str, dict[Any, _Group]] = defaultdict(dict)
 
 
 _PHASE_OF_KIND: dict[type, int] = {
@@ -202,12 +202,15 @@ def _delete_groups(table: TableInfo, events: list[Deleted], index: _Index) -> li
     return made
 
 
-def _index_keys(table: TableInfo, group: _Group, by_key: dict[tuple[str, Any], _Group]) -> bool:
+def _index_keys(table: TableInfo, group: _Group, by_key: defaultdict[str, dict[Any, _Group]]) -> bool:
     """Enter the group's rows in ``by_key``; ``False`` when a key is there twice."""
-    wheres = [(table.name, key) for key in group.keys if key is not None]
-    if len(set(wheres)) != len(wheres) or not by_key.keys().isdisjoint(wheres):
+    keys = group.keys
+    if None in keys:
+        keys = [key for key in keys if key is not None]
+    indexed = by_key[table.name]
+    if len(set(keys)) != len(keys) or not indexed.keys().isdisjoint(keys):
         return False
-    by_key.update(zip(wheres, itertools.repeat(group)))
+    indexed.update(zip(keys, itertools.repeat(group)))
     return True
 
 
@@ -302,9 +305,9 @@ def _parent_groups(group: _Group, column: str, target: str, index: _Index) -> se
     through ``column``: by the ref a row waits on, or by the key it names;
     ``None`` when a parent is in ``group`` itself (a row naming its own given
     key excepted)."""
-    by_ref, by_key = index.inserts_by_ref, index.inserts_by_key
+    by_ref, by_key = index.inserts_by_ref, index.inserts_by_key.get(target, {})
     found = [
-        by_ref.get(links[column]) if links and column in links else by_key.get((target, values.get(column)))
+        by_ref.get(links[column]) if links and column in links else by_key.get(values.get(column))
         for values, links in zip(group.values, group.parent_refs)
     ]
     parents = set(filter(None, found))
@@ -330,8 +333,10 @@ def _doomed_groups(group: _Group, column: str, target: str, index: _Index) -> se
     released = [old.get(column) for old in group.olds]
     if PendingKey in set(map(type, released)):
         return None
-    by_key = index.deletes_by_key
-    found = list(map(by_key.get, zip(itertools.repeat(target), released)))
+    by_key = index.deletes_by_key.get(target)
+    if by_key is None:
+        return set()
+    found = list(map(by_key.get, released))
     doomed = set(filter(None, found))
     if group in doomed:
         doomed.discard(group)
