@@ -1185,6 +1185,7 @@ class AsyncSession(ReadsMixin):
                 return
             if event.old is None:
                 self._identity.untrack(state)
+                self._identity.forget_let_go(state.obj)
                 state.status = Status.DETACHED
                 detached[id(state.obj)] = state.obj
                 values = dict(event.values)
@@ -1633,6 +1634,8 @@ class AsyncSession(ReadsMixin):
         state = self._identity.by_ref.get(event.ref)
         if row is None:
             return obj
+        if event.key is None:  # the journal learns the key of the row it landed on, as for an insert
+            self._journal.generated_keys[event.ref] = row[table.key_index]
         if state is not None and state.status in _LIVE:
             state.set_values(table.row_dict(tuple(row)))
             return state.obj

@@ -70,6 +70,7 @@ from uow.events import (
     Updated,
     Upserted,
 )
+from uow.journal import replay
 from uow.model import Model, table_info
 from uow.testing.models import MODELS, Account, Category, Color, Note, Post, Review, Sample, User
 
@@ -509,6 +510,28 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, User, alice.id)).name == "Alicia"
         assert (await stored(engine, User, users[1].id)).name == "Eve"
+
+    async def test_the_journal_knows_the_key_of_the_row_each_upsert_landed_on(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        users = table_info(User)
+        async with AsyncSession(engine) as session:
+            _, eve = await session.upsert_all(
+                [User(name="Alicia", email="alice@example.com"), User(name="Eve", email="eve@example.com")],
+                conflict_target=("email",),
+            )
+            updating, inserting = session.journal[-2:]
+            assert session.journal.key_of(updating) == alice.id  # type: ignore[arg-type]
+            assert session.journal.key_of(inserting) == eve.id  # type: ignore[arg-type]
+            await session.commit()
+            before = {users.name: {alice.id: {"id": alice.id, "name": "Alice", "email": alice.email, "age": 30}}}
+            replayed = replay(
+                session.journal, {users.name: users}, base=before, generated_keys=session.journal.generated_keys
+            )
+        assert replayed[users.name] == {
+            alice.id: {"id": alice.id, "name": "Alicia", "email": alice.email, "age": 0},
+            eve.id: {"id": eve.id, "name": "Eve", "email": "eve@example.com", "age": 0},
+        }
 
     async def test_upsert_refuses_an_unknown_column(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
