@@ -144,7 +144,8 @@ class JournalView(Sequence[AnyEvent]):
 
     @property
     def generated_keys(self) -> Mapping[int, Any]:
-        """ref -> key the database generated, for rows inserted by this session."""
+        """ref -> key, for the row events recorded without a key: the key the
+        database generated for an insert, or of the row an upsert landed on."""
         return dict(self._journal.generated_keys)
 
     def key_of(self, event: RowEvent) -> Any:
