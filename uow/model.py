@@ -374,6 +374,7 @@ class TableInfo:
         "parent_relations",
         "child_relations",
         "required_indexes",
+        "value_types",
         "non_key_columns",
         "column_order",
         "values_of",
@@ -427,6 +428,10 @@ class TableInfo:
         """(the children's foreign-key column, reader of the children) per one-to-many relation."""
         self.required_indexes = tuple(i for i, c in enumerate(columns) if not c.nullable and not c.generated)
         """Positions of the columns a new row must not leave ``None``."""
+        self.value_types: tuple[frozenset[type], ...] = tuple(map(_exact_value_types, columns))
+        """Per column, the types a value may have as it is (its class exactly:
+        no ``bool`` for an ``int``); any other value is checked, and converted
+        where it can be, before it is written."""
         getter = operator.attrgetter(*self.column_names)
         if len(self.column_names) == 1:
             self.values_of: Callable[[Any], tuple[Any, ...]] = lambda obj: (getter(obj),)
@@ -454,6 +459,19 @@ class TableInfo:
 
     def __repr__(self) -> str:
         return f"<TableInfo {self.name} ({self.model.__name__})>"
+
+
+def _exact_value_types(column: ColumnInfo) -> frozenset[type]:
+    python_type = column.python_type
+    origin = get_origin(python_type)
+    accepted: set[type] = set()
+    if isinstance(python_type, type):
+        accepted.add(python_type)
+    elif isinstance(origin, type):  # dict[str, Any] holds a dict
+        accepted.add(origin)
+    if column.nullable or column.generated:
+        accepted.add(type(None))
+    return frozenset(accepted)
 
 
 def _row_constructor(model: type[Model], column_names: tuple[str, ...]) -> Callable[[Sequence[Any]], Any]:

@@ -67,7 +67,7 @@ from uow.events import (
 )
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.journal import Journal, JournalView
-from uow.model import NOT_LOADED, Model, TableInfo, is_model, table_info
+from uow.model import NOT_LOADED, ColumnInfo, Model, TableInfo, is_model, table_info
 from uow.planner import plan_flush
 from uow.reads import ReadsMixin
 from uow.statements import Select
@@ -136,6 +136,22 @@ class _FlushOutcome:
     generated: dict[int, Any] = field(default_factory=dict)
     upserted_rows: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     rowcounts: dict[int, int] = field(default_factory=dict)
+
+
+_HAS_TYPE = frozenset.__contains__
+
+
+def _converted(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
+    """``value`` as its column's Python type, strictly (no ``"7"`` for an ``int``)."""
+    try:
+        return msgspec.convert(value, column.python_type, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"{table.model.__name__}.{column.name}: {exc} (got {value!r})") from None
+
+
+def _typed_as_stored(table: TableInfo, values: tuple[Any, ...]) -> bool:
+    """Whether every value has a type its column stores as it is (one pass in C)."""
+    return all(map(_HAS_TYPE, table.value_types, map(type, values)))
 
 
 def _refers_to(obj: Any, column: str, key: Any) -> bool:
@@ -370,6 +386,8 @@ class AsyncSession(ReadsMixin):
         if links:
             waiting = {**waiting, **links} if waiting else dict(links)
         values = table.values_of(obj)
+        if not _typed_as_stored(table, values):
+            values = self._convert_row(table, obj, values)
         for index in table.required_indexes:
             if values[index] is None:
                 self._refuse_null(table, index)
@@ -679,6 +697,8 @@ class AsyncSession(ReadsMixin):
         """Record the columns assigned on ``state.obj`` since its snapshot, as
         one ``Updated`` event at ``at``; ``now``: the object's values."""
         table = state.table
+        if not _typed_as_stored(table, now):
+            now = self._convert_row(table, state.obj, now)
         if table.version_column is not None or state.parent_refs:
             self._record_diff(state, now, at)
             return
@@ -1498,11 +1518,24 @@ class AsyncSession(ReadsMixin):
                     raise ValidationError(f"{table.model.__name__}.{name} cannot be None (NOT NULL)")
                 checked[name] = None
                 continue
-            try:
-                checked[name] = msgspec.convert(value, column.python_type, strict=True)
-            except msgspec.ValidationError as exc:
-                raise ValidationError(f"{table.model.__name__}.{name}: {exc} (got {value!r})") from None
+            checked[name] = _converted(table, column, value)
         return checked
+
+    def _convert_row(self, table: TableInfo, obj: Any, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``values`` (``obj``'s) with each value whose type its column does
+        not store as it is converted (an ``int`` for a ``float`` column, a
+        string for an enum), also on ``obj``; :class:`ValidationError` for a
+        value that does not fit. ``None`` is left to the NOT NULL checks."""
+        converted = list(values)
+        for index, value in enumerate(values):
+            if value is None or type(value) in table.value_types[index]:
+                continue
+            column = table.columns[index]
+            fitted = _converted(table, column, value)
+            if fitted is not value:
+                setattr(obj, column.name, fitted)
+                converted[index] = fitted
+        return tuple(converted)
 
     async def remove(self, obj: Any) -> None:
         """Delete a tracked object now."""
@@ -1666,28 +1699,40 @@ class AsyncSession(ReadsMixin):
         """
         table = self._table(model)
         with self._exclusive("bulk_insert"):
-            count = 0
+            checked: list[tuple[Any, ...]] = []  # every row is checked before any is recorded
             for row in rows:
                 if isinstance(row, Mapping):
                     unknown = set(row) - set(table.column_index)
                     if unknown:
                         raise ValidationError(f"{model.__name__} has no column(s) {', '.join(sorted(unknown))}")
-                    instance = msgspec.convert(dict(row), model, strict=False)
-                else:
+                    try:
+                        instance = msgspec.convert(dict(row), model, strict=True)
+                    except msgspec.ValidationError as exc:
+                        raise ValidationError(f"{model.__name__}: {exc} (got {dict(row)!r})") from None
+                elif type(row) is model:
                     instance = row
+                else:
+                    raise ValidationError(
+                        f"bulk_insert({model.__name__}, ...) takes mappings or {model.__name__} objects, got {row!r}"
+                    )
                 values = table.values_of(instance)
+                if not _typed_as_stored(table, values):
+                    values = self._convert_row(table, instance, values)
                 self._validate_new_row(table, values)
+                checked.append(values)
+            at = _now()
+            for values in checked:
                 self._record(
                     Inserted(
                         seq=self._journal.next_seq(),
-                        at=_now(),
+                        at=at,
                         table=table.name,
                         ref=self._new_ref(),
                         key=values[table.key_index],
                         values=table.row_dict(values),
                     )
                 )
-                count += 1
+            count = len(checked)
             await self._flush()
             await self._done()
         return count

@@ -1749,6 +1749,46 @@ class SessionConformance:
         saved = await stored(engine, Sample, full.id)
         assert (saved.amount, saved.color, saved.data) == (decimal.Decimal("0.5"), Color.BLUE, {"x": [1, 2]})
 
+    async def test_a_value_its_column_cannot_hold_is_refused_before_anything_is_written(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            with pytest.raises(ValidationError, match=r"User.name: Expected `str`, got `int`"):
+                session.add(User(name=5, email="five@example.com"))  # type: ignore[arg-type]
+            with pytest.raises(ValidationError, match=r"User.age: Expected `int`, got `bool`"):
+                session.add(User(name="Bool", email="bool@example.com", age=True))
+            with pytest.raises(ValidationError, match=r"Sample.day: Expected `date`, got `datetime`"):
+                session.add(_sample(day=dt.datetime(2024, 2, 29, 12, 0)))
+            assert len(session) == 0 and len(session.journal) == 0
+            user = await session.get_one(User, alice.id)
+            user.age = "31"  # type: ignore[assignment]
+            with pytest.raises(ValidationError, match=r"User.age: Expected `int`, got `str`"):
+                await session.commit()
+            assert (await stored(engine, User, alice.id)).age == 30
+            user.age = 31
+            rows: list[dict[str, Any]] = [
+                {"name": "Ok", "email": "ok@example.com"},
+                {"name": "Bad", "email": "bad@example.com", "age": 2.5},
+            ]
+            with pytest.raises(ValidationError, match=r"Expected `int`, got `float`"):
+                await session.bulk_insert(User, rows)
+            assert not session.journal.pending  # not even the good row was recorded
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).age == 31
+        assert await count_rows(engine, User) == 1
+
+    async def test_a_value_that_fits_its_column_after_conversion_is_converted(self, engine: uow.Engine) -> None:
+        sample = _sample(ratio=2, color="blue")  # an int for a float, the value of an enum member
+        async with AsyncSession(engine) as session:
+            session.add(sample)
+            assert type(sample.ratio) is float and sample.color is Color.BLUE
+            await session.commit()
+            sample.amount = 3  # type: ignore[assignment]
+            await session.commit()
+            assert sample.amount == decimal.Decimal(3) and type(sample.amount) is decimal.Decimal
+        saved = await stored(engine, Sample, sample.id)
+        assert (saved.ratio, saved.color, saved.amount) == (2.0, Color.BLUE, decimal.Decimal(3))
+
 
 _CANCEL_POINTS = [*range(30), *(int(30 * 1.25**k) for k in range(1, 40))]
 """How many scheduling points to wait before cancelling: every early one, then
