@@ -3,7 +3,7 @@
 The machine runs one random sequence of session operations (add, assignment,
 moving a child to another parent through its relation, delete, soft delete,
 flush, commit, rollback, savepoints, a refused flush, a refused move to a
-deleted parent) on a
+deleted parent, upserts on a unique column, bulk updates and bulk deletes) on a
 session per database URL, in lockstep, and after every step checks that:
 
 - each tracked object holds the values the machine expects (the identity map
@@ -311,6 +311,66 @@ class DifferentialMachine(RuleBasedStateMachine):
 
         self._flushed()
         self._each(refuse)
+
+    @rule(name=NAMES, score=SCORES)
+    def upsert_owner(self, name: str, score: int) -> None:
+        """``upsert`` on the unique name: the owner holding it takes the score
+        and is the object returned, else a new owner is inserted."""
+        holders = [i for i, e in enumerate(self.expected) if e.live and e.kind == "owner" and e.values["name"] == name]
+        if holders:
+            index = holders[0]
+            self.expected[index].values["score"] = score
+        else:
+            index = len(self.expected)
+            self.expected.append(_Expected("owner", {"name": name, "score": score}))
+        self._flushed()
+
+        async def upsert(i: int, session: uow.AsyncSession) -> None:
+            returned = await session.upsert(Owner(name=name, score=score), conflict_target=["name"])
+            if holders:
+                assert returned is self.objects[i][index], f"{self.urls[i]}: upsert returned an untracked copy"
+            else:
+                self.objects[i].append(returned)
+
+        self._each(upsert)
+
+    @rule(score=SCORES, new_score=SCORES)
+    def bulk_rescore(self, score: int, new_score: int) -> None:
+        """``bulk_update`` of the owners with a score: storage and the tracked
+        objects change alike, and every adapter counts the same rows."""
+        matched = [e for e in self.expected if e.live and e.kind == "owner" and e.values["score"] == score]
+        for entry in matched:
+            entry.values["score"] = new_score
+        self._flushed()
+        counts = self._each(lambda i, session: session.bulk_update(Owner, {"score": new_score}, score=score))
+        assert counts == [len(matched)] * len(counts), f"{len(matched)} rows matched, counted {counts}"
+
+    @rule(score=SCORES)
+    def bulk_delete_owners(self, score: int) -> None:
+        """``bulk_delete`` of the owners with a score: their items go with them
+        (the foreign key cascades), in storage and in the session."""
+        matched = [
+            i for i, e in enumerate(self.expected) if e.live and e.kind == "owner" and e.values["score"] == score
+        ]
+        for index in matched:
+            self.expected[index].live = False
+            self.expected[index].deleted = True
+        for entry in self.expected:
+            if entry.kind == "item" and entry.live and entry.owner in matched:
+                entry.live = False
+        self._flushed()
+        counts = self._each(lambda i, session: session.bulk_delete(Owner, score=score))
+        assert counts == [len(matched)] * len(counts), f"{len(matched)} rows matched, counted {counts}"
+
+    @rule(label=LABELS)
+    def bulk_delete_items(self, label: str) -> None:
+        """``bulk_delete`` of the items with a label, soft-deleted ones included."""
+        matched = [e for e in self.expected if e.live and e.kind == "item" and e.values["label"] == label]
+        for entry in matched:
+            entry.live = False
+        self._flushed()
+        counts = self._each(lambda i, session: session.bulk_delete(Item, label=label))
+        assert counts == [len(matched)] * len(counts), f"{len(matched)} rows matched, counted {counts}"
 
     @rule()
     def flush(self) -> None:
