@@ -38,12 +38,33 @@ def _identity(value: Any) -> Any:
     return value
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
+def _store_int(value: Any) -> Any:
+    # what SQLite and PostgreSQL store: 64-bit integers
+    if type(value) is int and value not in _INT64:
+        raise TypeError("an integer column holds 64 bits")
+    return value
+
+
+def _store_text(value: Any) -> Any:
+    # what SQLite and PostgreSQL store: text that is valid UTF-8 (no lone surrogate)
+    if isinstance(value, str) and not value.isascii():
+        value.encode()  # UnicodeEncodeError for a lone surrogate
+    return value
+
+
 def converter_for(column: ColumnInfo) -> Converter:
     """The function that turns a value given for ``column`` into the stored value."""
     if column.kind == "json":
         return copy_json
     if column.kind == "bytes":
         return _store_bytes
+    if column.kind == "integer":
+        return _store_int
+    if column.kind == "text":
+        return _store_text
     return _identity
 
 
@@ -65,7 +86,7 @@ class RowCodec:
         """The value to keep for column number ``index``."""
         try:
             return self.converters[index](value)
-        except (TypeError, msgspec.EncodeError, msgspec.DecodeError) as exc:
+        except (TypeError, UnicodeEncodeError, msgspec.EncodeError, msgspec.DecodeError) as exc:
             column = self.table.column_names[index]
             raise StorageError(f"cannot store {value!r} in {self.table.name}.{column}: {exc}") from exc
 

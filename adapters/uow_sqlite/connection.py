@@ -84,6 +84,9 @@ class SQLiteConnection(Connection):
             return await run_sync(self._db, fn)
         except sqlite3.Error as exc:
             raise storage_error(exc) from exc
+        except (OverflowError, UnicodeEncodeError) as exc:
+            # a parameter SQLite cannot bind: an int beyond 64 bits, a lone surrogate
+            raise StorageError(f"SQLite cannot store a value: {exc}") from exc
         except ValueError as exc:
             if "closed" in str(exc) or "no active connection" in str(exc):
                 raise StorageError(f"the SQLite connection is closed: {exc}") from exc

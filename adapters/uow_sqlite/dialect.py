@@ -42,6 +42,7 @@ from typing import Any
 import msgspec
 
 from uow.conditions import Between, Compare, Condition, In, Like, like_regex
+from uow.errors import StorageError
 from uow.model import ColumnInfo, TableInfo
 from uow.sql import Converter, Params, SqlDialect
 from uow.statements import Select
@@ -98,6 +99,12 @@ def _encode_datetime(value: Any) -> Any:
         if value.tzinfo is not None and value.utcoffset() is not None:
             value = value.astimezone(dt.UTC)
         return value.isoformat(timespec="microseconds")
+    return value
+
+
+def _encode_float(value: Any) -> Any:
+    if value != value:
+        raise StorageError(f"SQLite cannot store {value!r}: it would keep NULL instead")
     return value
 
 
@@ -173,6 +180,8 @@ class SQLiteDialect(SqlDialect):
         if _is_enum(column.python_type):
             return _encode_enum
         kind = column.kind
+        if kind == "float":
+            return _encode_float
         if kind == "datetime":
             return _encode_datetime
         if kind == "date":

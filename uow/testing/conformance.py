@@ -57,6 +57,7 @@ from uow.errors import (
     NoResultFound,
     RelationNotLoadedError,
     SessionStateError,
+    StorageError,
     UnsupportedOperationError,
     ValidationError,
 )
@@ -1776,6 +1777,23 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, User, alice.id)).age == 31
         assert await count_rows(engine, User) == 1
+
+    async def test_a_value_no_database_can_store_fails_the_flush_on_every_adapter(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            kept = User(name="Kept", email="kept@example.com")
+            huge = User(name="Huge", email="huge@example.com", age=2**64)  # beyond 64 bits
+            session.add_all([kept, huge])
+            with pytest.raises(StorageError):
+                await session.flush()
+            assert len(session.journal.pending) == 2 and kept.id is None  # nothing applied, nothing lost
+            huge.age = 2**63 - 1
+            huge.name = "Broken \ud800"  # a lone surrogate is no UTF-8 text
+            with pytest.raises(StorageError):
+                await session.flush()
+            huge.name = "Huge"
+            await session.commit()
+        assert (await stored(engine, User, huge.id)).age == 2**63 - 1
+        assert await count_rows(engine, User) == 2
 
     async def test_a_value_that_fits_its_column_after_conversion_is_converted(self, engine: uow.Engine) -> None:
         sample = _sample(ratio=2, color="blue")  # an int for a float, the value of an enum member
