@@ -138,20 +138,12 @@ class _FlushOutcome:
     rowcounts: dict[int, int] = field(default_factory=dict)
 
 
-_HAS_TYPE = frozenset.__contains__
-
-
 def _converted(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
     """``value`` as its column's Python type, strictly (no ``"7"`` for an ``int``)."""
     try:
         return msgspec.convert(value, column.python_type, strict=True)
     except msgspec.ValidationError as exc:
         raise ValidationError(f"{table.model.__name__}.{column.name}: {exc} (got {value!r})") from None
-
-
-def _typed_as_stored(table: TableInfo, values: tuple[Any, ...]) -> bool:
-    """Whether every value has a type its column stores as it is (one pass in C)."""
-    return all(map(_HAS_TYPE, table.value_types, map(type, values)))
 
 
 def _refers_to(obj: Any, column: str, key: Any) -> bool:
@@ -386,7 +378,7 @@ class AsyncSession(ReadsMixin):
         if links:
             waiting = {**waiting, **links} if waiting else dict(links)
         values = table.values_of(obj)
-        if not _typed_as_stored(table, values):
+        if not table.typed_as_stored(values):
             values = self._convert_row(table, obj, values)
         for index in table.required_indexes:
             if values[index] is None:
@@ -697,7 +689,7 @@ class AsyncSession(ReadsMixin):
         """Record the columns assigned on ``state.obj`` since its snapshot, as
         one ``Updated`` event at ``at``; ``now``: the object's values."""
         table = state.table
-        if not _typed_as_stored(table, now):
+        if not table.typed_as_stored(now):
             now = self._convert_row(table, state.obj, now)
         if table.version_column is not None or state.parent_refs:
             self._record_diff(state, now, at)
@@ -1716,7 +1708,7 @@ class AsyncSession(ReadsMixin):
                         f"bulk_insert({model.__name__}, ...) takes mappings or {model.__name__} objects, got {row!r}"
                     )
                 values = table.values_of(instance)
-                if not _typed_as_stored(table, values):
+                if not table.typed_as_stored(values):
                     values = self._convert_row(table, instance, values)
                 self._validate_new_row(table, values)
                 checked.append(values)
