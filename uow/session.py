@@ -1294,6 +1294,7 @@ class AsyncSession(ReadsMixin):
         with self._exclusive("close"):
             await self._rollback(restore=restore)
             self._identity.clear()
+            self._committed_gone.clear()
 
     # --- reads ------------------------------------------------------------------
 
