@@ -93,7 +93,7 @@ class RelationLoader:
         for owner in owners:
             if self.waiting(owner, column):
                 continue
-            descriptor.__set__(owner, parents.get(getattr(owner, column)))
+            descriptor.set_loaded(owner, parents.get(getattr(owner, column)))
         return list(parents.values())
 
     async def _one_to_many(
@@ -121,7 +121,7 @@ class RelationLoader:
         for owner in owners:
             key = source.key_of(owner)
             if key is not None:  # an unflushed owner keeps the children assigned to it
-                descriptor.__set__(owner, children[key])
+                descriptor.set_loaded(owner, children[key])
         return loaded
 
 

@@ -160,6 +160,22 @@ class _NotLoaded:
 NOT_LOADED: Any = _NotLoaded()
 
 
+class _Unlinked:
+    """What a many-to-one relation holds once ``None`` is assigned to it, until
+    the session empties the foreign key: it reads as ``None``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "None"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNLINKED: Any = _Unlinked()
+
+
 class _RelationSpec:
     __slots__ = ("via", "back")
 
@@ -206,9 +222,18 @@ class RelationDescriptor:
                 f"{self.model.__name__}.{self.name} is not loaded; load it with "
                 f"include({self.model.__name__}.{self.name}) or assign it"
             )
+        if value is UNLINKED:
+            return None
         return value
 
     def __set__(self, instance: Any, value: Any) -> None:
+        if value is None and self.spec.via is not None:
+            value = UNLINKED  # assigned None: the next flush empties the foreign key
+        self._member.__set__(instance, value)
+
+    def set_loaded(self, instance: Any, value: Any) -> None:
+        """Set the value as loaded (``None``: no parent), not as an assignment
+        the next flush writes."""
         self._member.__set__(instance, value)
 
     def raw(self, instance: Any) -> Any:
@@ -773,6 +798,7 @@ def model_tables(models: Mapping[str, type[Model]] | list[type[Model]]) -> list[
 
 __all__ = [
     "NOT_LOADED",
+    "UNLINKED",
     "ColumnInfo",
     "ColumnKind",
     "ForeignKey",

@@ -67,7 +67,7 @@ from uow.events import (
 )
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.journal import Journal, JournalView
-from uow.model import NOT_LOADED, ColumnInfo, Model, TableInfo, is_model, table_info
+from uow.model import NOT_LOADED, UNLINKED, ColumnInfo, Model, TableInfo, is_model, table_info
 from uow.planner import plan_flush
 from uow.reads import ReadsMixin
 from uow.statements import Select
@@ -430,6 +430,9 @@ class AsyncSession(ReadsMixin):
             parent = read_parent(obj)
             if parent is None or parent is NOT_LOADED:
                 continue
+            if parent is UNLINKED:
+                self._unlink(obj, table, column)
+                continue
             parent_id = id(parent)
             if parent_id in self._adding:  # a cycle of new objects: the planner breaks it
                 setattr(obj, column, None)
@@ -461,6 +464,14 @@ class AsyncSession(ReadsMixin):
                     waiting = {}
                 waiting[column] = parent_state.ref
         return waiting
+
+    def _unlink(self, obj: Any, table: TableInfo, column: str) -> None:
+        """``None`` was assigned to the many-to-one relation through ``column``:
+        empty the foreign key, and let the relation read ``None`` as loaded."""
+        setattr(obj, column, None)
+        for name, relation in table.relations.items():
+            if relation.local_column == column and not relation.many:
+                getattr(table.model, name).set_loaded(obj, None)
 
     def _refuse_deleted_parent(self, table: TableInfo, column: str, parent: Any) -> None:
         name = next(n for n, r in table.relations.items() if not r.many and r.local_column == column)
@@ -619,6 +630,12 @@ class AsyncSession(ReadsMixin):
         for column, read_parent in table.parent_relations:
             parent = read_parent(obj)
             if parent is None or parent is NOT_LOADED:
+                continue
+            if parent is UNLINKED:
+                self._unlink(obj, table, column)
+                if state.parent_refs and column in state.parent_refs:
+                    # an event already waits for the parent's key: say the column stays empty
+                    self._record_update(state, {column: None}, {column: None})
                 continue
             parent_state = self._identity.by_obj.get(id(parent))  # a tracked object is a model
             if parent_state is None:
@@ -793,7 +810,7 @@ class AsyncSession(ReadsMixin):
             parent = getattr(table.model, name).reader(state.obj)
             parent_state = self._identity.state_of(parent)
             if parent_state is not None and parent_state.status not in _LIVE:
-                setattr(state.obj, name, None)
+                getattr(table.model, name).set_loaded(state.obj, None)
 
     # --- flush --------------------------------------------------------------------
 
@@ -1152,10 +1169,13 @@ class AsyncSession(ReadsMixin):
             obj = state.obj
             for read, name, column, target_key in relations:
                 value = read(obj)
-                if value is None or value is NOT_LOADED:
+                if value is NOT_LOADED:
                     continue
                 if column is None:
                     stale = bool(detached) and isinstance(value, list) and any(detached.get(id(v)) is v for v in value)
+                elif value is None or value is UNLINKED:
+                    # no parent, or an unlink not flushed: stale where the restored key names one
+                    stale = value is UNLINKED or getattr(obj, column) is not None
                 else:
                     key = getattr(value, target_key, None)
                     stale = key is None or key != getattr(obj, column)
@@ -1378,6 +1398,10 @@ class AsyncSession(ReadsMixin):
         tracking it) when its row is gone."""
         with self._exclusive("refresh"):
             state = self._live_state(obj)
+            if state.status is _PERSISTENT:
+                # discarded before the autoflush below, which would write them
+                state.restore_snapshot()
+                self._unload_unflushed_relations(state)
             if self.autoflush and self._journal.has_pending():
                 await self._flush()
             if state.status is Status.PENDING or state.key is None:
@@ -1391,6 +1415,28 @@ class AsyncSession(ReadsMixin):
             state.restore_snapshot()
             state.set_values(table.row_dict(tuple(rows[0])))
             state.expired = False
+
+    def _unload_unflushed_relations(self, state: InstanceState) -> None:
+        """Unload the relations of ``state.obj`` that say something its row
+        does not: a many-to-one object without the key the foreign key holds
+        (or an unlink), a list holding an object not tracked yet."""
+        table = state.table
+        obj = state.obj
+        identity = self._identity
+        for name, relation in table.relations.items():
+            descriptor = getattr(table.model, name)
+            value = descriptor.raw(obj)
+            if value is None or value is NOT_LOADED:
+                continue
+            if relation.many:
+                stale = isinstance(value, list) and any(identity.state_of(v) is None for v in value)
+            elif value is UNLINKED or not is_model(value):
+                stale = True
+            else:
+                key = self._table_of(value).key_of(value)
+                stale = key is None or key != getattr(obj, relation.local_column)  # type: ignore[arg-type]
+            if stale:
+                descriptor.set_loaded(obj, NOT_LOADED)
 
     def expire(self, obj: Any) -> None:
         """Let the next read of this row overwrite the object's values (reads

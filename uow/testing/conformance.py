@@ -420,6 +420,28 @@ class SessionConformance:
         assert (await stored(engine, Post, post.id)).author_id == carol_id
         assert (await stored(engine, User, carol_id)).name == "Carol"
 
+    async def test_assigning_none_to_a_relation_empties_the_foreign_key(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second = await _committed_author_with_two_posts(session)
+            first.author = None
+            assert first.author is None and first.author_id == author.id  # until the flush
+            await session.flush()
+            assert first.author_id is None and first.author is None
+            await session.rollback()  # the unlink is undone
+            assert first.author_id == author.id
+            with pytest.raises(RelationNotLoadedError):
+                first.author  # noqa: B018
+            second.author = None
+            draft = Post(title="Draft", slug="draft", author=User(name="New", email="new@example.com"))
+            session.add(draft)
+            draft.author = None  # the new author is still added, the draft no longer waits for it
+            await session.commit()
+            assert second.author_id is None and draft.author_id is None
+        assert (await stored(engine, Post, first.id)).author_id == author.id
+        assert (await stored(engine, Post, second.id)).author_id is None
+        assert (await stored(engine, Post, draft.id)).author_id is None
+        assert await count_rows(engine, User) == 2
+
     async def test_delete_of_an_unsaved_object_writes_nothing(self, engine: uow.Engine, reads: ReadCounter) -> None:
         async with AsyncSession(engine) as session:
             ghost = User(name="Ghost", email="ghost@example.com")
@@ -956,6 +978,26 @@ class SessionConformance:
             with pytest.raises(NoResultFound):
                 await session.refresh(user)
             assert user not in session
+
+    async def test_refresh_discards_assignments_whatever_else_is_pending(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, _ = await _committed_author_with_two_posts(session)
+            other = User(name="Other", email="other@example.com")
+            session.add(other)
+            await session.commit()
+            first.title = "Changed"
+            first.author = other  # a move, not flushed
+            author.age = 99  # another object's assignment: the refresh's autoflush writes it
+            session.add(User(name="Pending", email="pending@example.com"))
+            await session.refresh(first)
+            assert (first.title, first.author_id) == ("First", author.id)
+            with pytest.raises(RelationNotLoadedError):
+                first.author  # noqa: B018
+            await session.commit()
+        saved = await stored(engine, Post, first.id)
+        assert (saved.title, saved.author_id) == ("First", author.id)
+        assert (await stored(engine, User, author.id)).age == 99
+        assert await count_rows(engine, User) == 3
 
     async def test_refresh_of_an_unsaved_object_is_refused(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine, autoflush=False) as session:
