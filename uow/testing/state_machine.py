@@ -1,10 +1,11 @@
 """A differential hypothesis state machine over any set of adapters.
 
 The machine runs one random sequence of session operations (add, assignment,
-moving a child to another parent through its relation, delete, soft delete,
-flush, commit, rollback, savepoints, a refused flush, a refused move to a
-deleted parent, upserts on a unique column, bulk updates and bulk deletes) on a
-session per database URL, in lockstep, and after every step checks that:
+moving a child to another parent through its relation or unlinking it, delete,
+soft delete, flush, commit, rollback, savepoints, a refused flush, a refused
+move to a deleted parent, upserts on a unique column, bulk updates and bulk
+deletes) on a session per database URL, in lockstep, and after every step
+checks that:
 
 - each tracked object holds the values the machine expects (the identity map
   is right, also after rollbacks restored it in place);
@@ -205,7 +206,7 @@ class DifferentialMachine(RuleBasedStateMachine):
 
         self._each(assign)
 
-    @precondition(lambda self: bool(self._live("item")))
+    @precondition(lambda self: bool(self._live("item")) and bool(self._live("owner")))
     @rule(data=st.data())
     def move_item(self, data: st.DataObject) -> None:
         """An item moved to another owner through its relation, then flushed;
@@ -221,6 +222,22 @@ class DifferentialMachine(RuleBasedStateMachine):
             await session.flush()
 
         self._each(move)
+
+    @precondition(lambda self: bool(self._live("item")))
+    @rule(data=st.data())
+    def unlink_item(self, data: st.DataObject) -> None:
+        """An item's owner set to ``None`` through its relation, then flushed:
+        its foreign key is emptied, and a later rollback neither writes the
+        undone unlink again nor loses a committed one."""
+        index = data.draw(st.sampled_from(self._live("item")))
+        self.expected[index].owner = None
+        self._flushed()
+
+        async def unlink(i: int, session: uow.AsyncSession) -> None:
+            self.objects[i][index].owner = None
+            await session.flush()
+
+        self._each(unlink)
 
     @precondition(lambda self: bool(self._live("item")) and any(e.deleted for e in self.expected))
     @rule(data=st.data())
@@ -437,7 +454,10 @@ class DifferentialMachine(RuleBasedStateMachine):
                 else:
                     assert obj.label == entry.values["label"]
                     assert (obj.deleted_at is not None) == entry.values["deleted"]
-                    owner = self.objects[i][entry.owner]  # type: ignore[index]
+                    if entry.owner is None:
+                        assert obj.owner_id is None, f"{self.urls[i]}: item {index} should have no owner"
+                        continue
+                    owner = self.objects[i][entry.owner]
                     if owner.id is not None:
                         assert obj.owner_id == owner.id
 
@@ -518,19 +538,19 @@ class DifferentialMachine(RuleBasedStateMachine):
         when asked), normalized without generated keys, agree everywhere."""
         self._flushed()
         expected = sorted(
-            (e.values["label"], self.expected[e.owner].values["name"] if e.owner is not None else None)
+            (e.values["label"], self.expected[e.owner].values["name"] if e.owner is not None else "")
             for e in self.expected
             if e.live and e.kind == "item" and e.values["label"] in labels and (with_deleted or not e.values["deleted"])
         )
 
-        async def run(i: int, session: uow.AsyncSession) -> list[tuple[str, str | None]]:
+        async def run(i: int, session: uow.AsyncSession) -> list[tuple[str, str]]:
             query = session.query(Item).filter(label__in=labels).include(Item.owner)
             if with_deleted:
                 query = query.with_deleted()
             items = await query.all()
             for item in items:
                 assert item in session, f"{self.urls[i]}: a queried item is not the tracked object"
-            return sorted((item.label, item.owner.name if item.owner is not None else None) for item in items)
+            return sorted((item.label, item.owner.name if item.owner is not None else "") for item in items)
 
         for i, found in enumerate(self._each(run)):
             assert found == expected, f"{self.urls[i]}: {found} != {expected}"
@@ -541,7 +561,7 @@ def _normalize(rows: dict[str, dict[Any, dict[str, Any]]]) -> tuple[list[Any], l
     owner_rows = sorted((r["name"], r["score"]) for r in owners.values())
     item_rows = sorted(
         (
-            owners[r["owner_id"]]["name"] if r["owner_id"] in owners else None,
+            owners[r["owner_id"]]["name"] if r["owner_id"] in owners else "",
             r["label"],
             r["deleted_at"] is not None,
         )
