@@ -90,7 +90,8 @@ class Upserted(RowEvent, frozen=True, kw_only=True, tag=True):
 
 
 class BulkUpdated(Event, frozen=True, kw_only=True, tag=True):
-    """Every row matching ``where`` (all rows when ``None``) got ``values``.
+    """Every row matching ``where`` (all rows when ``None``) got ``values``,
+    and on a versioned table its version plus one (unless ``values`` sets it).
 
     ``old`` holds, per ref, the previous values of the tracked rows it changed.
     """

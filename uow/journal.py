@@ -214,9 +214,13 @@ def replay(
         elif isinstance(event, Upserted):
             _replay_upsert(event, table, table_rows, key_of(event))
         elif isinstance(event, BulkUpdated):
+            # a versioned table's rows get their version bumped, unless the event sets it
+            bumped = table.version_column if table.version_column not in event.values else None
             for row in table_rows.values():
                 if matches(event.where, row):
                     row.update(event.values)
+                    if bumped is not None:
+                        row[bumped] = (row.get(bumped) or 0) + 1
         elif isinstance(event, BulkDeleted):
             for key in [k for k, row in table_rows.items() if matches(event.where, row)]:
                 del table_rows[key]

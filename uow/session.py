@@ -1792,9 +1792,12 @@ class AsyncSession(ReadsMixin):
         with self._exclusive("bulk_update"):
             await self._flush()
             matched = self._matching(table, where)
+            # the database bumps every matched row's version too, as an update does
+            bumped = table.version_column if table.version_column not in checked else None
+            changed = [*checked, bumped] if bumped is not None else list(checked)
             old: dict[int, dict[str, Any]] = {}
             for state in matched:
-                old[state.ref] = {c: state.snapshot[table.column_index[c]] for c in checked}
+                old[state.ref] = {c: state.snapshot[table.column_index[c]] for c in changed}
             event = BulkUpdated(
                 seq=self._journal.next_seq(),
                 at=_now(),
@@ -1805,7 +1808,10 @@ class AsyncSession(ReadsMixin):
             )
             self._record(event, *matched)
             for state in matched:
-                state.set_values(dict(checked))
+                values = dict(checked)
+                if bumped is not None:
+                    values[bumped] = (old[state.ref][bumped] or 0) + 1
+                state.set_values(values)
             outcome = await self._flush_recorded(self._journal.mark - 1)
             await self._done()
         return outcome.rowcounts.get(event.seq, 0)

@@ -277,11 +277,15 @@ class SqlDialect(ABC):
         )
 
     def bulk_update(self, table: TableInfo, values: dict[str, Any], where: Condition | None) -> tuple[str, list[Any]]:
-        """UPDATE … SET … WHERE text and parameters."""
+        """UPDATE … SET … WHERE text and parameters; on a versioned table the
+        version of every row goes up by one too, unless ``values`` set it."""
         params = self.params()
         assignments = ", ".join(
             f"{self.quote(c)} = {params.add(self.encode_value(table, c, v))}" for c, v in values.items()
         )
+        version = table.version_column
+        if version is not None and version not in values:
+            assignments += f", {self.quote(version)} = COALESCE({self.quote(version)}, 0) + 1"
         text = f"UPDATE {self.quote(table.name)} SET {assignments}"
         if where is not None:
             text += " WHERE " + self.condition(where, table, params)

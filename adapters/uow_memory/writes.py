@@ -288,10 +288,14 @@ class BatchWriter:
     def _bulk_update(self, batch: BulkUpdateBatch) -> BatchResult:
         table = self.tx.writable(batch.table.name)
         changes = dict(zip(self._indexes(table, list(batch.values)), batch.values.values()))
+        version = batch.table.version_column
+        bump = None if version is None or version in batch.values else batch.table.column_index[version]
         keys = matching_keys(table, batch.where)
         for key in keys:
             old = table.rows.get(key)
             if old is not None:
+                if bump is not None:  # as the SQL adapters do: every matched row's version goes up
+                    changes[bump] = (old[bump] or 0) + 1
                 self._change_row(table, key, old, changes, None)
         return BatchResult(len(keys))
 

@@ -1520,6 +1520,29 @@ class SessionConformance:
 
     # --- optimistic locking and failures -------------------------------------------------------------
 
+    async def test_a_bulk_update_of_a_versioned_table_bumps_versions_so_stale_writes_are_refused(
+        self, engine: uow.Engine
+    ) -> None:
+        accounts = table_info(Account)
+        async with AsyncSession(engine) as session:
+            account = Account(owner="Ann", balance=10)
+            session.add(account)
+            await session.commit()
+        async with AsyncSession(engine) as stale, AsyncSession(engine) as bulk:
+            mine = await stale.get_one(Account, account.id)
+            await stale.commit()
+            tracked = await bulk.get_one(Account, account.id)
+            assert await bulk.bulk_update(Account, {"balance": 0}, owner="Ann") == 1
+            assert (tracked.balance, tracked.version) == (0, mine.version + 1)
+            before = {accounts.name: {account.id: accounts.row_dict(accounts.values_of(mine))}}
+            replayed = replay(bulk.journal.flushed, {accounts.name: accounts}, base=before)
+            assert replayed[accounts.name][account.id]["version"] == mine.version + 1
+            await bulk.commit()
+            mine.balance += 5  # computed from the balance the bulk update replaced
+            with pytest.raises(ConcurrencyError):
+                await stale.commit()
+        assert (await stored(engine, Account, account.id)).balance == 0
+
     async def test_optimistic_locking_refuses_a_stale_update_and_loses_nothing(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             account = await session.insert(Account(owner="Ann", balance=10))
