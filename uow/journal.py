@@ -237,6 +237,9 @@ def _replay_upsert(event: Upserted, table: TableInfo, table_rows: dict[Any, dict
     )
     if existing is not None:
         existing.update({c: event.values[c] for c in event.update_fields})
+        version = table.version_column
+        if event.update_fields and version is not None:
+            existing[version] = (existing.get(version) or 0) + 1
         return
     values = dict(event.values)
     values.setdefault(table.key_column, key)

@@ -1640,29 +1640,14 @@ class AsyncSession(ReadsMixin):
         listed = list(objects)
         with self._exclusive("upsert"):
             await self._flush()
+            # every object is checked before any is recorded: a refused one leaves nothing behind
+            planned = [self._planned_upsert(obj, conflict_target, update_fields) for obj in listed]
             events: list[tuple[Upserted, Any]] = []
-            for obj in listed:
-                table = self._table_of(obj)
-                target = tuple(conflict_target or (table.key_column,))
-                for column in target:
-                    if column not in table.column_index:
-                        raise ValidationError(f"{table.model.__name__} has no column {column!r} to conflict on")
-                values = table.row_dict(table.values_of(obj))
-                if table.primary_key.generated and values[table.key_column] is None:
-                    if table.key_column in target:
-                        self._add(obj)  # no key to conflict on: a plain insert
-                        events.append((None, obj))  # type: ignore[arg-type]
-                        continue
-                    del values[table.key_column]
-                self._checked_values(table, values)
-                fields = (
-                    tuple(update_fields)
-                    if update_fields is not None
-                    else tuple(c for c in values if c not in target and c != table.key_column)
-                )
-                for column in fields:
-                    if column not in table.column_index:
-                        raise ValidationError(f"{table.model.__name__} has no column {column!r} to update")
+            for obj, (table, target, values, fields) in zip(listed, planned):
+                if values is None:
+                    self._add(obj)  # no key to conflict on: a plain insert
+                    events.append((None, obj))  # type: ignore[arg-type]
+                    continue
                 tracked = self._tracked_match(table, target, values)
                 ref = tracked.ref if tracked is not None else self._new_ref()
                 event = Upserted(
@@ -1687,6 +1672,39 @@ class AsyncSession(ReadsMixin):
                 results.append(self._settle_upsert(event, obj, outcome))
             await self._done()
         return results
+
+    def _planned_upsert(
+        self, obj: Any, conflict_target: Sequence[str] | None, update_fields: Sequence[str] | None
+    ) -> tuple[TableInfo, tuple[str, ...], dict[str, Any] | None, tuple[str, ...]]:
+        """``(table, conflict target, checked values, fields to update)`` of one
+        upsert; values ``None`` when it is a plain insert (a key to generate is
+        its conflict target). :class:`ValidationError` for a bad name or value."""
+        table = self._table_of(obj)
+        target = tuple(conflict_target or (table.key_column,))
+        for column in target:
+            if column not in table.column_index:
+                raise ValidationError(f"{table.model.__name__} has no column {column!r} to conflict on")
+        values = table.row_dict(table.values_of(obj))
+        if table.primary_key.generated and values[table.key_column] is None:
+            if table.key_column in target:
+                return table, target, None, ()
+            del values[table.key_column]
+        values = self._checked_values(table, values)
+        version = table.version_column
+        if update_fields is None:
+            # the version is never copied from the object: the database bumps it on update
+            fields = tuple(c for c in values if c not in target and c != table.key_column and c != version)
+        else:
+            fields = tuple(update_fields)
+        for column in fields:
+            if column not in table.column_index:
+                raise ValidationError(f"{table.model.__name__} has no column {column!r} to update")
+            if column == version:
+                raise ValidationError(
+                    f"{table.model.__name__}.{column} is the version, which every update bumps: "
+                    "leave it out of update_fields"
+                )
+        return table, target, values, fields
 
     def _tracked_match(
         self, table: TableInfo, target: tuple[str, ...], values: Mapping[str, Any]

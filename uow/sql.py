@@ -271,10 +271,19 @@ class SqlDialect(ABC):
         if not update_columns:
             column = self.quote(conflict_target[0])
             assignments = f"{column} = {self.quote(table.name)}.{column}"
+        else:
+            assignments += self.version_bump(table)
         return (
             f"INSERT INTO {self.quote(table.name)} ({self.column_list(table, columns)}) VALUES ({holders}) "
             f"ON CONFLICT ({target}) DO UPDATE SET {assignments} RETURNING {self.column_list(table)}"
         )
+
+    def version_bump(self, table: TableInfo) -> str:
+        """``, version = version + 1`` for the SET of an update of a versioned table (else empty)."""
+        if table.version_column is None:
+            return ""
+        version = f"{self.quote(table.name)}.{self.quote(table.version_column)}"
+        return f", {self.quote(table.version_column)} = COALESCE({version}, 0) + 1"
 
     def bulk_update(self, table: TableInfo, values: dict[str, Any], where: Condition | None) -> tuple[str, list[Any]]:
         """UPDATE … SET … WHERE text and parameters; on a versioned table the

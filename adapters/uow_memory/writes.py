@@ -263,6 +263,7 @@ class BatchWriter:
             raise StorageError(
                 f"upsert on {table.name}: cannot update {exc.args[0]}, it is not among the columns"
             ) from None
+        version = None if info.version_column is None else info.column_index[info.version_column]
         count = 0
         rows: list[tuple[Any, ...]] = []
         for i, values in enumerate(batch.rows):
@@ -277,7 +278,11 @@ class BatchWriter:
                 key = self._new_row(table, indexes, values, i)
                 count += 1
             elif updates:
-                row = self._change_row(table, existing, table.rows[existing], {c: values[p] for c, p in updates}, i)
+                old = table.rows[existing]
+                changes = {c: values[p] for c, p in updates}
+                if version is not None:  # as the SQL adapters do: the updated row's version goes up
+                    changes[version] = (old[version] or 0) + 1
+                row = self._change_row(table, existing, old, changes, i)
                 key = row[table.schema.key_index]
                 count += 1
             else:

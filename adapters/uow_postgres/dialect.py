@@ -326,6 +326,7 @@ class PostgresDialect(SqlDialect):
         target = ", ".join(self.quote(c) for c in conflict_target)
         if update_columns:
             assignments = ", ".join(f"{self.quote(c)} = excluded.{self.quote(c)}" for c in update_columns)
+            assignments += self.version_bump(table)
         else:
             column = self.quote(conflict_target[0])
             assignments = f"{column} = {name}.{column}"  # a no-op update, so the existing row is returned

@@ -1543,6 +1543,38 @@ class SessionConformance:
                 await stale.commit()
         assert (await stored(engine, Account, account.id)).balance == 0
 
+    async def test_an_upsert_that_updates_a_versioned_row_bumps_its_version(self, engine: uow.Engine) -> None:
+        accounts = table_info(Account)
+        async with AsyncSession(engine) as session:
+            account = Account(owner="Ann", balance=10)
+            session.add(account)
+            await session.commit()
+        async with AsyncSession(engine) as stale, AsyncSession(engine) as upserting:
+            mine = await stale.get_one(Account, account.id)
+            await stale.commit()
+            result = await upserting.upsert(Account(id=account.id, owner="Ann", balance=0))
+            assert (result.balance, result.version) == (0, mine.version + 1)
+            before = {accounts.name: {account.id: accounts.row_dict(accounts.values_of(mine))}}
+            replayed = replay(upserting.journal.flushed, {accounts.name: accounts}, base=before)
+            assert replayed[accounts.name][account.id]["version"] == mine.version + 1
+            with pytest.raises(ValidationError, match="version"):
+                await upserting.upsert(Account(id=account.id, owner="Ann"), update_fields=["version"])
+            await upserting.commit()
+            mine.balance += 5
+            with pytest.raises(ConcurrencyError):
+                await stale.commit()
+        assert (await stored(engine, Account, account.id)).balance == 0
+
+    async def test_upsert_all_checks_every_object_before_recording_any(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            good = User(name="Good", email="good@example.com")
+            bad = User(name="Bad", email="bad@example.com", age="old")  # type: ignore[arg-type]
+            with pytest.raises(ValidationError, match=r"User\.age"):
+                await session.upsert_all([good, bad], conflict_target=["email"])
+            assert not session.journal.pending and good not in session
+            await session.commit()
+        assert await count_rows(engine, User) == 0
+
     async def test_optimistic_locking_refuses_a_stale_update_and_loses_nothing(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             account = await session.insert(Account(owner="Ann", balance=10))
