@@ -458,7 +458,7 @@ class TableInfo:
         """Per column, the types a value may have as it is (its class exactly:
         no ``bool`` for an ``int``); any other value is checked, and converted
         where it can be, before it is written."""
-        self.typed_as_stored: Callable[[Sequence[Any]], bool] = _type_checker(self.value_types)
+        self.typed_as_stored: Callable[[Sequence[Any]], bool] = _type_checker(columns, self.value_types)
         """Whether every value of a row (in column order) has one of its
         column's ``value_types``: the check every added or changed row passes."""
         getter = operator.attrgetter(*self.column_names)
@@ -492,6 +492,8 @@ class TableInfo:
 
 def _exact_value_types(column: ColumnInfo) -> frozenset[type]:
     python_type = column.python_type
+    if python_type is Any:
+        return frozenset({object})  # anything: the column's JSON encoding is its only check
     origin = get_origin(python_type)
     accepted: set[type] = set()
     if isinstance(python_type, type):
@@ -503,16 +505,25 @@ def _exact_value_types(column: ColumnInfo) -> frozenset[type]:
     return frozenset(accepted)
 
 
-def _type_checker(value_types: tuple[frozenset[type], ...]) -> Callable[[Sequence[Any]], bool]:
+def _type_checker(
+    columns: Sequence[ColumnInfo], value_types: tuple[frozenset[type], ...]
+) -> Callable[[Sequence[Any]], bool]:
     # generated, like from_row: one test per column in straight-line code is
     # several times cheaper than a loop over the columns
     names = [f"c{i}" for i in range(len(value_types))]
     namespace: dict[str, Any] = {}
     tests = []
-    for i, (name, accepted) in enumerate(zip(names, value_types)):
+    for i, (name, accepted, column) in enumerate(zip(names, value_types, columns)):
+        if object in accepted:
+            tests.append("True")
+            continue
         classes = [t for t in accepted if t is not type(None)]
         test = " or ".join(f"type({name}) is t{i}_{k}" for k in range(len(classes))) or "False"
         namespace.update({f"t{i}_{k}": t for k, t in enumerate(classes)})
+        if get_origin(column.python_type) is Literal:  # one of the values, each of its own type
+            allowed = get_args(column.python_type)
+            namespace[f"l{i}"] = frozenset((type(v), v) for v in allowed)
+            test = f"(type({name}), {name}) in l{i}"
         if type(None) in accepted:
             test = f"{name} is None or {test}"
         tests.append(f"({test})")
