@@ -111,6 +111,34 @@ async def _committed_author_with_two_posts(session: AsyncSession) -> tuple[User,
     return author, first, second
 
 
+async def _stale_write_refused_after(
+    engine: uow.Engine, change: Callable[[AsyncSession, Account], Awaitable[Account]]
+) -> Account:
+    """Commit an account and read it in a session that goes stale once
+    ``change`` sets its balance to 0 in another session (returning the tracked
+    row there). The change must bump the version, in that row and in the
+    journal's replay, so that the stale session's next write is refused."""
+    accounts = table_info(Account)
+    async with AsyncSession(engine) as session:
+        account = Account(owner="Ann", balance=10)
+        session.add(account)
+        await session.commit()
+    async with AsyncSession(engine) as stale, AsyncSession(engine) as other:
+        mine = await stale.get_one(Account, account.id)
+        await stale.commit()
+        changed = await change(other, account)
+        assert (changed.balance, changed.version) == (0, mine.version + 1)
+        before = {accounts.name: {account.id: accounts.row_dict(accounts.values_of(mine))}}
+        replayed = replay(other.journal.flushed, {accounts.name: accounts}, base=before)
+        assert replayed[accounts.name][account.id]["version"] == mine.version + 1
+        await other.commit()
+        mine.balance += 5  # computed from the balance the change replaced
+        with pytest.raises(ConcurrencyError):
+            await stale.commit()
+    assert (await stored(engine, Account, account.id)).balance == 0
+    return account
+
+
 def _raw_placeholder(engine: uow.Engine, position: int) -> str:
     return f"${position}" if engine.adapter.paramstyle == "numeric" else "?"
 
@@ -1523,47 +1551,21 @@ class SessionConformance:
     async def test_a_bulk_update_of_a_versioned_table_bumps_versions_so_stale_writes_are_refused(
         self, engine: uow.Engine
     ) -> None:
-        accounts = table_info(Account)
-        async with AsyncSession(engine) as session:
-            account = Account(owner="Ann", balance=10)
-            session.add(account)
-            await session.commit()
-        async with AsyncSession(engine) as stale, AsyncSession(engine) as bulk:
-            mine = await stale.get_one(Account, account.id)
-            await stale.commit()
-            tracked = await bulk.get_one(Account, account.id)
-            assert await bulk.bulk_update(Account, {"balance": 0}, owner="Ann") == 1
-            assert (tracked.balance, tracked.version) == (0, mine.version + 1)
-            before = {accounts.name: {account.id: accounts.row_dict(accounts.values_of(mine))}}
-            replayed = replay(bulk.journal.flushed, {accounts.name: accounts}, base=before)
-            assert replayed[accounts.name][account.id]["version"] == mine.version + 1
-            await bulk.commit()
-            mine.balance += 5  # computed from the balance the bulk update replaced
-            with pytest.raises(ConcurrencyError):
-                await stale.commit()
-        assert (await stored(engine, Account, account.id)).balance == 0
+        async def bulk_update(session: AsyncSession, account: Account) -> Account:
+            tracked = await session.get_one(Account, account.id)
+            assert await session.bulk_update(Account, {"balance": 0}, owner="Ann") == 1
+            return tracked
+
+        await _stale_write_refused_after(engine, bulk_update)
 
     async def test_an_upsert_that_updates_a_versioned_row_bumps_its_version(self, engine: uow.Engine) -> None:
-        accounts = table_info(Account)
+        async def upsert(session: AsyncSession, account: Account) -> Account:
+            return await session.upsert(Account(id=account.id, owner="Ann", balance=0))
+
+        account = await _stale_write_refused_after(engine, upsert)
         async with AsyncSession(engine) as session:
-            account = Account(owner="Ann", balance=10)
-            session.add(account)
-            await session.commit()
-        async with AsyncSession(engine) as stale, AsyncSession(engine) as upserting:
-            mine = await stale.get_one(Account, account.id)
-            await stale.commit()
-            result = await upserting.upsert(Account(id=account.id, owner="Ann", balance=0))
-            assert (result.balance, result.version) == (0, mine.version + 1)
-            before = {accounts.name: {account.id: accounts.row_dict(accounts.values_of(mine))}}
-            replayed = replay(upserting.journal.flushed, {accounts.name: accounts}, base=before)
-            assert replayed[accounts.name][account.id]["version"] == mine.version + 1
             with pytest.raises(ValidationError, match="version"):
-                await upserting.upsert(Account(id=account.id, owner="Ann"), update_fields=["version"])
-            await upserting.commit()
-            mine.balance += 5
-            with pytest.raises(ConcurrencyError):
-                await stale.commit()
-        assert (await stored(engine, Account, account.id)).balance == 0
+                await session.upsert(Account(id=account.id, owner="Ann"), update_fields=["version"])
 
     async def test_upsert_all_checks_every_object_before_recording_any(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
