@@ -578,7 +578,17 @@ class AsyncSession(ReadsMixin):
     ) -> None:
         table = state.table
         version = table.version_column
-        if version is not None and state.status is _PERSISTENT and version not in new:
+        if version is not None and state.status is _PERSISTENT:
+            if version in new:
+                # an assigned version is the one the change was made from (a merged
+                # copy, a form): another one than the row's means the row moved on
+                raise ConcurrencyError(
+                    f"{table.model.__name__} {table.key_column}={state.key!r} is at {version} {old[version]!r}, "
+                    f"but the change was made from {version} {new[version]!r}: another transaction changed "
+                    "it since; load it again",
+                    table=table.name,
+                    keys=(state.key,),
+                )
             current = state.snapshot[table.column_index[version]]
             old[version] = current
             new[version] = (current or 0) + 1

@@ -1567,6 +1567,27 @@ class SessionConformance:
             with pytest.raises(ValidationError, match="version"):
                 await session.upsert(Account(id=account.id, owner="Ann"), update_fields=["version"])
 
+    async def test_a_merged_copy_made_from_an_old_version_is_refused(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            account = Account(owner="Ann", balance=10)
+            session.add(account)
+            await session.commit()
+            form = Account(id=account.id, owner="Ann", balance=10, version=account.version)  # a copy kept aside
+            account.balance = 20
+            await session.commit()  # the row moves on to the next version
+        async with AsyncSession(engine) as session:
+            form.balance = 99
+            merged = await session.merge(form)
+            with pytest.raises(ConcurrencyError, match="another transaction changed it"):
+                await session.commit()
+            await session.rollback()
+            assert (merged.balance, merged.version) == (20, form.version + 1)
+            current = Account(id=account.id, owner="Ann", balance=30, version=merged.version)
+            await session.merge(current)  # a copy of the current version goes through
+            await session.commit()
+            assert merged.version == current.version + 1
+        assert (await stored(engine, Account, account.id)).balance == 30
+
     async def test_upsert_all_checks_every_object_before_recording_any(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             good = User(name="Good", email="good@example.com")
