@@ -1572,7 +1572,8 @@ class SessionConformance:
             account = Account(owner="Ann", balance=10)
             session.add(account)
             await session.commit()
-            form = Account(id=account.id, owner="Ann", balance=10, version=account.version)  # a copy kept aside
+            form = Account(id=account.id, owner="Ann", balance=10)  # a copy kept aside
+            form.version = account.version
             account.balance = 20
             await session.commit()  # the row moves on to the next version
         async with AsyncSession(engine) as session:
@@ -1582,7 +1583,8 @@ class SessionConformance:
                 await session.commit()
             await session.rollback()
             assert (merged.balance, merged.version) == (20, form.version + 1)
-            current = Account(id=account.id, owner="Ann", balance=30, version=merged.version)
+            current = Account(id=account.id, owner="Ann", balance=30)
+            current.version = merged.version
             await session.merge(current)  # a copy of the current version goes through
             await session.commit()
             assert merged.version == current.version + 1
