@@ -39,12 +39,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import uow
 from uow.errors import IntegrityError, SessionStateError
 from uow.journal import replay
-from uow.model import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, relation, table_info
+from uow.model import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, Versioned, relation, table_info
 from uow.statements import Select
 
 
-class Owner(Model, table="sm_owners"):
-    """A parent row with a unique name."""
+class Owner(Model, Versioned, table="sm_owners"):
+    """A parent row with a unique name, under optimistic locking: every
+    update, bulk update and upsert of it bumps its version, which the journal's
+    replay must agree with."""
 
     id: Annotated[int | None, PrimaryKey()] = None
     name: Annotated[str, Unique()]
