@@ -146,6 +146,16 @@ def _converted(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
         raise ValidationError(f"{table.model.__name__}.{column.name}: {exc} (got {value!r})") from None
 
 
+def _names_another_parent(obj: Any, column: str, parent: Any, key_column: str) -> bool:
+    """Whether a many-to-one relation's value (not ``None``) says something
+    else than ``obj``'s foreign key ``column``: an unlink not flushed yet, or
+    an object without the key the column holds."""
+    if parent is UNLINKED:
+        return True
+    key = getattr(parent, key_column, None)
+    return key is None or key != getattr(obj, column)
+
+
 def _refers_to(obj: Any, column: str, key: Any) -> bool:
     """Whether ``obj``'s foreign key ``column`` holds ``key`` (a stored row's)."""
     return key is not None and getattr(obj, column) == key
@@ -1183,14 +1193,12 @@ class AsyncSession(ReadsMixin):
                     continue
                 if column is None:
                     stale = bool(detached) and isinstance(value, list) and any(detached.get(id(v)) is v for v in value)
-                elif value is None or value is UNLINKED:
-                    # no parent, or an unlink not flushed: stale where the restored key names one
-                    stale = value is UNLINKED or getattr(obj, column) is not None
+                elif value is None:
+                    stale = getattr(obj, column) is not None  # no parent, where the restored key names one
                 else:
-                    key = getattr(value, target_key, None)
-                    stale = key is None or key != getattr(obj, column)
-                    if detached and not stale:
-                        stale = detached.get(id(value)) is value
+                    stale = _names_another_parent(obj, column, value, target_key) or (
+                        bool(detached) and detached.get(id(value)) is value
+                    )
                 if stale:
                     setattr(obj, name, NOT_LOADED)
 
@@ -1440,11 +1448,9 @@ class AsyncSession(ReadsMixin):
                 continue
             if relation.many:
                 stale = isinstance(value, list) and any(identity.state_of(v) is None for v in value)
-            elif value is UNLINKED or not is_model(value):
-                stale = True
             else:
-                key = self._table_of(value).key_of(value)
-                stale = key is None or key != getattr(obj, relation.local_column)  # type: ignore[arg-type]
+                key_column = table_info(relation.target).key_column
+                stale = _names_another_parent(obj, relation.local_column, value, key_column)  # type: ignore[arg-type]
             if stale:
                 descriptor.set_loaded(obj, NOT_LOADED)
 
