@@ -356,13 +356,23 @@ class AsyncSession(ReadsMixin):
         """
         if self._busy is not None:
             self._check_idle()
-        self._add(obj)
+        mark = self._journal.mark
+        try:
+            self._add(obj)
+        except BaseException:
+            self._undo_recorded(mark)  # the parents it added on the way, if any
+            raise
 
     def add_all(self, objects: Iterable[Any]) -> None:
-        """:meth:`add` each object."""
+        """:meth:`add` each object; when one is refused, none is added."""
         self._check_idle()
-        for obj in objects:
-            self._add(obj)
+        mark = self._journal.mark
+        try:
+            for obj in objects:
+                self._add(obj)
+        except BaseException:
+            self._undo_recorded(mark)
+            raise
 
     def _add(self, obj: Any, links: dict[str, int] | None = None, at: dt.datetime | None = None) -> InstanceState:
         """Track ``obj`` as new and record its insert, with the parents and
@@ -1149,10 +1159,16 @@ class AsyncSession(ReadsMixin):
             self._reset_transaction()
 
     def _undo_to(self, mark: int) -> None:
-        """Truncate the journal to ``mark`` and undo the removed events in place."""
+        """Undo assignments not recorded yet, then truncate the journal to
+        ``mark`` and undo the removed events in place."""
         for state in self._identity.states():
             if state.status in (*_LIVE, Status.DELETED) and state.current() != state.snapshot:
                 state.restore_snapshot()
+        self._undo_recorded(mark)
+
+    def _undo_recorded(self, mark: int) -> None:
+        """Truncate the journal to ``mark`` and undo the removed events in
+        place; assignments not recorded yet stay as they are."""
         removed = self._journal.truncate(mark)
         detached: dict[int, Any] = {}
         for event in reversed(removed):
@@ -1525,38 +1541,61 @@ class AsyncSession(ReadsMixin):
         if self.auto_commit:
             await self._commit()
 
+    # An immediate operation is all or nothing: when it is refused, or its flush
+    # fails, its own events are dropped and the objects it changed restored, so
+    # a caller that handles the error can go on with the session (and an
+    # auto_commit session's next operation does not fail again on them). Events
+    # recorded before it stay pending, as after any failed flush. Assignments
+    # made before it are recorded first, so that undoing its events from the
+    # mark leaves them alone.
+
+    def _immediate_start(self) -> int:
+        """Record the assignments made so far; the journal mark where the
+        immediate operation's own events begin."""
+        self._collect_changes()
+        return self._journal.mark
+
+    @contextmanager
+    def _undone_on_error(self, mark: int) -> Iterator[None]:
+        """Undo the events recorded after ``mark`` when the block raises."""
+        try:
+            yield
+        except BaseException:
+            self._undo_recorded(mark)
+            raise
+
     async def insert(self, obj: M) -> M:
         """Insert ``obj`` now (its generated key is set when this returns)."""
-        with self._exclusive("insert"):
-            self._add(obj)
-            await self._flush()
-            await self._done()
-        return obj
+        return (await self.insert_all([obj]))[0]
 
     async def insert_all(self, objects: Iterable[M]) -> list[M]:
-        """Insert every object now, in as few statements as the planner allows."""
+        """Insert every object now, in as few statements as the planner allows;
+        when one is refused, none is inserted."""
         listed = list(objects)
         with self._exclusive("insert_all"):
-            for obj in listed:
-                self._add(obj)
-            await self._flush()
+            mark = self._immediate_start()
+            with self._undone_on_error(mark):
+                for obj in listed:
+                    self._add(obj)
+            await self._flush_recorded(mark)
             await self._done()
         return listed
 
     async def update(self, obj: M, **values: Any) -> M:
         """Set ``values`` on a tracked object and write them now."""
         with self._exclusive("update"):
+            mark = self._immediate_start()
             state = self._live_state(obj)
             checked = self._checked_values(state.table, values)
-            self._record_changes(state)
             try:
                 for name, value in checked.items():
                     setattr(obj, name, value)
                 self._record_changes(state)
             except BaseException:
+                self._undo_recorded(mark)
                 state.restore_snapshot()  # a refused update leaves the object as it was
                 raise
-            await self._flush()
+            await self._flush_recorded(mark)
             await self._done()
         return obj
 
@@ -1595,8 +1634,11 @@ class AsyncSession(ReadsMixin):
     async def remove(self, obj: Any) -> None:
         """Delete a tracked object now."""
         with self._exclusive("remove"):
-            self._delete(self._live_state(obj))
-            await self._flush()
+            mark = self._immediate_start()
+            state = self._live_state(obj)
+            with self._undone_on_error(mark):
+                self._delete(state)
+            await self._flush_recorded(mark)
             await self._done()
 
     async def force_delete(self, obj: Any) -> None:
@@ -1606,25 +1648,25 @@ class AsyncSession(ReadsMixin):
     async def soft_delete(self, obj: Any) -> None:
         """Hide a row by setting its soft-delete column (``deleted_at``), now."""
         with self._exclusive("soft_delete"):
+            mark = self._immediate_start()
             state = self._live_state(obj)
             column = self._soft_delete_column(state.table)
-            self._record_changes(state)
             if getattr(obj, column) is None:
                 setattr(obj, column, _now())
                 self._record_changes(state, SoftDeleted)
-            await self._flush()
+            await self._flush_recorded(mark)
             await self._done()
 
     async def restore(self, obj: Any) -> None:
         """Clear a row's soft-delete column, now."""
         with self._exclusive("restore"):
+            mark = self._immediate_start()
             state = self._live_state(obj)
             column = self._soft_delete_column(state.table)
-            self._record_changes(state)
             if getattr(obj, column) is not None:
                 setattr(obj, column, None)
                 self._record_changes(state, Restored)
-            await self._flush()
+            await self._flush_recorded(mark)
             await self._done()
 
     def _soft_delete_column(self, table: TableInfo) -> str:
@@ -1658,28 +1700,10 @@ class AsyncSession(ReadsMixin):
             await self._flush()
             # every object is checked before any is recorded: a refused one leaves nothing behind
             planned = [self._planned_upsert(obj, conflict_target, update_fields) for obj in listed]
-            events: list[tuple[Upserted, Any]] = []
-            for obj, (table, target, values, fields) in zip(listed, planned):
-                if values is None:
-                    self._add(obj)  # no key to conflict on: a plain insert
-                    events.append((None, obj))  # type: ignore[arg-type]
-                    continue
-                tracked = self._tracked_match(table, target, values)
-                ref = tracked.ref if tracked is not None else self._new_ref()
-                event = Upserted(
-                    seq=self._journal.next_seq(),
-                    at=_now(),
-                    table=table.name,
-                    ref=ref,
-                    key=values.get(table.key_column),
-                    values=values,
-                    conflict_target=target,
-                    update_fields=fields,
-                    old=table.row_dict(tracked.snapshot) if tracked is not None else None,
-                )
-                self._record(event, *([tracked] if tracked is not None else []))
-                events.append((event, obj))
-            outcome = await self._flush()
+            mark = self._journal.mark
+            with self._undone_on_error(mark):
+                events = self._record_upserts(listed, planned)
+            outcome = await self._flush_recorded(mark)
             results: list[M] = []
             for event, obj in events:
                 if event is None:
@@ -1688,6 +1712,36 @@ class AsyncSession(ReadsMixin):
                 results.append(self._settle_upsert(event, obj, outcome))
             await self._done()
         return results
+
+    def _record_upserts(
+        self,
+        objects: Sequence[Any],
+        planned: Sequence[tuple[TableInfo, tuple[str, ...], dict[str, Any] | None, tuple[str, ...]]],
+    ) -> list[tuple[Upserted | None, Any]]:
+        """Record each planned upsert (a plain insert where it has no values to
+        conflict on); ``(event or None, object)`` pairs, in order."""
+        events: list[tuple[Upserted | None, Any]] = []
+        for obj, (table, target, values, fields) in zip(objects, planned):
+            if values is None:
+                self._add(obj)  # no key to conflict on: a plain insert
+                events.append((None, obj))
+                continue
+            tracked = self._tracked_match(table, target, values)
+            ref = tracked.ref if tracked is not None else self._new_ref()
+            event = Upserted(
+                seq=self._journal.next_seq(),
+                at=_now(),
+                table=table.name,
+                ref=ref,
+                key=values.get(table.key_column),
+                values=values,
+                conflict_target=target,
+                update_fields=fields,
+                old=table.row_dict(tracked.snapshot) if tracked is not None else None,
+            )
+            self._record(event, *([tracked] if tracked is not None else []))
+            events.append((event, obj))
+        return events
 
     def _planned_upsert(
         self, obj: Any, conflict_target: Sequence[str] | None, update_fields: Sequence[str] | None
@@ -1793,6 +1847,7 @@ class AsyncSession(ReadsMixin):
                     values = self._convert_row(table, instance, values)
                 self._validate_new_row(table, values)
                 checked.append(values)
+            mark = self._immediate_start()
             at = _now()
             for values in checked:
                 self._record(
@@ -1806,7 +1861,7 @@ class AsyncSession(ReadsMixin):
                     )
                 )
             count = len(checked)
-            await self._flush()
+            await self._flush_recorded(mark)
             await self._done()
         return count
 
@@ -1887,8 +1942,9 @@ class AsyncSession(ReadsMixin):
         return outcome.rowcounts.get(event.seq, 0)
 
     async def _flush_recorded(self, mark: int) -> _FlushOutcome:
-        """Flush what a bulk operation recorded after ``mark``; if it fails, its
-        events are dropped and the objects they changed restored."""
+        """Flush what an immediate operation recorded after ``mark`` (and what
+        was pending before it); if it fails, the operation's events are dropped
+        and the objects they changed restored."""
         try:
             return await self._flush()
         except BaseException:

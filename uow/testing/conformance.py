@@ -1639,6 +1639,12 @@ class SessionConformance:
             await second.commit()
             with pytest.raises(ConcurrencyError):
                 await first.remove(mine)
+            # the refused delete is dropped: the object is still tracked as it was
+            assert mine in first and not first.journal.pending
+            await first.refresh(mine)
+            await first.remove(mine)
+            await first.commit()
+        assert await stored(engine, Account, account.id) is None
 
     async def test_failed_flush_is_atomic_and_names_the_culprit(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
@@ -1726,6 +1732,65 @@ class SessionConformance:
             assert (one.age, two.age) == (2, 2)
             await session.commit()
         assert (await stored(engine, User, two.id)).email == "2@example.com"
+
+    async def test_a_refused_immediate_operation_leaves_an_auto_commit_session_usable(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            await session.insert(User(name="Taken", email="taken@example.com"))
+            await session.commit()
+        async with AsyncSession(engine, auto_commit=True) as session:
+            duplicate = User(name="Dup", email="taken@example.com")
+            with pytest.raises(IntegrityError):
+                await session.insert(duplicate)
+            assert duplicate not in session and duplicate.id is None
+            assert not session.journal.pending
+            kept = await session.insert(User(name="Kept", email="kept@example.com"))
+            assert kept.id is not None
+        # the clean exit raises nothing and writes nothing more
+        assert await count_rows(engine, User) == 2
+        assert (await stored(engine, User, kept.id)).name == "Kept"
+
+    async def test_a_failed_immediate_operation_drops_only_its_own_events(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            taken = await session.insert(User(name="Taken", email="taken@example.com"))
+            other = await session.insert(User(name="Other", email="other@example.com"))
+            await session.commit()
+            taken.name = "Renamed"  # an assignment not recorded yet
+            waiting = User(name="Waiting", email="waiting@example.com")
+            session.add(waiting)
+            newcomer = User(name="Dup", email="taken@example.com")
+            with pytest.raises(IntegrityError):
+                await session.insert(Post(title="p", author=newcomer))
+            assert newcomer not in session and newcomer.id is None
+            with pytest.raises(IntegrityError):
+                await session.update(other, email="taken@example.com")
+            assert other.email == "other@example.com" and not session.is_modified(other)
+            assert taken.name == "Renamed" and waiting in session and waiting.id is None
+            pending = session.journal.pending
+            assert sorted(type(e).__name__ for e in pending) == ["Inserted", "Updated"]
+            assert [e.key for e in pending if isinstance(e, Updated)] == [taken.id]
+            await session.commit()
+        assert (await stored(engine, User, taken.id)).name == "Renamed"
+        assert (await stored(engine, User, other.id)).email == "other@example.com"
+        assert await count_rows(engine, User) == 3
+        assert await count_rows(engine, Post) == 0
+
+    async def test_a_refused_add_adds_nothing_it_brought_along(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author = User(name="A", email="a@example.com")
+            with pytest.raises(ValidationError):
+                session.add(Post(title=5, author=author))  # type: ignore[arg-type]
+            assert author not in session and len(session) == 0 and not session.journal.pending
+            good = User(name="G", email="g@example.com")
+            with pytest.raises(ValidationError):
+                session.add_all([good, User(name=None, email="n@example.com")])  # type: ignore[arg-type]
+            assert good not in session and not session.journal.pending
+            with pytest.raises(ValidationError):
+                await session.insert_all([good, User(name="B", email="b@example.com", age="old")])  # type: ignore[arg-type]
+            assert good not in session and good.id is None and not session.journal.pending
+            session.add(Post(title="fixed", author=author))
+            await session.commit()
+        assert await count_rows(engine, User) == 1
+        assert await count_rows(engine, Post) == 1
 
     async def test_a_duplicate_given_primary_key_is_an_integrity_error(self, engine: uow.Engine) -> None:
         sample = _sample()

@@ -38,6 +38,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import uow
 from uow.errors import IntegrityError, SessionStateError
+from uow.events import Inserted
 from uow.journal import replay
 from uow.model import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, Versioned, relation, table_info
 from uow.statements import Select
@@ -329,6 +330,29 @@ class DifferentialMachine(RuleBasedStateMachine):
             session.delete(duplicate)
 
         self._flushed()
+        self._each(refuse)
+
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data())
+    def refused_insert(self, data: st.DataObject) -> None:
+        """``insert`` of a duplicate name fails, and drops only its own event:
+        the work pending before it stays pending, and nothing is written."""
+        index = data.draw(st.sampled_from(self._live("owner")))
+        name = self.expected[index].values["name"]
+
+        async def refuse(i: int, session: uow.AsyncSession) -> None:
+            inserts_before = sum(isinstance(e, Inserted) for e in session.journal.pending)
+            duplicate = Owner(name=name)
+            try:
+                await session.insert(duplicate)
+            except IntegrityError as exc:
+                assert exc.kind in ("unique", "primary_key"), exc
+            else:
+                raise AssertionError(f"{self.urls[i]}: a duplicate name was accepted")
+            assert duplicate not in session and duplicate.id is None, f"{self.urls[i]}: the refused insert stayed"
+            inserts_after = sum(isinstance(e, Inserted) for e in session.journal.pending)
+            assert inserts_after == inserts_before, f"{self.urls[i]}: pending inserts went from {inserts_before}"
+
         self._each(refuse)
 
     @rule(name=NAMES, score=SCORES)
