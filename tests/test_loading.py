@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
+import msgspec
 import pytest
 
 import uow
@@ -83,3 +84,32 @@ def test_rows_become_objects_equal_to_constructed_ones() -> None:
     made = Tag.made
     assert tags.from_row((1, "Blue")) == Tag(id=1, name="blue")
     assert Tag.made == made + 2
+
+
+async def test_objects_encode_with_the_relations_that_are_loaded_and_decode_back(engine: uow.Engine) -> None:
+    await engine.create_all(Shelf, Volume)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Volume(title="Dune", pages=412, shelf=Shelf(label="fiction")))
+        await session.commit()
+    async with uow.AsyncSession(engine) as session:
+        plain = await session.query(Volume).one()
+    async with uow.AsyncSession(engine) as session:
+        shelf = await session.query(Shelf).include(Shelf.books).one()
+
+    # a relation nothing loaded is left out, not an error
+    assert msgspec.json.decode(msgspec.json.encode(plain)) == {
+        "id": plain.id,
+        "shelf_id": shelf.id,
+        "title": "Dune",
+        "pages": 412,
+    }
+    assert msgspec.json.decode(msgspec.json.encode(shelf)) == {
+        "id": shelf.id,
+        "label": "fiction",
+        "books": [{"id": plain.id, "shelf_id": shelf.id, "title": "Dune", "pages": 412}],
+    }
+    # and decoding leaves it not loaded again
+    decoded = msgspec.json.decode(msgspec.json.encode(shelf), type=Shelf)
+    assert decoded == shelf and decoded.books[0] == plain
+    with pytest.raises(RelationNotLoadedError):
+        _ = decoded.books[0].shelf

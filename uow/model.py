@@ -145,19 +145,11 @@ _MIXINS: tuple[type, ...] = (SoftDelete, Versioned)
 # --- relations --------------------------------------------------------------
 
 
-class _NotLoaded:
-    """The value of a relation attribute that nothing has loaded or set."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<not loaded>"
-
-    def __bool__(self) -> bool:
-        raise RelationNotLoadedError("a relation that is not loaded has no truth value")
-
-
-NOT_LOADED: Any = _NotLoaded()
+NOT_LOADED: Any = msgspec.UNSET
+"""The value of a relation attribute that nothing has loaded or set. It is
+msgspec's ``UNSET``, so encoding a model (``msgspec.json.encode(post)``) leaves
+such relations out instead of failing on them; reading one through the model
+raises :class:`RelationNotLoadedError`."""
 
 
 class _Unlinked:
