@@ -3,8 +3,8 @@
 The machine runs one random sequence of session operations (add, assignment,
 moving a child to another parent through its relation or unlinking it, delete,
 soft delete, flush, commit, rollback, savepoints, a refused flush, a refused
-move to a deleted parent, upserts on a unique column, bulk updates and bulk
-deletes) on a session per database URL, in lockstep, and after every step
+move to a deleted parent, immediate updates and removes, a refused immediate
+insert and update, upserts on a unique column, bulk updates and bulk deletes) on a session per database URL, in lockstep, and after every step
 checks that:
 
 - each tracked object holds the values the machine expects (the identity map
@@ -330,6 +330,46 @@ class DifferentialMachine(RuleBasedStateMachine):
             session.delete(duplicate)
 
         self._flushed()
+        self._each(refuse)
+
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data(), score=SCORES)
+    def update_score_now(self, data: st.DataObject, score: int) -> None:
+        """``update`` writes an owner's score now, with whatever was pending."""
+        index = data.draw(st.sampled_from(self._live("owner")))
+        self.expected[index].values["score"] = score
+        self._flushed()
+        self._each(lambda i, session: session.update(self.objects[i][index], score=score))
+
+    @precondition(lambda self: bool(self._live("item")))
+    @rule(data=st.data())
+    def remove_item_now(self, data: st.DataObject) -> None:
+        """``remove`` deletes an item now, with whatever was pending."""
+        index = data.draw(st.sampled_from(self._live("item")))
+        self.expected[index].live = False
+        self._flushed()
+        self._each(lambda i, session: session.remove(self.objects[i][index]))
+
+    @precondition(lambda self: len(self._live("owner")) >= 2)
+    @rule(data=st.data())
+    def refused_rename_now(self, data: st.DataObject) -> None:
+        """``update`` to the name another owner holds fails, and drops only
+        its own event: the owner keeps its name, and the work pending before
+        stays pending (nothing of it is written)."""
+        index, other = data.draw(st.lists(st.sampled_from(self._live("owner")), min_size=2, max_size=2, unique=True))
+        name = self.expected[other].values["name"]
+
+        async def refuse(i: int, session: uow.AsyncSession) -> None:
+            owner = self.objects[i][index]
+            kept = owner.name
+            try:
+                await session.update(owner, name=name)
+            except IntegrityError as exc:
+                assert exc.kind == "unique", exc
+            else:
+                raise AssertionError(f"{self.urls[i]}: a duplicate name was accepted")
+            assert owner.name == kept, f"{self.urls[i]}: the refused update left {owner.name!r}"
+
         self._each(refuse)
 
     @precondition(lambda self: bool(self._live("owner")))
