@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -174,6 +175,8 @@ async def run_case(case: Case, env: cases.Env, rows: int, repeat: int, log: Call
                     cases.fresh_sqlite(env)
                 else:
                     await cases.fresh_postgres(env, seed=rows if case.seed else 0)
+                # the garbage an earlier run left is collected now, not inside this run's timing
+                gc.collect()
                 runs[label].append(await timed(env, rows))
             except Exception as exc:
                 errors[label] = f"{type(exc).__name__}: {exc}"
