@@ -4,8 +4,9 @@ The machine runs one random sequence of session operations (add, assignment,
 moving a child to another parent through its relation or unlinking it, delete,
 soft delete, flush, commit, rollback, savepoints, a refused flush, a refused
 move to a deleted parent, immediate updates and removes, a refused immediate
-insert and update, upserts on a unique column, bulk updates and bulk deletes) on a session per database URL, in lockstep, and after every step
-checks that:
+insert and update, merging a detached copy, upserts on a unique column, bulk
+updates and bulk deletes) on a session per database URL, in lockstep, and
+after every step checks that:
 
 - each tracked object holds the values the machine expects (the identity map
   is right, also after rollbacks restored it in place);
@@ -340,6 +341,28 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.expected[index].values["score"] = score
         self._flushed()
         self._each(lambda i, session: session.update(self.objects[i][index], score=score))
+
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data(), score=SCORES)
+    def merge_copy(self, data: st.DataObject, score: int) -> None:
+        """``merge`` of a detached copy of a stored owner, made from its current
+        version with another score: the tracked owner takes the score and is
+        the object returned; the next flush bumps the version as for any update."""
+        stored = [i for i in self._live("owner") if self.objects[0][i].id is not None]
+        if not stored:
+            return
+        index = data.draw(st.sampled_from(stored))
+        self.expected[index].values["score"] = score
+
+        async def merge(i: int, session: uow.AsyncSession) -> None:
+            owner = self.objects[i][index]
+            assert owner.id is not None, f"{self.urls[i]}: owner {index} has no key where another session has one"
+            detached = Owner(id=owner.id, name=owner.name, score=score)
+            detached.version = owner.version  # made from the version the session holds
+            merged = await session.merge(detached)
+            assert merged is owner, f"{self.urls[i]}: merge returned another object"
+
+        self._each(merge)
 
     @precondition(lambda self: bool(self._live("item")))
     @rule(data=st.data())
