@@ -1564,37 +1564,53 @@ class AsyncSession(ReadsMixin):
             self._undo_recorded(mark)
             raise
 
+    def _assign_now(
+        self,
+        state: InstanceState,
+        values: Mapping[str, Any],
+        mark: int,
+        event_type: type[Updated | SoftDeleted | Restored] = Updated,
+    ) -> None:
+        """Assign ``values`` on the object and record them as one event; when
+        that is refused, the events after ``mark`` are undone and the object
+        is put back as it was."""
+        try:
+            for name, value in values.items():
+                setattr(state.obj, name, value)
+            self._record_changes(state, event_type)
+        except BaseException:
+            self._undo_recorded(mark)
+            state.restore_snapshot()
+            raise
+
     async def insert(self, obj: M) -> M:
         """Insert ``obj`` now (its generated key is set when this returns)."""
-        return (await self.insert_all([obj]))[0]
+        with self._exclusive("insert"):
+            await self._insert_now([obj])
+        return obj
 
     async def insert_all(self, objects: Iterable[M]) -> list[M]:
         """Insert every object now, in as few statements as the planner allows;
         when one is refused, none is inserted."""
         listed = list(objects)
         with self._exclusive("insert_all"):
-            mark = self._immediate_start()
-            with self._undone_on_error(mark):
-                for obj in listed:
-                    self._add(obj)
-            await self._flush_recorded(mark)
-            await self._done()
+            await self._insert_now(listed)
         return listed
+
+    async def _insert_now(self, objects: Sequence[Any]) -> None:
+        mark = self._immediate_start()
+        with self._undone_on_error(mark):
+            for obj in objects:
+                self._add(obj)
+        await self._flush_recorded(mark)
+        await self._done()
 
     async def update(self, obj: M, **values: Any) -> M:
         """Set ``values`` on a tracked object and write them now."""
         with self._exclusive("update"):
             mark = self._immediate_start()
             state = self._live_state(obj)
-            checked = self._checked_values(state.table, values)
-            try:
-                for name, value in checked.items():
-                    setattr(obj, name, value)
-                self._record_changes(state)
-            except BaseException:
-                self._undo_recorded(mark)
-                state.restore_snapshot()  # a refused update leaves the object as it was
-                raise
+            self._assign_now(state, self._checked_values(state.table, values), mark)
             await self._flush_recorded(mark)
             await self._done()
         return obj
@@ -1652,8 +1668,7 @@ class AsyncSession(ReadsMixin):
             state = self._live_state(obj)
             column = self._soft_delete_column(state.table)
             if getattr(obj, column) is None:
-                setattr(obj, column, _now())
-                self._record_changes(state, SoftDeleted)
+                self._assign_now(state, {column: _now()}, mark, SoftDeleted)
             await self._flush_recorded(mark)
             await self._done()
 
@@ -1664,8 +1679,7 @@ class AsyncSession(ReadsMixin):
             state = self._live_state(obj)
             column = self._soft_delete_column(state.table)
             if getattr(obj, column) is not None:
-                setattr(obj, column, None)
-                self._record_changes(state, Restored)
+                self._assign_now(state, {column: None}, mark, Restored)
             await self._flush_recorded(mark)
             await self._done()
 
