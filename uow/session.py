@@ -702,11 +702,16 @@ class AsyncSession(ReadsMixin):
                 setattr(obj, column, None)
                 self._record_update(state, {column: old_value}, {column: None}, parent_refs={column: parent_state.ref})
 
-    def _collect_changes(self) -> None:
-        """Record cascades and every assignment since the last flush."""
+    def _collect_changes(self, *, scan: bool = True) -> None:
+        """Record cascades and every assignment since the last flush; with
+        ``scan`` false only the cascades, for a caller that knows every
+        assignment is recorded already (an immediate operation, which records
+        them first and then only its own changes, all as events)."""
         if self._committed_gone:
             self._let_go_of_committed_deletes()
         self._cascade_deletes()
+        if not scan:
+            return
         at = _utc_now(_UTC)  # the assignments found here are all recorded at this moment
         for state in self._identity.states():
             # most states are unchanged: for those the work is one tuple comparison
@@ -715,12 +720,22 @@ class AsyncSession(ReadsMixin):
                 if state.table.child_relations:
                     self._refuse_new_children(state)
                 continue
+            # what _record_found does, written out: this loop runs once per tracked object
             table = state.table
             if table.relations:
                 self._sync_relations(state)
             now = table.values_of(state.obj)
             if now != state.snapshot:
                 self._record_assigned(state, now, at)
+
+    def _record_found(self, state: InstanceState, at: dt.datetime) -> None:
+        """Record the assignments on one live object as a flush finds them."""
+        table = state.table
+        if table.relations:
+            self._sync_relations(state)
+        now = table.values_of(state.obj)
+        if now != state.snapshot:
+            self._record_assigned(state, now, at)
 
     def _let_go_of_committed_deletes(self) -> None:
         """Stop tracking the objects whose delete is committed: they are only
@@ -826,6 +841,7 @@ class AsyncSession(ReadsMixin):
                         if state.parent_refs:
                             state.parent_refs.pop(fk.column, None)
                         self._unlink_deleted_parents(state, fk.column)
+                        self._record_found(state, _utc_now(_UTC))
             deleted_keys, deleted_refs = next_keys, next_refs
         if self._journal.pending:
             self._cascaded_upto = self._journal.pending[-1].seq
@@ -867,9 +883,9 @@ class AsyncSession(ReadsMixin):
             self._tx_writes = False
         return self._connection
 
-    async def _flush(self) -> _FlushOutcome:
+    async def _flush(self, *, scan: bool = True) -> _FlushOutcome:
         with _collector_paused():
-            self._collect_changes()
+            self._collect_changes(scan=scan)
             if not self._journal.has_pending():
                 return _FlushOutcome()
             pending = list(self._journal.pending)
@@ -1960,7 +1976,7 @@ class AsyncSession(ReadsMixin):
         was pending before it); if it fails, the operation's events are dropped
         and the objects they changed restored."""
         try:
-            return await self._flush()
+            return await self._flush(scan=False)  # the operation recorded every assignment
         except BaseException:
             if self._journal.flushed_mark <= mark:
                 self._undo_to(mark)

@@ -892,6 +892,25 @@ class SessionConformance:
         saved = await stored(engine, Review, review.id)
         assert saved is not None and saved.reviewer_id is None
 
+    async def test_remove_applies_the_delete_actions_to_tracked_children_now(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            reviewer = await session.get_one(User, alice.id)
+            review = await session.insert(Review(stars=3, reviewer=reviewer))
+            post = await session.insert(Post(title="by alice", author=reviewer))
+            await session.commit()
+            review.stars = 5  # assignments made before the remove are written with it
+            post.title = "gone anyway"
+            await session.remove(reviewer)
+            assert review.reviewer is None and review.reviewer_id is None
+            assert post not in session
+            assert not session.journal.pending and not session.is_modified(review)
+            await session.commit()
+        saved = await stored(engine, Review, review.id)
+        assert (saved.reviewer_id, saved.stars) == (None, 5)
+        assert await stored(engine, Post, post.id) is None
+
     async def test_bulk_delete_updates_tracked_children_of_rows_it_never_loaded(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author = User(name="Author", email="author@example.com", age=9)

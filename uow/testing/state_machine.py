@@ -373,6 +373,20 @@ class DifferentialMachine(RuleBasedStateMachine):
         self._flushed()
         self._each(lambda i, session: session.remove(self.objects[i][index]))
 
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data())
+    def remove_owner_now(self, data: st.DataObject) -> None:
+        """``remove`` deletes an owner now, its items with it (the session
+        applies the cascade to the tracked items in the same flush)."""
+        index = data.draw(st.sampled_from(self._live("owner")))
+        self.expected[index].live = False
+        self.expected[index].deleted = True
+        for entry in self.expected:
+            if entry.kind == "item" and entry.owner == index and entry.live:
+                entry.live = False
+        self._flushed()
+        self._each(lambda i, session: session.remove(self.objects[i][index]))
+
     @precondition(lambda self: len(self._live("owner")) >= 2)
     @rule(data=st.data())
     def refused_rename_now(self, data: st.DataObject) -> None:
