@@ -390,6 +390,7 @@ class TableInfo:
         "relations",
         "parent_relations",
         "child_relations",
+        "holds_relations",
         "required_indexes",
         "value_types",
         "typed_as_stored",
@@ -444,6 +445,12 @@ class TableInfo:
             if r.many and r.remote_column is not None
         )
         """(the children's foreign-key column, reader of the children) per one-to-many relation."""
+        self.holds_relations: Callable[[Any], bool] = _relation_checker(
+            [read for _, read in (*self.parent_relations, *self.child_relations)]
+        )
+        """Whether an object holds something (an object, a list, an assigned
+        ``None``) in one of its relations: only then has a flush a relation of
+        it to look at. Most loaded objects hold none."""
         self.required_indexes = tuple(i for i, c in enumerate(columns) if not c.nullable and not c.generated)
         """Positions of the columns a new row must not leave ``None``."""
         self.value_types: tuple[frozenset[type], ...] = tuple(map(_exact_value_types, columns))
@@ -522,6 +529,20 @@ def _type_checker(
     unpack = ", ".join(names) + ("," if len(names) == 1 else "")
     exec(f"def typed_as_stored(row):\n    {unpack} = row\n    return {' and '.join(tests)}\n", namespace)
     return namespace["typed_as_stored"]  # type: ignore[no-any-return]
+
+
+def _relation_checker(readers: Sequence[Callable[[Any], Any]]) -> Callable[[Any], bool]:
+    # generated, like typed_as_stored: the flush asks this of every tracked object
+    namespace: dict[str, Any] = {"NOT_LOADED": NOT_LOADED}
+    lines = ["def holds_relations(obj):"]
+    for i, read in enumerate(readers):
+        namespace[f"r{i}"] = read
+        lines.append(f"    v = r{i}(obj)")
+        lines.append("    if v is not NOT_LOADED and v is not None:")
+        lines.append("        return True")
+    lines.append("    return False")
+    exec("\n".join(lines) + "\n", namespace)
+    return namespace["holds_relations"]  # type: ignore[no-any-return]
 
 
 def _row_constructor(model: type[Model], column_names: tuple[str, ...]) -> Callable[[Sequence[Any]], Any]:

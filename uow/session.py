@@ -356,7 +356,7 @@ class AsyncSession(ReadsMixin):
         """
         if self._busy is not None:
             self._check_idle()
-        mark = self._journal.mark
+        mark = self._journal.size()
         try:
             self._add(obj)
         except BaseException:
@@ -554,7 +554,7 @@ class AsyncSession(ReadsMixin):
         # recorded first, as at a flush, then the delete, both at one moment
         at = _utc_now(_UTC)
         table = state.table
-        if table.relations:
+        if table.relations and table.holds_relations(state.obj):
             self._sync_relations(state, deleting=True)
         now = table.values_of(state.obj)
         if now != state.snapshot:
@@ -722,7 +722,7 @@ class AsyncSession(ReadsMixin):
                 continue
             # what _record_found does, written out: this loop runs once per tracked object
             table = state.table
-            if table.relations:
+            if table.relations and table.holds_relations(state.obj):
                 self._sync_relations(state)
             now = table.values_of(state.obj)
             if now != state.snapshot:
@@ -731,7 +731,7 @@ class AsyncSession(ReadsMixin):
     def _record_found(self, state: InstanceState, at: dt.datetime) -> None:
         """Record the assignments on one live object as a flush finds them."""
         table = state.table
-        if table.relations:
+        if table.relations and table.holds_relations(state.obj):
             self._sync_relations(state)
         now = table.values_of(state.obj)
         if now != state.snapshot:
