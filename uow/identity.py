@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from uow.model import TableInfo
+from uow.model import TableInfo, detached_value
 
 
 class Status(Enum):
@@ -78,18 +78,13 @@ class InstanceState(msgspec.Struct, gc=False, eq=False):
         old, new, _ = self.table.diff(self.snapshot, now)
         return old, new
 
-    def set_value(self, name: str, value: Any) -> None:
-        """Assign one column on the object and in the snapshot."""
-        setattr(self.obj, name, value)
-        snapshot = list(self.snapshot)
-        snapshot[self.table.column_index[name]] = value
-        self.snapshot = tuple(snapshot)
-
     def set_values(self, values: dict[str, Any]) -> None:
-        """Assign column values on the object and in the snapshot."""
+        """Assign column values on the object and in the snapshot (the object
+        gets its own copy of a value it could change in place)."""
         obj = self.obj
+        mutable = self.table.mutable_columns
         for name, value in values.items():
-            setattr(obj, name, value)
+            setattr(obj, name, detached_value(value) if mutable and name in mutable else value)
         snapshot = list(self.snapshot)
         index = self.table.column_index
         for name, value in values.items():
@@ -99,7 +94,9 @@ class InstanceState(msgspec.Struct, gc=False, eq=False):
     def restore_snapshot(self) -> None:
         """Undo assignments the journal has not recorded."""
         obj = self.obj
-        for name, value in zip(self.table.column_names, self.snapshot):
+        table = self.table
+        snapshot = table.detached(self.snapshot) if table.mutable_indexes else self.snapshot
+        for name, value in zip(table.column_names, snapshot):
             setattr(obj, name, value)
 
     def __repr__(self) -> str:
@@ -221,7 +218,8 @@ class IdentityMap:
                     objects.append(obj)
                 continue
             obj = from_row(row)
-            state = InstanceState(obj, new_ref(), table, tuple(row), persistent)
+            snapshot = table.detached(row) if table.mutable_indexes else tuple(row)
+            state = InstanceState(obj, new_ref(), table, snapshot, persistent)
             by_obj[id(obj)] = state
             if key is not None:
                 by_key[key] = state

@@ -24,6 +24,7 @@ The mapping of a model is computed on first use and cached as a
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import decimal
 import enum
@@ -391,6 +392,8 @@ class TableInfo:
         "parent_relations",
         "child_relations",
         "holds_relations",
+        "mutable_indexes",
+        "mutable_columns",
         "required_indexes",
         "value_types",
         "typed_as_stored",
@@ -451,6 +454,12 @@ class TableInfo:
         """Whether an object holds something (an object, a list, an assigned
         ``None``) in one of its relations: only then has a flush a relation of
         it to look at. Most loaded objects hold none."""
+        self.mutable_indexes = tuple(i for i, c in enumerate(columns) if c.kind == "json")
+        """Positions of the columns whose values may be changed in place (JSON:
+        dicts, lists, structs). The session keeps its own copies of these in
+        snapshots and events (:meth:`detached`), so a change made in place on
+        the object is seen at flush and never reaches the journal unrecorded."""
+        self.mutable_columns = frozenset(columns[i].name for i in self.mutable_indexes)
         self.required_indexes = tuple(i for i, c in enumerate(columns) if not c.nullable and not c.generated)
         """Positions of the columns a new row must not leave ``None``."""
         self.value_types: tuple[frozenset[type], ...] = tuple(map(_exact_value_types, columns))
@@ -485,8 +494,29 @@ class TableInfo:
         """The primary-key value of ``obj`` (``None`` before a generated key exists)."""
         return getattr(obj, self.primary_key.name)
 
+    def detached(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        """``row`` (in column order) with a copy of each value of a column in
+        :attr:`mutable_indexes`, shared with nothing else."""
+        copied = list(row)
+        for index in self.mutable_indexes:
+            copied[index] = detached_value(copied[index])
+        return tuple(copied)
+
     def __repr__(self) -> str:
         return f"<TableInfo {self.name} ({self.model.__name__})>"
+
+
+_IMMUTABLE_VALUES = frozenset(
+    {type(None), bool, int, float, str, bytes, decimal.Decimal, uuid.UUID, dt.datetime, dt.date, dt.time}
+)
+
+
+def detached_value(value: Any) -> Any:
+    """A deep copy of a value that can be changed in place (a JSON column's
+    dict, list or struct); an immutable value as it is."""
+    if type(value) in _IMMUTABLE_VALUES:
+        return value
+    return copy.deepcopy(value)
 
 
 def _exact_value_types(column: ColumnInfo) -> frozenset[type]:

@@ -67,7 +67,7 @@ from uow.events import (
 )
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.journal import Journal, JournalView
-from uow.model import NOT_LOADED, UNLINKED, ColumnInfo, Model, TableInfo, is_model, table_info
+from uow.model import NOT_LOADED, UNLINKED, ColumnInfo, Model, TableInfo, detached_value, is_model, table_info
 from uow.planner import plan_flush
 from uow.reads import ReadsMixin
 from uow.statements import Select
@@ -403,6 +403,8 @@ class AsyncSession(ReadsMixin):
         for index in table.required_indexes:
             if values[index] is None:
                 self._refuse_null(table, index)
+        if table.mutable_indexes:
+            values = table.detached(values)  # the snapshot and the event keep their own copies
         key = values[table.key_index]
         if key is not None:
             other = identity.get(table, key)
@@ -597,6 +599,9 @@ class AsyncSession(ReadsMixin):
         at: dt.datetime | None = None,
     ) -> None:
         table = state.table
+        mutable = table.mutable_columns
+        if mutable and not mutable.isdisjoint(new):
+            new = {c: detached_value(v) if c in mutable else v for c, v in new.items()}
         version = table.version_column
         if version is not None and state.status is _PERSISTENT:
             if version in new:
@@ -753,6 +758,8 @@ class AsyncSession(ReadsMixin):
         table = state.table
         if not table.typed_as_stored(now):
             now = self._convert_row(table, state.obj, now)
+        if table.mutable_indexes:
+            now = table.detached(now)  # the snapshot and the event keep their own copies
         if table.version_column is not None or state.parent_refs:
             self._record_diff(state, now, at)
             return
@@ -1438,7 +1445,8 @@ class AsyncSession(ReadsMixin):
                 state.set_values(table.row_dict(tuple(row)))
                 state.expired = False
             return state
-        state = InstanceState(table.from_row(row), self._new_ref(), table, tuple(row), _PERSISTENT)
+        snapshot = table.detached(row) if table.mutable_indexes else tuple(row)
+        state = InstanceState(table.from_row(row), self._new_ref(), table, snapshot, _PERSISTENT)
         self._identity.track(state, key)
         return state
 
@@ -1631,6 +1639,15 @@ class AsyncSession(ReadsMixin):
             await self._done()
         return obj
 
+    @staticmethod
+    def _detached_values(table: TableInfo, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with a copy of each value that could be changed in place,
+        for an event that must not share them with the caller."""
+        mutable = table.mutable_columns
+        if not mutable or mutable.isdisjoint(values):
+            return values
+        return {c: detached_value(v) if c in mutable else v for c, v in values.items()}
+
     def _checked_values(self, table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
         checked: dict[str, Any] = {}
         for name, value in values.items():
@@ -1789,7 +1806,7 @@ class AsyncSession(ReadsMixin):
             if table.key_column in target:
                 return table, target, None, ()
             del values[table.key_column]
-        values = self._checked_values(table, values)
+        values = self._detached_values(table, self._checked_values(table, values))
         version = table.version_column
         if update_fields is None:
             # the version is never copied from the object: the database bumps it on update
@@ -1876,7 +1893,7 @@ class AsyncSession(ReadsMixin):
                 if not table.typed_as_stored(values):
                     values = self._convert_row(table, instance, values)
                 self._validate_new_row(table, values)
-                checked.append(values)
+                checked.append(table.detached(values) if table.mutable_indexes else values)
             mark = self._immediate_start()
             at = _now()
             for values in checked:
@@ -1905,7 +1922,7 @@ class AsyncSession(ReadsMixin):
     async def _bulk_update_where(self, table: TableInfo, values: Mapping[str, Any], where: Condition | None) -> int:
         """``UPDATE table SET values WHERE where``, journaled as one BulkUpdated;
         the tracked objects ``where`` matches (evaluated in Python) change in place."""
-        checked = self._checked_values(table, values)
+        checked = self._detached_values(table, self._checked_values(table, values))
         if table.key_column in checked:
             raise ValidationError(f"bulk_update cannot change the primary key {table.key_column!r}")
         with self._exclusive("bulk_update"):

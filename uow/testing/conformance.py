@@ -1956,6 +1956,55 @@ class SessionConformance:
         saved = await stored(engine, Sample, full.id)
         assert (saved.amount, saved.color, saved.data) == (decimal.Decimal("0.5"), Color.BLUE, {"x": [1, 2]})
 
+    async def test_a_json_value_changed_in_place_is_written_and_never_changes_the_journal(
+        self, engine: uow.Engine
+    ) -> None:
+        sample = _sample(data={"tags": ["a"]})
+        async with AsyncSession(engine) as session:
+            session.add(sample)
+            sample.data["tags"].append("b")  # after add, before the flush
+            await session.commit()
+            inserted = next(e for e in session.journal if isinstance(e, Inserted))
+            sample.data["tags"].append("c")  # after the flush: the recorded insert keeps what it wrote
+            assert inserted.values["data"] == {"tags": ["a"]}
+            assert session.is_modified(sample)
+            await session.commit()
+            assert not session.is_modified(sample)
+        assert (await stored(engine, Sample, sample.id)).data == {"tags": ["a", "b", "c"]}
+
+        async with AsyncSession(engine) as session:
+            loaded = await session.get_one(Sample, sample.id)
+            loaded.data["tags"].clear()
+            loaded.data["seen"] = True
+            assert session.is_modified(loaded)
+            await session.flush()
+            await session.rollback()  # restores the value as it was, in a copy of its own
+            assert loaded.data == {"tags": ["a", "b", "c"]}
+            loaded.data["tags"].pop()
+            await session.commit()
+        assert (await stored(engine, Sample, sample.id)).data == {"tags": ["a", "b"]}
+
+    async def test_json_values_given_to_bulk_operations_are_not_shared_with_the_caller(
+        self, engine: uow.Engine
+    ) -> None:
+        first, second = _sample(), _sample(label="second")
+        row = {**_sample_values(), "data": {"n": 1}}
+        async with AsyncSession(engine) as session:
+            session.add_all([first, second])
+            await session.bulk_insert(Sample, [row])
+            given = {"n": 2}
+            await session.bulk_update(Sample, {"data": given}, flag=first.flag)
+            row["data"]["n"] = 10  # the caller's dicts change afterwards
+            given["n"] = 20
+            assert first.data == second.data == {"n": 2} and first.data is not second.data
+            first.data["n"] = 3  # and one object's change is its own
+            assert second.data == {"n": 2} and not session.is_modified(second)
+            assert [e.values["data"] for e in session.journal if isinstance(e, Inserted)][-1] == {"n": 1}
+            assert [e.values["data"] for e in session.journal if isinstance(e, BulkUpdated)] == [{"n": 2}]
+            await session.commit()
+        assert (await stored(engine, Sample, first.id)).data == {"n": 3}
+        assert (await stored(engine, Sample, second.id)).data == {"n": 2}
+
     async def test_a_value_its_column_cannot_hold_is_refused_before_anything_is_written(
         self, engine: uow.Engine, alice: User
     ) -> None:
