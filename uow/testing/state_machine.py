@@ -148,6 +148,16 @@ class DifferentialMachine(RuleBasedStateMachine):
             for i, e in enumerate(self.expected)
         )
 
+    def _expect_owner_deleted(self, index: int) -> None:
+        """The owner at ``index`` is deleted in the session, and its live items
+        with it (cascaded: gone at the next flush)."""
+        self.expected[index].live = False
+        self.expected[index].deleted = True
+        for entry in self.expected:
+            if entry.kind == "item" and entry.owner == index and entry.live:
+                entry.live = False
+                entry.cascaded = True
+
     def _snapshot(self) -> tuple[list[Any], list[_Expected]]:
         return ([list(objects) for objects in self.objects], copy.deepcopy(self.expected))
 
@@ -273,12 +283,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def delete_owner(self, data: st.DataObject) -> None:
         index = data.draw(st.sampled_from(self._live("owner")))
-        self.expected[index].live = False
-        self.expected[index].deleted = True
-        for entry in self.expected:
-            if entry.kind == "item" and entry.owner == index and entry.live:
-                entry.live = False
-                entry.cascaded = True
+        self._expect_owner_deleted(index)
 
         async def delete(i: int, session: uow.AsyncSession) -> None:
             session.delete(self.objects[i][index])
@@ -379,11 +384,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         """``remove`` deletes an owner now, its items with it (the session
         applies the cascade to the tracked items in the same flush)."""
         index = data.draw(st.sampled_from(self._live("owner")))
-        self.expected[index].live = False
-        self.expected[index].deleted = True
-        for entry in self.expected:
-            if entry.kind == "item" and entry.owner == index and entry.live:
-                entry.live = False
+        self._expect_owner_deleted(index)
         self._flushed()
         self._each(lambda i, session: session.remove(self.objects[i][index]))
 
