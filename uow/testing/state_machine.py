@@ -1,12 +1,12 @@
 """A differential hypothesis state machine over any set of adapters.
 
 The machine runs one random sequence of session operations (add, assignment,
-moving a child to another parent through its relation or unlinking it, delete,
-soft delete, flush, commit, rollback, savepoints, a refused flush, a refused
-move to a deleted parent, immediate updates and removes, a refused immediate
-insert and update, merging a detached copy, upserts on a unique column, bulk
-updates and bulk deletes) on a session per database URL, in lockstep, and
-after every step checks that:
+a change in place to a JSON list, moving a child to another parent through its
+relation or unlinking it, delete, soft delete, flush, commit, rollback,
+savepoints, a refused flush, a refused move to a deleted parent, immediate
+updates and removes, a refused immediate insert and update, merging a detached
+copy, upserts on a unique column, bulk updates and bulk deletes) on a session
+per database URL, in lockstep, and after every step checks that:
 
 - each tracked object holds the values the machine expects (the identity map
   is right, also after rollbacks restored it in place);
@@ -34,6 +34,7 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.from_thread
+import msgspec
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -56,11 +57,13 @@ class Owner(Model, Versioned, table="sm_owners"):
 
 
 class Item(Model, SoftDelete, table="sm_items"):
-    """A child row that cascades with its owner and can be soft-deleted."""
+    """A child row that cascades with its owner and can be soft-deleted; its
+    tags are a JSON list, changed in place."""
 
     id: Annotated[int | None, PrimaryKey()] = None
     owner_id: Annotated[int | None, ForeignKey(Owner, on_delete="cascade")] = None
     label: str
+    tags: list[str] = msgspec.field(default_factory=list)
     owner: Owner | None = relation("owner_id")
 
 
@@ -187,7 +190,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     @rule(data=st.data(), label=LABELS)
     def add_item(self, data: st.DataObject, label: str) -> None:
         owner_index = data.draw(st.sampled_from(self._live("owner")))
-        self.expected.append(_Expected("item", {"label": label, "deleted": False}, owner=owner_index))
+        self.expected.append(_Expected("item", {"label": label, "deleted": False, "tags": []}, owner=owner_index))
 
         async def add(i: int, session: uow.AsyncSession) -> None:
             item = Item(label=label, owner=self.objects[i][owner_index])
@@ -236,6 +239,19 @@ class DifferentialMachine(RuleBasedStateMachine):
             await session.flush()
 
         self._each(move)
+
+    @precondition(lambda self: bool(self._live("item")))
+    @rule(data=st.data(), tag=LABELS)
+    def tag_item(self, data: st.DataObject, tag: str) -> None:
+        """A tag appended to an item's JSON list in place: the next flush
+        writes it, and the journal keeps what each event recorded."""
+        index = data.draw(st.sampled_from(self._live("item")))
+        self.expected[index].values["tags"] = [*self.expected[index].values["tags"], tag]
+
+        async def tag_it(i: int, session: uow.AsyncSession) -> None:
+            self.objects[i][index].tags.append(tag)
+
+        self._each(tag_it)
 
     @precondition(lambda self: bool(self._live("item")))
     @rule(data=st.data())
@@ -557,6 +573,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                     assert (obj.name, obj.score) == (entry.values["name"], entry.values["score"])
                 else:
                     assert obj.label == entry.values["label"]
+                    assert obj.tags == entry.values["tags"], f"{self.urls[i]}: item {index} has tags {obj.tags}"
                     assert (obj.deleted_at is not None) == entry.values["deleted"]
                     if entry.owner is None:
                         assert obj.owner_id is None, f"{self.urls[i]}: item {index} should have no owner"
@@ -668,6 +685,7 @@ def _normalize(rows: dict[str, dict[Any, dict[str, Any]]]) -> tuple[list[Any], l
             owners[r["owner_id"]]["name"] if r["owner_id"] in owners else "",
             r["label"],
             r["deleted_at"] is not None,
+            tuple(r["tags"]),
         )
         for r in rows["sm_items"].values()
     )
