@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import uow
 from uow.errors import ValidationError
-from uow.model import Model, PrimaryKey, table_info
+from uow.model import Model, PrimaryKey, detached_value, table_info
 
 pytestmark = pytest.mark.anyio
 
@@ -44,3 +47,44 @@ async def test_the_session_converts_what_fits_and_refuses_the_rest() -> None:
                 session.add(Setting(limit=True))
             await session.commit()
             assert len(session) == 1
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3) | st.tuples(inner, inner)
+    ),
+    max_leaves=12,
+)
+
+
+def _containers(value: Any) -> list[Any]:
+    """Every dict and list inside ``value``, ``value`` included."""
+    found: list[Any] = []
+    if isinstance(value, (dict, list)):
+        found.append(value)
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for child in children:
+        found.extend(_containers(child))
+    return found
+
+
+@given(_JSON)
+def test_a_detached_json_value_is_equal_and_shares_no_container(value: Any) -> None:
+    copied = detached_value(value)
+
+    assert copied == value and type(copied) is type(value)
+    originals = {id(c) for c in _containers(value)}
+    assert not originals & {id(c) for c in _containers(copied)}
+
+
+def test_a_detached_struct_is_a_copy_and_immutable_values_are_kept() -> None:
+    class Point(msgspec.Struct):
+        x: int
+        tags: list[str]
+
+    point = Point(1, ["a"])
+    copied = detached_value(point)
+    assert copied == point and copied is not point and copied.tags is not point.tags
+    for value in ("text", 3, 2.5, None, b"raw"):
+        assert detached_value(value) is value

@@ -514,8 +514,14 @@ _IMMUTABLE_VALUES = frozenset(
 def detached_value(value: Any) -> Any:
     """A deep copy of a value that can be changed in place (a JSON column's
     dict, list or struct); an immutable value as it is."""
-    if type(value) in _IMMUTABLE_VALUES:
+    kind = type(value)
+    if kind in _IMMUTABLE_VALUES:
         return value
+    # JSON is mostly dicts and lists: copied here, several times faster than deepcopy
+    if kind is dict:
+        return {key: detached_value(item) for key, item in value.items()}
+    if kind is list:
+        return [detached_value(item) for item in value]
     return copy.deepcopy(value)
 
 
