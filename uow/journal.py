@@ -91,6 +91,17 @@ class Journal:
             self._pending_refs = (version, refs)
         return refs
 
+    def inserted_keys_since(self, mark: int) -> dict[int, Any]:
+        """seq -> key of each row that an event after ``mark`` inserted (an
+        insert, or an upsert that found no row), where the key is known."""
+        keys: dict[int, Any] = {}
+        for event in self._events[mark:]:
+            if isinstance(event, Inserted) or (isinstance(event, Upserted) and event.old is None):
+                key = event.key if event.key is not None else self.generated_keys.get(event.ref)
+                if key is not None:
+                    keys[event.seq] = key
+        return keys
+
     def truncate(self, mark: int) -> list[AnyEvent]:
         """Remove and return the events after ``mark`` (oldest first)."""
         self._truncations += 1

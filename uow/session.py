@@ -1192,10 +1192,13 @@ class AsyncSession(ReadsMixin):
     def _undo_recorded(self, mark: int) -> None:
         """Truncate the journal to ``mark`` and undo the removed events in
         place; assignments not recorded yet stay as they are."""
+        inserted_keys = self._journal.inserted_keys_since(mark)
         removed = self._journal.truncate(mark)
         detached: dict[int, Any] = {}
         for event in reversed(removed):
             self._undo(event, detached)
+            if event.seq in inserted_keys:
+                self._let_go_of_vanished_row(self._tables[event.table], inserted_keys[event.seq], detached)
         self._unload_stale_relations(detached)
         self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1) if removed else self._cascaded_upto
 
@@ -1240,6 +1243,17 @@ class AsyncSession(ReadsMixin):
                     )
                 if stale:
                     setattr(obj, name, NOT_LOADED)
+
+    def _let_go_of_vanished_row(self, table: TableInfo, key: Any, detached: dict[int, Any]) -> None:
+        """The row an undone insert wrote is gone: an object read from it since
+        (say a row of ``bulk_insert``, or one expunged and read again) stops
+        being tracked too, so no read answers with it."""
+        state = self._identity.get(table, key)
+        if state is None or state.status not in _LIVE:
+            return
+        self._identity.untrack(state)
+        state.status = Status.DETACHED
+        detached[id(state.obj)] = state.obj
 
     def _undo(self, event: AnyEvent, detached: dict[int, Any]) -> None:
         """Undo one event in place; objects it lets go of go into ``detached``."""

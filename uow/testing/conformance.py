@@ -1298,6 +1298,33 @@ class SessionConformance:
         assert await count_rows(engine, User) == 3
         assert (await stored(engine, Post, post.id)).author_id == bob.id
 
+    async def test_a_rollback_lets_go_of_objects_read_from_rows_it_removes(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            await session.bulk_insert(User, [{"name": "Bulk", "email": "bulk@example.com"}])
+            bulk = await session.query(User).filter(email="bulk@example.com").one()
+            mine = await session.insert(User(name="Mine", email="mine@example.com"))
+            session.expunge(mine)
+            again = await session.get_one(User, mine.id)
+            assert again is not mine and bulk in session and again in session
+            keys = (bulk.id, again.id)
+            await session.rollback()
+            # their rows are gone: no read may answer with them
+            assert bulk not in session and again not in session
+            assert [await session.get(User, key) for key in keys] == [None, None]
+            assert await session.query(User).count() == 0
+
+    async def test_a_rollback_keeps_the_object_whose_key_a_rolled_back_row_reused(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            kept = await session.insert(User(name="Kept", email="kept@example.com"))
+            await session.commit()
+            await session.remove(kept)
+            await session.bulk_insert(User, [{"id": kept.id, "name": "Reused", "email": "reused@example.com"}])
+            reused = await session.get_one(User, kept.id)
+            assert reused is not kept and reused.name == "Reused"
+            await session.rollback()
+            assert kept in session and reused not in session
+            assert await session.get(User, kept.id) is kept and kept.name == "Kept"
+
     async def test_savepoint_rollback_revives_deleted_objects(self, engine: uow.Engine, alice: User) -> None:
         async with AsyncSession(engine) as session:
             user = await session.get_one(User, alice.id)
