@@ -206,6 +206,10 @@ class AsyncSession(ReadsMixin):
         """States whose delete this transaction flushed."""
         self._committed_gone: list[InstanceState] = []
         """States whose delete is committed: the next flush lets them go."""
+        self._untracked_writes: list[tuple[int, int]] = []
+        """(journal mark, ref drawn then) of each write in this transaction that
+        tracked objects do not follow (bulk updates and deletes, raw SQL):
+        objects read after one may hold values a rollback past it undoes."""
         self._busy: str | None = None
         self._cascaded_upto = 0
         self._context_tokens: list[contextvars.Token[AsyncSession | None]] = []
@@ -1156,6 +1160,7 @@ class AsyncSession(ReadsMixin):
         self._tx_writes = False
         self._savepoints.clear()
         self._gone.clear()
+        self._untracked_writes.clear()
         # nothing can be undone past this point: states need not be found by ref any more
         self._identity.by_ref.clear()
 
@@ -1200,7 +1205,28 @@ class AsyncSession(ReadsMixin):
             if event.seq in inserted_keys:
                 self._let_go_of_vanished_row(self._tables[event.table], inserted_keys[event.seq], detached)
         self._unload_stale_relations(detached)
+        self._expire_read_after_undone_writes(mark)
         self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1) if removed else self._cascaded_upto
+
+    def _note_untracked_write(self) -> None:
+        """A write tracked objects do not follow is about to run (see
+        :meth:`_expire_read_after_undone_writes`)."""
+        self._untracked_writes.append((self._journal.mark, self._new_ref()))
+
+    def _expire_read_after_undone_writes(self, mark: int) -> None:
+        """Expire the objects read after a write that tracked objects do not
+        follow, when undoing back to ``mark`` undoes that write: they may hold
+        what it wrote, so their next read gives them what the database holds.
+        Refs only grow, so an object read after the write has a greater ref
+        than the one drawn with it."""
+        undone = [ref for at, ref in self._untracked_writes if at >= mark]
+        if not undone:
+            return
+        self._untracked_writes = [(at, ref) for at, ref in self._untracked_writes if at < mark]
+        first = min(undone)
+        for state in self._identity.by_obj.values():
+            if state.ref > first and state.status in _LIVE:
+                state.expired = True
 
     def _unload_stale_relations(self, detached: Mapping[int, Any]) -> None:
         """After an undo, unload each relation of a tracked object that no
@@ -1942,6 +1968,7 @@ class AsyncSession(ReadsMixin):
         with self._exclusive("bulk_update"):
             await self._flush()
             matched = self._matching(table, where)
+            self._note_untracked_write()
             # the database bumps every matched row's version too, as an update does
             bumped = table.version_column if table.version_column not in checked else None
             changed = [*checked, bumped] if bumped is not None else list(checked)
@@ -1978,6 +2005,7 @@ class AsyncSession(ReadsMixin):
         with self._exclusive("bulk_delete"):
             await self._flush()
             mark = self._journal.mark
+            self._note_untracked_write()
             matched = self._matching(table, where)
             deleted_keys = {state.key for state in matched}
             if self._has_dependents(table):
@@ -2056,6 +2084,7 @@ class AsyncSession(ReadsMixin):
             if self.autoflush:
                 await self._flush()
             connection = await self._connection_for_work()
+            self._note_untracked_write()
             return await connection.execute_raw(sql, params)
 
 

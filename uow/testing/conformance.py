@@ -1313,6 +1313,29 @@ class SessionConformance:
             assert [await session.get(User, key) for key in keys] == [None, None]
             assert await session.query(User).count() == 0
 
+    async def test_a_rollback_expires_objects_read_after_a_write_no_object_followed(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.insert(User(name="A", email="a@example.com", age=1))
+            await session.commit()
+            session.expunge(user)
+            savepoint = await session.begin_nested()
+            assert await session.bulk_update(User, {"age": 5}, name="A") == 1  # a row no object tracks
+            seen = await session.get_one(User, user.id)
+            assert seen.age == 5
+            await savepoint.rollback()
+            # the next read gives it what the database holds again, not the undone write
+            assert await session.get_one(User, user.id) is seen and seen.age == 1
+            if engine.adapter.supports_raw_sql:
+                placeholder = _raw_placeholder(engine, 1)
+                await session.execute_raw(f"UPDATE conformance_users SET age = 7 WHERE id = {placeholder}", [user.id])
+                other = await session.query(User).filter(email="a@example.com").one()
+                assert other is seen and seen.age == 1  # a read never overwrites a tracked object
+                session.expunge(seen)
+                seen = await session.get_one(User, user.id)
+                assert seen.age == 7
+                await session.rollback()
+                assert (await session.get_one(User, user.id)).age == 1
+
     async def test_a_rollback_keeps_the_object_whose_key_a_rolled_back_row_reused(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             kept = await session.insert(User(name="Kept", email="kept@example.com"))
