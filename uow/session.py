@@ -370,13 +370,9 @@ class AsyncSession(ReadsMixin):
     def add_all(self, objects: Iterable[Any]) -> None:
         """:meth:`add` each object; when one is refused, none is added."""
         self._check_idle()
-        mark = self._journal.mark
-        try:
+        with self._undone_on_error(self._journal.mark):
             for obj in objects:
                 self._add(obj)
-        except BaseException:
-            self._undo_recorded(mark)
-            raise
 
     def _add(self, obj: Any, links: dict[str, int] | None = None, at: dt.datetime | None = None) -> InstanceState:
         """Track ``obj`` as new and record its insert, with the parents and
@@ -762,8 +758,6 @@ class AsyncSession(ReadsMixin):
         table = state.table
         if not table.typed_as_stored(now):
             now = self._convert_row(table, state.obj, now)
-        if table.mutable_indexes:
-            now = table.detached(now)  # the snapshot and the event keep their own copies
         if table.version_column is not None or state.parent_refs:
             self._record_diff(state, now, at)
             return
@@ -774,8 +768,9 @@ class AsyncSession(ReadsMixin):
         if not new:
             return
         # an equal but distinct value is not recorded, so the snapshot must keep the
-        # one it had; a changed key needs the checks of _record_update
-        if kept or table.primary_key.name in new:
+        # one it had; a changed key needs the checks of _record_update, and a JSON
+        # value the copy _record_update makes (the object's own may change in place)
+        if kept or table.primary_key.name in new or table.mutable_indexes:
             self._record_update(state, old, new, at=at)
             return
         state.snapshot = now
