@@ -1,10 +1,12 @@
-"""The identity map's memory of objects it let go of (``detach``)."""
+"""The identity map: its memory of objects it let go of (``detach``), and the
+assignments it is told of, which decide what a flush compares."""
 
 from __future__ import annotations
 
 import gc
 from typing import Annotated
 
+from uow.assignments import WATCHED
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.model import Model, PrimaryKey, table_info
 
@@ -60,3 +62,67 @@ def test_an_object_let_go_after_its_delete_is_known_as_deleted_not_as_detached()
     assert identity.was_detached(expunged.obj) and not identity.was_deleted(expunged.obj)
     assert identity.was_let_go(deleted.obj) and identity.was_let_go(expunged.obj)
     assert not identity.was_let_go(Thing(id=1))
+
+
+def test_only_assigned_objects_are_named_for_comparison_in_the_order_they_were_tracked() -> None:
+    identity = IdentityMap()
+    states = [_tracked(identity, key) for key in range(5)]
+    assert identity.states_to_compare() == []
+
+    states[3].obj.name = "changed"
+    states[1].obj.name = "changed too"
+    states[3].obj.name = "twice"
+
+    assert identity.states_to_compare() == [states[1], states[3]]
+    identity.compared_all()
+    assert identity.states_to_compare() == []
+
+
+def test_a_state_compared_always_is_named_until_it_is_untracked() -> None:
+    identity = IdentityMap()
+    first, second = _tracked(identity, 1), _tracked(identity, 2)
+    identity.compare_always(second)
+    first.obj.name = "changed"
+    identity.compared_all()
+
+    assert identity.states_to_compare() == [second]
+    identity.untrack(second)
+    second.obj.name = "not tracked"
+    assert identity.states_to_compare() == []
+
+
+def test_assignments_to_untracked_objects_are_noted_nowhere() -> None:
+    identity = IdentityMap()
+    state = _tracked(identity, 1)
+    identity.detach(state)
+
+    state.obj.name = "after"
+
+    assert id(state.obj) not in WATCHED
+    assert identity.states_to_compare() == []
+
+
+def test_a_map_cleared_or_let_go_of_stops_watching_its_objects() -> None:
+    cleared = IdentityMap()
+    kept = _tracked(cleared, 1).obj
+    cleared.clear()
+    dropped = IdentityMap()
+    held = [_tracked(dropped, key).obj for key in range(2, 5)]
+    assert all(id(obj) in WATCHED for obj in held)
+
+    del dropped
+    gc.collect()
+
+    assert id(kept) not in WATCHED
+    assert not any(id(obj) in WATCHED for obj in held)
+
+
+def test_an_object_another_map_watches_is_compared_at_every_flush() -> None:
+    first, second = IdentityMap(), IdentityMap()
+    shared = _tracked(first, 1)
+    again = InstanceState(shared.obj, 7, shared.table, shared.snapshot, Status.PERSISTENT)
+    second.track(again)
+
+    assert second.states_to_compare() == [again]  # no assignment would tell it
+    shared.obj.name = "changed"
+    assert first.states_to_compare() == [shared]

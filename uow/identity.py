@@ -9,6 +9,7 @@ into ``Updated`` events at flush.
 
 from __future__ import annotations
 
+import operator
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
@@ -16,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from uow.assignments import WATCHED, Sink, set_attribute
 from uow.model import TableInfo, detached_value
 
 
@@ -84,7 +86,7 @@ class InstanceState(msgspec.Struct, gc=False, eq=False):
         obj = self.obj
         mutable = self.table.mutable_columns
         for name, value in values.items():
-            setattr(obj, name, detached_value(value) if mutable and name in mutable else value)
+            set_attribute(obj, name, detached_value(value) if mutable and name in mutable else value)
         snapshot = list(self.snapshot)
         index = self.table.column_index
         for name, value in values.items():
@@ -97,7 +99,7 @@ class InstanceState(msgspec.Struct, gc=False, eq=False):
         table = self.table
         snapshot = table.detached(self.snapshot) if table.mutable_indexes else self.snapshot
         for name, value in zip(table.column_names, snapshot):
-            setattr(obj, name, value)
+            set_attribute(obj, name, value)
 
     def __repr__(self) -> str:
         return f"<state {self.table.name} ref={self.ref} {self.status.value}>"
@@ -153,9 +155,14 @@ class IdentityMap:
     when the session records an event about it (:meth:`remember`) and the
     session empties it when the transaction ends: rows that are only loaded and
     read never cost an entry.
+
+    The map watches the objects it tracks (:mod:`uow.assignments`): an
+    assignment on one notes it in ``assigned``, so :meth:`states_to_compare`
+    names the states a flush must compare with their snapshots rather than
+    every tracked one.
     """
 
-    __slots__ = ("by_ref", "by_obj", "_by_key", "_detached", "_deleted")
+    __slots__ = ("by_ref", "by_obj", "_by_key", "_detached", "_deleted", "assigned", "compared", "__weakref__")
 
     def __init__(self) -> None:
         self.by_ref: dict[int, InstanceState] = {}
@@ -167,6 +174,15 @@ class IdentityMap:
         """Objects :meth:`detach` let go of while their rows exist (expunged)."""
         self._deleted = _LetGo()
         """Objects :meth:`detach` let go of after their rows were deleted."""
+        self.assigned: Sink = {}
+        """Ids of tracked objects assigned to since the last comparison: this
+        map's sink in :data:`uow.assignments.WATCHED`."""
+        self.compared: dict[int, InstanceState] = {}
+        """id(object) -> state, for the objects compared at every flush: their
+        changes are not all assignments (a JSON value changed in place, a child
+        appended to a loaded list), or another identity map watches them."""
+        # a map dropped without clear() must not leave its objects' ids watched
+        weakref.finalize(self, _stop_watching, self.by_obj, self.assigned)
 
     def state_of(self, obj: Any) -> InstanceState | None:
         """The state of a tracked object, or ``None``."""
@@ -184,7 +200,9 @@ class IdentityMap:
     def track(self, state: InstanceState, key: Any = None) -> None:
         """Start tracking (or track again) an object; ``key``: its key, when the
         caller has it at hand (else read from the snapshot)."""
-        self.by_obj[id(state.obj)] = state
+        obj_id = id(state.obj)
+        self.by_obj[obj_id] = state
+        self.watch(obj_id, state)
         if key is None:
             key = state.key
         if key is not None:
@@ -209,6 +227,9 @@ class IdentityMap:
         from_row = table.from_row
         key_index = table.key_index
         persistent = Status.PERSISTENT
+        watch = WATCHED.setdefault
+        sink = self.assigned
+        compared = self.compared
         objects: list[Any] = []
         for row in rows:
             key = row[key_index]
@@ -220,7 +241,10 @@ class IdentityMap:
             obj = from_row(row)
             snapshot = table.detached(row) if table.mutable_indexes else tuple(row)
             state = InstanceState(obj, new_ref(), table, snapshot, persistent)
-            by_obj[id(obj)] = state
+            obj_id = id(obj)
+            by_obj[obj_id] = state
+            if watch(obj_id, sink) is not sink or table.mutable_indexes:
+                compared[obj_id] = state
             if key is not None:
                 by_key[key] = state
             objects.append(obj)
@@ -246,7 +270,7 @@ class IdentityMap:
                 index = table.key_index
                 name = table.column_names[index]
                 rows = self._by_key.setdefault(table, {})
-            setattr(state.obj, name, key)
+            set_attribute(state.obj, name, key)
             snapshot = list(state.snapshot)
             snapshot[index] = key
             state.snapshot = tuple(snapshot)
@@ -278,6 +302,9 @@ class IdentityMap:
         obj_id = id(state.obj)
         if by_obj.get(obj_id) is state:
             del by_obj[obj_id]
+            if WATCHED.get(obj_id) is self.assigned:
+                del WATCHED[obj_id]
+            self.compared.pop(obj_id, None)
         self.unindex_key(state, state.snapshot[state.table.key_index])
 
     def detach(self, state: InstanceState) -> None:
@@ -316,6 +343,42 @@ class IdentityMap:
         deleted (and not tracked since): relations must not point at it."""
         return obj in self._deleted
 
+    def watch(self, obj_id: int, state: InstanceState) -> None:
+        """Note assignments on the object of a state just tracked; compare it at
+        every flush instead where assignments cannot tell all its changes."""
+        sink = self.assigned
+        if WATCHED.setdefault(obj_id, sink) is not sink or state.table.mutable_indexes:
+            self.compared[obj_id] = state
+        elif obj_id in self.compared:  # an earlier state of the object, tracked again
+            del self.compared[obj_id]
+
+    def compare_always(self, state: InstanceState) -> None:
+        """Compare a tracked state at every flush (it holds a list of children,
+        which can grow without an assignment)."""
+        self.compared[id(state.obj)] = state
+
+    def states_to_compare(self) -> list[InstanceState]:
+        """The tracked states that may differ from their snapshots: the ones
+        assigned to since :meth:`compared_all` and the ones always compared,
+        in the order they were tracked (by ref)."""
+        by_obj = self.by_obj
+        compared = self.compared
+        found = [state for obj_id, state in compared.items() if by_obj.get(obj_id) is state]
+        if len(found) != len(compared):  # objects no longer tracked under these states
+            compared = self.compared = {id(state.obj): state for state in found}
+        assigned = self.assigned
+        if assigned:
+            tracked = by_obj.get
+            found += [state for obj_id in assigned if (state := tracked(obj_id)) is not None and obj_id not in compared]
+        if len(found) > 1:
+            found.sort(key=_by_ref)
+        return found
+
+    def compared_all(self) -> None:
+        """Every state :meth:`states_to_compare` named was compared (and its
+        changes recorded): forget the assignments noted so far."""
+        self.assigned.clear()
+
     def states(self) -> Iterator[InstanceState]:
         """Every tracked state (not the ones only kept for undo)."""
         return iter(list(self.by_obj.values()))
@@ -332,11 +395,25 @@ class IdentityMap:
 
     def clear(self) -> None:
         """Forget everything."""
+        _stop_watching(self.by_obj, self.assigned)
+        self.assigned.clear()
+        self.compared.clear()
         self.by_ref.clear()
         self.by_obj.clear()
         self._by_key.clear()
         self._detached.clear()
         self._deleted.clear()
+
+
+def _stop_watching(by_obj: Mapping[int, InstanceState], sink: Sink) -> None:
+    """Take the objects of ``by_obj`` that ``sink`` watches out of WATCHED."""
+    watched = WATCHED.get
+    for obj_id in by_obj:
+        if watched(obj_id) is sink:
+            del WATCHED[obj_id]
+
+
+_by_ref = operator.attrgetter("ref")
 
 
 __all__ = ["IdentityMap", "InstanceState", "Status"]

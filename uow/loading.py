@@ -31,7 +31,8 @@ class RelationLoader:
     map); ``track_all`` false (streaming) tracks a related object only when an
     object it hangs off is tracked, as ``is_tracked`` tells. ``waiting``
     names owner objects whose many-to-one column still waits for a parent's
-    generated key: their assigned parent is kept.
+    generated key: their assigned parent is kept. ``given_children`` is told
+    of each owner given a list of children.
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class RelationLoader:
         track_all: bool,
         is_tracked: Callable[[Any], bool],
         waiting: Callable[[Any, str], bool],
+        given_children: Callable[[Any], None],
     ):
         self.fetch = fetch
         self.materialize = materialize
@@ -50,6 +52,7 @@ class RelationLoader:
         self.track_all = track_all
         self.is_tracked = is_tracked
         self.waiting = waiting
+        self.given_children = given_children
 
     async def load(self, model: type[Any], objects: Sequence[Any], includes: Sequence[RelationDescriptor]) -> None:
         """Load ``includes`` in order; each applies to the objects of its model
@@ -122,6 +125,7 @@ class RelationLoader:
             key = source.key_of(owner)
             if key is not None:  # an unflushed owner keeps the children assigned to it
                 descriptor.set_loaded(owner, children[key])
+                self.given_children(owner)
         return loaded
 
 

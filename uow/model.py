@@ -40,6 +40,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origi
 import msgspec
 from msgspec import StructMeta
 
+from uow.assignments import note_assignment
 from uow.errors import ModelDefinitionError, RelationNotLoadedError, UnknownFieldError
 from uow.expressions import Column
 
@@ -321,6 +322,10 @@ class Model(msgspec.Struct, metaclass=ModelMeta):
 
     __uow_table_name__: ClassVar[str | None]
     __uow_table__: ClassVar[TableInfo | None]
+
+    # a session that tracks the object learns of the assignment: its next flush
+    # compares the object with its snapshot (uow.assignments)
+    __setattr__ = note_assignment
 
 
 _REGISTRY: dict[str, type[Model]] = {}

@@ -29,6 +29,7 @@ import anyio
 import msgspec
 
 from uow.adapter import Connection
+from uow.assignments import WATCHED, set_attribute
 from uow.batches import (
     Batch,
     BatchResult,
@@ -340,7 +341,7 @@ class AsyncSession(ReadsMixin):
         return (
             self._in_tx
             or self._journal.has_pending()
-            or any(s.status in _LIVE and s.current() != s.snapshot for s in self._identity.states())
+            or any(s.status in _LIVE and s.current() != s.snapshot for s in self._identity.states_to_compare())
         )
 
     def _record(self, event: AnyEvent, *about: InstanceState) -> None:
@@ -385,6 +386,12 @@ class AsyncSession(ReadsMixin):
         state = identity.by_obj.get(obj_id)
         if state is not None and state.status in _LIVE:
             return state
+        watcher = WATCHED.get(obj_id)
+        if watcher is not None and watcher is not identity.assigned:
+            raise SessionStateError(
+                f"{type(obj).__name__} {obj!r} is tracked by another session; expunge it there, "
+                "or merge() a copy into this one"
+            )
         if at is None:
             at = _utc_now(_UTC)
         ref = self._new_ref()
@@ -415,6 +422,7 @@ class AsyncSession(ReadsMixin):
                 )
         new_state = InstanceState(obj, ref, table, values, _PENDING, False, waiting)
         identity.by_obj[obj_id] = new_state
+        identity.watch(obj_id, new_state)
         if key is not None:
             identity.index_key(new_state)
         identity.by_ref[ref] = new_state
@@ -457,7 +465,7 @@ class AsyncSession(ReadsMixin):
                 continue
             parent_id = id(parent)
             if parent_id in self._adding:  # a cycle of new objects: the planner breaks it
-                setattr(obj, column, None)
+                set_attribute(obj, column, None)
                 if waiting is None:
                     waiting = {}
                 waiting[column] = self._adding[parent_id]
@@ -470,7 +478,7 @@ class AsyncSession(ReadsMixin):
                     # expunged here: its row is linked, never inserted again
                     key = self._table_of(parent).key_of(parent)
                     if key is not None:
-                        setattr(obj, column, key)
+                        set_attribute(obj, column, key)
                     continue
                 if self._identity.was_deleted(parent):
                     self._refuse_deleted_parent(table, column, parent)
@@ -479,9 +487,9 @@ class AsyncSession(ReadsMixin):
                 self._refuse_deleted_parent(table, column, parent)
             parent_key = parent_state.snapshot[parent_state.table.key_index]
             if parent_key is not None:
-                setattr(obj, column, parent_key)
+                set_attribute(obj, column, parent_key)
             else:
-                setattr(obj, column, None)
+                set_attribute(obj, column, None)
                 if waiting is None:
                     waiting = {}
                 waiting[column] = parent_state.ref
@@ -490,7 +498,7 @@ class AsyncSession(ReadsMixin):
     def _unlink(self, obj: Any, table: TableInfo, column: str) -> None:
         """``None`` was assigned to the many-to-one relation through ``column``:
         empty the foreign key, and let the relation read ``None`` as loaded."""
-        setattr(obj, column, None)
+        set_attribute(obj, column, None)
         for name, relation in table.relations.items():
             if relation.local_column == column and not relation.many:
                 getattr(table.model, name).set_loaded(obj, None)
@@ -528,14 +536,16 @@ class AsyncSession(ReadsMixin):
             children = read_children(obj)
             if not isinstance(children, (list, tuple)):
                 continue
+            # a child appended later is no assignment on obj: compare obj at every flush
+            self._identity.compare_always(state)
             for child in children:
                 if self._identity.state_of(child) is not None or self._identity.was_let_go(child):
                     continue
                 if state.key is not None:
-                    setattr(child, column, state.key)
+                    set_attribute(child, column, state.key)
                     self._add(child, None, at)
                 else:
-                    setattr(child, column, None)
+                    set_attribute(child, column, None)
                     self._add(child, {column: state.ref}, at)
 
     def delete(self, obj: Any) -> None:
@@ -617,7 +627,7 @@ class AsyncSession(ReadsMixin):
             current = state.snapshot[table.column_index[version]]
             old[version] = current
             new[version] = (current or 0) + 1
-            setattr(state.obj, version, new[version])
+            set_attribute(state.obj, version, new[version])
         if table.key_column in new and state.status is _PERSISTENT:
             raise ValidationError(
                 f"{table.model.__name__}.{table.key_column} of a stored row cannot change "
@@ -680,7 +690,7 @@ class AsyncSession(ReadsMixin):
                     # expunged here: its row is linked, never inserted again
                     key = self._table_of(parent).key_of(parent)
                     if key is not None and getattr(obj, column) != key:
-                        setattr(obj, column, key)
+                        set_attribute(obj, column, key)
                         if state.parent_refs:
                             state.parent_refs.pop(column, None)
                     continue
@@ -698,13 +708,13 @@ class AsyncSession(ReadsMixin):
             parent_key = parent_state.snapshot[parent_state.table.key_index]
             if parent_key is not None:
                 if getattr(obj, column) != parent_key:
-                    setattr(obj, column, parent_key)
+                    set_attribute(obj, column, parent_key)
                 if state.parent_refs:
                     state.parent_refs.pop(column, None)
             elif (state.parent_refs or {}).get(column) != parent_state.ref:
                 index = table.column_index[column]
                 old_value = state.snapshot[index]
-                setattr(obj, column, None)
+                set_attribute(obj, column, None)
                 self._record_update(state, {column: old_value}, {column: None}, parent_refs={column: parent_state.ref})
 
     def _collect_changes(self, *, scan: bool = True) -> None:
@@ -718,7 +728,8 @@ class AsyncSession(ReadsMixin):
         if not scan:
             return
         at = _utc_now(_UTC)  # the assignments found here are all recorded at this moment
-        for state in self._identity.states():
+        identity = self._identity
+        for state in identity.states_to_compare():
             # most states are unchanged: for those the work is one tuple comparison
             # (done in C), plus the relations of tables that have some
             if state.status not in _LIVE:
@@ -732,6 +743,8 @@ class AsyncSession(ReadsMixin):
             now = table.values_of(state.obj)
             if now != state.snapshot:
                 self._record_assigned(state, now, at)
+        # only now: when recording one raises, every assigned object is compared again next time
+        identity.compared_all()
 
     def _record_found(self, state: InstanceState, at: dt.datetime) -> None:
         """Record the assignments on one live object as a flush finds them."""
@@ -843,7 +856,7 @@ class AsyncSession(ReadsMixin):
                             next_keys.setdefault(state.table.name, set()).add(state.key)
                         next_refs.add(state.ref)
                     else:
-                        setattr(state.obj, fk.column, None)
+                        set_attribute(state.obj, fk.column, None)
                         if state.parent_refs:
                             state.parent_refs.pop(fk.column, None)
                         self._unlink_deleted_parents(state, fk.column)
@@ -1118,7 +1131,7 @@ class AsyncSession(ReadsMixin):
                 parent_key = generated_keys.get(parent_ref)
                 if parent_key is not None:
                     del waiting[column]
-                    setattr(state.obj, column, parent_key)
+                    set_attribute(state.obj, column, parent_key)
                     snapshot = list(state.snapshot)
                     snapshot[state.table.column_index[column]] = parent_key
                     state.snapshot = tuple(snapshot)
@@ -1184,9 +1197,11 @@ class AsyncSession(ReadsMixin):
     def _undo_to(self, mark: int) -> None:
         """Undo assignments not recorded yet, then truncate the journal to
         ``mark`` and undo the removed events in place."""
-        for state in self._identity.states():
+        identity = self._identity
+        for state in identity.states_to_compare():
             if state.status in (*_LIVE, Status.DELETED) and state.current() != state.snapshot:
                 state.restore_snapshot()
+        identity.compared_all()
         self._undo_recorded(mark)
 
     def _undo_recorded(self, mark: int) -> None:
@@ -1263,7 +1278,7 @@ class AsyncSession(ReadsMixin):
                         bool(detached) and detached.get(id(value)) is value
                     )
                 if stale:
-                    setattr(obj, name, NOT_LOADED)
+                    set_attribute(obj, name, NOT_LOADED)
 
     def _let_go_of_vanished_row(self, table: TableInfo, key: Any, detached: dict[int, Any]) -> None:
         """The row an undone insert wrote is gone: an object read from it since
@@ -1568,7 +1583,8 @@ class AsyncSession(ReadsMixin):
         recorded or assigned)."""
         self._check_idle()
         if self._journal.has_pending() or any(
-            state.status is _PERSISTENT and state.current() != state.snapshot for state in self._identity.states()
+            state.status is _PERSISTENT and state.current() != state.snapshot
+            for state in self._identity.states_to_compare()
         ):
             raise SessionStateError("the session has unflushed changes; flush or roll back first")
         for state in self._identity.states():
@@ -1635,7 +1651,7 @@ class AsyncSession(ReadsMixin):
         is put back as it was."""
         try:
             for name, value in values.items():
-                setattr(state.obj, name, value)
+                set_attribute(state.obj, name, value)
             self._record_changes(state, event_type)
         except BaseException:
             self._undo_recorded(mark)
@@ -1711,7 +1727,7 @@ class AsyncSession(ReadsMixin):
             column = table.columns[index]
             fitted = _converted(table, column, value)
             if fitted is not value:
-                setattr(obj, column.name, fitted)
+                set_attribute(obj, column.name, fitted)
                 converted[index] = fitted
         return tuple(converted)
 

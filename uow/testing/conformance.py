@@ -1126,6 +1126,73 @@ class SessionConformance:
             await session.rollback()
             assert not session.in_transaction()
 
+    # --- what a flush finds ----------------------------------------------------------------------
+
+    async def test_a_child_appended_to_a_loaded_list_is_inserted_at_every_flush(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, _, _ = await _committed_author_with_two_posts(session)
+        async with AsyncSession(engine) as session:
+            loaded = await session.query(User).include(User.posts).one()
+            loaded.posts.append(Post(title="Third", slug="third"))  # no assignment on the author
+            await session.commit()
+            loaded.posts.append(Post(title="Fourth", slug="fourth"))
+            await session.commit()
+            assert [post.author_id for post in loaded.posts] == [author.id] * 4
+        assert await count_rows(engine, Post, author_id=author.id) == 4
+
+    async def test_a_child_appended_to_the_list_of_an_added_object_is_inserted(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author = User(name="Author", email="author@example.com", posts=[])
+            session.add(author)
+            author.posts.append(Post(title="First", slug="first"))
+            await session.commit()
+            author.posts.append(Post(title="Second", slug="second"))
+            await session.commit()
+        assert await count_rows(engine, Post, author_id=author.id) == 2
+
+    async def test_assignments_a_refused_flush_did_not_record_are_found_by_the_next(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            first = await session.get_one(User, alice.id)
+            second = await session.insert(User(name="Bob", email="bob@example.com"))
+            first.name = 5  # type: ignore[assignment]
+            second.age = 41  # found after first, which the flush refuses
+            with pytest.raises(ValidationError, match="name"):
+                await session.flush()
+            first.name = "Alicia"
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).name == "Alicia"
+        assert (await stored(engine, User, second.id)).age == 41
+
+    async def test_assignments_are_recorded_in_the_order_the_objects_were_tracked(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            first = await session.get_one(User, alice.id)
+            second = await session.insert(User(name="Bob", email="bob@example.com"))
+            mark = len(session.journal)
+            second.age = 2
+            first.age = 1
+            await session.flush()
+            updated = [event.key for event in list(session.journal)[mark:] if isinstance(event, Updated)]
+            assert updated == [first.id, second.id]
+
+    async def test_an_object_tracked_by_another_session_cannot_be_added(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            user = User(name="One", email="one@example.com")
+            session.add(user)
+            async with AsyncSession(engine) as other:
+                with pytest.raises(SessionStateError, match="tracked by another session"):
+                    other.add(Post(title="Theirs", author=user))
+                assert len(other) == 0 and not other.journal
+            await session.rollback()  # the insert is undone: the object is free
+            async with AsyncSession(engine) as other:
+                other.add(user)
+                user.age = 5
+                await other.commit()
+        assert (await stored(engine, User, user.id)).age == 5
+
     # --- transactions and savepoints ---------------------------------------------------------------
 
     async def test_begin_commits_on_exit_and_rolls_back_on_error(self, engine: uow.Engine) -> None:

@@ -1,8 +1,8 @@
 """A differential hypothesis state machine over any set of adapters.
 
 The machine runs one random sequence of session operations (add, assignment,
-a change in place to a JSON list, moving a child to another parent through its
-relation or unlinking it, delete, soft delete, flush, commit, rollback,
+a change in place to a JSON list, a child appended to a parent's loaded list,
+moving a child to another parent through its relation or unlinking it, delete, soft delete, flush, commit, rollback,
 savepoints, a refused flush, a refused move to a deleted parent, immediate
 updates and removes, a refused immediate insert and update, merging a detached
 copy, upserts on a unique column, bulk updates and bulk deletes) on a session
@@ -42,7 +42,7 @@ import uow
 from uow.errors import IntegrityError, SessionStateError
 from uow.events import Inserted
 from uow.journal import replay
-from uow.model import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, Versioned, relation, table_info
+from uow.model import NOT_LOADED, ForeignKey, Model, PrimaryKey, SoftDelete, Unique, Versioned, relation, table_info
 from uow.statements import Select
 
 
@@ -54,6 +54,7 @@ class Owner(Model, Versioned, table="sm_owners"):
     id: Annotated[int | None, PrimaryKey()] = None
     name: Annotated[str, Unique()]
     score: int = 0
+    items: list[Item] = relation(back="owner_id")
 
 
 class Item(Model, SoftDelete, table="sm_items"):
@@ -252,6 +253,29 @@ class DifferentialMachine(RuleBasedStateMachine):
             self.objects[i][index].tags.append(tag)
 
         self._each(tag_it)
+
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data(), label=LABELS)
+    def append_item_to_owner_list(self, data: st.DataObject, label: str) -> None:
+        """A new item appended to an owner's list of items, loaded with
+        ``include()`` in this step or an earlier one, then flushed: no
+        assignment tells the session of it, and the flush must insert it."""
+        owner_index = data.draw(st.sampled_from(self._live("owner")))
+        self.expected.append(_Expected("item", {"label": label, "deleted": False, "tags": []}, owner=owner_index))
+        self._flushed()
+
+        async def append(i: int, session: uow.AsyncSession) -> None:
+            owner = self.objects[i][owner_index]
+            if Owner.__dict__["items"].raw(owner) is NOT_LOADED:  # never loaded, or unloaded by a rollback
+                await session.flush()
+                await session.query(Owner).filter(id=owner.id).include(Owner.items).one()
+            item = Item(label=label)
+            owner.items.append(item)
+            await session.flush()
+            assert item.owner_id == owner.id, f"{self.urls[i]}: the appended item was not inserted"
+            self.objects[i].append(item)
+
+        self._each(append)
 
     @precondition(lambda self: bool(self._live("item")))
     @rule(data=st.data())
