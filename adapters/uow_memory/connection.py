@@ -64,6 +64,7 @@ class MemoryConnection(Connection):
     def _end(self, *, commit: bool) -> None:
         tx, self._tx = self._tx, None
         if tx is not None and tx.writing:
+            tx.end()
             if commit:
                 self.store.publish(tx.tables)
             self.store.lock.release(self)

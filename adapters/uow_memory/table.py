@@ -4,8 +4,9 @@ Rows are tuples in ``TableInfo.column_names`` order in a dict keyed by primary
 key. Each unique column has a value -> key index and each foreign-key column a
 value -> set of keys index (so deleting a parent finds its children without a
 scan). A :class:`TableData` is copied as a whole when a transaction first
-writes to it after a savepoint or begin (copy on write); nothing else shares it
-from then on.
+writes to it (copy on write); nothing else shares it from then on. While the
+transaction has a savepoint, each change is also logged, so that rolling back
+to the savepoint undoes the changes made since, in reverse.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class TableSchema:
 class TableData:
     """The rows of one table with its unique and foreign-key indexes."""
 
-    __slots__ = ("refs", "rows", "schema", "unique")
+    __slots__ = ("refs", "rows", "schema", "undo_log", "unique")
 
     def __init__(
         self,
@@ -63,6 +64,8 @@ class TableData:
         self.rows = rows
         self.unique = unique
         self.refs = refs
+        self.undo_log: list[Change] | None = None
+        """Where changes are logged while the owning transaction has a savepoint."""
 
     @classmethod
     def empty(cls, info: TableInfo) -> TableData:
@@ -97,6 +100,8 @@ class TableData:
     def put(self, key: Any, row: tuple[Any, ...]) -> None:
         """Store ``row`` under ``key`` (absent) and index it; checks are the caller's."""
         self.rows[key] = row
+        if self.undo_log is not None:
+            self.undo_log.append((self, key, None))
         for name, index in self.schema.unique:
             value = row[index]
             if value is not None:
@@ -111,6 +116,8 @@ class TableData:
         row = self.rows.pop(key, None)
         if row is None:
             return None
+        if self.undo_log is not None:
+            self.undo_log.append((self, key, row))
         for name, index in self.schema.unique:
             value = row[index]
             if value is not None:
@@ -126,7 +133,18 @@ class TableData:
                         del self.refs[fk.column][hashed]
         return row
 
+    def undo(self, key: Any, removed: tuple[Any, ...] | None) -> None:
+        """Undo one logged change: put back the ``removed`` row, or take out
+        the row put under ``key`` (``removed`` is ``None``)."""
+        if removed is None:
+            self.remove(key)
+        else:
+            self.put(key, removed)
+
+
+Change = tuple[TableData, Any, "tuple[Any, ...] | None"]
+"""A logged change: (table, key, the row removed, or ``None`` for a row put)."""
 
 _EMPTY: set[Any] = set()
 
-__all__ = ["TableData", "TableSchema"]
+__all__ = ["Change", "TableData", "TableSchema"]
