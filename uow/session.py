@@ -388,10 +388,7 @@ class AsyncSession(ReadsMixin):
             return state
         watcher = WATCHED.get(obj_id)
         if watcher is not None and watcher is not identity.assigned:
-            raise SessionStateError(
-                f"{type(obj).__name__} {obj!r} is tracked by another session; expunge it there, "
-                "or merge() a copy into this one"
-            )
+            self._refuse_tracked_elsewhere(obj)
         if at is None:
             at = _utc_now(_UTC)
         ref = self._new_ref()
@@ -442,6 +439,16 @@ class AsyncSession(ReadsMixin):
         if table.child_relations:
             self._add_children(obj, table, new_state, at)
         return new_state
+
+    def _refuse_tracked_elsewhere(self, obj: Any) -> None:
+        """Refuse an object another session tracks: an object is tracked by one
+        session at a time (its assignments are noted for that one)."""
+        watcher = WATCHED.get(id(obj))
+        if watcher is not None and watcher is not self._identity.assigned:
+            raise SessionStateError(
+                f"{type(obj).__name__} {obj!r} is tracked by another session; expunge it there, "
+                "or merge() a copy into this one"
+            )
 
     def _validate_new_row(self, table: TableInfo, values: tuple[Any, ...]) -> None:
         for index in table.required_indexes:
@@ -1848,6 +1855,7 @@ class AsyncSession(ReadsMixin):
         upsert; values ``None`` when it is a plain insert (a key to generate is
         its conflict target). :class:`ValidationError` for a bad name or value."""
         table = self._table_of(obj)
+        self._refuse_tracked_elsewhere(obj)
         target = tuple(conflict_target or (table.key_column,))
         for column in target:
             if column not in table.column_index:

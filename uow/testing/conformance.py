@@ -1185,6 +1185,8 @@ class SessionConformance:
             async with AsyncSession(engine) as other:
                 with pytest.raises(SessionStateError, match="tracked by another session"):
                     other.add(Post(title="Theirs", author=user))
+                with pytest.raises(SessionStateError, match="tracked by another session"):
+                    await other.upsert(user)
                 assert len(other) == 0 and not other.journal
             await session.rollback()  # the insert is undone: the object is free
             async with AsyncSession(engine) as other:
