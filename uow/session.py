@@ -68,7 +68,17 @@ from uow.events import (
 )
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.journal import Journal, JournalView
-from uow.model import NOT_LOADED, UNLINKED, ColumnInfo, Model, TableInfo, detached_value, is_model, table_info
+from uow.model import (
+    NOT_LOADED,
+    UNLINKED,
+    ColumnInfo,
+    ForeignKeyInfo,
+    Model,
+    TableInfo,
+    detached_value,
+    is_model,
+    table_info,
+)
 from uow.planner import plan_flush
 from uow.reads import ReadsMixin
 from uow.statements import Select
@@ -822,12 +832,12 @@ class AsyncSession(ReadsMixin):
             self._cascaded_upto = pending[-1].seq
             return
         deleted_keys: dict[str, set[Any]] = {}
-        deleted_refs: set[int] = set()
+        deleted_refs: dict[str, set[int]] = {}
         for event in pending:
             if isinstance(event, Deleted) and event.seq > self._cascaded_upto:
                 if event.key is not None:
                     deleted_keys.setdefault(event.table, set()).add(event.key)
-                deleted_refs.add(event.ref)
+                deleted_refs.setdefault(event.table, set()).add(event.ref)
         self._cascaded_upto = pending[-1].seq
         self._cascade(deleted_keys, deleted_refs)
 
@@ -836,32 +846,44 @@ class AsyncSession(ReadsMixin):
         (without one, no tracked child changes when a row is deleted)."""
         return any(fk.on_delete in ("cascade", "set null") for t in self._tables.values() for fk in t.foreign_keys)
 
-    def _cascade(self, deleted_keys: dict[str, set[Any]], deleted_refs: set[int]) -> None:
+    def _foreign_keys_acting_on(self, parents: Iterable[str]) -> dict[TableInfo, list[ForeignKeyInfo]]:
+        """The foreign keys of known tables that act (``cascade``, ``set null``)
+        on deletes of rows of the ``parents`` tables, by the table holding them."""
+        parents = set(parents)
+        acting: dict[TableInfo, list[ForeignKeyInfo]] = {}
+        for table in self._tables.values():
+            for fk in table.foreign_keys:
+                if fk.on_delete in ("cascade", "set null") and fk.target_table in parents:
+                    acting.setdefault(table, []).append(fk)
+        return acting
+
+    def _cascade(self, deleted_keys: dict[str, set[Any]], deleted_refs: dict[str, set[int]]) -> None:
         """Delete (``cascade``) or unlink (``set null``) the tracked children of
-        the given deleted rows, recursively, as the database will."""
-        acting = self._deletes_act()
-        while acting and (deleted_keys or deleted_refs):
-            targets = set(deleted_keys)
+        the given deleted rows (keys and refs by table), recursively, as the
+        database will."""
+        while deleted_keys or deleted_refs:
+            acting = self._foreign_keys_acting_on(deleted_keys.keys() | deleted_refs.keys())
+            if not acting:  # rows nothing points at with an action (most deletes): no object to look at
+                break
+            refs = set().union(*deleted_refs.values())
             next_keys: dict[str, set[Any]] = {}
-            next_refs: set[int] = set()
+            next_refs: dict[str, set[int]] = {}
             for state in self._identity.states():
-                if state.status not in _LIVE or not state.table.foreign_keys:
+                foreign_keys = acting.get(state.table)
+                if foreign_keys is None or state.status not in _LIVE:
                     continue
-                for fk in state.table.foreign_keys:
-                    if fk.on_delete not in ("cascade", "set null"):
-                        continue
+                for fk in foreign_keys:
                     value = getattr(state.obj, fk.column)
                     waiting_ref = (state.parent_refs or {}).get(fk.column)
-                    hit = (fk.target_table in targets and value in deleted_keys[fk.target_table]) or (
-                        waiting_ref is not None and waiting_ref in deleted_refs
-                    )
+                    keys = deleted_keys.get(fk.target_table)
+                    hit = (keys is not None and value in keys) or (waiting_ref is not None and waiting_ref in refs)
                     if not hit or state.status not in _LIVE:
                         continue
                     if fk.on_delete == "cascade":
                         self._delete(state)
                         if state.key is not None:
                             next_keys.setdefault(state.table.name, set()).add(state.key)
-                        next_refs.add(state.ref)
+                        next_refs.setdefault(state.table.name, set()).add(state.ref)
                     else:
                         set_attribute(state.obj, fk.column, None)
                         if state.parent_refs:
@@ -2035,7 +2057,7 @@ class AsyncSession(ReadsMixin):
                 state.status = Status.GONE
                 self._identity.unindex_key(state, state.key)
             self._gone.extend(matched)
-            self._cascade({table.name: deleted_keys}, set())
+            self._cascade({table.name: deleted_keys}, {})
             self._collect_changes()  # the set-null assignments, before the bulk event
             event = BulkDeleted(
                 seq=self._journal.next_seq(),
