@@ -645,11 +645,19 @@ class AsyncSession(ReadsMixin):
             old[version] = current
             new[version] = (current or 0) + 1
             set_attribute(state.obj, version, new[version])
-        if table.key_column in new and state.status is _PERSISTENT:
-            raise ValidationError(
-                f"{table.model.__name__}.{table.key_column} of a stored row cannot change "
-                f"({old[table.key_column]!r} -> {new[table.key_column]!r}); delete and add instead"
-            )
+        new_key = table.key_column in new
+        if new_key:
+            if state.status is _PERSISTENT:
+                raise ValidationError(
+                    f"{table.model.__name__}.{table.key_column} of a stored row cannot change "
+                    f"({old[table.key_column]!r} -> {new[table.key_column]!r}); delete and add instead"
+                )
+            other = self._identity.get(table, new[table.key_column])
+            if other is not None and other is not state and other.status in _LIVE:
+                raise SessionStateError(
+                    f"another {table.model.__name__} with {table.key_column}={new[table.key_column]!r} is "
+                    "already tracked; use merge() to copy this one onto it"
+                )
         if state.parent_refs:
             for column in new:
                 if not parent_refs or column not in parent_refs:
@@ -661,7 +669,12 @@ class AsyncSession(ReadsMixin):
         column_index = table.column_index
         for column, value in new.items():
             snapshot[column_index[column]] = value
-        state.snapshot = tuple(snapshot)
+        if new_key:  # a new object given its key after add: found by it from now on
+            self._identity.unindex_key(state, state.key)
+            state.snapshot = tuple(snapshot)
+            self._identity.index_key(state)
+        else:
+            state.snapshot = tuple(snapshot)
         seq = self._journal.next_seq()
         if at is None:
             at = _now()
@@ -1341,7 +1354,12 @@ class AsyncSession(ReadsMixin):
         elif isinstance(event, (Updated, SoftDeleted, Restored)):
             state = by_ref.get(event.ref)
             if state is not None:
-                state.set_values(dict(event.old))
+                if state.table.key_column in event.new:  # the key a new object was given
+                    self._identity.unindex_key(state, state.key)
+                    state.set_values(dict(event.old))
+                    self._identity.index_key(state)
+                else:
+                    state.set_values(dict(event.old))
                 state.parent_refs = None
         elif isinstance(event, Deleted):
             state = by_ref.get(event.ref)

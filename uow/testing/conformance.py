@@ -1178,6 +1178,29 @@ class SessionConformance:
             updated = [event.key for event in list(session.journal)[mark:] if isinstance(event, Updated)]
             assert updated == [first.id, second.id]
 
+    async def test_a_new_object_given_its_key_after_add_is_found_by_it(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            user = User(name="Late", email="late@example.com")
+            session.add(user)
+            user.id = 500
+            await session.flush()
+            assert await session.get(User, 500) is user  # one object per row
+            await session.rollback()
+            assert user.id is None and user not in session
+            assert await session.get(User, 500) is None
+
+            session.add(user)
+            await session.flush()
+            other = User(name="Other", email="other@example.com")
+            session.add(other)
+            other.id = user.id
+            with pytest.raises(SessionStateError, match=r"another User with id=.* is already tracked"):
+                await session.flush()
+            other.id = None
+            await session.commit()
+            assert other.id is not None and other.id != user.id
+            assert await session.get(User, other.id) is other
+
     async def test_an_object_tracked_by_another_session_cannot_be_added(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             user = User(name="One", email="one@example.com")
