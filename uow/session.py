@@ -583,14 +583,17 @@ class AsyncSession(ReadsMixin):
         # recorded first, as at a flush, then the delete, both at one moment
         at = _utc_now(_UTC)
         table = state.table
-        if table.relations and table.holds_relations(state.obj):
-            self._sync_relations(state, deleting=True)
-        now = table.values_of(state.obj)
-        if now != state.snapshot:
-            self._record_assigned(state, now, at)
+        obj_id = id(state.obj)
+        identity = self._identity
+        if obj_id in identity.assigned or obj_id in identity.compared:  # else it is as its snapshot says
+            if table.relations and table.holds_relations(state.obj):
+                self._sync_relations(state, deleting=True)
+            now = table.values_of(state.obj)
+            if now != state.snapshot:
+                self._record_assigned(state, now, at)
         state.status = _DELETED
         snapshot = state.snapshot
-        self._identity.by_ref[state.ref] = state
+        identity.by_ref[state.ref] = state
         journal = self._journal
         journal.append(
             Deleted(
