@@ -4,8 +4,11 @@ assignments it is told of, which decide what a flush compares."""
 from __future__ import annotations
 
 import gc
-from typing import Annotated
+from typing import Annotated, Any
 
+import pytest
+
+import uow
 from uow.assignments import WATCHED
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.model import Model, PrimaryKey, table_info
@@ -126,3 +129,26 @@ def test_an_object_another_map_watches_is_compared_at_every_flush() -> None:
     assert second.states_to_compare() == [again]  # no assignment would tell it
     shared.obj.name = "changed"
     assert first.states_to_compare() == [shared]
+
+
+class Trimmed(Model, table="identity_trimmed"):
+    """A model with a ``__setattr__`` of its own, which calls the model's."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    name: str = ""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value.strip() if isinstance(value, str) else value)
+
+
+@pytest.mark.anyio
+async def test_a_model_with_its_own_setattr_has_its_assignments_written() -> None:
+    async with uow.create_engine("memory://") as engine:
+        await engine.create_all(Trimmed)
+        async with uow.AsyncSession(engine) as session:
+            trimmed = await session.insert(Trimmed(name="first"))
+            trimmed.name = "  second  "
+            assert session.is_modified(trimmed)
+            await session.commit()
+        async with uow.AsyncSession(engine) as session:
+            assert (await session.get_one(Trimmed, trimmed.id)).name == "second"

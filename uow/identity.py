@@ -230,6 +230,7 @@ class IdentityMap:
         watch = WATCHED.setdefault
         sink = self.assigned
         compared = self.compared
+        mutable = bool(table.mutable_indexes)
         objects: list[Any] = []
         for row in rows:
             key = row[key_index]
@@ -239,11 +240,11 @@ class IdentityMap:
                     objects.append(obj)
                 continue
             obj = from_row(row)
-            snapshot = table.detached(row) if table.mutable_indexes else tuple(row)
+            snapshot = table.detached(row) if mutable else tuple(row)
             state = InstanceState(obj, new_ref(), table, snapshot, persistent)
             obj_id = id(obj)
             by_obj[obj_id] = state
-            if watch(obj_id, sink) is not sink or table.mutable_indexes:
+            if watch(obj_id, sink) is not sink or mutable:
                 compared[obj_id] = state
             if key is not None:
                 by_key[key] = state

@@ -35,7 +35,7 @@ import types
 import typing
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import msgspec
 from msgspec import StructMeta
@@ -324,8 +324,10 @@ class Model(msgspec.Struct, metaclass=ModelMeta):
     __uow_table__: ClassVar[TableInfo | None]
 
     # a session that tracks the object learns of the assignment: its next flush
-    # compares the object with its snapshot (uow.assignments)
-    __setattr__ = note_assignment
+    # compares the object with its snapshot (uow.assignments). Type checkers do
+    # not see it: a __setattr__ they see lets any attribute name be assigned.
+    if not TYPE_CHECKING:
+        __setattr__ = note_assignment
 
 
 _REGISTRY: dict[str, type[Model]] = {}
