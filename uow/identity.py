@@ -384,6 +384,13 @@ class IdentityMap:
         """Every tracked state (not the ones only kept for undo)."""
         return iter(list(self.by_obj.values()))
 
+    def keyed_states(self, table: TableInfo) -> list[InstanceState]:
+        """The states of ``table`` indexed by key: every tracked one that has a
+        key (objects let go of are unindexed), and deleted ones until their
+        delete is flushed."""
+        rows = self._by_key.get(table)
+        return list(rows.values()) if rows else []
+
     def states_of(self, table: TableInfo) -> list[InstanceState]:
         """Tracked states of one table."""
         return [s for s in self.by_obj.values() if s.table is table]

@@ -862,6 +862,23 @@ class AsyncSession(ReadsMixin):
         (without one, no tracked child changes when a row is deleted)."""
         return any(fk.on_delete in ("cascade", "set null") for t in self._tables.values() for fk in t.foreign_keys)
 
+    def _tracked_of_tables(self, tables: Mapping[TableInfo, Any]) -> list[InstanceState]:
+        """The tracked states of ``tables``: the ones with a key, by key, and the
+        new ones whose key is not generated yet, found through their pending
+        inserts (rather than by looking at every tracked object)."""
+        identity = self._identity
+        found: list[InstanceState] = []
+        for table in tables:
+            found += identity.keyed_states(table)
+        names = {table.name for table in tables}
+        by_ref = identity.by_ref
+        for event in self._journal.pending:
+            if type(event) is Inserted and event.table in names:
+                state = by_ref.get(event.ref)
+                if state is not None and state.key is None and state.status is _PENDING:
+                    found.append(state)
+        return found
+
     def _foreign_keys_acting_on(self, parents: Iterable[str]) -> dict[TableInfo, list[ForeignKeyInfo]]:
         """The foreign keys of known tables that act (``cascade``, ``set null``)
         on deletes of rows of the ``parents`` tables, by the table holding them."""
@@ -884,11 +901,10 @@ class AsyncSession(ReadsMixin):
             refs = set().union(*deleted_refs.values())
             next_keys: dict[str, set[Any]] = {}
             next_refs: dict[str, set[int]] = {}
-            for state in self._identity.states():
-                foreign_keys = acting.get(state.table)
-                if foreign_keys is None or state.status not in _LIVE:
+            for state in self._tracked_of_tables(acting):
+                if state.status not in _LIVE:
                     continue
-                for fk in foreign_keys:
+                for fk in acting[state.table]:
                     value = getattr(state.obj, fk.column)
                     waiting_ref = (state.parent_refs or {}).get(fk.column)
                     keys = deleted_keys.get(fk.target_table)

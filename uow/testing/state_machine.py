@@ -9,7 +9,8 @@ copy, upserts on a unique column, bulk updates and bulk deletes) on a session
 per database URL, in lockstep, and after every step checks that:
 
 - each tracked object holds the values the machine expects (the identity map
-  is right, also after rollbacks restored it in place);
+  is right, also after rollbacks restored it in place), and is found by its
+  key;
 - what each database holds equals :func:`uow.journal.replay` of that session's
   flushed journal (the journal is an oracle for storage);
 - every database holds the same rows, compared without generated keys.
@@ -41,6 +42,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import uow
 from uow.errors import IntegrityError, SessionStateError
 from uow.events import Inserted
+from uow.identity import Status
 from uow.journal import replay
 from uow.model import NOT_LOADED, ForeignKey, Model, PrimaryKey, SoftDelete, Unique, Versioned, relation, table_info
 from uow.statements import Select
@@ -605,6 +607,17 @@ class DifferentialMachine(RuleBasedStateMachine):
                     owner = self.objects[i][entry.owner]
                     if owner.id is not None:
                         assert obj.owner_id == owner.id
+
+    @invariant()
+    def tracked_objects_are_found_by_their_keys(self) -> None:
+        """The identity map finds every live tracked object with a key by that
+        key: ``get`` answers with it, and cascades find it as a child."""
+        for i, session in enumerate(self.sessions):
+            identity = session._identity
+            for state in identity.states():
+                if state.status in (Status.PENDING, Status.PERSISTENT) and state.key is not None:
+                    found = identity.get(state.table, state.key)
+                    assert found is state, f"{self.urls[i]}: {state} is not found by its key {state.key!r}"
 
     @invariant()
     def storage_equals_replay_and_agrees(self) -> None:
