@@ -111,6 +111,14 @@ async def _committed_author_with_two_posts(session: AsyncSession) -> tuple[User,
     return author, first, second
 
 
+async def _loaded_and_inserted(session: AsyncSession, alice: User) -> tuple[User, User]:
+    """Alice read in ``session``, then Bob inserted there: two tracked users,
+    Alice tracked first."""
+    first = await session.get_one(User, alice.id)
+    second = await session.insert(User(name="Bob", email="bob@example.com"))
+    return first, second
+
+
 async def _stale_write_refused_after(
     engine: uow.Engine, change: Callable[[AsyncSession, Account], Awaitable[Account]]
 ) -> Account:
@@ -1154,8 +1162,7 @@ class SessionConformance:
         self, engine: uow.Engine, alice: User
     ) -> None:
         async with AsyncSession(engine) as session:
-            first = await session.get_one(User, alice.id)
-            second = await session.insert(User(name="Bob", email="bob@example.com"))
+            first, second = await _loaded_and_inserted(session, alice)
             first.name = 5  # type: ignore[assignment]
             second.age = 41  # found after first, which the flush refuses
             with pytest.raises(ValidationError, match="name"):
@@ -1169,8 +1176,7 @@ class SessionConformance:
         self, engine: uow.Engine, alice: User
     ) -> None:
         async with AsyncSession(engine) as session:
-            first = await session.get_one(User, alice.id)
-            second = await session.insert(User(name="Bob", email="bob@example.com"))
+            first, second = await _loaded_and_inserted(session, alice)
             mark = len(session.journal)
             second.age = 2
             first.age = 1
