@@ -429,7 +429,12 @@ class AsyncSession(ReadsMixin):
                 )
         new_state = InstanceState(obj, ref, table, values, _PENDING, False, waiting)
         identity.by_obj[obj_id] = new_state
-        identity.watch(obj_id, new_state)
+        if watcher is None:  # what identity.watch() does, written out
+            WATCHED[obj_id] = identity.assigned
+        if table.mutable_indexes:
+            identity.compared[obj_id] = new_state
+        elif obj_id in identity.compared:  # an earlier state of the object, tracked again
+            del identity.compared[obj_id]
         if key is not None:
             identity.index_key(new_state)
         identity.by_ref[ref] = new_state
