@@ -337,6 +337,8 @@ class IdentityMap:
 
     def was_let_go(self, obj: Any) -> bool:
         """:meth:`was_detached` or :meth:`was_deleted`."""
+        if not self._detached.refs and not self._deleted.refs:  # most sessions never let go of one
+            return False
         return obj in self._detached or obj in self._deleted
 
     def was_deleted(self, obj: Any) -> bool:

@@ -496,13 +496,13 @@ class AsyncSession(ReadsMixin):
             if parent_state is None:
                 if type(parent) not in self._tables_by_type and not is_model(parent):
                     continue
-                if self._identity.was_detached(parent):
-                    # expunged here: its row is linked, never inserted again
-                    key = self._table_of(parent).key_of(parent)
-                    if key is not None:
-                        set_attribute(obj, column, key)
-                    continue
-                if self._identity.was_deleted(parent):
+                if self._identity.was_let_go(parent):  # one test for both: mostly it was not
+                    if self._identity.was_detached(parent):
+                        # expunged here: its row is linked, never inserted again
+                        key = self._table_of(parent).key_of(parent)
+                        if key is not None:
+                            set_attribute(obj, column, key)
+                        continue
                     self._refuse_deleted_parent(table, column, parent)
                 parent_state = self._add(parent, None, at)
             elif parent_state.status not in _LIVE:
