@@ -6,7 +6,8 @@ find that without comparing every tracked object at every flush, every model's
 notes the object in the *sink* of the identity map that tracks it: a dict used
 as an ordered set of object ids. A flush then compares only the objects noted
 there, plus the few whose changes no assignment shows (see
-:class:`uow.identity.IdentityMap`).
+:class:`uow.identity.IdentityMap`). An object is watched by one identity map:
+a session refuses to add an object another session tracks.
 
 msgspec's own ``__init__``, decoding, ``convert`` and ``structs.replace`` do not
 call ``__setattr__``, so building and loading objects costs nothing here. The
