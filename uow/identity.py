@@ -350,10 +350,11 @@ class IdentityMap:
         """Note assignments on the object of a state just tracked; compare it at
         every flush instead where assignments cannot tell all its changes."""
         sink = self.assigned
+        compared = self.compared
         if WATCHED.setdefault(obj_id, sink) is not sink or state.table.mutable_indexes:
-            self.compared[obj_id] = state
-        elif obj_id in self.compared:  # an earlier state of the object, tracked again
-            del self.compared[obj_id]
+            compared[obj_id] = state
+        elif obj_id in compared and compared[obj_id] is not state:  # an earlier state of the object
+            del compared[obj_id]
 
     def compare_always(self, state: InstanceState) -> None:
         """Compare a tracked state at every flush (it holds a list of children,
@@ -392,10 +393,6 @@ class IdentityMap:
         delete is flushed."""
         rows = self._by_key.get(table)
         return list(rows.values()) if rows else []
-
-    def states_of(self, table: TableInfo) -> list[InstanceState]:
-        """Tracked states of one table."""
-        return [s for s in self.by_obj.values() if s.table is table]
 
     def __len__(self) -> int:
         return len(self.by_obj)

@@ -19,7 +19,7 @@ import contextvars
 import datetime as dt
 import gc
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -433,7 +433,7 @@ class AsyncSession(ReadsMixin):
             WATCHED[obj_id] = identity.assigned
         if table.mutable_indexes:
             identity.compared[obj_id] = new_state
-        elif obj_id in identity.compared:  # an earlier state of the object, tracked again
+        elif obj_id in identity.compared:  # an earlier state of the object (new_state is new)
             del identity.compared[obj_id]
         if key is not None:
             identity.index_key(new_state)
@@ -867,7 +867,7 @@ class AsyncSession(ReadsMixin):
         (without one, no tracked child changes when a row is deleted)."""
         return any(fk.on_delete in ("cascade", "set null") for t in self._tables.values() for fk in t.foreign_keys)
 
-    def _tracked_of_tables(self, tables: Mapping[TableInfo, Any]) -> list[InstanceState]:
+    def _tracked_of_tables(self, tables: Collection[TableInfo]) -> list[InstanceState]:
         """The tracked states of ``tables``: the ones with a key, by key, and the
         new ones whose key is not generated yet, found through their pending
         inserts (rather than by looking at every tracked object)."""
@@ -1420,6 +1420,9 @@ class AsyncSession(ReadsMixin):
         state.set_values(dict(old))
         state.status = Status.PERSISTENT
         self._identity.track(state)
+        table = state.table
+        if any(isinstance(read(state.obj), (list, tuple)) for _, read in table.child_relations):
+            self._identity.compare_always(state)  # a list it holds may grow again
 
     # --- savepoints and transaction contexts --------------------------------------
 
@@ -1953,7 +1956,7 @@ class AsyncSession(ReadsMixin):
             state = self._identity.get(table, values.get(table.key_column))
             return state if state is not None and state.status in _LIVE else None
         wanted = tuple(values.get(c) for c in target)
-        for state in self._identity.states_of(table):
+        for state in self._tracked_of_tables((table,)):
             if state.status in _LIVE and tuple(state.snapshot[table.column_index[c]] for c in target) == wanted:
                 return state
         return None
@@ -2155,7 +2158,7 @@ class AsyncSession(ReadsMixin):
     def _matching(self, table: TableInfo, where: Condition | None) -> list[InstanceState]:
         return [
             state
-            for state in self._identity.states_of(table)
+            for state in self._identity.keyed_states(table)  # a stored row's object has its key
             if state.status is Status.PERSISTENT and matches(where, table.row_dict(state.snapshot))
         ]
 

@@ -1148,6 +1148,21 @@ class SessionConformance:
             assert [post.author_id for post in loaded.posts] == [author.id] * 4
         assert await count_rows(engine, Post, author_id=author.id) == 4
 
+    async def test_a_child_appended_to_a_loaded_list_after_its_owners_delete_is_undone_is_inserted(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author, _, _ = await _committed_author_with_two_posts(session)
+        async with AsyncSession(engine) as session:
+            loaded = await session.query(User).include(User.posts).one()
+            async with session.begin_nested() as savepoint:
+                session.delete(loaded)
+                await session.flush()
+                await savepoint.rollback()
+            loaded.posts.append(Post(title="Third", slug="third"))
+            await session.commit()
+        assert await count_rows(engine, Post, author_id=author.id) == 3
+
     async def test_a_child_appended_to_the_list_of_an_added_object_is_inserted(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author = User(name="Author", email="author@example.com", posts=[])
