@@ -348,13 +348,18 @@ class IdentityMap:
 
     def watch(self, obj_id: int, state: InstanceState) -> None:
         """Note assignments on the object of a state just tracked; compare it at
-        every flush instead where assignments cannot tell all its changes."""
+        every flush instead where assignments cannot tell all its changes (a
+        JSON column, a list of children, another map watching it)."""
         sink = self.assigned
-        compared = self.compared
-        if WATCHED.setdefault(obj_id, sink) is not sink or state.table.mutable_indexes:
-            compared[obj_id] = state
-        elif obj_id in compared and compared[obj_id] is not state:  # an earlier state of the object
-            del compared[obj_id]
+        table = state.table
+        if (
+            WATCHED.setdefault(obj_id, sink) is not sink
+            or table.mutable_indexes
+            or (table.child_relations and holds_children(state.obj, table))
+        ):
+            self.compared[obj_id] = state
+        elif obj_id in self.compared:  # an earlier state of the object, or one that held a list
+            del self.compared[obj_id]
 
     def compare_always(self, state: InstanceState) -> None:
         """Compare a tracked state at every flush (it holds a list of children,
@@ -412,6 +417,11 @@ class IdentityMap:
         self._deleted.clear()
 
 
+def holds_children(obj: Any, table: TableInfo) -> bool:
+    """Whether ``obj`` holds a list of children in a one-to-many relation."""
+    return any(isinstance(read(obj), (list, tuple)) for _, read in table.child_relations)
+
+
 def _stop_watching(by_obj: Mapping[int, InstanceState], sink: Sink) -> None:
     """Take the objects of ``by_obj`` that ``sink`` watches out of WATCHED."""
     watched = WATCHED.get
@@ -423,4 +433,4 @@ def _stop_watching(by_obj: Mapping[int, InstanceState], sink: Sink) -> None:
 _by_ref = operator.attrgetter("ref")
 
 
-__all__ = ["IdentityMap", "InstanceState", "Status"]
+__all__ = ["IdentityMap", "InstanceState", "Status", "holds_children"]

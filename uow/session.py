@@ -1420,9 +1420,6 @@ class AsyncSession(ReadsMixin):
         state.set_values(dict(old))
         state.status = Status.PERSISTENT
         self._identity.track(state)
-        table = state.table
-        if any(isinstance(read(state.obj), (list, tuple)) for _, read in table.child_relations):
-            self._identity.compare_always(state)  # a list it holds may grow again
 
     # --- savepoints and transaction contexts --------------------------------------
 
