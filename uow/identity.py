@@ -202,7 +202,19 @@ class IdentityMap:
         caller has it at hand (else read from the snapshot)."""
         obj_id = id(state.obj)
         self.by_obj[obj_id] = state
-        self.watch(obj_id, state)
+        # watch it: note its assignments, or compare it at every flush where they
+        # cannot tell all its changes (a JSON column, a list of children, another
+        # map watching it)
+        sink = self.assigned
+        table = state.table
+        if (
+            WATCHED.setdefault(obj_id, sink) is not sink
+            or table.mutable_indexes
+            or (table.child_relations and holds_children(state.obj, table))
+        ):
+            self.compared[obj_id] = state
+        elif obj_id in self.compared:  # an earlier state of the object, or one that held a list
+            del self.compared[obj_id]
         if key is None:
             key = state.key
         if key is not None:
@@ -305,7 +317,8 @@ class IdentityMap:
             del by_obj[obj_id]
             if WATCHED.get(obj_id) is self.assigned:
                 del WATCHED[obj_id]
-            self.compared.pop(obj_id, None)
+            if self.compared:
+                self.compared.pop(obj_id, None)
         self.unindex_key(state, state.snapshot[state.table.key_index])
 
     def detach(self, state: InstanceState) -> None:
@@ -345,21 +358,6 @@ class IdentityMap:
         """Whether ``obj`` is an object this map let go of once its row was
         deleted (and not tracked since): relations must not point at it."""
         return obj in self._deleted
-
-    def watch(self, obj_id: int, state: InstanceState) -> None:
-        """Note assignments on the object of a state just tracked; compare it at
-        every flush instead where assignments cannot tell all its changes (a
-        JSON column, a list of children, another map watching it)."""
-        sink = self.assigned
-        table = state.table
-        if (
-            WATCHED.setdefault(obj_id, sink) is not sink
-            or table.mutable_indexes
-            or (table.child_relations and holds_children(state.obj, table))
-        ):
-            self.compared[obj_id] = state
-        elif obj_id in self.compared:  # an earlier state of the object, or one that held a list
-            del self.compared[obj_id]
 
     def compare_always(self, state: InstanceState) -> None:
         """Compare a tracked state at every flush (it holds a list of children,

@@ -429,7 +429,7 @@ class AsyncSession(ReadsMixin):
                 )
         new_state = InstanceState(obj, ref, table, values, _PENDING, False, waiting)
         identity.by_obj[obj_id] = new_state
-        if watcher is None:  # what identity.watch() does, written out
+        if watcher is None:  # what identity.track() does to watch it, written out
             WATCHED[obj_id] = identity.assigned
         if table.mutable_indexes:
             identity.compared[obj_id] = new_state
