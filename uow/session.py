@@ -774,7 +774,8 @@ class AsyncSession(ReadsMixin):
                 if state.table.child_relations:
                     self._refuse_new_children(state)
                 continue
-            # what _record_found does, written out: this loop runs once per tracked object
+            # what _record_found does, written out: this loop runs once per assigned object
+            # (10k in a flush of 10k updates), so it spares a call each
             table = state.table
             if table.relations and table.holds_relations(state.obj):
                 self._sync_relations(state)
