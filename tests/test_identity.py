@@ -7,10 +7,12 @@ import gc
 from typing import Annotated, Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import uow
 from uow.assignments import WATCHED
-from uow.identity import IdentityMap, InstanceState, Status
+from uow.identity import _REBUILD_FLOOR, IdentityMap, InstanceState, Status
 from uow.model import Model, PrimaryKey, table_info
 
 
@@ -152,3 +154,57 @@ async def test_a_model_with_its_own_setattr_has_its_assignments_written() -> Non
             await session.commit()
         async with uow.AsyncSession(engine) as session:
             assert (await session.get_one(Trimmed, trimmed.id)).name == "second"
+
+
+# --- lookups by columns other than the key (upserts on a unique column) ----------------
+
+_NAMES = st.sampled_from(["a", "b", "c", "d"])
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("track"), _NAMES),
+        st.tuples(st.just("rename"), st.integers(0, 30), _NAMES),  # the snapshot changes
+        st.tuples(st.just("untrack"), st.integers(0, 30)),
+        st.tuples(st.just("find"), _NAMES),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200)
+@given(steps=_STEPS)
+def test_a_lookup_by_a_column_finds_what_a_walk_of_every_tracked_object_finds(
+    steps: list[tuple[Any, ...]],
+) -> None:
+    table = table_info(Thing)
+    name = (table.column_index["name"],)
+    identity = IdentityMap()
+    states: list[InstanceState] = []
+    for step in steps:
+        if step[0] == "track":
+            thing = Thing(id=len(states) + 1, name=step[1])
+            state = InstanceState(thing, len(states) + 1, table, table.values_of(thing), Status.PERSISTENT)
+            identity.track(state)
+            states.append(state)
+        elif step[0] == "rename" and states:
+            state = states[step[1] % len(states)]
+            identity.set_values(state, {"name": step[2]})
+        elif step[0] == "untrack" and states:
+            identity.untrack(states[step[1] % len(states)])
+        elif step[0] == "find":
+            walked = [s for s in identity.states() if s.snapshot[name[0]] == step[1]]
+            found = identity.find_by_columns(table, name, (step[1],))
+            assert sorted(s.ref for s in found) == sorted(s.ref for s in walked)
+
+
+def test_a_lookup_sheds_its_stale_entries_and_still_finds_every_object() -> None:
+    table = table_info(Thing)
+    name = (table.column_index["name"],)
+    identity = IdentityMap()
+    state = _tracked(identity, 1)
+    assert identity.find_by_columns(table, name, ("thing 1",)) == [state]
+    for n in range(3 * _REBUILD_FLOOR):  # each rename leaves an entry under the old name
+        identity.set_values(state, {"name": f"name {n}"})
+    lookup = identity.lookups[table].get(name)
+    assert lookup is None or len(lookup.states) <= 2 * _REBUILD_FLOOR  # built again, not one entry per rename
+    assert identity.find_by_columns(table, name, (f"name {3 * _REBUILD_FLOOR - 1}",)) == [state]
+    assert identity.find_by_columns(table, name, ("name 5",)) == []

@@ -145,6 +145,62 @@ class _LetGo:
         self.refs.clear()
 
 
+class _Lookup:
+    """The states of one table by the values of some of its columns in their
+    snapshots. An entry can be stale (the snapshot moved on since it was
+    added): :meth:`find` checks each one it returns."""
+
+    __slots__ = ("indexes", "states", "added")
+
+    def __init__(self, indexes: tuple[int, ...], states: Iterable[InstanceState]) -> None:
+        self.indexes = indexes
+        self.states: dict[tuple[Any, ...], list[InstanceState]] = {}
+        self.added = 0
+        """Entries added since the lookup was built (stale ones among them)."""
+        for state in states:
+            self.add(state)
+
+    def values_of(self, snapshot: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple([snapshot[index] for index in self.indexes])
+
+    def add(self, state: InstanceState) -> None:
+        values = self.values_of(state.snapshot)
+        found = self.states.get(values)
+        if found is None:
+            self.states[values] = [state]
+        elif state in found:
+            return
+        else:
+            found.append(state)
+        self.added += 1
+
+    def discard(self, state: InstanceState) -> None:
+        values = self.values_of(state.snapshot)
+        found = self.states.get(values)
+        if found is not None and state in found:
+            found.remove(state)
+            if not found:
+                del self.states[values]
+
+    def find(self, values: tuple[Any, ...], by_obj: Mapping[int, InstanceState]) -> list[InstanceState]:
+        """The tracked states whose snapshots hold ``values``; stale entries
+        under ``values`` are dropped on the way."""
+        found = self.states.get(values)
+        if not found:
+            return []
+        current = [s for s in found if by_obj.get(id(s.obj)) is s and self.values_of(s.snapshot) == values]
+        if len(current) != len(found):
+            if current:
+                self.states[values] = current
+            else:
+                del self.states[values]
+        return current
+
+
+_REBUILD_FLOOR = 1024
+"""Entries a lookup takes before it may be built again to shed stale ones."""
+
+
 class IdentityMap:
     """Tracked objects by object identity and by (table, key), and by ref the
     ones the current transaction's events are about.
@@ -162,7 +218,17 @@ class IdentityMap:
     every tracked one.
     """
 
-    __slots__ = ("by_ref", "by_obj", "_by_key", "_detached", "_deleted", "assigned", "compared", "__weakref__")
+    __slots__ = (
+        "by_ref",
+        "by_obj",
+        "_by_key",
+        "lookups",
+        "_detached",
+        "_deleted",
+        "assigned",
+        "compared",
+        "__weakref__",
+    )
 
     def __init__(self) -> None:
         self.by_ref: dict[int, InstanceState] = {}
@@ -170,6 +236,9 @@ class IdentityMap:
         self.by_obj: dict[int, InstanceState] = {}
         """id(object) -> state, for every tracked object (:meth:`state_of` reads it)."""
         self._by_key: dict[TableInfo, dict[Any, InstanceState]] = {}
+        self.lookups: dict[TableInfo, dict[tuple[int, ...], _Lookup]] = {}
+        """For the tables looked up by columns other than the key (an upsert on a
+        unique column): the states by those columns' values in their snapshots."""
         self._detached = _LetGo()
         """Objects :meth:`detach` let go of while their rows exist (expunged)."""
         self._deleted = _LetGo()
@@ -183,6 +252,42 @@ class IdentityMap:
         appended to a loaded list), or another identity map watches them."""
         # a map dropped without clear() must not leave its objects' ids watched
         weakref.finalize(self, _stop_watching, self.by_obj, self.assigned)
+
+    def find_by_columns(
+        self, table: TableInfo, indexes: tuple[int, ...], values: tuple[Any, ...]
+    ) -> list[InstanceState]:
+        """The tracked states of ``table`` whose snapshots hold ``values`` in
+        the columns at ``indexes`` (any status; deleted ones too until untracked).
+
+        The first lookup by a set of columns walks every tracked state once;
+        from then on the map keeps it up to date (:meth:`reindex`), so a loop of
+        upserts on a unique column does not walk them again per call.
+        """
+        lookups = self.lookups.setdefault(table, {})
+        lookup = lookups.get(indexes)
+        if lookup is None:
+            lookup = lookups[indexes] = _Lookup(indexes, [s for s in self.by_obj.values() if s.table is table])
+        return lookup.find(values, self.by_obj)
+
+    def reindex(self, state: InstanceState) -> None:
+        """Keep the lookups by columns (:meth:`find_by_columns`) finding a state
+        that was just tracked or whose snapshot just changed. Callers test
+        ``self.lookups`` first: most sessions never build one."""
+        lookups = self.lookups.get(state.table)
+        if not lookups:
+            return
+        for indexes, lookup in list(lookups.items()):
+            if lookup.added > max(_REBUILD_FLOOR, 2 * len(self.by_obj)):
+                del lookups[indexes]  # mostly stale entries by now: built again when next needed
+            else:
+                lookup.add(state)
+
+    def set_values(self, state: InstanceState, values: dict[str, Any]) -> None:
+        """:meth:`InstanceState.set_values` of a tracked state, keeping the
+        lookups by columns up to date."""
+        state.set_values(values)
+        if self.lookups:
+            self.reindex(state)
 
     def state_of(self, obj: Any) -> InstanceState | None:
         """The state of a tracked object, or ``None``."""
@@ -219,6 +324,8 @@ class IdentityMap:
             key = state.key
         if key is not None:
             self._by_key.setdefault(state.table, {})[key] = state
+        if self.lookups:
+            self.reindex(state)
 
     def load(
         self,
@@ -243,6 +350,7 @@ class IdentityMap:
         sink = self.assigned
         compared = self.compared
         mutable = bool(table.mutable_indexes)
+        looked_up: list[InstanceState] | None = [] if self.lookups.get(table) else None
         objects: list[Any] = []
         for row in rows:
             key = row[key_index]
@@ -260,7 +368,11 @@ class IdentityMap:
                 compared[obj_id] = state
             if key is not None:
                 by_key[key] = state
+            if looked_up is not None:
+                looked_up.append(state)
             objects.append(obj)
+        for state in looked_up or ():
+            self.reindex(state)
         return objects
 
     def index_key(self, state: InstanceState) -> None:
@@ -289,6 +401,8 @@ class IdentityMap:
             state.snapshot = tuple(snapshot)
             if key is not None:
                 rows[key] = state
+            if self.lookups:
+                self.reindex(state)
 
     def unindex_key(self, state: InstanceState, key: Any) -> None:
         """Forget the state under ``key``."""
@@ -319,6 +433,9 @@ class IdentityMap:
                 del WATCHED[obj_id]
             if self.compared:
                 self.compared.pop(obj_id, None)
+            if self.lookups:
+                for lookup in self.lookups.get(state.table, {}).values():
+                    lookup.discard(state)
         self.unindex_key(state, state.snapshot[state.table.key_index])
 
     def detach(self, state: InstanceState) -> None:
@@ -411,6 +528,7 @@ class IdentityMap:
         self.by_ref.clear()
         self.by_obj.clear()
         self._by_key.clear()
+        self.lookups.clear()
         self._detached.clear()
         self._deleted.clear()
 

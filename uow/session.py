@@ -438,6 +438,8 @@ class AsyncSession(ReadsMixin):
         if key is not None:
             identity.index_key(new_state)
         identity.by_ref[ref] = new_state
+        if identity.lookups:
+            identity.reindex(new_state)
         journal = self._journal
         # the state owns `waiting` (settling keys after a flush edits it): the event gets a copy
         journal.append(
@@ -677,12 +679,15 @@ class AsyncSession(ReadsMixin):
         column_index = table.column_index
         for column, value in new.items():
             snapshot[column_index[column]] = value
+        identity = self._identity
         if new_key:  # a new object given its key after add: found by it from now on
-            self._identity.unindex_key(state, state.key)
+            identity.unindex_key(state, state.key)
             state.snapshot = tuple(snapshot)
-            self._identity.index_key(state)
+            identity.index_key(state)
         else:
             state.snapshot = tuple(snapshot)
+        if identity.lookups:
+            identity.reindex(state)
         seq = self._journal.next_seq()
         if at is None:
             at = _now()
@@ -826,8 +831,11 @@ class AsyncSession(ReadsMixin):
             self._record_update(state, old, new, at=at)
             return
         state.snapshot = now
+        identity = self._identity
+        if identity.lookups:
+            identity.reindex(state)
         journal = self._journal
-        self._identity.by_ref[state.ref] = state
+        identity.by_ref[state.ref] = state
         journal.append(
             Updated(
                 seq=journal.next_seq(),
@@ -1202,6 +1210,8 @@ class AsyncSession(ReadsMixin):
                     snapshot = list(state.snapshot)
                     snapshot[state.table.column_index[column]] = parent_key
                     state.snapshot = tuple(snapshot)
+                    if self._identity.lookups:
+                        self._identity.reindex(state)
 
     # --- transactions ---------------------------------------------------------------
 
@@ -1381,10 +1391,10 @@ class AsyncSession(ReadsMixin):
             if state is not None:
                 if state.table.key_column in event.new:  # the key a new object was given
                     self._identity.unindex_key(state, state.key)
-                    state.set_values(dict(event.old))
+                    self._identity.set_values(state, dict(event.old))
                     self._identity.index_key(state)
                 else:
-                    state.set_values(dict(event.old))
+                    self._identity.set_values(state, dict(event.old))
                 state.parent_refs = None
         elif isinstance(event, Deleted):
             state = by_ref.get(event.ref)
@@ -1405,12 +1415,12 @@ class AsyncSession(ReadsMixin):
                 state.set_values({k: v for k, v in values.items()})
                 by_ref.pop(event.ref, None)
             else:
-                state.set_values(dict(event.old))
+                self._identity.set_values(state, dict(event.old))
         elif isinstance(event, BulkUpdated):
             for ref, old in event.old.items():
                 state = by_ref.get(ref)
                 if state is not None:
-                    state.set_values(dict(old))
+                    self._identity.set_values(state, dict(old))
         elif isinstance(event, BulkDeleted):
             for ref, old in event.old.items():
                 state = by_ref.get(ref)
@@ -1418,7 +1428,7 @@ class AsyncSession(ReadsMixin):
                     self._revive(state, old)
 
     def _revive(self, state: InstanceState, old: Mapping[str, Any]) -> None:
-        state.set_values(dict(old))
+        self._identity.set_values(state, dict(old))
         state.status = Status.PERSISTENT
         self._identity.track(state)
 
@@ -1564,7 +1574,7 @@ class AsyncSession(ReadsMixin):
         state = self._identity.get(table, key)
         if state is not None:
             if state.expired:
-                state.set_values(table.row_dict(tuple(row)))
+                self._identity.set_values(state, table.row_dict(tuple(row)))
                 state.expired = False
             return state
         snapshot = table.detached(row) if table.mutable_indexes else tuple(row)
@@ -1593,7 +1603,7 @@ class AsyncSession(ReadsMixin):
                 self._identity.detach(state)
                 raise NoResultFound(f"{table.model.__name__} {table.key_column}={state.key!r} no longer exists")
             state.restore_snapshot()
-            state.set_values(table.row_dict(tuple(rows[0])))
+            self._identity.set_values(state, table.row_dict(tuple(rows[0])))
             state.expired = False
 
     def _unload_unflushed_relations(self, state: InstanceState) -> None:
@@ -1953,11 +1963,14 @@ class AsyncSession(ReadsMixin):
         if target == (table.key_column,):
             state = self._identity.get(table, values.get(table.key_column))
             return state if state is not None and state.status in _LIVE else None
-        wanted = tuple(values.get(c) for c in target)
-        for state in self._tracked_of_tables((table,)):
-            if state.status in _LIVE and tuple(state.snapshot[table.column_index[c]] for c in target) == wanted:
-                return state
-        return None
+        # through a lookup the identity map keeps by these columns: a loop of
+        # upserts on a unique column finds each match without walking the table's objects
+        indexes = tuple(table.column_index[c] for c in target)
+        found = self._identity.find_by_columns(table, indexes, tuple(values.get(c) for c in target))
+        live = [state for state in found if state.status in _LIVE]
+        if not live:
+            return None
+        return min(live, key=lambda state: (state.key is None, state.ref))  # a stored row's object first
 
     def _settle_upsert(self, event: Upserted, obj: Any, outcome: _FlushOutcome) -> Any:
         table = self._tables[event.table]
@@ -1968,12 +1981,12 @@ class AsyncSession(ReadsMixin):
         if event.key is None:  # the journal learns the key of the row it landed on, as for an insert
             self._journal.generated_keys[event.ref] = row[table.key_index]
         if state is not None and state.status in _LIVE:
-            state.set_values(table.row_dict(tuple(row)))
+            self._identity.set_values(state, table.row_dict(tuple(row)))
             return state.obj
         key = row[table.key_index]
         existing = self._identity.get(table, key)
         if existing is not None and existing.status in _LIVE:
-            existing.set_values(table.row_dict(tuple(row)))
+            self._identity.set_values(existing, table.row_dict(tuple(row)))
             return existing.obj
         new_state = InstanceState(obj, event.ref, table, tuple(row), Status.PERSISTENT)
         new_state.set_values(table.row_dict(tuple(row)))
@@ -2072,7 +2085,7 @@ class AsyncSession(ReadsMixin):
                 values = dict(checked)
                 if bumped is not None:
                     values[bumped] = (old[state.ref][bumped] or 0) + 1
-                state.set_values(values)
+                self._identity.set_values(state, values)
             outcome = await self._flush_recorded(self._journal.mark - 1)
             await self._done()
         return outcome.rowcounts.get(event.seq, 0)

@@ -555,6 +555,49 @@ class SessionConformance:
             assert not session.is_modified(tracked)
             await session.commit()
 
+    async def test_upsert_lands_on_the_tracked_object_that_took_the_value_since(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            tracked = await session.get_one(User, alice.id)
+            await session.upsert(User(name="Bob", email="bob@example.com"), conflict_target=["email"])
+            tracked.email = "alicia@example.com"  # flushed by the next upsert
+            result = await session.upsert(
+                User(name="Alicia", email="alicia@example.com", age=31), conflict_target=["email"]
+            )
+            assert result is tracked and (tracked.name, tracked.age) == ("Alicia", 31)
+            upserted = session.journal[-1]
+            assert isinstance(upserted, Upserted) and upserted.old is not None
+            assert (upserted.old["name"], upserted.old["email"]) == ("Alice", "alicia@example.com")
+            other = await session.upsert(User(name="Other", email="alice@example.com"), conflict_target=["email"])
+            assert other is not tracked and other.id != alice.id  # the old value names it no more
+
+            savepoint = await session.begin_nested()
+            tracked.email = "changed@example.com"
+            await session.flush()
+            await savepoint.rollback()
+            assert tracked.email == "alicia@example.com"
+            again = await session.upsert(User(name="Again", email="alicia@example.com"), conflict_target=["email"])
+            assert again is tracked and tracked.name == "Again"
+            await session.rollback()  # every upsert undone on the object it landed on
+            assert (tracked.name, tracked.email, tracked.age) == ("Alice", "alice@example.com", 30)
+        saved = await stored(engine, User, alice.id)
+        assert (saved.name, saved.email) == ("Alice", "alice@example.com")
+        assert await count_rows(engine, User) == 1
+
+    async def test_upsert_lands_on_an_object_added_in_the_session(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            await session.upsert(User(name="Bob", email="bob@example.com"), conflict_target=["email"])
+            added = User(name="Carol", email="carol@example.com")
+            session.add(added)
+            result = await session.upsert(User(name="Caroline", email="carol@example.com"), conflict_target=["email"])
+            assert result is added and added.name == "Caroline" and added.id is not None
+            upserted = session.journal[-1]
+            assert isinstance(upserted, Upserted) and upserted.old is not None and upserted.old["name"] == "Carol"
+            await session.rollback()
+            assert added not in session and added.name == "Carol"
+        assert await count_rows(engine, User) == 0
+
     async def test_upsert_all_takes_both_paths_in_one_call(self, engine: uow.Engine, alice: User) -> None:
         async with AsyncSession(engine) as session:
             users = await session.upsert_all(

@@ -611,13 +611,20 @@ class DifferentialMachine(RuleBasedStateMachine):
     @invariant()
     def tracked_objects_are_found_by_their_keys(self) -> None:
         """The identity map finds every live tracked object with a key by that
-        key: ``get`` answers with it, and cascades find it as a child."""
+        key (``get`` answers with it, and cascades find it as a child), and by
+        the values of the columns upserts look objects up by."""
         for i, session in enumerate(self.sessions):
             identity = session._identity
             for state in identity.states():
                 if state.status in (Status.PENDING, Status.PERSISTENT) and state.key is not None:
                     found = identity.get(state.table, state.key)
                     assert found is state, f"{self.urls[i]}: {state} is not found by its key {state.key!r}"
+                # and by the columns an upsert looked it up by (the lookups kept since)
+                if state.status in (Status.PENDING, Status.PERSISTENT):
+                    for indexes in list(identity.lookups.get(state.table, {})):
+                        values = tuple(state.snapshot[index] for index in indexes)
+                        found_all = identity.find_by_columns(state.table, indexes, values)
+                        assert state in found_all, f"{self.urls[i]}: {state} is not found by its {values!r}"
 
     @invariant()
     def storage_equals_replay_and_agrees(self) -> None:
