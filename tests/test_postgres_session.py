@@ -1,5 +1,6 @@
 """Session behaviour that needs a real PostgreSQL server: a connection lost in
-the middle of a flush, and cancellation leaving the pool clean."""
+the middle of a flush, cancellation leaving the pool clean, and the statements
+a flush's savepoint costs."""
 
 from __future__ import annotations
 
@@ -99,3 +100,27 @@ async def test_cancelled_flushes_never_return_a_connection_in_a_transaction(engi
     async with AsyncSession(engine) as session:
         await session.insert(Team(name="after"))
         await session.commit()
+
+
+async def test_each_flush_after_the_first_costs_one_savepoint_statement(engine: uow.Engine) -> None:
+    """A flush after the first in a transaction sets a savepoint, so that its
+    failure undoes only itself. The next savepoint releases it in the same
+    statement, and the commit releases the last one."""
+    await engine.create_all(Team, Player)
+    async with AsyncSession(engine) as session:
+        session.add(Team(name="first"))
+        await session.flush()
+        sent: list[str] = []
+        connection = session._connection
+        assert connection is not None
+        connection.raw.add_query_logger(lambda record: sent.append(record.query))  # type: ignore[attr-defined]
+        for n in range(3):
+            session.add(Team(name=f"team {n}"))
+            await session.flush()
+        await session.commit()
+    assert [query for query in sent if "SAVEPOINT" in query] == [
+        'SAVEPOINT "uow_flush_1"',
+        'RELEASE SAVEPOINT "uow_flush_1"; SAVEPOINT "uow_flush_2"',
+        'RELEASE SAVEPOINT "uow_flush_2"; SAVEPOINT "uow_flush_3"',
+    ]
+    assert await _count(engine, "pg_session_teams") == 4

@@ -66,6 +66,14 @@ class Connection(ABC):
     async def rollback_to_savepoint(self, name: str) -> None:
         """Undo everything since the savepoint; the savepoint stays set."""
 
+    async def replace_savepoint(self, released: str, name: str) -> None:
+        """Release the savepoint ``released`` (the last one set) and set ``name``
+        in its place. A session calls this rather than the two methods when it
+        releases a flush's savepoint late, at its next savepoint; a backend that
+        can send both statements in one round trip overrides it."""
+        await self.release_savepoint(released)
+        await self.savepoint(name)
+
     @abstractmethod
     async def apply(self, batch: Batch) -> BatchResult:
         """Write one batch (see :mod:`uow.batches` for what each kind returns)."""

@@ -168,6 +168,12 @@ class PostgresConnection(Connection):
     async def rollback_to_savepoint(self, name: str) -> None:
         await self._call(lambda: self.raw.execute(f"ROLLBACK TO SAVEPOINT {self.dialect.quote(name)}"))
 
+    async def replace_savepoint(self, released: str, name: str) -> None:
+        # without arguments asyncpg sends the simple query protocol, which takes
+        # several statements in one message: one round trip for both
+        quote = self.dialect.quote
+        await self._call(lambda: self.raw.execute(f"RELEASE SAVEPOINT {quote(released)}; SAVEPOINT {quote(name)}"))
+
     # --- writes ------------------------------------------------------------------
 
     async def apply(self, batch: Batch) -> BatchResult:

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 import msgspec
 
@@ -79,6 +80,32 @@ def _enum_value(value: Any) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
 
 
+P = ParamSpec("P")
+
+_KEPT_TEXTS = 1024
+"""Statement texts a dialect keeps before it starts over (updates of varying
+column sets are the only source of many)."""
+
+
+def _kept(build: Callable[Concatenate[PostgresDialect, P], str]) -> Callable[Concatenate[PostgresDialect, P], str]:
+    """Keep the text a write statement builder made, by its arguments (tables,
+    column names, flags). A flush per row asks for the same statement each
+    time, and building the insert that returns keys took about 20 µs."""
+
+    def kept(dialect: PostgresDialect, /, *args: P.args, **kwargs: P.kwargs) -> str:
+        key = (build, *(tuple(a) if isinstance(a, list) else a for a in args), *sorted(kwargs.items()))
+        texts = dialect._write_texts
+        text = texts.get(key)
+        if text is None:
+            if len(texts) >= _KEPT_TEXTS:
+                texts.clear()
+            text = texts[key] = build(dialect, *args, **kwargs)
+        return text
+
+    functools.update_wrapper(kept, build)  # the builder's name and docstring
+    return kept
+
+
 class PostgresDialect(SqlDialect):
     """SQL text and conversions for PostgreSQL through asyncpg (``$1`` placeholders)."""
 
@@ -88,6 +115,7 @@ class PostgresDialect(SqlDialect):
         self._column_encoders: dict[tuple[TableInfo, tuple[str, ...]], list[Converter | None]] = {}
         self._row_decoders: dict[TableInfo, Callable[[Sequence[Any]], tuple[Any, ...]]] = {}
         self._select_texts: dict[tuple[Any, ...], tuple[str, Converter | None]] = {}
+        self._write_texts: dict[tuple[Any, ...], str] = {}
 
     def placeholder(self, position: int) -> str:
         return f"${position}"
@@ -214,6 +242,7 @@ class PostgresDialect(SqlDialect):
     def _aliases(count: int) -> list[str]:
         return [f"p{i}" for i in range(count)]
 
+    @_kept
     def insert_rows(self, table: TableInfo, columns: Sequence[str]) -> str:
         """INSERT of many rows whose keys are known: one array parameter per column."""
         return (
@@ -221,6 +250,7 @@ class PostgresDialect(SqlDialect):
             f"SELECT * FROM {self._unnest(table, columns)}"
         )
 
+    @_kept
     def insert_returning_keys(self, table: TableInfo, columns: Sequence[str], key_expression: str) -> str:
         """INSERT of many rows that returns their generated keys in row order.
 
@@ -257,6 +287,7 @@ class PostgresDialect(SqlDialect):
         """
         return f"SELECT ARRAY(SELECT {key_expression} FROM generate_series(1, $1::bigint))"
 
+    @_kept
     def update_rows(self, table: TableInfo, columns: Sequence[str], check_version: bool) -> str:
         """UPDATE by key of many rows: arrays of the values, the keys, then the
         expected versions when ``check_version``."""
@@ -276,6 +307,7 @@ class PostgresDialect(SqlDialect):
             text += f" AND {name}.{self.quote(table.version_column)} = u.{aliases[-1]}"
         return text
 
+    @_kept
     def count_matching(self, table: TableInfo, check_version: bool) -> str:
         """How many of the given keys (with their expected versions when
         ``check_version``) match a row: an update that sets no column."""
@@ -294,6 +326,7 @@ class PostgresDialect(SqlDialect):
             text += f" AND {name}.{self.quote(table.version_column)} = u.v"
         return text
 
+    @_kept
     def delete_keys(self, table: TableInfo, check_version: bool) -> str:
         """DELETE by key of many rows: an array of keys, then of expected versions."""
         name = self.quote(table.name)
@@ -307,6 +340,7 @@ class PostgresDialect(SqlDialect):
             f"WHERE {name}.{key} = u.k AND {name}.{self.quote(table.version_column)} = u.v"
         )
 
+    @_kept
     def upsert_rows(
         self,
         table: TableInfo,

@@ -63,6 +63,12 @@ def _fetch(raw: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any
     return raw.execute(sql, params).fetchall()
 
 
+def _replace_savepoint(raw: sqlite3.Connection, released: str, name: str) -> None:
+    """Both statements in one trip to the connection's thread."""
+    raw.execute(f"RELEASE SAVEPOINT {released}")
+    raw.execute(f"SAVEPOINT {name}")
+
+
 def _in_transaction(raw: sqlite3.Connection) -> bool:
     return raw.in_transaction
 
@@ -124,6 +130,10 @@ class SQLiteConnection(Connection):
 
     async def rollback_to_savepoint(self, name: str) -> None:
         await self._execute(f"ROLLBACK TO SAVEPOINT {self._dialect.quote(name)}")
+
+    async def replace_savepoint(self, released: str, name: str) -> None:
+        quote = self._dialect.quote
+        await self._run(partial(_replace_savepoint, released=quote(released), name=quote(name)))
 
     async def in_transaction(self) -> bool:
         """Whether a transaction is open on this connection."""

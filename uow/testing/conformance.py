@@ -1933,6 +1933,22 @@ class SessionConformance:
             assert first.id is None
         assert await count_rows(engine, User) == 0
 
+    async def test_a_failed_flush_after_several_keeps_every_earlier_one(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            first = await session.insert(User(name="First", email="first@example.com"))
+            second = await session.insert(User(name="Second", email="second@example.com"))
+            third = await session.insert(User(name="Third", email="third@example.com"))
+            dup = User(name="Dup", email="second@example.com")
+            session.add(dup)
+            with pytest.raises(IntegrityError):
+                await session.flush()
+            assert all(user.id is not None for user in (first, second, third)) and dup.id is None
+            dup.email = "fourth@example.com"
+            await session.flush()
+            await session.commit()
+        assert await count_rows(engine, User) == 4
+        assert (await stored(engine, User, dup.id)).email == "fourth@example.com"
+
     async def test_foreign_key_violation_is_an_integrity_error(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             session.add(Post(title="orphan", author_id=987654))
