@@ -63,9 +63,12 @@ class Case:
     backend: str  # "postgresql", "sqlite" or "memory"
     contenders: list[tuple[str, cases.Timed]]
     baseline: str
-    target: Target
+    target: Target | None
+    """The issue's target for this case; ``None`` for a case shown for comparison only."""
     seed: bool = False
     ops_per_row: int = 1
+    row_share: int = 1
+    """The case runs ``rows // row_share`` rows (its rows go one round trip at a time)."""
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: str | None = None
 
@@ -146,6 +149,19 @@ def build_cases() -> list[Case]:
             target=Target("uow", "asyncpg records", 2.5, "uow <= 2.5x asyncpg records"),
             seed=True,
         ),
+        Case(
+            "flush_each",
+            "insert N/5 users, one flush each, in one transaction",
+            "postgresql",
+            [
+                ("uow", c.flush_each_uow),
+                ("sqlalchemy", c.flush_each_sqlalchemy),
+                ("asyncpg fetchval", c.flush_each_raw),
+            ],
+            baseline="asyncpg fetchval",
+            target=None,
+            row_share=5,
+        ),
     ]
 
 
@@ -164,6 +180,7 @@ async def run_case(case: Case, env: cases.Env, rows: int, repeat: int, log: Call
         case.skipped = env.notes.get("postgresql", "no PostgreSQL")
         log(f"  {case.name}: skipped ({case.skipped})")
         return
+    rows = max(1, rows // case.row_share)
     runs: dict[str, list[float]] = {label: [] for label, _ in case.contenders}
     errors: dict[str, str] = {}
     for _ in range(repeat):
@@ -219,6 +236,7 @@ async def run_memory(env: cases.Env, count: int, log: Callable[[str], None]) -> 
 
 def verdict(case: Case) -> dict[str, Any]:
     target = case.target
+    assert target is not None
     mine = case.results.get(target.contender, {})
     if case.skipped or "median_s" not in mine:
         return {"target": target.text, "status": "SKIPPED" if case.skipped else "ERROR", "value": None}
@@ -372,7 +390,7 @@ async def run_all(args: argparse.Namespace, env: cases.Env) -> dict[str, Any]:
     memory_results = None
     if chosen is None or "memory" in chosen:
         memory_results = await run_memory(env, args.memory_rows, log)
-    verdicts = {case.name: verdict(case) for case in case_list}
+    verdicts = {case.name: verdict(case) for case in case_list if case.target is not None}
     if memory_results is not None:
         verdicts["memory"] = memory_verdict(memory_results)
     report = {
