@@ -6,12 +6,13 @@ from __future__ import annotations
 import gc
 from typing import Annotated, Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import uow
-from uow.assignments import WATCHED
+from uow.assignments import WATCHED, ChildList
 from uow.identity import _REBUILD_FLOOR, IdentityMap, InstanceState, Status
 from uow.model import Model, PrimaryKey, table_info
 
@@ -83,16 +84,24 @@ def test_only_assigned_objects_are_named_for_comparison_in_the_order_they_were_t
     assert identity.states_to_compare() == []
 
 
+class Document(Model, table="identity_documents"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    body: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 def test_a_state_compared_always_is_named_until_it_is_untracked() -> None:
     identity = IdentityMap()
-    first, second = _tracked(identity, 1), _tracked(identity, 2)
-    identity.compare_always(second)
+    first = _tracked(identity, 1)
+    table = table_info(Document)
+    document = Document(id=2, body={"text": "x"})
+    second = InstanceState(document, 2, table, table.values_of(document), Status.PERSISTENT)
+    identity.track(second)  # a JSON value can change in place, without an assignment
     first.obj.name = "changed"
     identity.compared_all()
 
     assert identity.states_to_compare() == [second]
     identity.untrack(second)
-    second.obj.name = "not tracked"
+    second.obj.body = {"text": "not tracked"}
     assert identity.states_to_compare() == []
 
 
@@ -208,3 +217,44 @@ def test_a_lookup_sheds_its_stale_entries_and_still_finds_every_object() -> None
     assert lookup is None or len(lookup.states) <= 2 * _REBUILD_FLOOR  # built again, not one entry per rename
     assert identity.find_by_columns(table, name, (f"name {3 * _REBUILD_FLOOR - 1}",)) == [state]
     assert identity.find_by_columns(table, name, ("name 5",)) == []
+
+
+# --- lists of children -------------------------------------------------------------------
+
+_CHANGES = {
+    "append": lambda children: children.append(9),
+    "extend": lambda children: children.extend([9]),
+    "insert": lambda children: children.insert(0, 9),
+    "remove": lambda children: children.remove(1),
+    "pop": lambda children: children.pop(),
+    "clear": lambda children: children.clear(),
+    "sort": lambda children: children.sort(reverse=True),
+    "reverse": lambda children: children.reverse(),
+    "setitem": lambda children: children.__setitem__(0, 9),
+    "setslice": lambda children: children.__setitem__(slice(0, 1), [9, 10]),
+    "delitem": lambda children: children.__delitem__(0),
+    "iadd": lambda children: children.__iadd__([9]),
+    "imul": lambda children: children.__imul__(2),
+}
+
+
+@pytest.mark.parametrize("change", sorted(_CHANGES))
+def test_every_change_to_a_list_of_children_is_noted_on_its_owner(change: str) -> None:
+    identity = IdentityMap()
+    owner = _tracked(identity, 1)
+    children = ChildList([1, 2], owner.obj)
+    identity.compared_all()
+
+    _CHANGES[change](children)
+
+    assert identity.states_to_compare() == [owner]
+
+
+def test_reading_or_copying_a_list_of_children_notes_nothing() -> None:
+    identity = IdentityMap()
+    owner = _tracked(identity, 1)
+    children = ChildList([1, 2], owner.obj)
+    copied = children.copy()
+    copied.append(3)
+    assert children == [1, 2] and len(children) == 2 and children[0] == 1 and type(copied) is list
+    assert identity.states_to_compare() == []

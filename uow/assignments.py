@@ -14,11 +14,16 @@ call ``__setattr__``, so building and loading objects costs nothing here. The
 session's own writes into objects (generated keys, foreign keys it fills in,
 values it restores) go through :data:`set_attribute`, which notes nothing:
 they are recorded or already match the snapshot.
+
+A child appended to an object's list of children is no assignment on the
+object. So the lists a session sees in one-to-many relations (given at
+``add``, assigned, or loaded by ``include()``) become :class:`ChildList` objects,
+which note each change to themselves on their owner.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -51,4 +56,68 @@ def note_assignment(
         sink[obj_id] = None
 
 
-__all__ = ["WATCHED", "Sink", "note_assignment", "set_attribute"]
+def _note(obj_id: int) -> None:
+    sink = WATCHED.get(obj_id)
+    if sink is not None:
+        sink[obj_id] = None
+
+
+class ChildList(list[Any]):
+    """The list of children an object holds in a one-to-many relation, once a
+    session has seen it: a ``list`` whose every change (``append``,
+    ``remove``, ``l[i] = x``, ...) is noted as an assignment on its owner, so
+    that the next flush looks at the owner and inserts or links the new
+    children."""
+
+    __slots__ = ("owner_id",)
+
+    def __init__(self, children: Iterable[Any], owner: object) -> None:
+        super().__init__(children)
+        self.owner_id = id(owner)
+        """id() of the object holding the list."""
+
+    def belongs_to(self, obj: object) -> bool:
+        """Whether this is ``obj``'s own list (not one taken from another object)."""
+        return self.owner_id == id(obj)
+
+
+def _noting(change: Callable[..., Any]) -> Callable[..., Any]:
+    def noted(self: ChildList, *args: Any, **kwargs: Any) -> Any:
+        result = change(self, *args, **kwargs)
+        _note(self.owner_id)
+        return result
+
+    noted.__name__ = change.__name__
+    noted.__doc__ = change.__doc__
+    return noted
+
+
+# every method of list that changes the list, wrapped the same way
+for _name in (
+    "append",
+    "extend",
+    "insert",
+    "remove",
+    "pop",
+    "clear",
+    "sort",
+    "reverse",
+    "__setitem__",
+    "__delitem__",
+    "__iadd__",
+    "__imul__",
+):
+    setattr(ChildList, _name, _noting(getattr(list, _name)))
+
+
+def holds_unwatched_children(obj: Any, child_relations: Iterable[tuple[str, Callable[[Any], Any]]]) -> bool:
+    """Whether ``obj`` holds, in a one-to-many relation, a list that is not
+    its own :class:`ChildList` (a change to it would go unnoted)."""
+    for _, read in child_relations:
+        children = read(obj)
+        if isinstance(children, list) and not (type(children) is ChildList and children.belongs_to(obj)):
+            return True
+    return False
+
+
+__all__ = ["WATCHED", "ChildList", "Sink", "holds_unwatched_children", "note_assignment", "set_attribute"]

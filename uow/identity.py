@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from uow.assignments import WATCHED, Sink, set_attribute
+from uow.assignments import WATCHED, Sink, holds_unwatched_children, set_attribute
 from uow.model import TableInfo, detached_value
 
 
@@ -248,8 +248,8 @@ class IdentityMap:
         map's sink in :data:`uow.assignments.WATCHED`."""
         self.compared: dict[int, InstanceState] = {}
         """id(object) -> state, for the objects compared at every flush: their
-        changes are not all assignments (a JSON value changed in place, a child
-        appended to a loaded list), or another identity map watches them."""
+        changes are not all assignments (a JSON value changed in place), or
+        another identity map watches them."""
         # a map dropped without clear() must not leave its objects' ids watched
         weakref.finalize(self, _stop_watching, self.by_obj, self.assigned)
 
@@ -308,18 +308,18 @@ class IdentityMap:
         obj_id = id(state.obj)
         self.by_obj[obj_id] = state
         # watch it: note its assignments, or compare it at every flush where they
-        # cannot tell all its changes (a JSON column, a list of children, another
-        # map watching it)
+        # cannot tell all its changes (a JSON column, another map watching it)
         sink = self.assigned
         table = state.table
-        if (
-            WATCHED.setdefault(obj_id, sink) is not sink
-            or table.mutable_indexes
-            or (table.child_relations and holds_children(state.obj, table))
-        ):
+        if WATCHED.setdefault(obj_id, sink) is not sink or table.mutable_indexes:
             self.compared[obj_id] = state
-        elif obj_id in self.compared:  # an earlier state of the object, or one that held a list
-            del self.compared[obj_id]
+        else:
+            if obj_id in self.compared:  # an earlier state of the object
+                del self.compared[obj_id]
+            if table.child_relations and holds_unwatched_children(state.obj, table.child_relations):
+                # a list no change to which is noted: the next flush looks at the
+                # object, and makes the list a ChildList of its own
+                sink[obj_id] = None
         if key is None:
             key = state.key
         if key is not None:
@@ -476,11 +476,6 @@ class IdentityMap:
         deleted (and not tracked since): relations must not point at it."""
         return obj in self._deleted
 
-    def compare_always(self, state: InstanceState) -> None:
-        """Compare a tracked state at every flush (it holds a list of children,
-        which can grow without an assignment)."""
-        self.compared[id(state.obj)] = state
-
     def states_to_compare(self) -> list[InstanceState]:
         """The tracked states that may differ from their snapshots: the ones
         assigned to since :meth:`compared_all` and the ones always compared,
@@ -533,11 +528,6 @@ class IdentityMap:
         self._deleted.clear()
 
 
-def holds_children(obj: Any, table: TableInfo) -> bool:
-    """Whether ``obj`` holds a list of children in a one-to-many relation."""
-    return any(isinstance(read(obj), (list, tuple)) for _, read in table.child_relations)
-
-
 def _stop_watching(by_obj: Mapping[int, InstanceState], sink: Sink) -> None:
     """Take the objects of ``by_obj`` that ``sink`` watches out of WATCHED."""
     watched = WATCHED.get
@@ -549,4 +539,4 @@ def _stop_watching(by_obj: Mapping[int, InstanceState], sink: Sink) -> None:
 _by_ref = operator.attrgetter("ref")
 
 
-__all__ = ["IdentityMap", "InstanceState", "Status", "holds_children"]
+__all__ = ["IdentityMap", "InstanceState", "Status"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from uow.assignments import ChildList
 from uow.conditions import And, Condition, In, IsNull
 from uow.model import RelationDescriptor, RelationInfo, TableInfo, table_info
 from uow.statements import OrderBy, Select
@@ -31,8 +32,9 @@ class RelationLoader:
     map); ``track_all`` false (streaming) tracks a related object only when an
     object it hangs off is tracked, as ``is_tracked`` tells. ``waiting``
     names owner objects whose many-to-one column still waits for a parent's
-    generated key: their assigned parent is kept. ``given_children`` is told
-    of each owner given a list of children.
+    generated key: their assigned parent is kept. An owner is given its
+    children as a :class:`~uow.assignments.ChildList` of its own, which notes
+    a child appended to it.
     """
 
     def __init__(
@@ -44,7 +46,6 @@ class RelationLoader:
         track_all: bool,
         is_tracked: Callable[[Any], bool],
         waiting: Callable[[Any, str], bool],
-        given_children: Callable[[Any], None],
     ):
         self.fetch = fetch
         self.materialize = materialize
@@ -52,7 +53,6 @@ class RelationLoader:
         self.track_all = track_all
         self.is_tracked = is_tracked
         self.waiting = waiting
-        self.given_children = given_children
 
     async def load(self, model: type[Any], objects: Sequence[Any], includes: Sequence[RelationDescriptor]) -> None:
         """Load ``includes`` in order; each applies to the objects of its model
@@ -124,8 +124,7 @@ class RelationLoader:
         for owner in owners:
             key = source.key_of(owner)
             if key is not None:  # an unflushed owner keeps the children assigned to it
-                descriptor.set_loaded(owner, children[key])
-                self.given_children(owner)
+                descriptor.set_loaded(owner, ChildList(children[key], owner))
         return loaded
 
 

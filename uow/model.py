@@ -398,6 +398,7 @@ class TableInfo:
         "relations",
         "parent_relations",
         "child_relations",
+        "child_relation_names",
         "holds_relations",
         "mutable_indexes",
         "mutable_columns",
@@ -455,6 +456,10 @@ class TableInfo:
             if r.many and r.remote_column is not None
         )
         """(the children's foreign-key column, reader of the children) per one-to-many relation."""
+        self.child_relation_names: tuple[str, ...] = tuple(
+            r.name for r in relations.values() if r.many and r.remote_column is not None
+        )
+        """The names of the relations of :attr:`child_relations`, in the same order."""
         self.holds_relations: Callable[[Any], bool] = _relation_checker(
             [read for _, read in (*self.parent_relations, *self.child_relations)]
         )

@@ -203,12 +203,6 @@ class ReadsMixin:
             state = self._identity.state_of(obj)
             return state is not None and bool(state.parent_refs) and column in state.parent_refs  # type: ignore[operator]
 
-        def given_children(obj: Any) -> None:
-            # a child appended to the list is no assignment: compare obj at every flush
-            state = self._identity.state_of(obj)
-            if state is not None:
-                self._identity.compare_always(state)
-
         return RelationLoader(
             fetch,
             self._materialize,
@@ -216,7 +210,6 @@ class ReadsMixin:
             track_all=track_all,
             is_tracked=is_tracked,
             waiting=waiting,
-            given_children=given_children,
         )
 
     def _materialize_all(self, table: TableInfo, rows: Sequence[Sequence[Any]], track: bool) -> list[Any]:

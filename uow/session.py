@@ -29,7 +29,7 @@ import anyio
 import msgspec
 
 from uow.adapter import Connection
-from uow.assignments import WATCHED, set_attribute
+from uow.assignments import WATCHED, ChildList, set_attribute
 from uow.batches import (
     Batch,
     BatchResult,
@@ -558,13 +558,16 @@ class AsyncSession(ReadsMixin):
                     )
 
     def _add_children(self, obj: Any, table: TableInfo, state: InstanceState, at: dt.datetime | None = None) -> None:
-        """Add new children listed in one-to-many relations, linked to ``obj``."""
-        for column, read_children in table.child_relations:
+        """Add new children listed in one-to-many relations, linked to ``obj``;
+        a list of them becomes ``obj``'s own :class:`ChildList`, so that a child
+        appended later is noted."""
+        for (column, read_children), name in zip(table.child_relations, table.child_relation_names):
             children = read_children(obj)
             if not isinstance(children, (list, tuple)):
                 continue
-            # a child appended later is no assignment on obj: compare obj at every flush
-            self._identity.compare_always(state)
+            if isinstance(children, list) and not (type(children) is ChildList and children.belongs_to(obj)):
+                children = ChildList(children, obj)
+                set_attribute(obj, name, children)
             for child in children:
                 if self._identity.state_of(child) is not None or self._identity.was_let_go(child):
                     continue

@@ -1206,6 +1206,39 @@ class SessionConformance:
             await session.commit()
         assert await count_rows(engine, Post, author_id=author.id) == 3
 
+    async def test_a_child_put_in_a_loaded_list_by_any_list_method_is_inserted(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, _, _ = await _committed_author_with_two_posts(session)
+        async with AsyncSession(engine) as session:
+            loaded = await session.query(User).include(User.posts).one()
+            posts = loaded.posts
+            posts.extend([Post(title="Extended", slug="extended")])
+            await session.commit()
+            posts.insert(0, Post(title="Inserted", slug="inserted"))
+            await session.commit()
+            posts += [Post(title="Added", slug="added")]
+            await session.commit()
+            posts[len(posts) :] = [Post(title="Sliced", slug="sliced")]
+            await session.commit()
+            posts[0] = Post(title="Replacing", slug="replacing")  # the replaced post stays stored
+            await session.commit()
+        assert await count_rows(engine, Post, author_id=author.id) == 7
+
+    async def test_a_child_appended_to_an_assigned_list_after_its_flush_is_inserted(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, _, _ = await _committed_author_with_two_posts(session)
+        async with AsyncSession(engine) as session:
+            loaded = await session.get_one(User, author.id)
+            given = [Post(title="Given", slug="given")]
+            loaded.posts = given
+            await session.commit()
+            # the flush made the list the author's own; it holds the same posts
+            assert loaded.posts == given
+            loaded.posts.append(Post(title="Later", slug="later"))
+            await session.commit()
+            assert [post.author_id for post in loaded.posts] == [author.id] * 2
+        assert await count_rows(engine, Post, author_id=author.id) == 4
+
     async def test_a_child_appended_to_the_list_of_an_added_object_is_inserted(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author = User(name="Author", email="author@example.com", posts=[])
