@@ -19,7 +19,7 @@ import contextvars
 import datetime as dt
 import gc
 import itertools
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -882,22 +882,42 @@ class AsyncSession(ReadsMixin):
         (without one, no tracked child changes when a row is deleted)."""
         return any(fk.on_delete in ("cascade", "set null") for t in self._tables.values() for fk in t.foreign_keys)
 
-    def _tracked_of_tables(self, tables: Collection[TableInfo]) -> list[InstanceState]:
-        """The tracked states of ``tables``: the ones with a key, by key, and the
-        new ones whose key is not generated yet, found through their pending
-        inserts (rather than by looking at every tracked object)."""
+    def _tracked_children(
+        self, table: TableInfo, fks: Sequence[ForeignKeyInfo], deleted_keys: Mapping[str, set[Any]], refs: set[int]
+    ) -> list[InstanceState]:
+        """The tracked states of ``table`` that may point through ``fks`` at a
+        deleted row, in the order they were tracked: by the foreign key in
+        their snapshots (a lookup the identity map keeps), by an assignment not
+        recorded yet, or by the ref of a new parent whose key they wait for.
+        Rather than every tracked object of the table."""
         identity = self._identity
-        found: list[InstanceState] = []
-        for table in tables:
-            found += identity.keyed_states(table)
-        names = {table.name for table in tables}
-        by_ref = identity.by_ref
-        for event in self._journal.pending:
-            if type(event) is Inserted and event.table in names:
-                state = by_ref.get(event.ref)
-                if state is not None and state.key is None and state.status is _PENDING:
-                    found.append(state)
-        return found
+        found: dict[int, InstanceState] = {}
+        for fk in fks:
+            keys = deleted_keys.get(fk.target_table)
+            if keys:
+                index = (table.column_index[fk.column],)
+                for key in keys:
+                    for state in identity.find_by_columns(table, index, (key,)):
+                        found[state.ref] = state
+        by_obj = identity.by_obj
+        for obj_id in (*identity.assigned, *identity.compared):
+            assigned = by_obj.get(obj_id)
+            if assigned is not None and assigned.table is table:
+                found[assigned.ref] = assigned
+        if refs:
+            # a state waits for a parent's key only while an event saying so is pending
+            by_ref = identity.by_ref
+            for event in self._journal.pending:
+                if (
+                    isinstance(event, (Inserted, Updated))
+                    and event.parent_refs
+                    and event.table == table.name
+                    and not refs.isdisjoint(event.parent_refs.values())
+                ):
+                    waiting = by_ref.get(event.ref)
+                    if waiting is not None:
+                        found[waiting.ref] = waiting
+        return [found[ref] for ref in sorted(found)]
 
     def _foreign_keys_acting_on(self, parents: Iterable[str]) -> dict[TableInfo, list[ForeignKeyInfo]]:
         """The foreign keys of known tables that act (``cascade``, ``set null``)
@@ -921,7 +941,8 @@ class AsyncSession(ReadsMixin):
             refs = set().union(*deleted_refs.values())
             next_keys: dict[str, set[Any]] = {}
             next_refs: dict[str, set[int]] = {}
-            for state in self._tracked_of_tables(acting):
+            children = [s for t, fks in acting.items() for s in self._tracked_children(t, fks, deleted_keys, refs)]
+            for state in children:
                 if state.status not in _LIVE:
                     continue
                 for fk in acting[state.table]:

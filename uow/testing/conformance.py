@@ -441,6 +441,34 @@ class SessionConformance:
         assert await stored(engine, User, alice.id) is None
         assert await count_rows(engine, Post) == 0
 
+    async def test_deleting_a_new_parent_takes_the_new_children_waiting_for_its_key(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            parent = User(name="New", email="new@example.com")
+            child = Post(title="child", author=parent)
+            session.add(child)
+            session.delete(parent)
+            await session.commit()
+            assert child not in session and parent not in session and child.id is None
+        assert await count_rows(engine, Post) == 0
+        assert await count_rows(engine, User) == 0
+
+    async def test_deleting_a_parent_follows_foreign_keys_assigned_since_the_last_flush(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            bob = await session.insert(User(name="Bob", email="bob@example.com"))
+            moved = await session.insert(Post(title="moved", author_id=bob.id))
+            stays = await session.insert(Post(title="stays", author_id=alice.id))
+            await session.commit()
+            moved.author_id = alice.id  # neither assignment is recorded before the delete
+            stays.author_id = bob.id
+            session.delete(user)
+            await session.commit()
+            assert moved not in session and stays in session and stays.author_id == bob.id
+        assert await stored(engine, Post, moved.id) is None
+        assert (await stored(engine, Post, stays.id)).author_id == bob.id
+
     async def test_assigning_a_relation_moves_the_foreign_key(self, engine: uow.Engine, alice: User) -> None:
         async with AsyncSession(engine) as session:
             post = await session.insert(Post(title="p", author_id=alice.id))
