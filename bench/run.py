@@ -64,7 +64,7 @@ class Case:
     contenders: list[tuple[str, cases.Timed]]
     baseline: str
     target: Target | None
-    """The issue's target for this case; ``None`` for a case shown for comparison only."""
+    """The target for this case; ``None`` for a case shown for comparison only."""
     seed: bool = False
     ops_per_row: int = 1
     row_share: int = 1
