@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import uow
 from uow.assignments import WATCHED, ChildList
-from uow.identity import _REBUILD_FLOOR, IdentityMap, InstanceState, Status
+from uow.identity import IdentityMap, InstanceState, Status
 from uow.model import Model, PrimaryKey, table_info
 
 
@@ -205,18 +205,21 @@ def test_a_lookup_by_a_column_finds_what_a_walk_of_every_tracked_object_finds(
             assert sorted(s.ref for s in found) == sorted(s.ref for s in walked)
 
 
-def test_a_lookup_sheds_its_stale_entries_and_still_finds_every_object() -> None:
+def test_a_lookup_files_each_object_once_and_lets_go_of_untracked_ones() -> None:
     table = table_info(Thing)
     name = (table.column_index["name"],)
     identity = IdentityMap()
-    state = _tracked(identity, 1)
+    state, other = _tracked(identity, 1), _tracked(identity, 2)
     assert identity.find_by_columns(table, name, ("thing 1",)) == [state]
-    for n in range(3 * _REBUILD_FLOOR):  # each rename leaves an entry under the old name
+    for n in range(1000):
         identity.set_values(state, {"name": f"name {n}"})
-    lookup = identity.lookups[table].get(name)
-    assert lookup is None or len(lookup.states) <= 2 * _REBUILD_FLOOR  # built again, not one entry per rename
-    assert identity.find_by_columns(table, name, (f"name {3 * _REBUILD_FLOOR - 1}",)) == [state]
+    lookup = identity.lookups[table][name]
+    assert len(lookup.states) == 2  # under its last name only, and the other object's
+    assert identity.find_by_columns(table, name, ("name 999",)) == [state]
     assert identity.find_by_columns(table, name, ("name 5",)) == []
+
+    identity.untrack(other)
+    assert len(lookup.states) == 1 and identity.find_by_columns(table, name, ("thing 2",)) == []
 
 
 # --- lists of children -------------------------------------------------------------------

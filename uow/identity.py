@@ -147,58 +147,49 @@ class _LetGo:
 
 class _Lookup:
     """The states of one table by the values of some of its columns in their
-    snapshots. An entry can be stale (the snapshot moved on since it was
-    added): :meth:`find` checks each one it returns."""
+    snapshots: each state is filed under one tuple of values, the one its
+    snapshot held when it was last :meth:`filed <file>`."""
 
-    __slots__ = ("indexes", "states", "added")
+    __slots__ = ("indexes", "states", "filed_under")
 
     def __init__(self, indexes: tuple[int, ...], states: Iterable[InstanceState]) -> None:
         self.indexes = indexes
         self.states: dict[tuple[Any, ...], list[InstanceState]] = {}
-        self.added = 0
-        """Entries added since the lookup was built (stale ones among them)."""
+        self.filed_under: dict[int, tuple[Any, ...]] = {}
+        """id(state) -> the values it is filed under (a filed state is alive: the
+        lookup holds it)."""
         for state in states:
-            self.add(state)
+            self.file(state)
 
     def values_of(self, snapshot: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple([snapshot[index] for index in self.indexes])
 
-    def add(self, state: InstanceState) -> None:
+    def file(self, state: InstanceState) -> None:
+        """File the state under its snapshot's values (and no longer under
+        the ones it had before)."""
         values = self.values_of(state.snapshot)
-        found = self.states.get(values)
-        if found is None:
-            self.states[values] = [state]
-        elif state in found:
+        before = self.filed_under.get(id(state))
+        if before == values:
             return
-        else:
-            found.append(state)
-        self.added += 1
+        if before is not None:
+            self._take_out(state, before)
+        self.states.setdefault(values, []).append(state)
+        self.filed_under[id(state)] = values
 
     def discard(self, state: InstanceState) -> None:
-        values = self.values_of(state.snapshot)
-        found = self.states.get(values)
-        if found is not None and state in found:
-            found.remove(state)
-            if not found:
-                del self.states[values]
+        before = self.filed_under.pop(id(state), None)
+        if before is not None:
+            self._take_out(state, before)
 
-    def find(self, values: tuple[Any, ...], by_obj: Mapping[int, InstanceState]) -> list[InstanceState]:
-        """The tracked states whose snapshots hold ``values``; stale entries
-        under ``values`` are dropped on the way."""
-        found = self.states.get(values)
+    def _take_out(self, state: InstanceState, values: tuple[Any, ...]) -> None:
+        found = self.states[values]
+        found.remove(state)
         if not found:
-            return []
-        current = [s for s in found if by_obj.get(id(s.obj)) is s and self.values_of(s.snapshot) == values]
-        if len(current) != len(found):
-            if current:
-                self.states[values] = current
-            else:
-                del self.states[values]
-        return current
+            del self.states[values]
 
-
-_REBUILD_FLOOR = 1024
-"""Entries a lookup takes before it may be built again to shed stale ones."""
+    def find(self, values: tuple[Any, ...]) -> list[InstanceState]:
+        """The states filed under ``values``."""
+        return list(self.states.get(values, ()))
 
 
 class IdentityMap:
@@ -267,20 +258,20 @@ class IdentityMap:
         lookup = lookups.get(indexes)
         if lookup is None:
             lookup = lookups[indexes] = _Lookup(indexes, [s for s in self.by_obj.values() if s.table is table])
-        return lookup.find(values, self.by_obj)
+        by_obj = self.by_obj
+        return [state for state in lookup.find(values) if by_obj.get(id(state.obj)) is state]
 
     def reindex(self, state: InstanceState) -> None:
         """Keep the lookups by columns (:meth:`find_by_columns`) finding a state
         that was just tracked or whose snapshot just changed. Callers test
         ``self.lookups`` first: most sessions never build one."""
-        lookups = self.lookups.get(state.table)
-        if not lookups:
-            return
-        for indexes, lookup in list(lookups.items()):
-            if lookup.added > max(_REBUILD_FLOOR, 2 * len(self.by_obj)):
-                del lookups[indexes]  # mostly stale entries by now: built again when next needed
-            else:
-                lookup.add(state)
+        for lookup in self.lookups.get(state.table, {}).values():
+            lookup.file(state)
+
+    def unlook(self, state: InstanceState) -> None:
+        """Take a state no longer tracked out of the lookups by columns."""
+        for lookup in self.lookups.get(state.table, {}).values():
+            lookup.discard(state)
 
     def set_values(self, state: InstanceState, values: dict[str, Any]) -> None:
         """:meth:`InstanceState.set_values` of a tracked state, keeping the
@@ -306,6 +297,9 @@ class IdentityMap:
         """Start tracking (or track again) an object; ``key``: its key, when the
         caller has it at hand (else read from the snapshot)."""
         obj_id = id(state.obj)
+        replaced = self.by_obj.get(obj_id)
+        if replaced is not None and replaced is not state and self.lookups:
+            self.unlook(replaced)
         self.by_obj[obj_id] = state
         # watch it: note its assignments, or compare it at every flush where they
         # cannot tell all its changes (a JSON column, another map watching it)
@@ -434,8 +428,7 @@ class IdentityMap:
             if self.compared:
                 self.compared.pop(obj_id, None)
             if self.lookups:
-                for lookup in self.lookups.get(state.table, {}).values():
-                    lookup.discard(state)
+                self.unlook(state)
         self.unindex_key(state, state.snapshot[state.table.key_index])
 
     def detach(self, state: InstanceState) -> None:

@@ -402,6 +402,8 @@ class AsyncSession(ReadsMixin):
         watcher = WATCHED.get(obj_id)
         if watcher is not None and watcher is not identity.assigned:
             self._refuse_tracked_elsewhere(obj)
+        if state is not None and identity.lookups:  # a state of the object no longer live
+            identity.unlook(state)
         if at is None:
             at = _utc_now(_UTC)
         ref = self._new_ref()
