@@ -167,7 +167,7 @@ async def test_a_model_with_its_own_setattr_has_its_assignments_written() -> Non
 
 # --- lookups by columns other than the key (upserts on a unique column) ----------------
 
-_NAMES = st.sampled_from(["a", "b", "c", "d"])
+_NAMES = st.sampled_from(["a", "b", "c", None])  # None: a column left empty is filed too
 _STEPS = st.lists(
     st.one_of(
         st.tuples(st.just("track"), _NAMES),
@@ -203,6 +203,11 @@ def test_a_lookup_by_a_column_finds_what_a_walk_of_every_tracked_object_finds(
             walked = [s for s in identity.states() if s.snapshot[name[0]] == step[1]]
             found = identity.find_by_columns(table, name, (step[1],))
             assert sorted(s.ref for s in found) == sorted(s.ref for s in walked)
+    lookup = identity.lookups.get(table, {}).get(name)
+    if lookup is not None:  # each tracked object filed once, nothing else
+        assert sorted(s.ref for found in lookup.states.values() for s in found) == sorted(
+            s.ref for s in identity.states()
+        )
 
 
 def test_a_lookup_files_each_object_once_and_lets_go_of_untracked_ones() -> None:

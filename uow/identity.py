@@ -145,51 +145,67 @@ class _LetGo:
         self.refs.clear()
 
 
+_NOT_FILED = object()
+
+
 class _Lookup:
     """The states of one table by the values of some of its columns in their
     snapshots: each state is filed under one tuple of values, the one its
     snapshot held when it was last :meth:`filed <file>`."""
 
-    __slots__ = ("indexes", "states", "filed_under")
+    __slots__ = ("single", "values_of", "states", "filed_under")
 
     def __init__(self, indexes: tuple[int, ...], states: Iterable[InstanceState]) -> None:
-        self.indexes = indexes
-        self.states: dict[tuple[Any, ...], list[InstanceState]] = {}
-        self.filed_under: dict[int, tuple[Any, ...]] = {}
+        self.single = len(indexes) == 1
+        # filed by the value itself when there is one column, by a tuple otherwise
+        self.values_of: Callable[[tuple[Any, ...]], Any] = operator.itemgetter(*indexes)
+        self.states: dict[Any, list[InstanceState]] = {}
+        self.filed_under: dict[int, Any] = {}
         """id(state) -> the values it is filed under (a filed state is alive: the
         lookup holds it)."""
-        for state in states:
-            self.file(state)
-
-    def values_of(self, snapshot: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple([snapshot[index] for index in self.indexes])
+        self.file_new(states)
 
     def file(self, state: InstanceState) -> None:
         """File the state under its snapshot's values (and no longer under
         the ones it had before)."""
         values = self.values_of(state.snapshot)
-        before = self.filed_under.get(id(state))
-        if before == values:
-            return
-        if before is not None:
+        before = self.filed_under.get(id(state), _NOT_FILED)
+        if before is not _NOT_FILED:
+            if before == values:
+                return
             self._take_out(state, before)
         self.states.setdefault(values, []).append(state)
         self.filed_under[id(state)] = values
 
+    def file_new(self, states: Iterable[InstanceState]) -> None:
+        """:meth:`file` of states never filed before (the new objects of a
+        read), in one loop."""
+        filed_under = self.filed_under
+        by_values = self.states
+        values_of = self.values_of
+        for state in states:
+            values = values_of(state.snapshot)
+            found = by_values.get(values)
+            if found is None:
+                by_values[values] = [state]
+            else:
+                found.append(state)
+            filed_under[id(state)] = values
+
     def discard(self, state: InstanceState) -> None:
-        before = self.filed_under.pop(id(state), None)
-        if before is not None:
+        before = self.filed_under.pop(id(state), _NOT_FILED)
+        if before is not _NOT_FILED:
             self._take_out(state, before)
 
-    def _take_out(self, state: InstanceState, values: tuple[Any, ...]) -> None:
+    def _take_out(self, state: InstanceState, values: Any) -> None:
         found = self.states[values]
         found.remove(state)
         if not found:
             del self.states[values]
 
     def find(self, values: tuple[Any, ...]) -> list[InstanceState]:
-        """The states filed under ``values``."""
-        return list(self.states.get(values, ()))
+        """The states filed under ``values`` (one per column)."""
+        return list(self.states.get(values[0] if self.single else values, ()))
 
 
 class IdentityMap:
@@ -265,8 +281,10 @@ class IdentityMap:
         """Keep the lookups by columns (:meth:`find_by_columns`) finding a state
         that was just tracked or whose snapshot just changed. Callers test
         ``self.lookups`` first: most sessions never build one."""
-        for lookup in self.lookups.get(state.table, {}).values():
-            lookup.file(state)
+        lookups = self.lookups.get(state.table)
+        if lookups and self.by_obj.get(id(state.obj)) is state:  # an untracked state is filed nowhere
+            for lookup in lookups.values():
+                lookup.file(state)
 
     def unlook(self, state: InstanceState) -> None:
         """Take a state no longer tracked out of the lookups by columns."""
@@ -365,8 +383,9 @@ class IdentityMap:
             if looked_up is not None:
                 looked_up.append(state)
             objects.append(obj)
-        for state in looked_up or ():
-            self.reindex(state)
+        if looked_up:
+            for lookup in self.lookups[table].values():
+                lookup.file_new(looked_up)
         return objects
 
     def index_key(self, state: InstanceState) -> None:
