@@ -149,9 +149,10 @@ _NOT_FILED = object()
 
 
 class _Lookup:
-    """The states of one table by the values of some of its columns in their
-    snapshots: each state is filed under one tuple of values, the one its
-    snapshot held when it was last :meth:`filed <file>`."""
+    """The tracked states of one table by the values of some of its columns
+    in their snapshots: each state is filed once, under what its snapshot held
+    when it was last :meth:`filed <file>` (the value itself for one column, the
+    tuple of values for several)."""
 
     __slots__ = ("single", "values_of", "states", "filed_under")
 
