@@ -110,14 +110,23 @@ for _name in (
     setattr(ChildList, _name, _noting(getattr(list, _name)))
 
 
+def unwatched_list(children: Any, owner: object) -> bool:
+    """Whether ``children`` is a list that is not ``owner``'s own
+    :class:`ChildList` (a change to it would go unnoted)."""
+    return isinstance(children, list) and not (type(children) is ChildList and children.belongs_to(owner))
+
+
 def holds_unwatched_children(obj: Any, child_relations: Iterable[tuple[str, Callable[[Any], Any]]]) -> bool:
-    """Whether ``obj`` holds, in a one-to-many relation, a list that is not
-    its own :class:`ChildList` (a change to it would go unnoted)."""
-    for _, read in child_relations:
-        children = read(obj)
-        if isinstance(children, list) and not (type(children) is ChildList and children.belongs_to(obj)):
-            return True
-    return False
+    """Whether ``obj`` holds an :func:`unwatched_list` in a one-to-many relation."""
+    return any(unwatched_list(read(obj), obj) for _, read in child_relations)
 
 
-__all__ = ["WATCHED", "ChildList", "Sink", "holds_unwatched_children", "note_assignment", "set_attribute"]
+__all__ = [
+    "WATCHED",
+    "ChildList",
+    "Sink",
+    "holds_unwatched_children",
+    "note_assignment",
+    "set_attribute",
+    "unwatched_list",
+]

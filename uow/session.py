@@ -29,7 +29,7 @@ import anyio
 import msgspec
 
 from uow.adapter import Connection
-from uow.assignments import WATCHED, ChildList, set_attribute
+from uow.assignments import WATCHED, ChildList, set_attribute, unwatched_list
 from uow.batches import (
     Batch,
     BatchResult,
@@ -567,7 +567,7 @@ class AsyncSession(ReadsMixin):
             children = read_children(obj)
             if not isinstance(children, (list, tuple)):
                 continue
-            if isinstance(children, list) and not (type(children) is ChildList and children.belongs_to(obj)):
+            if unwatched_list(children, obj):
                 children = ChildList(children, obj)
                 set_attribute(obj, name, children)
             for child in children:
