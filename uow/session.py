@@ -81,6 +81,7 @@ from uow.model import (
 )
 from uow.planner import plan_flush
 from uow.reads import ReadsMixin
+from uow.stale import RelationChecks, names_another_parent, undo_suspects, unload_stale_relations
 from uow.statements import Select
 
 M = TypeVar("M", bound=Model)
@@ -157,16 +158,6 @@ def _converted(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
         raise ValidationError(f"{table.model.__name__}.{column.name}: {exc} (got {value!r})") from None
 
 
-def _names_another_parent(obj: Any, column: str, parent: Any, key_column: str) -> bool:
-    """Whether a many-to-one relation's value (not ``None``) says something
-    else than ``obj``'s foreign key ``column``: an unlink not flushed yet, or
-    an object without the key the column holds."""
-    if parent is UNLINKED:
-        return True
-    key = getattr(parent, key_column, None)
-    return key is None or key != getattr(obj, column)
-
-
 def _refers_to(obj: Any, column: str, key: Any) -> bool:
     """Whether ``obj``'s foreign key ``column`` holds ``key`` (a stored row's)."""
     return key is not None and getattr(obj, column) == key
@@ -204,6 +195,7 @@ class AsyncSession(ReadsMixin):
         self._identity = IdentityMap()
         self._tables: dict[str, TableInfo] = {}
         self._tables_by_type: dict[type, TableInfo] = {}
+        self._relation_checks = RelationChecks(self._tables)
         self._connection: Connection | None = None
         self._in_tx = False
         self._tx_start = 0
@@ -314,6 +306,7 @@ class AsyncSession(ReadsMixin):
         known = self._tables.get(info.name)
         if known is None:
             self._tables[info.name] = info
+            self._relation_checks = RelationChecks(self._tables)  # a new table may refer to known ones
             for fk in info.foreign_keys:
                 if fk.target_table not in self._tables and fk.target_table != info.name:
                     from uow.model import resolve_model
@@ -1316,23 +1309,34 @@ class AsyncSession(ReadsMixin):
         """Undo assignments not recorded yet, then truncate the journal to
         ``mark`` and undo the removed events in place."""
         identity = self._identity
+        assigned = identity.assigned
+        touched: list[InstanceState] = []  # a relation of these may name an undone link
         for state in identity.states_to_compare():
-            if state.status in (*_LIVE, Status.DELETED) and state.current() != state.snapshot:
+            restored = state.status in (*_LIVE, Status.DELETED) and state.current() != state.snapshot
+            if restored:
                 state.restore_snapshot()
+            if restored or id(state.obj) in assigned or state.table.child_relations:
+                touched.append(state)
         identity.compared_all()
-        self._undo_recorded(mark)
+        self._undo_recorded(mark, touched)
 
-    def _undo_recorded(self, mark: int) -> None:
+    def _undo_recorded(self, mark: int, touched: Iterable[InstanceState] = ()) -> None:
         """Truncate the journal to ``mark`` and undo the removed events in
-        place; assignments not recorded yet stay as they are."""
+        place; assignments not recorded yet stay as they are. ``touched``:
+        states whose relations may name an undone link besides the ones the
+        removed events lead to (see :mod:`uow.stale`)."""
         inserted_keys = self._journal.inserted_keys_since(mark)
         removed = self._journal.truncate(mark)
+        if not removed and not touched:
+            self._expire_read_after_undone_writes(mark)
+            return
+        suspects = undo_suspects(removed, inserted_keys, self._identity, self._tables, self._relation_checks)
         detached: dict[int, Any] = {}
         for event in reversed(removed):
             self._undo(event, detached)
             if event.seq in inserted_keys:
                 self._let_go_of_vanished_row(self._tables[event.table], inserted_keys[event.seq], detached)
-        self._unload_stale_relations(detached)
+        unload_stale_relations(itertools.chain(touched, suspects), detached, self._identity, self._relation_checks)
         self._expire_read_after_undone_writes(mark)
         self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1) if removed else self._cascaded_upto
 
@@ -1355,48 +1359,6 @@ class AsyncSession(ReadsMixin):
         for state in self._identity.by_obj.values():
             if state.ref > first and state.status in _LIVE:
                 state.expired = True
-
-    def _unload_stale_relations(self, detached: Mapping[int, Any]) -> None:
-        """After an undo, unload each relation of a tracked object that no
-        longer matches what the journal restored: a many-to-one relation whose
-        object does not have the key its foreign key holds (assigned or moved
-        in the undone part, or a new row the undo let go of), and a one-to-many
-        list holding an object the undo let go of (``detached``: id ->
-        object). A flush would otherwise write the undone link again. Reading
-        such a relation asks for ``include()``, as before it was loaded."""
-        # per table: (reader of the raw value, relation name, foreign-key column
-        # of a many-to-one relation or None for a list, the target's key column)
-        checks: dict[TableInfo, list[tuple[Callable[[Any], Any], str, str | None, str]]] = {}
-        for state in self._identity.by_obj.values():  # not changed here: no copy needed
-            table = state.table
-            if not table.relations:
-                continue
-            relations = checks.get(table)
-            if relations is None:
-                relations = checks[table] = [
-                    (
-                        getattr(table.model, name).reader,
-                        name,
-                        None if relation.many else relation.local_column,
-                        table_info(relation.target).key_column,
-                    )
-                    for name, relation in table.relations.items()
-                ]
-            obj = state.obj
-            for read, name, column, target_key in relations:
-                value = read(obj)
-                if value is NOT_LOADED:
-                    continue
-                if column is None:
-                    stale = bool(detached) and isinstance(value, list) and any(detached.get(id(v)) is v for v in value)
-                elif value is None:
-                    stale = getattr(obj, column) is not None  # no parent, where the restored key names one
-                else:
-                    stale = _names_another_parent(obj, column, value, target_key) or (
-                        bool(detached) and detached.get(id(value)) is value
-                    )
-                if stale:
-                    set_attribute(obj, name, NOT_LOADED)
 
     def _let_go_of_vanished_row(self, table: TableInfo, key: Any, detached: dict[int, Any]) -> None:
         """The row an undone insert wrote is gone: an object read from it since
@@ -1665,7 +1627,7 @@ class AsyncSession(ReadsMixin):
                 stale = isinstance(value, list) and any(identity.state_of(v) is None for v in value)
             else:
                 key_column = table_info(relation.target).key_column
-                stale = _names_another_parent(obj, relation.local_column, value, key_column)  # type: ignore[arg-type]
+                stale = names_another_parent(obj, relation.local_column, value, key_column)  # type: ignore[arg-type]
             if stale:
                 descriptor.set_loaded(obj, NOT_LOADED)
 

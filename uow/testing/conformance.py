@@ -861,6 +861,49 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, Post, post.id)).author_id == second.id
 
+    async def test_a_refused_add_keeps_a_move_assigned_through_another_relation(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            _, first, _ = await _committed_author_with_two_posts(session)
+            newcomer = User(name="Newcomer", email="new@example.com")
+            first.author = newcomer  # not flushed
+            with pytest.raises(ValidationError):
+                session.add(User(name=None, email="refused@example.com"))  # type: ignore[arg-type]
+            assert first.author is newcomer  # the refused add took back only what it recorded
+            await session.commit()
+            assert newcomer.id is not None and first.author_id == newcomer.id
+        assert (await stored(engine, Post, first.id)).author_id == newcomer.id
+
+    async def test_a_refused_insert_keeps_a_move_recorded_before_it(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            _, first, _ = await _committed_author_with_two_posts(session)
+            newcomer = User(name="Newcomer", email="new@example.com")
+            first.author = newcomer  # recorded by the insert below, which then fails
+            with pytest.raises(IntegrityError):
+                await session.insert(User(name="Taken", email=alice.email))
+            assert first.author is newcomer and newcomer in session
+            await session.commit()
+            assert first.author is newcomer and first.author_id == newcomer.id
+        assert (await stored(engine, Post, first.id)).author_id == newcomer.id
+
+    async def test_a_rollback_unloads_a_list_holding_an_object_read_from_a_row_it_removes(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second = await _committed_author_with_two_posts(session)
+            other = await session.insert(User(name="Other", email="other@example.com"))
+            await session.commit()
+            await session.bulk_insert(Post, [{"title": "Bulk", "slug": "bulk", "author_id": author.id}])
+            await session.bulk_update(Post, {"author_id": other.id}, slug="bulk")  # a row no object tracks
+            await session.query(User).filter(id=other.id).include(User.posts).one()
+            [bulk] = other.posts
+            await session.rollback()
+            assert bulk not in session
+            with pytest.raises(RelationNotLoadedError):
+                other.posts  # noqa: B018
+            assert first.author is author and second.author is author  # links the rollback did not touch
+            loaded = await session.query(User).filter(id=other.id).include(User.posts).one()
+            assert loaded is other and other.posts == []
+
     async def test_a_relation_pointing_a_live_object_at_a_deleted_one_is_refused_before_anything_is_written(
         self, engine: uow.Engine
     ) -> None:

@@ -2,7 +2,8 @@
 
 The machine runs one random sequence of session operations (add, assignment,
 a change in place to a JSON list, a child appended to a parent's loaded list,
-moving a child to another parent through its relation or unlinking it, delete, soft delete, flush, commit, rollback,
+moving a child to another parent through its relation (flushed at once or
+left pending) or unlinking it, a refused add, delete, soft delete, flush, commit, rollback,
 savepoints, a refused flush, a refused move to a deleted parent, immediate
 updates and removes, a refused immediate insert and update, merging a detached
 copy, upserts on a unique column, bulk updates and bulk deletes) on a session
@@ -40,7 +41,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import uow
-from uow.errors import IntegrityError, SessionStateError
+from uow.errors import IntegrityError, SessionStateError, ValidationError
 from uow.events import Inserted
 from uow.identity import Status
 from uow.journal import replay
@@ -90,6 +91,9 @@ class _Expected:
         """Deleted with its owner; the session cascades at the next flush."""
         self.flushed_values = dict(values)
         """The values at the last flush (what storage holds in this transaction)."""
+        self.moved = False
+        """Moved to another owner through its relation since the last flush:
+        its foreign key follows at the next flush."""
 
 
 class DifferentialMachine(RuleBasedStateMachine):
@@ -240,6 +244,23 @@ class DifferentialMachine(RuleBasedStateMachine):
         async def move(i: int, session: uow.AsyncSession) -> None:
             self.objects[i][index].owner = self.objects[i][owner_index]
             await session.flush()
+
+        self._each(move)
+
+    @precondition(lambda self: bool(self._live("item")) and bool(self._live("owner")))
+    @rule(data=st.data())
+    def move_item_later(self, data: st.DataObject) -> None:
+        """An item moved to another owner through its relation, not flushed:
+        the move is pending work, which refused calls must not take back and a
+        rollback must, unloading the relation rather than leaving it to name
+        the undone owner."""
+        index = data.draw(st.sampled_from(self._live("item")))
+        owner_index = data.draw(st.sampled_from(self._live("owner")))
+        self.expected[index].owner = owner_index
+        self.expected[index].moved = True
+
+        async def move(i: int, session: uow.AsyncSession) -> None:
+            self.objects[i][index].owner = self.objects[i][owner_index]
 
         self._each(move)
 
@@ -475,6 +496,25 @@ class DifferentialMachine(RuleBasedStateMachine):
 
         self._each(refuse)
 
+    @rule()
+    def refused_add(self) -> None:
+        """``add`` of an owner without a name is refused at once and takes back
+        only what it recorded: the work pending before it stays pending."""
+
+        async def refuse(i: int, session: uow.AsyncSession) -> None:
+            pending_before = list(session.journal.pending)
+            nameless = Owner(name=None)  # type: ignore[arg-type]
+            try:
+                session.add(nameless)
+            except ValidationError:
+                pass
+            else:
+                raise AssertionError(f"{self.urls[i]}: an owner without a name was added")
+            assert nameless not in session, f"{self.urls[i]}: the refused owner is tracked"
+            assert list(session.journal.pending) == pending_before, f"{self.urls[i]}: the pending events changed"
+
+        self._each(refuse)
+
     @rule(name=NAMES, score=SCORES)
     def upsert_owner(self, name: str, score: int) -> None:
         """``upsert`` on the unique name: the owner holding it takes the score
@@ -580,6 +620,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     def _flushed(self) -> None:
         for entry in self.expected:
             entry.cascaded = False
+            entry.moved = False
             entry.flushed_values = dict(entry.values)
 
     # --- invariants -------------------------------------------------------------------
@@ -605,8 +646,25 @@ class DifferentialMachine(RuleBasedStateMachine):
                         assert obj.owner_id is None, f"{self.urls[i]}: item {index} should have no owner"
                         continue
                     owner = self.objects[i][entry.owner]
-                    if owner.id is not None:
+                    if owner.id is not None and not entry.moved:
                         assert obj.owner_id == owner.id
+
+    @invariant()
+    def loaded_relations_name_the_expected_owner(self) -> None:
+        """An item's loaded ``owner`` relation names the owner the machine
+        expects: a rollback unloads one that named an undone move, and a
+        refused call keeps a move pending."""
+        for i in range(len(self.sessions)):
+            for index, entry in enumerate(self.expected):
+                if entry.kind != "item" or not entry.live:
+                    continue
+                held = Item.__dict__["owner"].raw(self.objects[i][index])
+                if held is NOT_LOADED:
+                    continue
+                wanted = None if entry.owner is None else self.objects[i][entry.owner]
+                assert held is wanted or (wanted is None and held is None), (
+                    f"{self.urls[i]}: item {index}'s owner relation holds {held!r}, expected {wanted!r}"
+                )
 
     @invariant()
     def tracked_objects_are_found_by_their_keys(self) -> None:
