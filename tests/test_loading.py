@@ -113,3 +113,20 @@ async def test_objects_encode_with_the_relations_that_are_loaded_and_decode_back
     assert decoded == shelf and decoded.books[0] == plain
     with pytest.raises(RelationNotLoadedError):
         _ = decoded.books[0].shelf
+
+
+async def test_a_relation_assigned_none_encodes_as_null_before_the_flush(engine: uow.Engine) -> None:
+    await engine.create_all(Shelf, Volume)
+    async with uow.AsyncSession(engine) as session:
+        volume = Volume(title="Dune", pages=412, shelf=Shelf(label="fiction"))
+        session.add(volume)
+        await session.commit()
+        volume.shelf = None  # the foreign key is emptied by the next flush
+        expected = {"id": volume.id, "shelf_id": volume.shelf_id, "title": "Dune", "pages": 412, "shelf": None}
+        assert msgspec.json.decode(msgspec.json.encode(volume)) == expected
+        assert msgspec.msgpack.decode(msgspec.msgpack.encode(volume)) == expected
+        assert msgspec.to_builtins(volume) == expected
+        copied = msgspec.structs.replace(volume)
+        assert copied.shelf is None
+        await session.commit()
+        assert volume.shelf_id is None and volume.shelf is None

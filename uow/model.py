@@ -154,11 +154,14 @@ such relations out instead of failing on them; reading one through the model
 raises :class:`RelationNotLoadedError`."""
 
 
-class _Unlinked:
+class _Unlinked(enum.Enum):
     """What a many-to-one relation holds once ``None`` is assigned to it, until
-    the session empties the foreign key: it reads as ``None``."""
+    the session empties the foreign key: it reads as ``None``.
 
-    __slots__ = ()
+    An enum member whose value is ``None``, so msgspec encodes it as ``null``
+    (JSON, msgpack, ``to_builtins``) and copies keep the one marker."""
+
+    UNLINKED = None
 
     def __repr__(self) -> str:
         return "None"
@@ -167,7 +170,7 @@ class _Unlinked:
         return False
 
 
-UNLINKED: Any = _Unlinked()
+UNLINKED: Any = _Unlinked.UNLINKED
 
 
 class _RelationSpec:
