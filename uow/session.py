@@ -941,6 +941,8 @@ class AsyncSession(ReadsMixin):
                 if state.status not in _LIVE:
                     continue
                 for fk in acting[state.table]:
+                    if state.table.parent_relations and self._relation_links_elsewhere(state, fk.column):
+                        continue  # moved or unlinked through its relation: the flush writes that first
                     value = getattr(state.obj, fk.column)
                     waiting_ref = (state.parent_refs or {}).get(fk.column)
                     keys = deleted_keys.get(fk.target_table)
@@ -961,6 +963,26 @@ class AsyncSession(ReadsMixin):
             deleted_keys, deleted_refs = next_keys, next_refs
         if self._journal.pending:
             self._cascaded_upto = self._journal.pending[-1].seq
+
+    def _relation_links_elsewhere(self, state: InstanceState, column: str) -> bool:
+        """Whether the many-to-one relation through ``column`` holds what the
+        next flush writes into that column instead of what it holds now: an
+        unlink, or a parent that is not deleted (a relation wins over its
+        column). A relation holding a deleted parent says nothing here: the
+        column decides, and pointing a live object at it is refused later."""
+        for relation_column, read_parent in state.table.parent_relations:
+            if relation_column != column:
+                continue
+            parent = read_parent(state.obj)
+            if parent is UNLINKED:
+                return True
+            if parent is None or parent is NOT_LOADED:
+                return False
+            parent_state = self._identity.by_obj.get(id(parent))
+            if parent_state is not None:
+                return parent_state.status in _LIVE
+            return is_model(parent) and not self._identity.was_deleted(parent)  # new, or expunged: its row stays
+        return False
 
     def _unlink_deleted_parents(self, state: InstanceState, column: str) -> None:
         """Set to ``None`` the many-to-one relations through ``column`` that

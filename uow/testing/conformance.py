@@ -861,6 +861,22 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, Post, post.id)).author_id == second.id
 
+    async def test_children_moved_or_unlinked_through_their_relation_outlive_their_deleted_parent(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second = await _committed_author_with_two_posts(session)
+            other = User(name="Other", email="other@example.com")
+            first.author = other  # a move, not flushed: the new author comes along
+            second.author = None  # an unlink, not flushed
+            session.delete(author)  # its posts cascade, but these two left it first
+            await session.commit()
+            assert first in session and second in session and author not in session
+            assert first.author_id == other.id and second.author_id is None
+        assert (await stored(engine, Post, first.id)).author_id == other.id
+        assert (await stored(engine, Post, second.id)).author_id is None
+        assert await count_rows(engine, User) == 1
+
     async def test_a_refused_add_keeps_a_move_assigned_through_another_relation(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             _, first, _ = await _committed_author_with_two_posts(session)
