@@ -275,7 +275,37 @@ class AsyncSession(ReadsMixin):
         state = self._state(obj)
         if state.status in (Status.PENDING, Status.DELETED):
             return True
-        return state.current() != state.snapshot or state.ref in self._journal.pending_refs()
+        return (
+            state.current() != state.snapshot
+            or state.ref in self._journal.pending_refs()
+            or self._relations_changed(state)
+        )
+
+    def _relations_changed(self, state: InstanceState) -> bool:
+        """Whether a relation of ``state.obj`` holds a change the next flush
+        writes: a many-to-one relation naming another parent than its foreign
+        key does, or unlinking a set one, or a list holding a new object."""
+        table = state.table
+        obj = state.obj
+        if not table.relations or not table.holds_relations(obj):
+            return False
+        identity = self._identity
+        for read, _, column, target_key in self._relation_checks.relations(table):
+            value = read(obj)
+            if value is None or value is NOT_LOADED:
+                continue
+            if column is not None:
+                if value is UNLINKED:
+                    if getattr(obj, column) is not None:
+                        return True
+                elif names_another_parent(obj, column, value, target_key):
+                    return True
+            elif isinstance(value, list) and any(
+                identity.state_of(child) is None and is_model(child) and not identity.was_let_go(child)
+                for child in value
+            ):
+                return True
+        return False
 
     def __contains__(self, obj: object) -> bool:
         state = self._identity.state_of(obj)
@@ -1681,6 +1711,7 @@ class AsyncSession(ReadsMixin):
             state.status in _UNFLUSHED
             or (journal.has_pending() and state.ref in journal.pending_refs())
             or (state.status is _PERSISTENT and state.table.values_of(state.obj) != state.snapshot)
+            or self._relations_changed(state)
         ):
             raise SessionStateError(
                 f"{state.table.model.__name__} ref {state.ref} has unflushed changes; flush or roll back first"
@@ -1692,7 +1723,7 @@ class AsyncSession(ReadsMixin):
         recorded or assigned)."""
         self._check_idle()
         if self._journal.has_pending() or any(
-            state.status is _PERSISTENT and state.current() != state.snapshot
+            state.status is _PERSISTENT and (state.current() != state.snapshot or self._relations_changed(state))
             for state in self._identity.states_to_compare()
         ):
             raise SessionStateError("the session has unflushed changes; flush or roll back first")

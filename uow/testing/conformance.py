@@ -1250,6 +1250,30 @@ class SessionConformance:
             with pytest.raises(DetachedInstanceError):
                 session.is_modified(User(name="Stranger", email="s@example.com"))
 
+    async def test_relation_changes_not_flushed_are_unflushed_changes(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second = await _committed_author_with_two_posts(session)
+            other = User(name="Other", email="other@example.com")
+            session.add(other)
+            await session.commit()
+            first.author = other  # a move
+            second.author = None  # an unlink
+            author.posts.append(Post(title="Third", slug="third"))  # a new child
+            for changed in (first, second, author):
+                assert session.is_modified(changed)
+                with pytest.raises(SessionStateError):
+                    session.expunge(changed)  # expunging would drop the change
+            with pytest.raises(SessionStateError):
+                session.expunge_all()
+            assert not session.is_modified(other)
+            await session.commit()
+            assert not any(session.is_modified(o) for o in (first, second, author, other))
+            session.expunge(first)
+            session.expunge_all()
+        assert (await stored(engine, Post, first.id)).author_id == other.id
+        assert (await stored(engine, Post, second.id)).author_id is None
+        assert await count_rows(engine, Post) == 3
+
     async def test_in_transaction(self, engine: uow.Engine, alice: User) -> None:
         async with AsyncSession(engine) as session:
             assert not session.in_transaction()
