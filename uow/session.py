@@ -158,6 +158,15 @@ def _converted(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
         raise ValidationError(f"{table.model.__name__}.{column.name}: {exc} (got {value!r})") from None
 
 
+def _column_assigned_over(state: InstanceState, column: str, parent_key: Any) -> bool:
+    """Whether the foreign key ``column`` was assigned since the snapshot while
+    the relation through it still holds the parent the snapshot names (with
+    key ``parent_key``, ``None`` for no parent): then the assignment is the
+    newer word."""
+    assigned: bool = getattr(state.obj, column) != parent_key
+    return assigned and state.snapshot[state.table.column_index[column]] == parent_key
+
+
 def _refers_to(obj: Any, column: str, key: Any) -> bool:
     """Whether ``obj``'s foreign key ``column`` holds ``key`` (a stored row's)."""
     return key is not None and getattr(obj, column) == key
@@ -748,7 +757,11 @@ class AsyncSession(ReadsMixin):
             self._add_children(obj, table, state)
         for column, read_parent in table.parent_relations:
             parent = read_parent(obj)
-            if parent is None or parent is NOT_LOADED:
+            if parent is None:
+                if _column_assigned_over(state, column, None):
+                    self._follow_column(state, column)  # read as no parent, then given one by its key
+                continue
+            if parent is NOT_LOADED:
                 continue
             if parent is UNLINKED:
                 self._unlink(obj, table, column)
@@ -764,6 +777,9 @@ class AsyncSession(ReadsMixin):
                     # expunged here: its row is linked, never inserted again
                     key = self._table_of(parent).key_of(parent)
                     if key is not None and getattr(obj, column) != key:
+                        if _column_assigned_over(state, column, key):
+                            self._follow_column(state, column)
+                            continue
                         set_attribute(obj, column, key)
                         if state.parent_refs:
                             state.parent_refs.pop(column, None)
@@ -782,6 +798,9 @@ class AsyncSession(ReadsMixin):
             parent_key = parent_state.snapshot[parent_state.table.key_index]
             if parent_key is not None:
                 if getattr(obj, column) != parent_key:
+                    if _column_assigned_over(state, column, parent_key):
+                        self._follow_column(state, column)
+                        continue
                     set_attribute(obj, column, parent_key)
                 if state.parent_refs:
                     state.parent_refs.pop(column, None)
@@ -817,6 +836,8 @@ class AsyncSession(ReadsMixin):
                 self._sync_relations(state)
             now = table.values_of(state.obj)
             if now != state.snapshot:
+                if table.parent_relations:
+                    now = self._keys_assigned_over_none(state, now)
                 self._record_assigned(state, now, at)
         # only now: when recording one raises, every assigned object is compared again next time
         identity.compared_all()
@@ -828,7 +849,19 @@ class AsyncSession(ReadsMixin):
             self._sync_relations(state)
         now = table.values_of(state.obj)
         if now != state.snapshot:
+            if table.parent_relations:
+                now = self._keys_assigned_over_none(state, now)
             self._record_assigned(state, now, at)
+
+    def _keys_assigned_over_none(self, state: InstanceState, now: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Let a many-to-one relation a read left ``None`` follow a foreign key
+        assigned since (the relation holds nothing else, so no sync looked at
+        it); returns the object's values, unchanged."""
+        obj = state.obj
+        for column, read_parent in state.table.parent_relations:
+            if read_parent(obj) is None and _column_assigned_over(state, column, None):
+                self._follow_column(state, column)
+        return now
 
     def _let_go_of_committed_deletes(self) -> None:
         """Stop tracking the objects whose delete is committed: they are only
@@ -1010,9 +1043,54 @@ class AsyncSession(ReadsMixin):
                 return False
             parent_state = self._identity.by_obj.get(id(parent))
             if parent_state is not None:
-                return parent_state.status in _LIVE
-            return is_model(parent) and not self._identity.was_deleted(parent)  # new, or expunged: its row stays
+                key = parent_state.key
+            elif not is_model(parent) or self._identity.was_deleted(parent):
+                return False
+            else:
+                key = self._table_of(parent).key_of(parent)  # new, or expunged: its row stays
+            live = parent_state is None or parent_state.status in _LIVE
+            return live and (key is None or not _column_assigned_over(state, column, key))
         return False
+
+    def _follow_column(self, state: InstanceState, column: str) -> None:
+        """Point the many-to-one relations through the foreign key ``column``
+        at what it now holds, where they hold another parent: the tracked
+        parent with that key, ``None`` for none, else not loaded. For a column
+        assigned since the snapshot while its relation still held the parent
+        the snapshot names (the assignment is the newer word), and for values
+        the session writes into an object from elsewhere (a bulk update, a
+        read of an expired row, a refresh, an upsert), so that a later flush
+        does not write the old parent back."""
+        table = state.table
+        obj = state.obj
+        key = getattr(obj, column)
+        for name, relation in table.relations.items():
+            if relation.many or relation.local_column != column:
+                continue
+            descriptor = getattr(table.model, name)
+            held = descriptor.raw(obj)
+            if held is NOT_LOADED or held is UNLINKED:  # an unlink the next flush writes stays
+                continue
+            target = table_info(relation.target)
+            if key is None:
+                if held is not None:
+                    descriptor.set_loaded(obj, None)
+                continue
+            if held is not None and held is not UNLINKED and getattr(held, target.key_column, None) == key:
+                continue
+            parent_state = self._identity.get(target, key)
+            live = parent_state is not None and parent_state.status in _LIVE
+            descriptor.set_loaded(obj, parent_state.obj if live else NOT_LOADED)  # type: ignore[union-attr]
+
+    def _set_values_following(self, state: InstanceState, values: dict[str, Any]) -> None:
+        """:meth:`IdentityMap.set_values`, with the relations through the
+        foreign keys among ``values`` following them (:meth:`_follow_column`)."""
+        self._identity.set_values(state, values)
+        table = state.table
+        if table.parent_relations:
+            for column, _ in table.parent_relations:
+                if column in values:
+                    self._follow_column(state, column)
 
     def _unlink_deleted_parents(self, state: InstanceState, column: str) -> None:
         """Set to ``None`` the many-to-one relations through ``column`` that
@@ -1631,7 +1709,7 @@ class AsyncSession(ReadsMixin):
         state = self._identity.get(table, key)
         if state is not None:
             if state.expired:
-                self._identity.set_values(state, table.row_dict(tuple(row)))
+                self._set_values_following(state, table.row_dict(tuple(row)))
                 state.expired = False
             return state
         snapshot = table.detached(row) if table.mutable_indexes else tuple(row)
@@ -1660,7 +1738,7 @@ class AsyncSession(ReadsMixin):
                 self._identity.detach(state)
                 raise NoResultFound(f"{table.model.__name__} {table.key_column}={state.key!r} no longer exists")
             state.restore_snapshot()
-            self._identity.set_values(state, table.row_dict(tuple(rows[0])))
+            self._set_values_following(state, table.row_dict(tuple(rows[0])))
             state.expired = False
 
     def _unload_unflushed_relations(self, state: InstanceState) -> None:
@@ -2039,12 +2117,12 @@ class AsyncSession(ReadsMixin):
         if event.key is None:  # the journal learns the key of the row it landed on, as for an insert
             self._journal.generated_keys[event.ref] = row[table.key_index]
         if state is not None and state.status in _LIVE:
-            self._identity.set_values(state, table.row_dict(tuple(row)))
+            self._set_values_following(state, table.row_dict(tuple(row)))
             return state.obj
         key = row[table.key_index]
         existing = self._identity.get(table, key)
         if existing is not None and existing.status in _LIVE:
-            self._identity.set_values(existing, table.row_dict(tuple(row)))
+            self._set_values_following(existing, table.row_dict(tuple(row)))
             return existing.obj
         new_state = InstanceState(obj, event.ref, table, tuple(row), Status.PERSISTENT)
         new_state.set_values(table.row_dict(tuple(row)))
@@ -2143,7 +2221,7 @@ class AsyncSession(ReadsMixin):
                 values = dict(checked)
                 if bumped is not None:
                     values[bumped] = (old[state.ref][bumped] or 0) + 1
-                self._identity.set_values(state, values)
+                self._set_values_following(state, values)
             outcome = await self._flush_recorded(self._journal.mark - 1)
             await self._done()
         return outcome.rowcounts.get(event.seq, 0)

@@ -877,6 +877,68 @@ class SessionConformance:
         assert (await stored(engine, Post, second.id)).author_id is None
         assert await count_rows(engine, User) == 1
 
+    async def test_a_foreign_key_assigned_over_a_loaded_relation_moves_the_child(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second = await _committed_author_with_two_posts(session)
+            other = User(name="Other", email="other@example.com")
+            session.add(other)
+            await session.commit()
+            first.author_id = other.id  # the relation still holds author: the assignment is newer
+            await session.update(second, author_id=other.id)
+            assert second.author is other
+            await session.commit()
+            assert first.author_id == other.id and first.author is other
+            first.title = "Changed"  # a later flush does not write the old parent back
+            await session.commit()
+            merged = await session.merge(Post(id=first.id, author_id=author.id, title="Merged", slug="first"))
+            assert merged is first
+            await session.commit()
+            assert first.author_id == author.id and first.author is author
+        assert (await stored(engine, Post, first.id)).author_id == author.id
+        assert (await stored(engine, Post, second.id)).author_id == other.id
+
+    async def test_a_key_given_to_a_child_read_without_a_parent_loads_that_parent(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author = User(name="Author", email="author@example.com")
+            orphan = Post(title="Orphan", slug="orphan")
+            session.add_all([author, orphan])
+            await session.commit()
+            await session.query(Post).filter(id=orphan.id).include(Post.author).one()
+            assert orphan.author is None
+            orphan.author_id = author.id
+            await session.commit()
+            assert orphan.author is author
+            moved = Post(title="Moved", slug="moved", author=author)
+            session.add(moved)
+            await session.commit()
+            other = User(name="Other", email="other@example.com")
+            moved.author_id = None  # assigned together with the relation: the relation wins
+            moved.author = other
+            await session.commit()
+            assert moved.author is other and moved.author_id == other.id
+        assert (await stored(engine, Post, orphan.id)).author_id == author.id
+        assert (await stored(engine, Post, moved.id)).author_id == other.id
+
+    async def test_rows_moved_by_a_bulk_update_or_elsewhere_stay_moved(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            _, first, second = await _committed_author_with_two_posts(session)
+            other = User(name="Other", email="other@example.com")
+            session.add(other)
+            await session.commit()
+            assert await session.bulk_update(Post, {"author_id": other.id}, slug="first") == 1
+            assert first.author_id == other.id and first.author is other
+            first.title = "Changed"
+            await session.commit()
+            async with AsyncSession(engine) as elsewhere:
+                await elsewhere.update(await elsewhere.get_one(Post, second.id), author_id=other.id)
+                await elsewhere.commit()
+            await session.refresh(second)
+            assert second.author_id == other.id and second.author is other
+            second.title = "Changed too"
+            await session.commit()
+        assert (await stored(engine, Post, first.id)).author_id == other.id
+        assert (await stored(engine, Post, second.id)).author_id == other.id
+
     async def test_a_refused_add_keeps_a_move_assigned_through_another_relation(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             _, first, _ = await _committed_author_with_two_posts(session)

@@ -3,7 +3,8 @@
 The machine runs one random sequence of session operations (add, assignment,
 a change in place to a JSON list, a child appended to a parent's loaded list,
 moving a child to another parent through its relation or unlinking it
-(flushed at once or left pending), a refused add, delete, soft delete, flush, commit, rollback,
+(flushed at once or left pending), moving it by its foreign key over a loaded
+relation, a refused add, delete, soft delete, flush, commit, rollback,
 savepoints, a refused flush, a refused move to a deleted parent, immediate
 updates and removes, a refused immediate insert and update, merging a detached
 copy, upserts on a unique column, bulk updates and bulk deletes) on a session
@@ -92,8 +93,10 @@ class _Expected:
         self.flushed_values = dict(values)
         """The values at the last flush (what storage holds in this transaction)."""
         self.moved = False
-        """Moved to another owner through its relation since the last flush:
-        its foreign key follows at the next flush."""
+        """Moved to another owner since the last flush: its foreign key (moved
+        through the relation) or its relation (moved by the foreign key)
+        follows at the next flush."""
+        self.moved_by_key = False
 
 
 class DifferentialMachine(RuleBasedStateMachine):
@@ -258,9 +261,40 @@ class DifferentialMachine(RuleBasedStateMachine):
         owner_index = data.draw(st.sampled_from(self._live("owner")))
         self.expected[index].owner = owner_index
         self.expected[index].moved = True
+        self.expected[index].moved_by_key = False  # the relation wins over a key assigned before
 
         async def move(i: int, session: uow.AsyncSession) -> None:
             self.objects[i][index].owner = self.objects[i][owner_index]
+
+        self._each(move)
+
+    @precondition(lambda self: bool(self._live("item")) and bool(self._live("owner")))
+    @rule(data=st.data(), now=st.booleans())
+    def move_item_by_key(self, data: st.DataObject, now: bool) -> None:
+        """An item moved by assigning its foreign key (or by ``update`` now)
+        while its relation holds what was loaded or flushed: the assignment is
+        the newer word, and the relation follows it rather than writing the old
+        owner back. When the relation was assigned since too, it wins."""
+        stored = [i for i in self._live("owner") if self.objects[0][i].id is not None]
+        if not stored:
+            return
+        index = data.draw(st.sampled_from(self._live("item")))
+        owner_index = data.draw(st.sampled_from(stored))
+        entry = self.expected[index]
+        if now:
+            entry.owner = owner_index  # the update records what was pending first, then itself
+            self._flushed()
+        elif not (entry.moved and not entry.moved_by_key):  # else a move through the relation is pending: it wins
+            entry.owner = owner_index
+            entry.moved = True
+            entry.moved_by_key = True
+
+        async def move(i: int, session: uow.AsyncSession) -> None:
+            item, owner = self.objects[i][index], self.objects[i][owner_index]
+            if now:
+                await session.update(item, owner_id=owner.id)
+            else:
+                item.owner_id = owner.id
 
         self._each(move)
 
@@ -272,6 +306,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         index = data.draw(st.sampled_from(self._live("item")))
         self.expected[index].owner = None
         self.expected[index].moved = True
+        self.expected[index].moved_by_key = False
 
         async def unlink(i: int, session: uow.AsyncSession) -> None:
             self.objects[i][index].owner = None
@@ -641,6 +676,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         for entry in self.expected:
             entry.cascaded = False
             entry.moved = False
+            entry.moved_by_key = False
             entry.flushed_values = dict(entry.values)
 
     # --- invariants -------------------------------------------------------------------
@@ -677,7 +713,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         refused call keeps a move pending."""
         for i in range(len(self.sessions)):
             for index, entry in enumerate(self.expected):
-                if entry.kind != "item" or not entry.live:
+                if entry.kind != "item" or not entry.live or entry.moved_by_key:
                     continue
                 item = self.objects[i][index]
                 if Item.__dict__["owner"].raw(item) is NOT_LOADED:
