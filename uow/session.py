@@ -2074,8 +2074,10 @@ class AsyncSession(ReadsMixin):
         values = table.row_dict(table.values_of(obj))
         if table.primary_key.generated and values[table.key_column] is None:
             if table.key_column in target:
-                return table, target, None, ()
+                return table, target, None, ()  # a plain insert: add() links the parents
             del values[table.key_column]
+        if table.parent_relations:
+            self._fill_keys_of_parents(table, obj, values)
         values = self._detached_values(table, self._checked_values(table, values))
         version = table.version_column
         if update_fields is None:
@@ -2092,6 +2094,30 @@ class AsyncSession(ReadsMixin):
                     "leave it out of update_fields"
                 )
         return table, target, values, fields
+
+    def _fill_keys_of_parents(self, table: TableInfo, obj: Any, values: dict[str, Any]) -> None:
+        """Set in ``values`` (the columns an upsert writes) the key of the
+        parent each many-to-one relation of ``obj`` holds, as a flush would:
+        an upsert writes a row, not the objects around it, so a parent that
+        has no key yet is refused (add or insert it first), as is a deleted one."""
+        for column, read_parent in table.parent_relations:
+            parent = read_parent(obj)
+            if parent is None or parent is NOT_LOADED or not (parent is UNLINKED or is_model(parent)):
+                continue
+            if parent is UNLINKED:
+                values[column] = None
+                continue
+            state = self._identity.state_of(parent)
+            if (state is not None and state.status not in _LIVE) or self._identity.was_deleted(parent):
+                self._refuse_deleted_parent(table, column, parent)
+            key = state.key if state is not None else self._table_of(parent).key_of(parent)
+            if key is None:
+                name = next(n for n, r in table.relations.items() if not r.many and r.local_column == column)
+                raise SessionStateError(
+                    f"{table.model.__name__}.{name} holds a new {type(parent).__name__}: an upsert writes "
+                    "one row, not the objects its relations hold; add or insert the parent first"
+                )
+            values[column] = key
 
     def _tracked_match(
         self, table: TableInfo, target: tuple[str, ...], values: Mapping[str, Any]

@@ -551,6 +551,27 @@ class SessionConformance:
         assert (saved.name, saved.age) == ("Alicia", 31)
         assert await count_rows(engine, User) == 1
 
+    async def test_upsert_writes_the_key_of_the_parent_its_relation_holds(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author = await session.get_one(User, alice.id)
+            post = await session.upsert(Post(title="Linked", slug="linked", author=author), conflict_target=["slug"])
+            assert post.author_id == alice.id
+            pending = await session.query(Post).count()
+            with pytest.raises(SessionStateError, match="add or insert the parent first"):
+                await session.upsert(
+                    Post(title="Orphan", slug="orphan", author=User(name="New", email="new@example.com")),
+                    conflict_target=["slug"],
+                )
+            assert await session.query(Post).count() == pending  # refused before anything was written
+            await session.commit()
+            saved = await session.save(Post(title="Saved", slug="saved", author=User(name="N", email="n@example.com")))
+            await session.commit()  # a save of a new row inserts, bringing its new parent along
+            assert saved.author_id is not None
+        assert (await stored(engine, Post, post.id)).author_id == alice.id
+        assert await count_rows(engine, User) == 2
+
     async def test_upsert_updates_only_update_fields(self, engine: uow.Engine, alice: User) -> None:
         async with AsyncSession(engine) as session:
             user = await session.upsert(
