@@ -28,8 +28,11 @@ from typing import Any
 
 import msgspec
 
-Sink = dict[int, None]
-"""Ids of tracked objects assigned to since their session last compared them."""
+Sink = dict[int, "set[str] | None"]
+"""Ids of tracked objects assigned to since their session last compared them,
+each with the foreign-key columns of the many-to-one relations assigned on
+it (``None`` when none were): where both a relation and its column were
+assigned, the relation wins."""
 
 WATCHED: dict[int, Sink] = {}
 """id(object) -> the sink of the one identity map watching it. An object's id
@@ -53,13 +56,34 @@ def note_assignment(
     obj_id = _id(obj)
     sink = _sink_of(obj_id)
     if sink is not None:
-        sink[obj_id] = None
+        sink.setdefault(obj_id, None)  # keeps the relations noted by note_relation_assigned
+
+
+def note_relation_assigned(obj: Any, column: str) -> None:
+    """Note that the many-to-one relation through the foreign key ``column``
+    of ``obj`` was assigned (called by the relation's descriptor, which only
+    an assignment reaches: the session sets relations through ``set_loaded``)."""
+    obj_id = id(obj)
+    sink = WATCHED.get(obj_id)
+    if sink is not None:
+        columns = sink.get(obj_id)
+        if columns is None:
+            sink[obj_id] = {column}
+        else:
+            columns.add(column)
+
+
+def relation_assigned(sink: Sink, obj: Any, column: str) -> bool:
+    """Whether the relation through ``column`` of ``obj`` was assigned since
+    ``sink`` was last cleared."""
+    columns = sink.get(id(obj))
+    return columns is not None and column in columns
 
 
 def _note(obj_id: int) -> None:
     sink = WATCHED.get(obj_id)
     if sink is not None:
-        sink[obj_id] = None
+        sink.setdefault(obj_id, None)
 
 
 class ChildList(list[Any]):
@@ -127,6 +151,8 @@ __all__ = [
     "Sink",
     "holds_unwatched_children",
     "note_assignment",
+    "note_relation_assigned",
+    "relation_assigned",
     "set_attribute",
     "unwatched_list",
 ]

@@ -332,7 +332,7 @@ class IdentityMap:
             if table.child_relations and holds_unwatched_children(state.obj, table.child_relations):
                 # a list no change to which is noted: the next flush looks at the
                 # object, and makes the list a ChildList of its own
-                sink[obj_id] = None
+                sink.setdefault(obj_id, None)
         if key is None:
             key = state.key
         if key is not None:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_
 import msgspec
 from msgspec import StructMeta
 
-from uow.assignments import note_assignment
+from uow.assignments import note_assignment, note_relation_assigned
 from uow.errors import ModelDefinitionError, RelationNotLoadedError, UnknownFieldError
 from uow.expressions import Column
 
@@ -224,9 +224,14 @@ class RelationDescriptor:
         return value
 
     def __set__(self, instance: Any, value: Any) -> None:
-        if value is None and self.spec.via is not None:
+        via = self.spec.via
+        if via is None:
+            self._member.__set__(instance, value)
+            return
+        if value is None:
             value = UNLINKED  # assigned None: the next flush empties the foreign key
         self._member.__set__(instance, value)
+        note_relation_assigned(instance, via)
 
     def set_loaded(self, instance: Any, value: Any) -> None:
         """Set the value as loaded (``None``: no parent), not as an assignment

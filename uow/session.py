@@ -29,7 +29,7 @@ import anyio
 import msgspec
 
 from uow.adapter import Connection
-from uow.assignments import WATCHED, ChildList, set_attribute, unwatched_list
+from uow.assignments import WATCHED, ChildList, relation_assigned, set_attribute, unwatched_list
 from uow.batches import (
     Batch,
     BatchResult,
@@ -156,15 +156,6 @@ def _converted(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
         return msgspec.convert(value, column.python_type, strict=True)
     except msgspec.ValidationError as exc:
         raise ValidationError(f"{table.model.__name__}.{column.name}: {exc} (got {value!r})") from None
-
-
-def _column_assigned_over(state: InstanceState, column: str, parent_key: Any) -> bool:
-    """Whether the foreign key ``column`` was assigned since the snapshot while
-    the relation through it still holds the parent the snapshot names (with
-    key ``parent_key``, ``None`` for no parent): then the assignment is the
-    newer word."""
-    assigned: bool = getattr(state.obj, column) != parent_key
-    return assigned and state.snapshot[state.table.column_index[column]] == parent_key
 
 
 def _refers_to(obj: Any, column: str, key: Any) -> bool:
@@ -758,7 +749,7 @@ class AsyncSession(ReadsMixin):
         for column, read_parent in table.parent_relations:
             parent = read_parent(obj)
             if parent is None:
-                if _column_assigned_over(state, column, None):
+                if self._column_assigned_over(state, column, None):
                     self._follow_column(state, column)  # read as no parent, then given one by its key
                 continue
             if parent is NOT_LOADED:
@@ -777,7 +768,7 @@ class AsyncSession(ReadsMixin):
                     # expunged here: its row is linked, never inserted again
                     key = self._table_of(parent).key_of(parent)
                     if key is not None and getattr(obj, column) != key:
-                        if _column_assigned_over(state, column, key):
+                        if self._column_assigned_over(state, column, key):
                             self._follow_column(state, column)
                             continue
                         set_attribute(obj, column, key)
@@ -785,20 +776,25 @@ class AsyncSession(ReadsMixin):
                             state.parent_refs.pop(column, None)
                     continue
                 if self._identity.was_deleted(parent):  # its delete is committed
-                    if not deleting and not _refers_to(obj, column, self._table_of(parent).key_of(parent)):
+                    parent_key = self._table_of(parent).key_of(parent)
+                    if self._column_assigned_over(state, column, parent_key):
+                        self._follow_column(state, column)  # moved off it by its key since
+                    elif not deleting and not _refers_to(obj, column, parent_key):
                         self._refuse_deleted_parent(table, column, parent)
                     continue
                 parent_state = self._add(parent)
             elif parent_state.status not in _LIVE:
                 # deleted here: a child it already had is left to the foreign key's
                 # on_delete; pointing a live object at it is refused
-                if not deleting and not _refers_to(obj, column, parent_state.key):
+                if self._column_assigned_over(state, column, parent_state.key):
+                    self._follow_column(state, column)  # moved off it by its key since
+                elif not deleting and not _refers_to(obj, column, parent_state.key):
                     self._refuse_deleted_parent(table, column, parent)
                 continue
             parent_key = parent_state.snapshot[parent_state.table.key_index]
             if parent_key is not None:
                 if getattr(obj, column) != parent_key:
-                    if _column_assigned_over(state, column, parent_key):
+                    if self._column_assigned_over(state, column, parent_key):
                         self._follow_column(state, column)
                         continue
                     set_attribute(obj, column, parent_key)
@@ -859,7 +855,7 @@ class AsyncSession(ReadsMixin):
         it); returns the object's values, unchanged."""
         obj = state.obj
         for column, read_parent in state.table.parent_relations:
-            if read_parent(obj) is None and _column_assigned_over(state, column, None):
+            if read_parent(obj) is None and self._column_assigned_over(state, column, None):
                 self._follow_column(state, column)
         return now
 
@@ -1049,8 +1045,21 @@ class AsyncSession(ReadsMixin):
             else:
                 key = self._table_of(parent).key_of(parent)  # new, or expunged: its row stays
             live = parent_state is None or parent_state.status in _LIVE
-            return live and (key is None or not _column_assigned_over(state, column, key))
+            return live and (key is None or not self._column_assigned_over(state, column, key))
         return False
+
+    def _column_assigned_over(self, state: InstanceState, column: str, parent_key: Any) -> bool:
+        """Whether the foreign key ``column`` was assigned since the snapshot
+        while the relation through it still holds the parent the snapshot
+        names (with key ``parent_key``, ``None`` for no parent) and was not
+        assigned since itself: then the column is the newer word."""
+        obj = state.obj
+        assigned: bool = getattr(obj, column) != parent_key
+        return (
+            assigned
+            and state.snapshot[state.table.column_index[column]] == parent_key
+            and not relation_assigned(self._identity.assigned, obj, column)
+        )
 
     def _follow_column(self, state: InstanceState, column: str) -> None:
         """Point the many-to-one relations through the foreign key ``column``

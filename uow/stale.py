@@ -27,10 +27,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from uow.assignments import set_attribute
 from uow.events import AnyEvent, BulkDeleted, BulkUpdated, Inserted, RowEvent, Updated, Upserted
 from uow.identity import IdentityMap, InstanceState, Status
-from uow.model import NOT_LOADED, UNLINKED, TableInfo, table_info
+from uow.model import NOT_LOADED, UNLINKED, TableInfo, is_model, table_info
 
 _LIVE = (Status.PENDING, Status.PERSISTENT)
 
@@ -148,15 +147,21 @@ def undo_suspects(
     return suspects
 
 
+def _appended_since(child: Any, identity: IdentityMap) -> bool:
+    """Whether a child in a list is a new object nothing added yet: appended
+    since the last flush, which the undo takes back like any assignment."""
+    return identity.by_obj.get(id(child)) is None and is_model(child) and not identity.was_let_go(child)
+
+
 def unload_stale_relations(
     states: Iterable[InstanceState], detached: Mapping[int, Any], identity: IdentityMap, checks: RelationChecks
 ) -> None:
     """Unload each relation of a tracked one of ``states`` that no longer
     matches what the undo restored: a many-to-one relation whose object does
     not have the key its foreign key holds, or is an object the undo let go of
-    (``detached``: id -> object), and a list holding such an object. Objects
-    noted as assigned keep their relations: those are assignments the undo did
-    not take back."""
+    (``detached``: id -> object), and a list holding such an object or a new
+    one appended since. Objects noted as assigned keep their relations: those
+    are assignments the undo did not take back."""
     by_obj = identity.by_obj
     assigned = identity.assigned
     seen: set[int] = set()
@@ -171,10 +176,12 @@ def unload_stale_relations(
             if value is NOT_LOADED:
                 continue
             if column is None:
-                stale = bool(detached) and isinstance(value, list) and any(detached.get(id(v)) is v for v in value)
+                stale = isinstance(value, list) and any(
+                    detached.get(id(child)) is child or _appended_since(child, identity) for child in value
+                )
             elif value is None:
                 stale = getattr(obj, column) is not None  # no parent, where the restored key names one
             else:
                 stale = names_another_parent(obj, column, value, target_key) or detached.get(id(value)) is value
             if stale:
-                set_attribute(obj, name, NOT_LOADED)
+                getattr(state.table.model, name).set_loaded(obj, NOT_LOADED)

@@ -940,6 +940,49 @@ class SessionConformance:
         assert (await stored(engine, Post, orphan.id)).author_id == author.id
         assert (await stored(engine, Post, moved.id)).author_id == other.id
 
+    async def test_a_relation_assigned_after_its_key_wins_even_naming_the_same_parent(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, _ = await _committed_author_with_two_posts(session)
+            other = User(name="Other", email="other@example.com")
+            session.add(other)
+            await session.commit()
+            first.author_id = other.id
+            first.author = author  # assigned after the key: the relation wins
+            await session.commit()
+            assert first.author_id == author.id and first.author is author
+        assert (await stored(engine, Post, first.id)).author_id == author.id
+
+    async def test_a_child_moved_off_by_its_key_outlives_its_deleted_parent(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, _ = await _committed_author_with_two_posts(session)
+            other = User(name="Other", email="other@example.com")
+            session.add(other)
+            await session.commit()
+            first.author_id = other.id  # first.author still holds author
+            session.delete(author)  # the other post cascades; first left it by its key
+            await session.commit()
+            assert first in session and first.author is other
+        assert (await stored(engine, Post, first.id)).author_id == other.id
+        assert await count_rows(engine, Post) == 1
+
+    async def test_a_rollback_takes_back_children_appended_to_a_list_and_not_flushed(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, _, _ = await _committed_author_with_two_posts(session)
+            author.posts.append(Post(title="Third", slug="third"))  # not flushed
+            await session.rollback()
+            with pytest.raises(RelationNotLoadedError):
+                author.posts  # noqa: B018
+            author.age = 41  # the next flush looks at the author again
+            await session.commit()
+            async with session.begin_nested() as savepoint:
+                await session.query(User).filter(id=author.id).include(User.posts).one()
+                author.posts.append(Post(title="Fourth", slug="fourth"))
+                await savepoint.rollback()
+            with pytest.raises(RelationNotLoadedError):
+                author.posts  # noqa: B018
+            await session.commit()
+        assert await count_rows(engine, Post) == 2
+
     async def test_rows_moved_by_a_bulk_update_or_elsewhere_stay_moved(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             _, first, second = await _committed_author_with_two_posts(session)
