@@ -1819,7 +1819,8 @@ class AsyncSession(ReadsMixin):
 
     async def merge(self, obj: M) -> M:
         """The tracked object for ``obj``'s key with ``obj``'s column values
-        copied onto it (loaded if needed); ``obj`` itself is added when no such
+        copied onto it (loaded if needed), and the parents its many-to-one
+        relations hold assigned to it; ``obj`` itself is added when no such
         row exists. The changes are flushed later, like assignments."""
         table = self._table_of(obj)
         state = self._identity.state_of(obj)
@@ -1835,6 +1836,12 @@ class AsyncSession(ReadsMixin):
             return obj
         for name, value in zip(table.column_names, table.values_of(obj)):
             setattr(target, name, value)
+        for name, relation in table.relations.items():
+            if relation.many:
+                continue
+            parent = getattr(table.model, name).raw(obj)
+            if parent is not NOT_LOADED:  # the copy's parent, as if assigned on the target (it wins over the key)
+                setattr(target, name, None if parent is UNLINKED else parent)
         return target
 
     # --- immediate operations -----------------------------------------------------

@@ -983,6 +983,21 @@ class SessionConformance:
             await session.commit()
         assert await count_rows(engine, Post) == 2
 
+    async def test_merge_assigns_the_parents_the_copy_holds(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            _, first, second = await _committed_author_with_two_posts(session)
+            other = User(name="Other", email="other@example.com")
+            session.add(other)
+            await session.commit()
+            moved = await session.merge(Post(id=first.id, title="First", slug="first", author=other))
+            newcomer = User(name="New", email="new@example.com")
+            linked = await session.merge(Post(id=second.id, title="Second", slug="second", author=newcomer))
+            await session.commit()
+            assert moved is first and first.author is other and first.author_id == other.id
+            assert linked is second and newcomer.id is not None and second.author_id == newcomer.id
+        assert (await stored(engine, Post, first.id)).author_id == other.id
+        assert (await stored(engine, Post, second.id)).author_id == newcomer.id
+
     async def test_rows_moved_by_a_bulk_update_or_elsewhere_stay_moved(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             _, first, second = await _committed_author_with_two_posts(session)
