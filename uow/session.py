@@ -800,6 +800,11 @@ class AsyncSession(ReadsMixin):
                     set_attribute(obj, column, parent_key)
                 if state.parent_refs:
                     state.parent_refs.pop(column, None)
+            elif getattr(obj, column) is not None and self._column_assigned_over(state, column, None):
+                # given a key since, while the relation still holds the new parent it waited for
+                if state.parent_refs:
+                    state.parent_refs.pop(column, None)
+                self._follow_column(state, column)
             elif (state.parent_refs or {}).get(column) != parent_state.ref:
                 index = table.column_index[column]
                 old_value = state.snapshot[index]

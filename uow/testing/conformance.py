@@ -952,6 +952,24 @@ class SessionConformance:
             assert first.author_id == author.id and first.author is author
         assert (await stored(engine, Post, first.id)).author_id == author.id
 
+    async def test_a_key_given_to_a_new_child_waiting_for_a_new_parent_wins(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author = await session.get_one(User, alice.id)
+            waited = User(name="Waited", email="waited@example.com")
+            post = Post(title="Post", slug="post", author=waited)
+            session.add(post)  # waits for the new author's key
+            await session.update(post, author_id=alice.id)
+            assert post.author_id == alice.id and post.author is author
+            again = Post(title="Again", slug="again", author=User(name="Other", email="other@example.com"))
+            session.add(again)
+            again.author_id = alice.id  # assigned after the add: the newer word
+            await session.commit()
+            assert again.author_id == alice.id
+        assert (await stored(engine, Post, post.id)).author_id == alice.id
+        assert (await stored(engine, Post, again.id)).author_id == alice.id
+
     async def test_a_child_moved_off_by_its_key_outlives_its_deleted_parent(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author, first, _ = await _committed_author_with_two_posts(session)
