@@ -111,6 +111,16 @@ async def _committed_author_with_two_posts(session: AsyncSession) -> tuple[User,
     return author, first, second
 
 
+async def _committed_author_two_posts_and_other(session: AsyncSession) -> tuple[User, Post, Post, User]:
+    """:func:`_committed_author_with_two_posts`, and another user committed
+    with them, for the posts to move to."""
+    author, first, second = await _committed_author_with_two_posts(session)
+    other = User(name="Other", email="other@example.com")
+    session.add(other)
+    await session.commit()
+    return author, first, second, other
+
+
 async def _loaded_and_inserted(session: AsyncSession, alice: User) -> tuple[User, User]:
     """Alice read in ``session``, then Bob inserted there: two tracked users,
     Alice tracked first."""
@@ -900,10 +910,7 @@ class SessionConformance:
 
     async def test_a_foreign_key_assigned_over_a_loaded_relation_moves_the_child(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
-            author, first, second = await _committed_author_with_two_posts(session)
-            other = User(name="Other", email="other@example.com")
-            session.add(other)
-            await session.commit()
+            author, first, second, other = await _committed_author_two_posts_and_other(session)
             first.author_id = other.id  # the relation still holds author: the assignment is newer
             await session.update(second, author_id=other.id)
             assert second.author is other
@@ -942,10 +949,7 @@ class SessionConformance:
 
     async def test_a_relation_assigned_after_its_key_wins_even_naming_the_same_parent(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
-            author, first, _ = await _committed_author_with_two_posts(session)
-            other = User(name="Other", email="other@example.com")
-            session.add(other)
-            await session.commit()
+            author, first, _, other = await _committed_author_two_posts_and_other(session)
             first.author_id = other.id
             first.author = author  # assigned after the key: the relation wins
             await session.commit()
@@ -972,10 +976,7 @@ class SessionConformance:
 
     async def test_a_child_moved_off_by_its_key_outlives_its_deleted_parent(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
-            author, first, _ = await _committed_author_with_two_posts(session)
-            other = User(name="Other", email="other@example.com")
-            session.add(other)
-            await session.commit()
+            author, first, _, other = await _committed_author_two_posts_and_other(session)
             first.author_id = other.id  # first.author still holds author
             session.delete(author)  # the other post cascades; first left it by its key
             await session.commit()
@@ -1003,10 +1004,7 @@ class SessionConformance:
 
     async def test_merge_assigns_the_parents_the_copy_holds(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
-            _, first, second = await _committed_author_with_two_posts(session)
-            other = User(name="Other", email="other@example.com")
-            session.add(other)
-            await session.commit()
+            _, first, second, other = await _committed_author_two_posts_and_other(session)
             moved = await session.merge(Post(id=first.id, title="First", slug="first", author=other))
             newcomer = User(name="New", email="new@example.com")
             linked = await session.merge(Post(id=second.id, title="Second", slug="second", author=newcomer))
@@ -1018,10 +1016,7 @@ class SessionConformance:
 
     async def test_rows_moved_by_a_bulk_update_or_elsewhere_stay_moved(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
-            _, first, second = await _committed_author_with_two_posts(session)
-            other = User(name="Other", email="other@example.com")
-            session.add(other)
-            await session.commit()
+            _, first, second, other = await _committed_author_two_posts_and_other(session)
             assert await session.bulk_update(Post, {"author_id": other.id}, slug="first") == 1
             assert first.author_id == other.id and first.author is other
             first.title = "Changed"
@@ -1083,10 +1078,7 @@ class SessionConformance:
         self, engine: uow.Engine
     ) -> None:
         async with AsyncSession(engine) as session:
-            author, first, _ = await _committed_author_with_two_posts(session)
-            other = User(name="Other", email="other@example.com")
-            session.add(other)
-            await session.commit()
+            author, first, _, other = await _committed_author_two_posts_and_other(session)
             first.author = other
             session.delete(other)  # after the move was assigned, before it was flushed
             with pytest.raises(SessionStateError, match=r"Post.author holds User id=.*deleted in this session"):
@@ -1325,10 +1317,7 @@ class SessionConformance:
 
     async def test_refresh_discards_assignments_whatever_else_is_pending(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
-            author, first, _ = await _committed_author_with_two_posts(session)
-            other = User(name="Other", email="other@example.com")
-            session.add(other)
-            await session.commit()
+            author, first, _, other = await _committed_author_two_posts_and_other(session)
             first.title = "Changed"
             first.author = other  # a move, not flushed
             author.age = 99  # another object's assignment: the refresh's autoflush writes it
@@ -1411,10 +1400,7 @@ class SessionConformance:
 
     async def test_relation_changes_not_flushed_are_unflushed_changes(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
-            author, first, second = await _committed_author_with_two_posts(session)
-            other = User(name="Other", email="other@example.com")
-            session.add(other)
-            await session.commit()
+            author, first, second, other = await _committed_author_two_posts_and_other(session)
             first.author = other  # a move
             second.author = None  # an unlink
             author.posts.append(Post(title="Third", slug="third"))  # a new child
