@@ -838,7 +838,7 @@ class AsyncSession(ReadsMixin):
             now = table.values_of(state.obj)
             if now != state.snapshot:
                 if table.parent_relations:
-                    now = self._keys_assigned_over_none(state, now)
+                    self._keys_assigned_over_none(state)
                 self._record_assigned(state, now, at)
         # only now: when recording one raises, every assigned object is compared again next time
         identity.compared_all()
@@ -851,18 +851,16 @@ class AsyncSession(ReadsMixin):
         now = table.values_of(state.obj)
         if now != state.snapshot:
             if table.parent_relations:
-                now = self._keys_assigned_over_none(state, now)
+                self._keys_assigned_over_none(state)
             self._record_assigned(state, now, at)
 
-    def _keys_assigned_over_none(self, state: InstanceState, now: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _keys_assigned_over_none(self, state: InstanceState) -> None:
         """Let a many-to-one relation a read left ``None`` follow a foreign key
-        assigned since (the relation holds nothing else, so no sync looked at
-        it); returns the object's values, unchanged."""
+        assigned since: it holds nothing, so no sync of relations looked at it."""
         obj = state.obj
         for column, read_parent in state.table.parent_relations:
             if read_parent(obj) is None and self._column_assigned_over(state, column, None):
                 self._follow_column(state, column)
-        return now
 
     def _let_go_of_committed_deletes(self) -> None:
         """Stop tracking the objects whose delete is committed: they are only
@@ -1090,7 +1088,7 @@ class AsyncSession(ReadsMixin):
                 if held is not None:
                     descriptor.set_loaded(obj, None)
                 continue
-            if held is not None and held is not UNLINKED and getattr(held, target.key_column, None) == key:
+            if held is not None and getattr(held, target.key_column, None) == key:
                 continue
             parent_state = self._identity.get(target, key)
             live = parent_state is not None and parent_state.status in _LIVE
