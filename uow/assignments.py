@@ -15,6 +15,12 @@ session's own writes into objects (generated keys, foreign keys it fills in,
 values it restores) go through :data:`set_attribute`, which notes nothing:
 they are recorded or already match the snapshot.
 
+An assignment to a many-to-one relation is noted with the foreign-key column
+it sets (:func:`note_relation_assigned`, from the relation's descriptor), so
+that a flush can tell a relation assigned since from one still holding what
+was loaded, when the column was assigned too. The session sets relations
+through the descriptor's ``set_loaded``, which notes nothing.
+
 A child appended to an object's list of children is no assignment on the
 object. So the lists a session sees in one-to-many relations (given at
 ``add``, assigned, or loaded by ``include()``) become :class:`ChildList` objects,
