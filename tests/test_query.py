@@ -664,3 +664,23 @@ async def test_lookups_agree_with_python_on_every_adapter(
         assert await query.count() == len(expected)
     finally:
         await session.rollback()
+
+
+async def test_a_key_assigned_to_a_child_whose_parent_was_left_out_as_soft_deleted_is_followed(
+    session: uow.AsyncSession,
+) -> None:
+    kept = Book(title="Kept")
+    hidden = Book(title="Hidden")
+    chapter = Chapter(title="One", book=hidden)
+    session.add_all([kept, chapter])
+    await session.commit()
+    await session.soft_delete(hidden)
+    await session.commit()
+    loaded = await session.query(Chapter).include(Chapter.book).one()
+    assert loaded is chapter and chapter.book is None and chapter.book_id == hidden.id  # left out
+    chapter.book_id = kept.id
+    await session.commit()
+    assert chapter.book is kept
+    chapter.title = "Changed"  # a later flush keeps the move
+    await session.commit()
+    assert (await session.get_one(Chapter, chapter.id, with_deleted=True)).book_id == kept.id

@@ -749,8 +749,8 @@ class AsyncSession(ReadsMixin):
         for column, read_parent in table.parent_relations:
             parent = read_parent(obj)
             if parent is None:
-                if self._column_assigned_over(state, column, None):
-                    self._follow_column(state, column)  # read as no parent, then given one by its key
+                if self._key_assigned_over_none(state, column):
+                    self._follow_column(state, column)
                 continue
             if parent is NOT_LOADED:
                 continue
@@ -838,7 +838,7 @@ class AsyncSession(ReadsMixin):
             now = table.values_of(state.obj)
             if now != state.snapshot:
                 if table.parent_relations:
-                    self._keys_assigned_over_none(state)
+                    self._follow_keys_assigned_over_none(state)
                 self._record_assigned(state, now, at)
         # only now: when recording one raises, every assigned object is compared again next time
         identity.compared_all()
@@ -851,16 +851,24 @@ class AsyncSession(ReadsMixin):
         now = table.values_of(state.obj)
         if now != state.snapshot:
             if table.parent_relations:
-                self._keys_assigned_over_none(state)
+                self._follow_keys_assigned_over_none(state)
             self._record_assigned(state, now, at)
 
-    def _keys_assigned_over_none(self, state: InstanceState) -> None:
+    def _follow_keys_assigned_over_none(self, state: InstanceState) -> None:
         """Let a many-to-one relation a read left ``None`` follow a foreign key
         assigned since: it holds nothing, so no sync of relations looked at it."""
         obj = state.obj
         for column, read_parent in state.table.parent_relations:
-            if read_parent(obj) is None and self._column_assigned_over(state, column, None):
+            if read_parent(obj) is None and self._key_assigned_over_none(state, column):
                 self._follow_column(state, column)
+
+    def _key_assigned_over_none(self, state: InstanceState, column: str) -> bool:
+        """Whether the foreign key ``column`` was assigned since the snapshot
+        while its relation holds the ``None`` a read left (no parent, or one
+        left out as soft-deleted): a relation holding no object names no
+        parent, so the column is the newer word unless the relation was
+        assigned since."""
+        return self._column_assigned_over(state, column, state.snapshot[state.table.column_index[column]])
 
     def _let_go_of_committed_deletes(self) -> None:
         """Stop tracking the objects whose delete is committed: they are only
