@@ -779,7 +779,10 @@ class AsyncSession(ReadsMixin):
                     parent_key = self._table_of(parent).key_of(parent)
                     if self._column_assigned_over(state, column, parent_key):
                         self._follow_column(state, column)  # moved off it by its key since
-                    elif not deleting and not _refers_to(obj, column, parent_key):
+                    elif not deleting and (
+                        relation_assigned(self._identity.assigned, obj, column)
+                        or not _refers_to(obj, column, parent_key)
+                    ):
                         self._refuse_deleted_parent(table, column, parent)
                     continue
                 parent_state = self._add(parent)
@@ -788,7 +791,10 @@ class AsyncSession(ReadsMixin):
                 # on_delete; pointing a live object at it is refused
                 if self._column_assigned_over(state, column, parent_state.key):
                     self._follow_column(state, column)  # moved off it by its key since
-                elif not deleting and not _refers_to(obj, column, parent_state.key):
+                elif not deleting and (
+                    relation_assigned(self._identity.assigned, obj, column)
+                    or not _refers_to(obj, column, parent_state.key)
+                ):
                     self._refuse_deleted_parent(table, column, parent)
                 continue
             parent_key = parent_state.snapshot[parent_state.table.key_index]
@@ -1037,15 +1043,16 @@ class AsyncSession(ReadsMixin):
     def _relation_links_elsewhere(self, state: InstanceState, column: str) -> bool:
         """Whether the many-to-one relation through ``column`` holds what the
         next flush writes into that column instead of what it holds now: an
-        unlink, or a parent that is not deleted (a relation wins over its
-        column). A relation holding a deleted parent says nothing here: the
-        column decides, and pointing a live object at it is refused later."""
+        unlink, anything assigned since (a deleted parent is refused then), or
+        a parent that is not deleted (a relation wins over its column). A
+        relation still holding the deleted parent it was loaded with says
+        nothing here: the column decides."""
         for relation_column, read_parent in state.table.parent_relations:
             if relation_column != column:
                 continue
             parent = read_parent(state.obj)
-            if parent is UNLINKED:
-                return True
+            if parent is UNLINKED or relation_assigned(self._identity.assigned, state.obj, column):
+                return True  # assigned since: the flush writes it (and refuses a deleted parent)
             if parent is None or parent is NOT_LOADED:
                 return False
             parent_state = self._identity.by_obj.get(id(parent))

@@ -974,6 +974,19 @@ class SessionConformance:
         assert (await stored(engine, Post, post.id)).author_id == alice.id
         assert (await stored(engine, Post, again.id)).author_id == alice.id
 
+    async def test_assigning_a_child_the_deleted_parent_it_already_had_is_refused(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second = await _committed_author_with_two_posts(session)
+            session.delete(author)
+            first.author = author  # an assignment of a deleted object, though the key already names it
+            with pytest.raises(SessionStateError, match="deleted in this session"):
+                await session.flush()
+            first.author = None
+            await session.commit()  # the other post cascades; the unlinked one stays
+            assert first in session and second not in session and first.author_id is None
+        assert (await stored(engine, Post, first.id)).author_id is None
+        assert await count_rows(engine, Post) == 1
+
     async def test_a_child_moved_off_by_its_key_outlives_its_deleted_parent(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author, first, _, other = await _committed_author_two_posts_and_other(session)

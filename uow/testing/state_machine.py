@@ -4,7 +4,7 @@ The machine runs one random sequence of session operations (add, assignment,
 a change in place to a JSON list, a child appended to a parent's loaded list,
 moving a child to another parent through its relation or unlinking it
 (flushed at once or left pending), moving it by its foreign key over a loaded
-relation, a refused add, delete, soft delete, flush, commit, rollback,
+relation or by a bulk update, a refused add, delete, soft delete, flush, commit, rollback,
 savepoints, a refused flush, a refused move to a deleted parent, immediate
 updates and removes, a refused immediate insert and update, merging a detached
 copy, upserts on a unique column, bulk updates and bulk deletes) on a session
@@ -610,6 +610,28 @@ class DifferentialMachine(RuleBasedStateMachine):
             entry.values["score"] = new_score
         self._flushed()
         counts = self._each(lambda i, session: session.bulk_update(Owner, {"score": new_score}, score=score))
+        assert counts == [len(matched)] * len(counts), f"{len(matched)} rows matched, counted {counts}"
+
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data(), label=LABELS)
+    def bulk_move_items(self, data: st.DataObject, label: str) -> None:
+        """``bulk_update`` of the owner of the items with a label (soft-deleted
+        ones included): the tracked items take the new key in place, and their
+        loaded relations follow it rather than a later flush writing the old
+        owner back."""
+        stored = [i for i in self._live("owner") if self.objects[0][i].id is not None]
+        if not stored:
+            return
+        owner_index = data.draw(st.sampled_from(stored))
+        matched = [e for e in self.expected if e.live and e.kind == "item" and e.values["label"] == label]
+        for entry in matched:
+            entry.owner = owner_index
+        self._flushed()
+
+        async def move(i: int, session: uow.AsyncSession) -> int:
+            return await session.bulk_update(Item, {"owner_id": self.objects[i][owner_index].id}, label=label)
+
+        counts = self._each(move)
         assert counts == [len(matched)] * len(counts), f"{len(matched)} rows matched, counted {counts}"
 
     @rule(score=SCORES)
