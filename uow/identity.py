@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from uow.assignments import WATCHED, Sink, holds_unwatched_children, set_attribute
-from uow.model import TableInfo, detached_value
+from uow.model import TableInfo, detached_value, is_model
 
 
 class Status(Enum):
@@ -477,6 +477,11 @@ class IdentityMap:
         the insert that tracked it was undone (adding it again inserts it)."""
         self._detached.discard(obj)
         self._deleted.discard(obj)
+
+    def is_new(self, obj: Any) -> bool:
+        """Whether ``obj`` is a model object this map neither tracks nor let go
+        of: one a flush would add (a child in a list, say)."""
+        return id(obj) not in self.by_obj and is_model(obj) and not self.was_let_go(obj)
 
     def was_let_go(self, obj: Any) -> bool:
         """:meth:`was_detached` or :meth:`was_deleted`."""

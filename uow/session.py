@@ -300,10 +300,7 @@ class AsyncSession(ReadsMixin):
                         return True
                 elif names_another_parent(obj, column, value, target_key):
                     return True
-            elif isinstance(value, list) and any(
-                identity.state_of(child) is None and is_model(child) and not identity.was_let_go(child)
-                for child in value
-            ):
+            elif isinstance(value, list) and any(map(identity.is_new, value)):
                 return True
         return False
 
@@ -573,7 +570,7 @@ class AsyncSession(ReadsMixin):
             if not isinstance(children, (list, tuple)):
                 continue
             for child in children:
-                if identity.state_of(child) is None and is_model(child) and not identity.was_let_go(child):
+                if identity.is_new(child):
                     table = state.table
                     name = next(n for n, r in table.relations.items() if r.many and r.remote_column == column)
                     raise SessionStateError(

@@ -29,7 +29,7 @@ from typing import Any
 
 from uow.events import AnyEvent, BulkDeleted, BulkUpdated, Inserted, RowEvent, Updated, Upserted
 from uow.identity import IdentityMap, InstanceState, Status
-from uow.model import NOT_LOADED, UNLINKED, TableInfo, is_model, table_info
+from uow.model import NOT_LOADED, UNLINKED, TableInfo, table_info
 
 _LIVE = (Status.PENDING, Status.PERSISTENT)
 
@@ -147,12 +147,6 @@ def undo_suspects(
     return suspects
 
 
-def _appended_since(child: Any, identity: IdentityMap) -> bool:
-    """Whether a child in a list is a new object nothing added yet: appended
-    since the last flush, which the undo takes back like any assignment."""
-    return identity.by_obj.get(id(child)) is None and is_model(child) and not identity.was_let_go(child)
-
-
 def unload_stale_relations(
     states: Iterable[InstanceState], detached: Mapping[int, Any], identity: IdentityMap, checks: RelationChecks
 ) -> None:
@@ -176,8 +170,9 @@ def unload_stale_relations(
             if value is NOT_LOADED:
                 continue
             if column is None:
+                # an object the undo let go of, or a new one appended since (taken back too)
                 stale = isinstance(value, list) and any(
-                    detached.get(id(child)) is child or _appended_since(child, identity) for child in value
+                    detached.get(id(child)) is child or identity.is_new(child) for child in value
                 )
             elif value is None:
                 stale = getattr(obj, column) is not None  # no parent, where the restored key names one
