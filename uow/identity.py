@@ -36,6 +36,10 @@ class Status(Enum):
     """Not tracked."""
 
 
+LIVE = (Status.PENDING, Status.PERSISTENT)
+"""The statuses of an object the session writes: new or stored, not deleted."""
+
+
 # gc=False: the cyclic garbage collector never tracks states. A session makes one
 # per tracked object (20k for 10k users with a post each), and while they were
 # tracked the collections set off by a long unit of work walked them all again. A
@@ -557,4 +561,4 @@ def _stop_watching(by_obj: Mapping[int, InstanceState], sink: Sink) -> None:
 _by_ref = operator.attrgetter("ref")
 
 
-__all__ = ["IdentityMap", "InstanceState", "Status"]
+__all__ = ["LIVE", "IdentityMap", "InstanceState", "Status"]

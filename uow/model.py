@@ -41,7 +41,7 @@ import msgspec
 from msgspec import StructMeta
 
 from uow.assignments import note_assignment, note_relation_assigned
-from uow.errors import ModelDefinitionError, RelationNotLoadedError, UnknownFieldError
+from uow.errors import ModelDefinitionError, RelationNotLoadedError, UnknownFieldError, ValidationError
 from uow.expressions import Column
 
 OnDelete = Literal["no action", "restrict", "cascade", "set null"]
@@ -543,6 +543,15 @@ def detached_value(value: Any) -> Any:
     if kind is list:
         return [detached_value(item) for item in value]
     return copy.deepcopy(value)
+
+
+def converted_value(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
+    """``value`` as ``column``'s Python type, strictly (no ``"7"`` for an
+    ``int``); :class:`ValidationError` naming the column when it does not fit."""
+    try:
+        return msgspec.convert(value, column.python_type, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"{table.model.__name__}.{column.name}: {exc} (got {value!r})") from None
 
 
 def _exact_value_types(column: ColumnInfo) -> frozenset[type]:

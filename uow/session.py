@@ -11,6 +11,12 @@ Every mutating call appends one event to ``session.journal``. ``flush()`` plans
 the pending events (:mod:`uow.planner`) and applies the batches in one
 transaction; ``rollback()`` and savepoint rollbacks truncate the journal and undo
 the removed events on the tracked objects in place, without a query.
+
+This module holds tracking, change detection, the flush, transactions and
+undo. :class:`AsyncSession` takes the rest from one mixin per job: reads
+(:mod:`uow.reads`), immediate operations (:mod:`uow.immediate`), relations and
+foreign keys kept in step (:mod:`uow.linking`) and delete cascades
+(:mod:`uow.cascade`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import anyio
 import msgspec
 
 from uow.adapter import Connection
-from uow.assignments import WATCHED, ChildList, relation_assigned, set_attribute, unwatched_list
+from uow.assignments import WATCHED, set_attribute
 from uow.batches import (
     Batch,
     BatchResult,
@@ -40,7 +46,8 @@ from uow.batches import (
     UpsertBatch,
     resolve_pending,
 )
-from uow.conditions import Compare, Condition, equals_all, matches
+from uow.cascade import CascadeMixin
+from uow.conditions import Compare
 from uow.engine import Engine
 from uow.errors import (
     ConcurrencyError,
@@ -67,21 +74,22 @@ from uow.events import (
     Upserted,
 )
 from uow.identity import IdentityMap, InstanceState, Status
+from uow.immediate import ImmediateMixin
 from uow.journal import Journal, JournalView
+from uow.linking import LinkingMixin
 from uow.model import (
     NOT_LOADED,
     UNLINKED,
-    ColumnInfo,
-    ForeignKeyInfo,
     Model,
     TableInfo,
+    converted_value,
     detached_value,
     is_model,
     table_info,
 )
 from uow.planner import plan_flush
 from uow.reads import ReadsMixin
-from uow.stale import RelationChecks, names_another_parent, undo_suspects, unload_stale_relations
+from uow.stale import RelationChecks, undo_suspects, unload_stale_relations
 from uow.statements import Select
 
 M = TypeVar("M", bound=Model)
@@ -144,26 +152,13 @@ class _Savepoint:
 
 
 @dataclass
-class _FlushOutcome:
+class FlushOutcome:
     generated: dict[int, Any] = field(default_factory=dict)
     upserted_rows: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     rowcounts: dict[int, int] = field(default_factory=dict)
 
 
-def _converted(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
-    """``value`` as its column's Python type, strictly (no ``"7"`` for an ``int``)."""
-    try:
-        return msgspec.convert(value, column.python_type, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ValidationError(f"{table.model.__name__}.{column.name}: {exc} (got {value!r})") from None
-
-
-def _refers_to(obj: Any, column: str, key: Any) -> bool:
-    """Whether ``obj``'s foreign key ``column`` holds ``key`` (a stored row's)."""
-    return key is not None and getattr(obj, column) == key
-
-
-class AsyncSession(ReadsMixin):
+class AsyncSession(LinkingMixin, CascadeMixin, ImmediateMixin, ReadsMixin):
     """A unit of work over one engine, used by one task at a time.
 
     ``auto_commit``: every immediate operation (``insert``, ``update``,
@@ -280,29 +275,6 @@ class AsyncSession(ReadsMixin):
             or state.ref in self._journal.pending_refs()
             or self._relations_changed(state)
         )
-
-    def _relations_changed(self, state: InstanceState) -> bool:
-        """Whether a relation of ``state.obj`` holds a change the next flush
-        writes: a many-to-one relation naming another parent than its foreign
-        key does, or unlinking a set one, or a list holding a new object."""
-        table = state.table
-        obj = state.obj
-        if not table.relations or not table.holds_relations(obj):
-            return False
-        identity = self._identity
-        for read, _, column, target_key in self._relation_checks.relations(table):
-            value = read(obj)
-            if value is None or value is NOT_LOADED:
-                continue
-            if column is not None:
-                if value is UNLINKED:
-                    if getattr(obj, column) is not None:
-                        return True
-                elif names_another_parent(obj, column, value, target_key):
-                    return True
-            elif isinstance(value, list) and any(map(identity.is_new, value)):
-                return True
-        return False
 
     def __contains__(self, obj: object) -> bool:
         state = self._identity.state_of(obj)
@@ -501,105 +473,6 @@ class AsyncSession(ReadsMixin):
         column = table.columns[index]
         raise ValidationError(f"{table.model.__name__}.{column.name} is None but the column is NOT NULL; set a value")
 
-    def _link_parents(self, obj: Any, table: TableInfo, at: dt.datetime) -> dict[str, int] | None:
-        """Add new parents assigned through many-to-one relations and fill the
-        foreign keys; returns the columns waiting for a generated key, if any."""
-        waiting: dict[str, int] | None = None
-        for column, read_parent in table.parent_relations:
-            parent = read_parent(obj)
-            if parent is None or parent is NOT_LOADED:
-                continue
-            if parent is UNLINKED:
-                self._unlink(obj, table, column)
-                continue
-            parent_id = id(parent)
-            if parent_id in self._adding:  # a cycle of new objects: the planner breaks it
-                set_attribute(obj, column, None)
-                if waiting is None:
-                    waiting = {}
-                waiting[column] = self._adding[parent_id]
-                continue
-            parent_state = self._identity.by_obj.get(parent_id)  # a tracked object is a model
-            if parent_state is None:
-                if type(parent) not in self._tables_by_type and not is_model(parent):
-                    continue
-                if self._identity.was_let_go(parent):  # one test for both: mostly it was not
-                    if self._identity.was_detached(parent):
-                        # expunged here: its row is linked, never inserted again
-                        key = self._table_of(parent).key_of(parent)
-                        if key is not None:
-                            set_attribute(obj, column, key)
-                        continue
-                    self._refuse_deleted_parent(table, column, parent)
-                parent_state = self._add(parent, None, at)
-            elif parent_state.status not in _LIVE:
-                self._refuse_deleted_parent(table, column, parent)
-            parent_key = parent_state.snapshot[parent_state.table.key_index]
-            if parent_key is not None:
-                set_attribute(obj, column, parent_key)
-            else:
-                set_attribute(obj, column, None)
-                if waiting is None:
-                    waiting = {}
-                waiting[column] = parent_state.ref
-        return waiting
-
-    def _unlink(self, obj: Any, table: TableInfo, column: str) -> None:
-        """``None`` was assigned to the many-to-one relation through ``column``:
-        empty the foreign key, and let the relation read ``None`` as loaded."""
-        set_attribute(obj, column, None)
-        for name, relation in table.relations.items():
-            if relation.local_column == column and not relation.many:
-                getattr(table.model, name).set_loaded(obj, None)
-
-    def _refuse_deleted_parent(self, table: TableInfo, column: str, parent: Any) -> None:
-        name = next(n for n, r in table.relations.items() if not r.many and r.local_column == column)
-        parent_table = self._table_of(parent)
-        raise SessionStateError(
-            f"{table.model.__name__}.{name} holds {parent_table.model.__name__} "
-            f"{parent_table.key_column}={parent_table.key_of(parent)!r}, which is deleted in this session; "
-            "assign a live object or None"
-        )
-
-    def _refuse_new_children(self, state: InstanceState) -> None:
-        """Refuse new objects in a one-to-many list of an object deleted in
-        this session: they would point at a row that is going away."""
-        identity = self._identity
-        for column, read_children in state.table.child_relations:
-            children = read_children(state.obj)
-            if not isinstance(children, (list, tuple)):
-                continue
-            for child in children:
-                if identity.is_new(child):
-                    table = state.table
-                    name = next(n for n, r in table.relations.items() if r.many and r.remote_column == column)
-                    raise SessionStateError(
-                        f"a new {type(child).__name__} is in {table.model.__name__}.{name} of "
-                        f"{table.model.__name__} {table.key_column}={state.key!r}, which is deleted in this "
-                        "session; add it to a live object instead"
-                    )
-
-    def _add_children(self, obj: Any, table: TableInfo, state: InstanceState, at: dt.datetime | None = None) -> None:
-        """Add new children listed in one-to-many relations, linked to ``obj``;
-        a list of them becomes ``obj``'s own :class:`ChildList`, so that a child
-        appended later is noted."""
-        for (column, read_children), name in zip(table.child_relations, table.child_relation_names):
-            children = read_children(obj)
-            if not isinstance(children, (list, tuple)):
-                continue
-            if unwatched_list(children, obj):
-                children = ChildList(children, obj)
-                set_attribute(obj, name, children)
-            for child in children:
-                if self._identity.state_of(child) is not None or self._identity.was_let_go(child):
-                    continue
-                if state.key is not None:
-                    set_attribute(child, column, state.key)
-                    self._add(child, None, at)
-                else:
-                    set_attribute(child, column, None)
-                    self._add(child, {column: state.ref}, at)
-
     def delete(self, obj: Any) -> None:
         """Mark a tracked object deleted; the delete is flushed later.
 
@@ -734,86 +607,6 @@ class AsyncSession(ReadsMixin):
             event = event_type(seq=seq, at=at, table=table.name, ref=state.ref, key=state.key, old=old, new=new)
         self._record(event, state)
 
-    def _sync_relations(self, state: InstanceState, *, deleting: bool = False) -> None:
-        """Add new objects assigned to the relations of ``state.obj`` (a table
-        with relations) and bring its foreign keys in line with its parents.
-        ``deleting``: the object is being deleted, so a relation holding a
-        deleted object is left alone rather than refused."""
-        table = state.table
-        obj = state.obj
-        if table.child_relations:
-            self._add_children(obj, table, state)
-        for column, read_parent in table.parent_relations:
-            parent = read_parent(obj)
-            if parent is None:
-                if self._key_assigned_over_none(state, column):
-                    self._follow_column(state, column)
-                continue
-            if parent is NOT_LOADED:
-                continue
-            if parent is UNLINKED:
-                self._unlink(obj, table, column)
-                if state.parent_refs and column in state.parent_refs:
-                    # an event already waits for the parent's key: say the column stays empty
-                    self._record_update(state, {column: None}, {column: None})
-                continue
-            parent_state = self._identity.by_obj.get(id(parent))  # a tracked object is a model
-            if parent_state is None:
-                if type(parent) not in self._tables_by_type and not is_model(parent):
-                    continue
-                if self._identity.was_detached(parent):
-                    # expunged here: its row is linked, never inserted again
-                    key = self._table_of(parent).key_of(parent)
-                    if key is not None and getattr(obj, column) != key:
-                        if self._column_assigned_over(state, column, key):
-                            self._follow_column(state, column)
-                            continue
-                        set_attribute(obj, column, key)
-                        if state.parent_refs:
-                            state.parent_refs.pop(column, None)
-                    continue
-                if self._identity.was_deleted(parent):  # its delete is committed
-                    parent_key = self._table_of(parent).key_of(parent)
-                    if self._column_assigned_over(state, column, parent_key):
-                        self._follow_column(state, column)  # moved off it by its key since
-                    elif not deleting and (
-                        relation_assigned(self._identity.assigned, obj, column)
-                        or not _refers_to(obj, column, parent_key)
-                    ):
-                        self._refuse_deleted_parent(table, column, parent)
-                    continue
-                parent_state = self._add(parent)
-            elif parent_state.status not in _LIVE:
-                # deleted here: a child it already had is left to the foreign key's
-                # on_delete; pointing a live object at it is refused
-                if self._column_assigned_over(state, column, parent_state.key):
-                    self._follow_column(state, column)  # moved off it by its key since
-                elif not deleting and (
-                    relation_assigned(self._identity.assigned, obj, column)
-                    or not _refers_to(obj, column, parent_state.key)
-                ):
-                    self._refuse_deleted_parent(table, column, parent)
-                continue
-            parent_key = parent_state.snapshot[parent_state.table.key_index]
-            if parent_key is not None:
-                if getattr(obj, column) != parent_key:
-                    if self._column_assigned_over(state, column, parent_key):
-                        self._follow_column(state, column)
-                        continue
-                    set_attribute(obj, column, parent_key)
-                if state.parent_refs:
-                    state.parent_refs.pop(column, None)
-            elif getattr(obj, column) is not None and self._column_assigned_over(state, column, None):
-                # given a key since, while the relation still holds the new parent it waited for
-                if state.parent_refs:
-                    state.parent_refs.pop(column, None)
-                self._follow_column(state, column)
-            elif (state.parent_refs or {}).get(column) != parent_state.ref:
-                index = table.column_index[column]
-                old_value = state.snapshot[index]
-                set_attribute(obj, column, None)
-                self._record_update(state, {column: old_value}, {column: None}, parent_refs={column: parent_state.ref})
-
     def _collect_changes(self, *, scan: bool = True) -> None:
         """Record cascades and every assignment since the last flush; with
         ``scan`` false only the cascades, for a caller that knows every
@@ -856,22 +649,6 @@ class AsyncSession(ReadsMixin):
             if table.parent_relations:
                 self._follow_keys_assigned_over_none(state)
             self._record_assigned(state, now, at)
-
-    def _follow_keys_assigned_over_none(self, state: InstanceState) -> None:
-        """Let a many-to-one relation a read left ``None`` follow a foreign key
-        assigned since: it holds nothing, so no sync of relations looked at it."""
-        obj = state.obj
-        for column, read_parent in state.table.parent_relations:
-            if read_parent(obj) is None and self._key_assigned_over_none(state, column):
-                self._follow_column(state, column)
-
-    def _key_assigned_over_none(self, state: InstanceState, column: str) -> bool:
-        """Whether the foreign key ``column`` was assigned since the snapshot
-        while its relation holds the ``None`` a read left (no parent, or one
-        left out as soft-deleted): a relation holding no object names no
-        parent, so the column is the newer word unless the relation was
-        assigned since."""
-        return self._column_assigned_over(state, column, state.snapshot[state.table.column_index[column]])
 
     def _let_go_of_committed_deletes(self) -> None:
         """Stop tracking the objects whose delete is committed: they are only
@@ -927,206 +704,21 @@ class AsyncSession(ReadsMixin):
         if new:
             self._record_update(state, old, new, at=at)
 
-    def _cascade_deletes(self) -> None:
-        """Apply foreign-key delete actions to tracked children of deleted rows."""
-        pending = self._journal.pending
-        if not pending:
-            return
-        if not self._deletes_act():
-            self._cascaded_upto = pending[-1].seq
-            return
-        deleted_keys: dict[str, set[Any]] = {}
-        deleted_refs: dict[str, set[int]] = {}
-        for event in pending:
-            if isinstance(event, Deleted) and event.seq > self._cascaded_upto:
-                if event.key is not None:
-                    deleted_keys.setdefault(event.table, set()).add(event.key)
-                deleted_refs.setdefault(event.table, set()).add(event.ref)
-        self._cascaded_upto = pending[-1].seq
-        self._cascade(deleted_keys, deleted_refs)
-
-    def _deletes_act(self) -> bool:
-        """Whether a foreign key of a known table acts on deletes of its parent
-        (without one, no tracked child changes when a row is deleted)."""
-        return any(fk.on_delete in ("cascade", "set null") for t in self._tables.values() for fk in t.foreign_keys)
-
-    def _tracked_children(
-        self, table: TableInfo, fks: Sequence[ForeignKeyInfo], deleted_keys: Mapping[str, set[Any]], refs: set[int]
-    ) -> list[InstanceState]:
-        """The tracked states of ``table`` that may point through ``fks`` at a
-        deleted row, in the order they were tracked: by the foreign key in
-        their snapshots (a lookup the identity map keeps), by an assignment not
-        recorded yet, or by the ref of a new parent whose key they wait for.
-        Rather than every tracked object of the table."""
-        identity = self._identity
-        found: dict[int, InstanceState] = {}
-        for fk in fks:
-            keys = deleted_keys.get(fk.target_table)
-            if keys:
-                index = (table.column_index[fk.column],)
-                for key in keys:
-                    for state in identity.find_by_columns(table, index, (key,)):
-                        found[state.ref] = state
-        by_obj = identity.by_obj
-        for obj_id in (*identity.assigned, *identity.compared):
-            assigned = by_obj.get(obj_id)
-            if assigned is not None and assigned.table is table:
-                found[assigned.ref] = assigned
-        if refs:
-            # a state waits for a parent's key only while an event saying so is pending
-            by_ref = identity.by_ref
-            for event in self._journal.pending:
-                if (
-                    isinstance(event, (Inserted, Updated))
-                    and event.parent_refs
-                    and event.table == table.name
-                    and not refs.isdisjoint(event.parent_refs.values())
-                ):
-                    waiting = by_ref.get(event.ref)
-                    if waiting is not None:
-                        found[waiting.ref] = waiting
-        return [found[ref] for ref in sorted(found)]
-
-    def _foreign_keys_acting_on(self, parents: Iterable[str]) -> dict[TableInfo, list[ForeignKeyInfo]]:
-        """The foreign keys of known tables that act (``cascade``, ``set null``)
-        on deletes of rows of the ``parents`` tables, by the table holding them."""
-        parents = set(parents)
-        acting: dict[TableInfo, list[ForeignKeyInfo]] = {}
-        for table in self._tables.values():
-            for fk in table.foreign_keys:
-                if fk.on_delete in ("cascade", "set null") and fk.target_table in parents:
-                    acting.setdefault(table, []).append(fk)
-        return acting
-
-    def _cascade(self, deleted_keys: dict[str, set[Any]], deleted_refs: dict[str, set[int]]) -> None:
-        """Delete (``cascade``) or unlink (``set null``) the tracked children of
-        the given deleted rows (keys and refs by table), recursively, as the
-        database will."""
-        while deleted_keys or deleted_refs:
-            acting = self._foreign_keys_acting_on(deleted_keys.keys() | deleted_refs.keys())
-            if not acting:  # rows nothing points at with an action (most deletes): no object to look at
-                break
-            refs = set().union(*deleted_refs.values())
-            next_keys: dict[str, set[Any]] = {}
-            next_refs: dict[str, set[int]] = {}
-            children = [s for t, fks in acting.items() for s in self._tracked_children(t, fks, deleted_keys, refs)]
-            for state in children:
-                if state.status not in _LIVE:
-                    continue
-                for fk in acting[state.table]:
-                    if state.table.parent_relations and self._relation_links_elsewhere(state, fk.column):
-                        continue  # moved or unlinked through its relation: the flush writes that first
-                    value = getattr(state.obj, fk.column)
-                    waiting_ref = (state.parent_refs or {}).get(fk.column)
-                    keys = deleted_keys.get(fk.target_table)
-                    hit = (keys is not None and value in keys) or (waiting_ref is not None and waiting_ref in refs)
-                    if not hit or state.status not in _LIVE:
-                        continue
-                    if fk.on_delete == "cascade":
-                        self._delete(state)
-                        if state.key is not None:
-                            next_keys.setdefault(state.table.name, set()).add(state.key)
-                        next_refs.setdefault(state.table.name, set()).add(state.ref)
-                    else:
-                        set_attribute(state.obj, fk.column, None)
-                        if state.parent_refs:
-                            state.parent_refs.pop(fk.column, None)
-                        self._unlink_deleted_parents(state, fk.column)
-                        self._record_found(state, _utc_now(_UTC))
-            deleted_keys, deleted_refs = next_keys, next_refs
-        if self._journal.pending:
-            self._cascaded_upto = self._journal.pending[-1].seq
-
-    def _relation_links_elsewhere(self, state: InstanceState, column: str) -> bool:
-        """Whether the many-to-one relation through ``column`` holds what the
-        next flush writes into that column instead of what it holds now: an
-        unlink, anything assigned since (a deleted parent is refused then), or
-        a parent that is not deleted (a relation wins over its column). A
-        relation still holding the deleted parent it was loaded with says
-        nothing here: the column decides."""
-        for relation_column, read_parent in state.table.parent_relations:
-            if relation_column != column:
+    def _convert_row(self, table: TableInfo, obj: Any, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``values`` (``obj``'s) with each value whose type its column does
+        not store as it is converted (an ``int`` for a ``float`` column, a
+        string for an enum), also on ``obj``; :class:`ValidationError` for a
+        value that does not fit. ``None`` is left to the NOT NULL checks."""
+        converted = list(values)
+        for index, value in enumerate(values):
+            if value is None or type(value) in table.value_types[index]:
                 continue
-            parent = read_parent(state.obj)
-            if parent is UNLINKED or relation_assigned(self._identity.assigned, state.obj, column):
-                return True  # assigned since: the flush writes it (and refuses a deleted parent)
-            if parent is None or parent is NOT_LOADED:
-                return False
-            parent_state = self._identity.by_obj.get(id(parent))
-            if parent_state is not None:
-                key = parent_state.key
-            elif not is_model(parent) or self._identity.was_deleted(parent):
-                return False
-            else:
-                key = self._table_of(parent).key_of(parent)  # new, or expunged: its row stays
-            live = parent_state is None or parent_state.status in _LIVE
-            return live and (key is None or not self._column_assigned_over(state, column, key))
-        return False
-
-    def _column_assigned_over(self, state: InstanceState, column: str, parent_key: Any) -> bool:
-        """Whether the foreign key ``column`` was assigned since the snapshot
-        while the relation through it still holds the parent the snapshot
-        names (with key ``parent_key``, ``None`` for no parent) and was not
-        assigned since itself: then the column is the newer word."""
-        obj = state.obj
-        assigned: bool = getattr(obj, column) != parent_key
-        return (
-            assigned
-            and state.snapshot[state.table.column_index[column]] == parent_key
-            and not relation_assigned(self._identity.assigned, obj, column)
-        )
-
-    def _follow_column(self, state: InstanceState, column: str) -> None:
-        """Point the many-to-one relations through the foreign key ``column``
-        at what it now holds, where they hold another parent: the tracked
-        parent with that key, ``None`` for none, else not loaded. For a column
-        assigned since the snapshot while its relation still held the parent
-        the snapshot names (the assignment is the newer word), and for values
-        the session writes into an object from elsewhere (a bulk update, a
-        read of an expired row, a refresh, an upsert), so that a later flush
-        does not write the old parent back."""
-        table = state.table
-        obj = state.obj
-        key = getattr(obj, column)
-        for name, relation in table.relations.items():
-            if relation.many or relation.local_column != column:
-                continue
-            descriptor = getattr(table.model, name)
-            held = descriptor.raw(obj)
-            if held is NOT_LOADED or held is UNLINKED:  # an unlink the next flush writes stays
-                continue
-            target = table_info(relation.target)
-            if key is None:
-                if held is not None:
-                    descriptor.set_loaded(obj, None)
-                continue
-            if held is not None and getattr(held, target.key_column, None) == key:
-                continue
-            parent_state = self._identity.get(target, key)
-            live = parent_state is not None and parent_state.status in _LIVE
-            descriptor.set_loaded(obj, parent_state.obj if live else NOT_LOADED)  # type: ignore[union-attr]
-
-    def _set_values_following(self, state: InstanceState, values: dict[str, Any]) -> None:
-        """:meth:`IdentityMap.set_values`, with the relations through the
-        foreign keys among ``values`` following them (:meth:`_follow_column`)."""
-        self._identity.set_values(state, values)
-        table = state.table
-        if table.parent_relations:
-            for column, _ in table.parent_relations:
-                if column in values:
-                    self._follow_column(state, column)
-
-    def _unlink_deleted_parents(self, state: InstanceState, column: str) -> None:
-        """Set to ``None`` the many-to-one relations through ``column`` that
-        hold an object deleted in this session (its ``set null`` took effect)."""
-        table = state.table
-        for name, relation in table.relations.items():
-            if relation.many or relation.local_column != column:
-                continue
-            parent = getattr(table.model, name).reader(state.obj)
-            parent_state = self._identity.state_of(parent)
-            if parent_state is not None and parent_state.status not in _LIVE:
-                getattr(table.model, name).set_loaded(state.obj, None)
+            column = table.columns[index]
+            fitted = converted_value(table, column, value)
+            if fitted is not value:
+                set_attribute(obj, column.name, fitted)
+                converted[index] = fitted
+        return tuple(converted)
 
     # --- flush --------------------------------------------------------------------
 
@@ -1153,11 +745,11 @@ class AsyncSession(ReadsMixin):
             self._tx_writes = False
         return self._connection
 
-    async def _flush(self, *, scan: bool = True) -> _FlushOutcome:
+    async def _flush(self, *, scan: bool = True) -> FlushOutcome:
         with _collector_paused():
             self._collect_changes(scan=scan)
             if not self._journal.has_pending():
-                return _FlushOutcome()
+                return FlushOutcome()
             pending = list(self._journal.pending)
             plan = plan_flush(pending, self._tables)
         connection = await self._connection_for_work()
@@ -1236,8 +828,8 @@ class AsyncSession(ReadsMixin):
 
         return key_of_ref
 
-    async def _apply(self, connection: Connection, plan: FlushPlan) -> _FlushOutcome:
-        outcome = _FlushOutcome()
+    async def _apply(self, connection: Connection, plan: FlushPlan) -> FlushOutcome:
+        outcome = FlushOutcome()
         key_of_ref = self._key_of_ref(outcome.generated)
         for index, batch in enumerate(plan.batches):
             resolved = resolve_pending(batch, key_of_ref)
@@ -1319,7 +911,7 @@ class AsyncSession(ReadsMixin):
                 began_here = True
             await connection.savepoint("uow_diagnose")
             try:
-                outcome = _FlushOutcome()
+                outcome = FlushOutcome()
                 key_of_ref = self._key_of_ref(outcome.generated)
                 for batch in plan.batches[:failed_index]:
                     result = await connection.apply(resolve_pending(batch, key_of_ref))
@@ -1344,7 +936,7 @@ class AsyncSession(ReadsMixin):
                 except Exception:
                     await self._drop_connection(discard=True)
 
-    def _after_flush(self, outcome: _FlushOutcome, pending: list[AnyEvent]) -> None:
+    def _after_flush(self, outcome: FlushOutcome, pending: list[AnyEvent]) -> None:
         identity = self._identity
         by_ref = identity.by_ref
         generated_keys = self._journal.generated_keys
@@ -1765,26 +1357,6 @@ class AsyncSession(ReadsMixin):
             self._set_values_following(state, table.row_dict(tuple(rows[0])))
             state.expired = False
 
-    def _unload_unflushed_relations(self, state: InstanceState) -> None:
-        """Unload the relations of ``state.obj`` that say something its row
-        does not: a many-to-one object without the key the foreign key holds
-        (or an unlink), a list holding an object not tracked yet."""
-        table = state.table
-        obj = state.obj
-        identity = self._identity
-        for name, relation in table.relations.items():
-            descriptor = getattr(table.model, name)
-            value = descriptor.raw(obj)
-            if value is None or value is NOT_LOADED:
-                continue
-            if relation.many:
-                stale = isinstance(value, list) and any(identity.state_of(v) is None for v in value)
-            else:
-                key_column = table_info(relation.target).key_column
-                stale = names_another_parent(obj, relation.local_column, value, key_column)  # type: ignore[arg-type]
-            if stale:
-                descriptor.set_loaded(obj, NOT_LOADED)
-
     def expire(self, obj: Any) -> None:
         """Let the next read of this row overwrite the object's values (reads
         never overwrite a tracked object otherwise). Nothing is loaded now."""
@@ -1858,524 +1430,6 @@ class AsyncSession(ReadsMixin):
             if parent is not NOT_LOADED:  # the copy's parent, as if assigned on the target (it wins over the key)
                 setattr(target, name, None if parent is UNLINKED else parent)
         return target
-
-    # --- immediate operations -----------------------------------------------------
-
-    async def _done(self) -> None:
-        if self.auto_commit:
-            await self._commit()
-
-    # An immediate operation is all or nothing: when it is refused, or its flush
-    # fails, its own events are dropped and the objects it changed restored, so
-    # a caller that handles the error can go on with the session (and an
-    # auto_commit session's next operation does not fail again on them). Events
-    # recorded before it stay pending, as after any failed flush. Assignments
-    # made before it are recorded first, so that undoing its events from the
-    # mark leaves them alone.
-
-    def _immediate_start(self) -> int:
-        """Record the assignments made so far; the journal mark where the
-        immediate operation's own events begin."""
-        self._collect_changes()
-        return self._journal.mark
-
-    @contextmanager
-    def _undone_on_error(self, mark: int) -> Iterator[None]:
-        """Undo the events recorded after ``mark`` when the block raises."""
-        try:
-            yield
-        except BaseException:
-            self._undo_recorded(mark)
-            raise
-
-    def _assign_now(
-        self,
-        state: InstanceState,
-        values: Mapping[str, Any],
-        mark: int,
-        event_type: type[Updated | SoftDeleted | Restored] = Updated,
-    ) -> None:
-        """Assign ``values`` on the object and record them as one event; when
-        that is refused, the events after ``mark`` are undone and the object
-        is put back as it was."""
-        try:
-            for name, value in values.items():
-                set_attribute(state.obj, name, value)
-            self._record_changes(state, event_type)
-        except BaseException:
-            self._undo_recorded(mark)
-            state.restore_snapshot()
-            raise
-
-    async def insert(self, obj: M) -> M:
-        """Insert ``obj`` now (its generated key is set when this returns)."""
-        with self._exclusive("insert"):
-            await self._insert_now([obj])
-        return obj
-
-    async def insert_all(self, objects: Iterable[M]) -> list[M]:
-        """Insert every object now, in as few statements as the planner allows;
-        when one is refused, none is inserted."""
-        listed = list(objects)
-        with self._exclusive("insert_all"):
-            await self._insert_now(listed)
-        return listed
-
-    async def _insert_now(self, objects: Sequence[Any]) -> None:
-        mark = self._immediate_start()
-        with self._undone_on_error(mark):
-            for obj in objects:
-                self._add(obj)
-        await self._flush_recorded(mark)
-        await self._done()
-
-    async def update(self, obj: M, **values: Any) -> M:
-        """Set ``values`` on a tracked object and write them now."""
-        with self._exclusive("update"):
-            mark = self._immediate_start()
-            state = self._live_state(obj)
-            self._assign_now(state, self._checked_values(state.table, values), mark)
-            await self._flush_recorded(mark)
-            await self._done()
-        return obj
-
-    @staticmethod
-    def _detached_values(table: TableInfo, values: dict[str, Any]) -> dict[str, Any]:
-        """``values`` with a copy of each value that could be changed in place,
-        for an event that must not share them with the caller."""
-        mutable = table.mutable_columns
-        if not mutable or mutable.isdisjoint(values):
-            return values
-        return {c: detached_value(v) if c in mutable else v for c, v in values.items()}
-
-    def _checked_values(self, table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
-        checked: dict[str, Any] = {}
-        for name, value in values.items():
-            if name not in table.column_index:
-                raise ValidationError(
-                    f"{table.model.__name__} has no column {name!r}; columns: {', '.join(table.column_names)}"
-                )
-            column = table.columns[table.column_index[name]]
-            if value is None:
-                if not column.nullable and not column.generated:
-                    raise ValidationError(f"{table.model.__name__}.{name} cannot be None (NOT NULL)")
-                checked[name] = None
-                continue
-            checked[name] = _converted(table, column, value)
-        return checked
-
-    def _convert_row(self, table: TableInfo, obj: Any, values: tuple[Any, ...]) -> tuple[Any, ...]:
-        """``values`` (``obj``'s) with each value whose type its column does
-        not store as it is converted (an ``int`` for a ``float`` column, a
-        string for an enum), also on ``obj``; :class:`ValidationError` for a
-        value that does not fit. ``None`` is left to the NOT NULL checks."""
-        converted = list(values)
-        for index, value in enumerate(values):
-            if value is None or type(value) in table.value_types[index]:
-                continue
-            column = table.columns[index]
-            fitted = _converted(table, column, value)
-            if fitted is not value:
-                set_attribute(obj, column.name, fitted)
-                converted[index] = fitted
-        return tuple(converted)
-
-    async def remove(self, obj: Any) -> None:
-        """Delete a tracked object now."""
-        with self._exclusive("remove"):
-            mark = self._immediate_start()
-            state = self._live_state(obj)
-            with self._undone_on_error(mark):
-                self._delete(state)
-            await self._flush_recorded(mark)
-            await self._done()
-
-    async def force_delete(self, obj: Any) -> None:
-        """Delete a soft-deletable object for good, now."""
-        await self.remove(obj)
-
-    async def soft_delete(self, obj: Any) -> None:
-        """Hide a row by setting its soft-delete column (``deleted_at``), now."""
-        with self._exclusive("soft_delete"):
-            mark = self._immediate_start()
-            state = self._live_state(obj)
-            column = self._soft_delete_column(state.table)
-            if getattr(obj, column) is None:
-                self._assign_now(state, {column: _now()}, mark, SoftDeleted)
-            await self._flush_recorded(mark)
-            await self._done()
-
-    async def restore(self, obj: Any) -> None:
-        """Clear a row's soft-delete column, now."""
-        with self._exclusive("restore"):
-            mark = self._immediate_start()
-            state = self._live_state(obj)
-            column = self._soft_delete_column(state.table)
-            if getattr(obj, column) is not None:
-                self._assign_now(state, {column: None}, mark, Restored)
-            await self._flush_recorded(mark)
-            await self._done()
-
-    def _soft_delete_column(self, table: TableInfo) -> str:
-        if table.soft_delete_column is None:
-            raise ModelDefinitionError(
-                f"{table.model.__name__} has no soft-delete column; add the SoftDelete mixin to the model"
-            )
-        return table.soft_delete_column
-
-    async def upsert(
-        self,
-        obj: M,
-        conflict_target: Sequence[str] | None = None,
-        update_fields: Sequence[str] | None = None,
-    ) -> M:
-        """Insert ``obj``, or when a row with the same ``conflict_target`` values
-        exists (the primary key by default) update ``update_fields`` of it (every
-        other column by default; ``()`` to leave it as it is). Returns the tracked
-        object for the resulting row, with the values the database holds."""
-        return (await self.upsert_all([obj], conflict_target, update_fields))[0]
-
-    async def upsert_all(
-        self,
-        objects: Iterable[M],
-        conflict_target: Sequence[str] | None = None,
-        update_fields: Sequence[str] | None = None,
-    ) -> list[M]:
-        """:meth:`upsert` every object, batched."""
-        listed = list(objects)
-        with self._exclusive("upsert"):
-            await self._flush()
-            # every object is checked before any is recorded: a refused one leaves nothing behind
-            planned = [self._planned_upsert(obj, conflict_target, update_fields) for obj in listed]
-            mark = self._journal.mark
-            with self._undone_on_error(mark):
-                events = self._record_upserts(listed, planned)
-            outcome = await self._flush_recorded(mark)
-            results: list[M] = []
-            for event, obj in events:
-                if event is None:
-                    results.append(obj)
-                    continue
-                results.append(self._settle_upsert(event, obj, outcome))
-            await self._done()
-        return results
-
-    def _record_upserts(
-        self,
-        objects: Sequence[Any],
-        planned: Sequence[tuple[TableInfo, tuple[str, ...], dict[str, Any] | None, tuple[str, ...]]],
-    ) -> list[tuple[Upserted | None, Any]]:
-        """Record each planned upsert (a plain insert where it has no values to
-        conflict on); ``(event or None, object)`` pairs, in order."""
-        events: list[tuple[Upserted | None, Any]] = []
-        for obj, (table, target, values, fields) in zip(objects, planned):
-            if values is None:
-                self._add(obj)  # no key to conflict on: a plain insert
-                events.append((None, obj))
-                continue
-            tracked = self._tracked_match(table, target, values)
-            ref = tracked.ref if tracked is not None else self._new_ref()
-            event = Upserted(
-                seq=self._journal.next_seq(),
-                at=_now(),
-                table=table.name,
-                ref=ref,
-                key=values.get(table.key_column),
-                values=values,
-                conflict_target=target,
-                update_fields=fields,
-                old=table.row_dict(tracked.snapshot) if tracked is not None else None,
-            )
-            self._record(event, *([tracked] if tracked is not None else []))
-            events.append((event, obj))
-        return events
-
-    def _planned_upsert(
-        self, obj: Any, conflict_target: Sequence[str] | None, update_fields: Sequence[str] | None
-    ) -> tuple[TableInfo, tuple[str, ...], dict[str, Any] | None, tuple[str, ...]]:
-        """``(table, conflict target, checked values, fields to update)`` of one
-        upsert; values ``None`` when it is a plain insert (a key to generate is
-        its conflict target). :class:`ValidationError` for a bad name or value."""
-        table = self._table_of(obj)
-        self._refuse_tracked_elsewhere(obj)
-        target = tuple(conflict_target or (table.key_column,))
-        for column in target:
-            if column not in table.column_index:
-                raise ValidationError(f"{table.model.__name__} has no column {column!r} to conflict on")
-        values = table.row_dict(table.values_of(obj))
-        if table.primary_key.generated and values[table.key_column] is None:
-            if table.key_column in target:
-                return table, target, None, ()  # a plain insert: add() links the parents
-            del values[table.key_column]
-        if table.parent_relations:
-            self._fill_keys_of_parents(table, obj, values)
-        values = self._detached_values(table, self._checked_values(table, values))
-        version = table.version_column
-        if update_fields is None:
-            # the version is never copied from the object: the database bumps it on update
-            fields = tuple(c for c in values if c not in target and c != table.key_column and c != version)
-        else:
-            fields = tuple(update_fields)
-        for column in fields:
-            if column not in table.column_index:
-                raise ValidationError(f"{table.model.__name__} has no column {column!r} to update")
-            if column == version:
-                raise ValidationError(
-                    f"{table.model.__name__}.{column} is the version, which every update bumps: "
-                    "leave it out of update_fields"
-                )
-        return table, target, values, fields
-
-    def _fill_keys_of_parents(self, table: TableInfo, obj: Any, values: dict[str, Any]) -> None:
-        """Set in ``values`` (the columns an upsert writes) the key of the
-        parent each many-to-one relation of ``obj`` holds, as a flush would:
-        an upsert writes a row, not the objects around it, so a parent that
-        has no key yet is refused (add or insert it first), as is a deleted one."""
-        for column, read_parent in table.parent_relations:
-            parent = read_parent(obj)
-            if parent is None or parent is NOT_LOADED or not (parent is UNLINKED or is_model(parent)):
-                continue
-            if parent is UNLINKED:
-                values[column] = None
-                continue
-            state = self._identity.state_of(parent)
-            if (state is not None and state.status not in _LIVE) or self._identity.was_deleted(parent):
-                self._refuse_deleted_parent(table, column, parent)
-            key = state.key if state is not None else self._table_of(parent).key_of(parent)
-            if key is None:
-                name = next(n for n, r in table.relations.items() if not r.many and r.local_column == column)
-                raise SessionStateError(
-                    f"{table.model.__name__}.{name} holds a new {type(parent).__name__}: an upsert writes "
-                    "one row, not the objects its relations hold; add or insert the parent first"
-                )
-            values[column] = key
-
-    def _tracked_match(
-        self, table: TableInfo, target: tuple[str, ...], values: Mapping[str, Any]
-    ) -> InstanceState | None:
-        if target == (table.key_column,):
-            state = self._identity.get(table, values.get(table.key_column))
-            return state if state is not None and state.status in _LIVE else None
-        # through a lookup the identity map keeps by these columns: a loop of
-        # upserts on a unique column finds each match without walking the table's objects
-        indexes = tuple(table.column_index[c] for c in target)
-        found = self._identity.find_by_columns(table, indexes, tuple(values.get(c) for c in target))
-        live = [state for state in found if state.status in _LIVE]
-        if not live:
-            return None
-        return min(live, key=lambda state: (state.key is None, state.ref))  # a stored row's object first
-
-    def _settle_upsert(self, event: Upserted, obj: Any, outcome: _FlushOutcome) -> Any:
-        table = self._tables[event.table]
-        row = outcome.upserted_rows.get(event.ref)
-        state = self._identity.by_ref.get(event.ref)
-        if row is None:
-            return obj
-        if event.key is None:  # the journal learns the key of the row it landed on, as for an insert
-            self._journal.generated_keys[event.ref] = row[table.key_index]
-        if state is not None and state.status in _LIVE:
-            self._set_values_following(state, table.row_dict(tuple(row)))
-            return state.obj
-        key = row[table.key_index]
-        existing = self._identity.get(table, key)
-        if existing is not None and existing.status in _LIVE:
-            self._set_values_following(existing, table.row_dict(tuple(row)))
-            return existing.obj
-        new_state = InstanceState(obj, event.ref, table, tuple(row), Status.PERSISTENT)
-        new_state.set_values(table.row_dict(tuple(row)))
-        self._identity.track(new_state)
-        self._identity.remember(new_state)  # undoing the upsert finds it by ref
-        return obj
-
-    async def save(self, obj: M) -> M:
-        """Insert or update ``obj`` by primary key (upsert of every column)."""
-        return await self.upsert(obj)
-
-    async def save_all(self, objects: Iterable[M]) -> list[M]:
-        """:meth:`save` every object."""
-        return await self.upsert_all(objects)
-
-    async def bulk_insert(self, model: type[M], rows: Iterable[Mapping[str, Any] | M]) -> int:
-        """Insert many rows without tracking objects for them; returns the count.
-
-        Rows are mappings of column to value or model instances. Each row is
-        journaled as an insert, so rollback and audit still see it.
-        """
-        table = self._table(model)
-        with self._exclusive("bulk_insert"):
-            checked: list[tuple[Any, ...]] = []  # every row is checked before any is recorded
-            for row in rows:
-                if isinstance(row, Mapping):
-                    unknown = set(row) - set(table.column_index)
-                    if unknown:
-                        raise ValidationError(f"{model.__name__} has no column(s) {', '.join(sorted(unknown))}")
-                    try:
-                        instance = msgspec.convert(dict(row), model, strict=True)
-                    except msgspec.ValidationError as exc:
-                        raise ValidationError(f"{model.__name__}: {exc} (got {dict(row)!r})") from None
-                elif type(row) is model:
-                    instance = row
-                else:
-                    raise ValidationError(
-                        f"bulk_insert({model.__name__}, ...) takes mappings or {model.__name__} objects, got {row!r}"
-                    )
-                values = table.values_of(instance)
-                if not table.typed_as_stored(values):
-                    values = self._convert_row(table, instance, values)
-                self._validate_new_row(table, values)
-                checked.append(table.detached(values) if table.mutable_indexes else values)
-            mark = self._immediate_start()
-            at = _now()
-            for values in checked:
-                self._record(
-                    Inserted(
-                        seq=self._journal.next_seq(),
-                        at=at,
-                        table=table.name,
-                        ref=self._new_ref(),
-                        key=values[table.key_index],
-                        values=table.row_dict(values),
-                    )
-                )
-            count = len(checked)
-            await self._flush_recorded(mark)
-            await self._done()
-        return count
-
-    async def bulk_update(self, model: type[Any], values: Mapping[str, Any], **filters: Any) -> int:
-        """``UPDATE model SET values WHERE column = value AND ...``; returns the
-        number of rows changed. Tracked objects that match are updated in place."""
-        table = self._table(model)
-        self._checked_values(table, values)
-        return await self._bulk_update_where(table, values, self._filters(table, filters))
-
-    async def _bulk_update_where(self, table: TableInfo, values: Mapping[str, Any], where: Condition | None) -> int:
-        """``UPDATE table SET values WHERE where``, journaled as one BulkUpdated;
-        the tracked objects ``where`` matches (evaluated in Python) change in place."""
-        checked = self._detached_values(table, self._checked_values(table, values))
-        if table.key_column in checked:
-            raise ValidationError(f"bulk_update cannot change the primary key {table.key_column!r}")
-        with self._exclusive("bulk_update"):
-            await self._flush()
-            matched = self._matching(table, where)
-            self._note_untracked_write()
-            # the database bumps every matched row's version too, as an update does
-            bumped = table.version_column if table.version_column not in checked else None
-            changed = [*checked, bumped] if bumped is not None else list(checked)
-            old: dict[int, dict[str, Any]] = {}
-            for state in matched:
-                old[state.ref] = {c: state.snapshot[table.column_index[c]] for c in changed}
-            event = BulkUpdated(
-                seq=self._journal.next_seq(),
-                at=_now(),
-                table=table.name,
-                where=where,  # type: ignore[arg-type]
-                values=checked,
-                old=old,
-            )
-            self._record(event, *matched)
-            for state in matched:
-                values = dict(checked)
-                if bumped is not None:
-                    values[bumped] = (old[state.ref][bumped] or 0) + 1
-                self._set_values_following(state, values)
-            outcome = await self._flush_recorded(self._journal.mark - 1)
-            await self._done()
-        return outcome.rowcounts.get(event.seq, 0)
-
-    async def bulk_delete(self, model: type[Any], **filters: Any) -> int:
-        """``DELETE FROM model WHERE column = value AND ...``; returns the number
-        of rows deleted. Tracked objects that match stop being tracked."""
-        table = self._table(model)
-        return await self._bulk_delete_where(table, self._filters(table, filters))
-
-    async def _bulk_delete_where(self, table: TableInfo, where: Condition | None) -> int:
-        """``DELETE FROM table WHERE where``, journaled as one BulkDeleted; the
-        tracked objects ``where`` matches (evaluated in Python) stop being tracked."""
-        with self._exclusive("bulk_delete"):
-            await self._flush()
-            mark = self._journal.mark
-            self._note_untracked_write()
-            matched = self._matching(table, where)
-            deleted_keys = {state.key for state in matched}
-            if self._has_dependents(table):
-                # untracked rows may go too: learn their keys to update tracked children
-                connection = await self._connection_for_work()
-                deleted_keys.update(row[table.key_index] for row in await connection.fetch(Select(table, where)))
-            for state in matched:
-                state.status = Status.GONE
-                self._identity.unindex_key(state, state.key)
-            self._gone.extend(matched)
-            self._cascade({table.name: deleted_keys}, {})
-            self._collect_changes()  # the set-null assignments, before the bulk event
-            event = BulkDeleted(
-                seq=self._journal.next_seq(),
-                at=_now(),
-                table=table.name,
-                where=where,  # type: ignore[arg-type]
-                old={s.ref: table.row_dict(s.snapshot) for s in matched},
-            )
-            self._record(event, *matched)
-            outcome = await self._flush_recorded(mark)
-            await self._done()
-        return outcome.rowcounts.get(event.seq, 0)
-
-    async def _flush_recorded(self, mark: int) -> _FlushOutcome:
-        """Flush what an immediate operation recorded after ``mark`` (and what
-        was pending before it); if it fails, the operation's events are dropped
-        and the objects they changed restored."""
-        try:
-            return await self._flush(scan=False)  # the operation recorded every assignment
-        except BaseException:
-            if self._journal.flushed_mark <= mark:
-                self._undo_to(mark)
-            raise
-
-    def _has_dependents(self, table: TableInfo) -> bool:
-        """Whether a tracked object may be a child the database changes when a
-        row of ``table`` is deleted."""
-        child_tables = {
-            child.name
-            for child in self._tables.values()
-            if any(
-                fk.target_table == table.name and fk.on_delete in ("cascade", "set null") for fk in child.foreign_keys
-            )
-        }
-        return bool(child_tables) and any(
-            state.table.name in child_tables and state.status in _LIVE for state in self._identity.states()
-        )
-
-    def _filters(self, table: TableInfo, filters: Mapping[str, Any]) -> Condition | None:
-        if not filters:
-            return None
-        for name in filters:
-            if name not in table.column_index:
-                raise ValidationError(
-                    f"{table.model.__name__} has no column {name!r} to filter on; "
-                    f"columns: {', '.join(table.column_names)}"
-                )
-        checked = {
-            name: (None if v is None else self._checked_values(table, {name: v})[name]) for name, v in filters.items()
-        }
-        return equals_all(checked)
-
-    def _matching(self, table: TableInfo, where: Condition | None) -> list[InstanceState]:
-        return [
-            state
-            for state in self._identity.keyed_states(table)  # a stored row's object has its key
-            if state.status is Status.PERSISTENT and matches(where, table.row_dict(state.snapshot))
-        ]
-
-    async def execute_raw(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run SQL in the session's transaction with values as parameters (the
-        adapter's placeholder style: ``?`` for SQLite, ``$1`` for PostgreSQL).
-        Pending changes are flushed first."""
-        with self._exclusive("execute_raw"):
-            if self.autoflush:
-                await self._flush()
-            connection = await self._connection_for_work()
-            self._note_untracked_write()
-            return await connection.execute_raw(sql, params)
 
 
 def _single_rows(batch: Batch) -> list[Batch]:

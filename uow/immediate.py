@@ -1,0 +1,555 @@
+"""The session's immediate operations: ``insert``, ``update``, ``remove``,
+``soft_delete``, ``restore``, ``upsert``, ``save``, the ``bulk_*`` calls and
+``execute_raw``, each written (and with ``auto_commit`` committed) before it
+returns. :class:`~uow.session.AsyncSession` inherits them from
+:class:`ImmediateMixin`.
+
+An immediate operation is all or nothing: when it is refused, or its flush
+fails, its own events are dropped and the objects it changed restored, so a
+caller that handles the error can go on with the session (and an
+``auto_commit`` session's next operation does not fail again on them). Events
+recorded before it stay pending, as after any failed flush. Assignments made
+before it are recorded first, so that undoing its events from the mark leaves
+them alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from uow.adapter import Connection
+from uow.assignments import set_attribute
+from uow.conditions import Condition, equals_all, matches
+from uow.errors import ModelDefinitionError, SessionStateError, ValidationError
+from uow.events import BulkDeleted, BulkUpdated, Inserted, Restored, SoftDeleted, Updated, Upserted
+from uow.identity import LIVE, IdentityMap, InstanceState, Status
+from uow.journal import Journal
+from uow.model import NOT_LOADED, UNLINKED, Model, TableInfo, converted_value, detached_value, is_model
+from uow.statements import Select
+
+if TYPE_CHECKING:
+    from uow.session import FlushOutcome
+
+M = TypeVar("M", bound=Model)
+
+
+class ImmediateMixin:
+    """Immediate operations for :class:`~uow.session.AsyncSession`."""
+
+    if TYPE_CHECKING:
+        auto_commit: bool
+        autoflush: bool
+        _identity: IdentityMap
+        _journal: Journal
+        _tables: dict[str, TableInfo]
+        _gone: list[InstanceState]
+
+        def _exclusive(self, operation: str) -> AbstractContextManager[None]: ...
+        async def _commit(self) -> None: ...
+        async def _flush(self, *, scan: bool = True) -> FlushOutcome: ...
+        async def _connection_for_work(self) -> Connection: ...
+        def _collect_changes(self, *, scan: bool = True) -> None: ...
+        def _undo_recorded(self, mark: int, touched: Iterable[InstanceState] = ()) -> None: ...
+        def _undo_to(self, mark: int) -> None: ...
+        def _record_changes(self, state: InstanceState, event_type: type[Any] = ...) -> None: ...
+        def _record(self, event: Any, *about: InstanceState) -> None: ...
+        def _note_untracked_write(self) -> None: ...
+        def _live_state(self, obj: Any) -> InstanceState: ...
+        def _table(self, model: type[Any]) -> TableInfo: ...
+        def _table_of(self, obj: Any) -> TableInfo: ...
+        def _add(self, obj: Any) -> InstanceState: ...
+        def _delete(self, state: InstanceState) -> None: ...
+        def _convert_row(self, table: TableInfo, obj: Any, values: tuple[Any, ...]) -> tuple[Any, ...]: ...
+        def _validate_new_row(self, table: TableInfo, values: tuple[Any, ...]) -> None: ...
+        def _refuse_tracked_elsewhere(self, obj: Any) -> None: ...
+        def _refuse_deleted_parent(self, table: TableInfo, column: str, parent: Any) -> None: ...
+        def _set_values_following(self, state: InstanceState, values: dict[str, Any]) -> None: ...
+        def _cascade(self, deleted_keys: dict[str, set[Any]], deleted_refs: dict[str, set[int]]) -> None: ...
+        def _has_dependents(self, table: TableInfo) -> bool: ...
+        def _new_ref(self) -> int: ...
+
+    async def _done(self) -> None:
+        if self.auto_commit:
+            await self._commit()
+
+    def _immediate_start(self) -> int:
+        """Record the assignments made so far; the journal mark where the
+        immediate operation's own events begin."""
+        self._collect_changes()
+        return self._journal.mark
+
+    @contextmanager
+    def _undone_on_error(self, mark: int) -> Iterator[None]:
+        """Undo the events recorded after ``mark`` when the block raises."""
+        try:
+            yield
+        except BaseException:
+            self._undo_recorded(mark)
+            raise
+
+    def _assign_now(
+        self,
+        state: InstanceState,
+        values: Mapping[str, Any],
+        mark: int,
+        event_type: type[Updated | SoftDeleted | Restored] = Updated,
+    ) -> None:
+        """Assign ``values`` on the object and record them as one event; when
+        that is refused, the events after ``mark`` are undone and the object
+        is put back as it was."""
+        try:
+            for name, value in values.items():
+                set_attribute(state.obj, name, value)
+            self._record_changes(state, event_type)
+        except BaseException:
+            self._undo_recorded(mark)
+            state.restore_snapshot()
+            raise
+
+    async def insert(self, obj: M) -> M:
+        """Insert ``obj`` now (its generated key is set when this returns)."""
+        with self._exclusive("insert"):
+            await self._insert_now([obj])
+        return obj
+
+    async def insert_all(self, objects: Iterable[M]) -> list[M]:
+        """Insert every object now, in as few statements as the planner allows;
+        when one is refused, none is inserted."""
+        listed = list(objects)
+        with self._exclusive("insert_all"):
+            await self._insert_now(listed)
+        return listed
+
+    async def _insert_now(self, objects: Sequence[Any]) -> None:
+        mark = self._immediate_start()
+        with self._undone_on_error(mark):
+            for obj in objects:
+                self._add(obj)
+        await self._flush_recorded(mark)
+        await self._done()
+
+    async def update(self, obj: M, **values: Any) -> M:
+        """Set ``values`` on a tracked object and write them now."""
+        with self._exclusive("update"):
+            mark = self._immediate_start()
+            state = self._live_state(obj)
+            self._assign_now(state, self._checked_values(state.table, values), mark)
+            await self._flush_recorded(mark)
+            await self._done()
+        return obj
+
+    @staticmethod
+    def _detached_values(table: TableInfo, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with a copy of each value that could be changed in place,
+        for an event that must not share them with the caller."""
+        mutable = table.mutable_columns
+        if not mutable or mutable.isdisjoint(values):
+            return values
+        return {c: detached_value(v) if c in mutable else v for c, v in values.items()}
+
+    def _checked_values(self, table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
+        checked: dict[str, Any] = {}
+        for name, value in values.items():
+            if name not in table.column_index:
+                raise ValidationError(
+                    f"{table.model.__name__} has no column {name!r}; columns: {', '.join(table.column_names)}"
+                )
+            column = table.columns[table.column_index[name]]
+            if value is None:
+                if not column.nullable and not column.generated:
+                    raise ValidationError(f"{table.model.__name__}.{name} cannot be None (NOT NULL)")
+                checked[name] = None
+                continue
+            checked[name] = converted_value(table, column, value)
+        return checked
+
+    async def remove(self, obj: Any) -> None:
+        """Delete a tracked object now."""
+        with self._exclusive("remove"):
+            mark = self._immediate_start()
+            state = self._live_state(obj)
+            with self._undone_on_error(mark):
+                self._delete(state)
+            await self._flush_recorded(mark)
+            await self._done()
+
+    async def force_delete(self, obj: Any) -> None:
+        """Delete a soft-deletable object for good, now."""
+        await self.remove(obj)
+
+    async def soft_delete(self, obj: Any) -> None:
+        """Hide a row by setting its soft-delete column (``deleted_at``), now."""
+        with self._exclusive("soft_delete"):
+            mark = self._immediate_start()
+            state = self._live_state(obj)
+            column = self._soft_delete_column(state.table)
+            if getattr(obj, column) is None:
+                self._assign_now(state, {column: dt.datetime.now(dt.UTC)}, mark, SoftDeleted)
+            await self._flush_recorded(mark)
+            await self._done()
+
+    async def restore(self, obj: Any) -> None:
+        """Clear a row's soft-delete column, now."""
+        with self._exclusive("restore"):
+            mark = self._immediate_start()
+            state = self._live_state(obj)
+            column = self._soft_delete_column(state.table)
+            if getattr(obj, column) is not None:
+                self._assign_now(state, {column: None}, mark, Restored)
+            await self._flush_recorded(mark)
+            await self._done()
+
+    def _soft_delete_column(self, table: TableInfo) -> str:
+        if table.soft_delete_column is None:
+            raise ModelDefinitionError(
+                f"{table.model.__name__} has no soft-delete column; add the SoftDelete mixin to the model"
+            )
+        return table.soft_delete_column
+
+    async def upsert(
+        self,
+        obj: M,
+        conflict_target: Sequence[str] | None = None,
+        update_fields: Sequence[str] | None = None,
+    ) -> M:
+        """Insert ``obj``, or when a row with the same ``conflict_target`` values
+        exists (the primary key by default) update ``update_fields`` of it (every
+        other column by default; ``()`` to leave it as it is). Returns the tracked
+        object for the resulting row, with the values the database holds."""
+        return (await self.upsert_all([obj], conflict_target, update_fields))[0]
+
+    async def upsert_all(
+        self,
+        objects: Iterable[M],
+        conflict_target: Sequence[str] | None = None,
+        update_fields: Sequence[str] | None = None,
+    ) -> list[M]:
+        """:meth:`upsert` every object, batched."""
+        listed = list(objects)
+        with self._exclusive("upsert"):
+            await self._flush()
+            # every object is checked before any is recorded: a refused one leaves nothing behind
+            planned = [self._planned_upsert(obj, conflict_target, update_fields) for obj in listed]
+            mark = self._journal.mark
+            with self._undone_on_error(mark):
+                events = self._record_upserts(listed, planned)
+            outcome = await self._flush_recorded(mark)
+            results: list[M] = []
+            for event, obj in events:
+                if event is None:
+                    results.append(obj)
+                    continue
+                results.append(self._settle_upsert(event, obj, outcome))
+            await self._done()
+        return results
+
+    def _record_upserts(
+        self,
+        objects: Sequence[Any],
+        planned: Sequence[tuple[TableInfo, tuple[str, ...], dict[str, Any] | None, tuple[str, ...]]],
+    ) -> list[tuple[Upserted | None, Any]]:
+        """Record each planned upsert (a plain insert where it has no values to
+        conflict on); ``(event or None, object)`` pairs, in order."""
+        events: list[tuple[Upserted | None, Any]] = []
+        for obj, (table, target, values, fields) in zip(objects, planned):
+            if values is None:
+                self._add(obj)  # no key to conflict on: a plain insert
+                events.append((None, obj))
+                continue
+            tracked = self._tracked_match(table, target, values)
+            ref = tracked.ref if tracked is not None else self._new_ref()
+            event = Upserted(
+                seq=self._journal.next_seq(),
+                at=dt.datetime.now(dt.UTC),
+                table=table.name,
+                ref=ref,
+                key=values.get(table.key_column),
+                values=values,
+                conflict_target=target,
+                update_fields=fields,
+                old=table.row_dict(tracked.snapshot) if tracked is not None else None,
+            )
+            self._record(event, *([tracked] if tracked is not None else []))
+            events.append((event, obj))
+        return events
+
+    def _planned_upsert(
+        self, obj: Any, conflict_target: Sequence[str] | None, update_fields: Sequence[str] | None
+    ) -> tuple[TableInfo, tuple[str, ...], dict[str, Any] | None, tuple[str, ...]]:
+        """``(table, conflict target, checked values, fields to update)`` of one
+        upsert; values ``None`` when it is a plain insert (a key to generate is
+        its conflict target). :class:`ValidationError` for a bad name or value."""
+        table = self._table_of(obj)
+        self._refuse_tracked_elsewhere(obj)
+        target = tuple(conflict_target or (table.key_column,))
+        for column in target:
+            if column not in table.column_index:
+                raise ValidationError(f"{table.model.__name__} has no column {column!r} to conflict on")
+        values = table.row_dict(table.values_of(obj))
+        if table.primary_key.generated and values[table.key_column] is None:
+            if table.key_column in target:
+                return table, target, None, ()  # a plain insert: add() links the parents
+            del values[table.key_column]
+        if table.parent_relations:
+            self._fill_keys_of_parents(table, obj, values)
+        values = self._detached_values(table, self._checked_values(table, values))
+        version = table.version_column
+        if update_fields is None:
+            # the version is never copied from the object: the database bumps it on update
+            fields = tuple(c for c in values if c not in target and c != table.key_column and c != version)
+        else:
+            fields = tuple(update_fields)
+        for column in fields:
+            if column not in table.column_index:
+                raise ValidationError(f"{table.model.__name__} has no column {column!r} to update")
+            if column == version:
+                raise ValidationError(
+                    f"{table.model.__name__}.{column} is the version, which every update bumps: "
+                    "leave it out of update_fields"
+                )
+        return table, target, values, fields
+
+    def _fill_keys_of_parents(self, table: TableInfo, obj: Any, values: dict[str, Any]) -> None:
+        """Set in ``values`` (the columns an upsert writes) the key of the
+        parent each many-to-one relation of ``obj`` holds, as a flush would:
+        an upsert writes a row, not the objects around it, so a parent that
+        has no key yet is refused (add or insert it first), as is a deleted one."""
+        for column, read_parent in table.parent_relations:
+            parent = read_parent(obj)
+            if parent is None or parent is NOT_LOADED or not (parent is UNLINKED or is_model(parent)):
+                continue
+            if parent is UNLINKED:
+                values[column] = None
+                continue
+            state = self._identity.state_of(parent)
+            if (state is not None and state.status not in LIVE) or self._identity.was_deleted(parent):
+                self._refuse_deleted_parent(table, column, parent)
+            key = state.key if state is not None else self._table_of(parent).key_of(parent)
+            if key is None:
+                name = next(n for n, r in table.relations.items() if not r.many and r.local_column == column)
+                raise SessionStateError(
+                    f"{table.model.__name__}.{name} holds a new {type(parent).__name__}: an upsert writes "
+                    "one row, not the objects its relations hold; add or insert the parent first"
+                )
+            values[column] = key
+
+    def _tracked_match(
+        self, table: TableInfo, target: tuple[str, ...], values: Mapping[str, Any]
+    ) -> InstanceState | None:
+        if target == (table.key_column,):
+            state = self._identity.get(table, values.get(table.key_column))
+            return state if state is not None and state.status in LIVE else None
+        # through a lookup the identity map keeps by these columns: a loop of
+        # upserts on a unique column finds each match without walking the table's objects
+        indexes = tuple(table.column_index[c] for c in target)
+        found = self._identity.find_by_columns(table, indexes, tuple(values.get(c) for c in target))
+        live = [state for state in found if state.status in LIVE]
+        if not live:
+            return None
+        return min(live, key=lambda state: (state.key is None, state.ref))  # a stored row's object first
+
+    def _settle_upsert(self, event: Upserted, obj: Any, outcome: FlushOutcome) -> Any:
+        table = self._tables[event.table]
+        row = outcome.upserted_rows.get(event.ref)
+        state = self._identity.by_ref.get(event.ref)
+        if row is None:
+            return obj
+        if event.key is None:  # the journal learns the key of the row it landed on, as for an insert
+            self._journal.generated_keys[event.ref] = row[table.key_index]
+        if state is not None and state.status in LIVE:
+            self._set_values_following(state, table.row_dict(tuple(row)))
+            return state.obj
+        key = row[table.key_index]
+        existing = self._identity.get(table, key)
+        if existing is not None and existing.status in LIVE:
+            self._set_values_following(existing, table.row_dict(tuple(row)))
+            return existing.obj
+        new_state = InstanceState(obj, event.ref, table, tuple(row), Status.PERSISTENT)
+        new_state.set_values(table.row_dict(tuple(row)))
+        self._identity.track(new_state)
+        self._identity.remember(new_state)  # undoing the upsert finds it by ref
+        return obj
+
+    async def save(self, obj: M) -> M:
+        """Insert or update ``obj`` by primary key (upsert of every column)."""
+        return await self.upsert(obj)
+
+    async def save_all(self, objects: Iterable[M]) -> list[M]:
+        """:meth:`save` every object."""
+        return await self.upsert_all(objects)
+
+    async def bulk_insert(self, model: type[M], rows: Iterable[Mapping[str, Any] | M]) -> int:
+        """Insert many rows without tracking objects for them; returns the count.
+
+        Rows are mappings of column to value or model instances. Each row is
+        journaled as an insert, so rollback and audit still see it.
+        """
+        table = self._table(model)
+        with self._exclusive("bulk_insert"):
+            checked: list[tuple[Any, ...]] = []  # every row is checked before any is recorded
+            for row in rows:
+                if isinstance(row, Mapping):
+                    unknown = set(row) - set(table.column_index)
+                    if unknown:
+                        raise ValidationError(f"{model.__name__} has no column(s) {', '.join(sorted(unknown))}")
+                    try:
+                        instance = msgspec.convert(dict(row), model, strict=True)
+                    except msgspec.ValidationError as exc:
+                        raise ValidationError(f"{model.__name__}: {exc} (got {dict(row)!r})") from None
+                elif type(row) is model:
+                    instance = row
+                else:
+                    raise ValidationError(
+                        f"bulk_insert({model.__name__}, ...) takes mappings or {model.__name__} objects, got {row!r}"
+                    )
+                values = table.values_of(instance)
+                if not table.typed_as_stored(values):
+                    values = self._convert_row(table, instance, values)
+                self._validate_new_row(table, values)
+                checked.append(table.detached(values) if table.mutable_indexes else values)
+            mark = self._immediate_start()
+            at = dt.datetime.now(dt.UTC)
+            for values in checked:
+                self._record(
+                    Inserted(
+                        seq=self._journal.next_seq(),
+                        at=at,
+                        table=table.name,
+                        ref=self._new_ref(),
+                        key=values[table.key_index],
+                        values=table.row_dict(values),
+                    )
+                )
+            count = len(checked)
+            await self._flush_recorded(mark)
+            await self._done()
+        return count
+
+    async def bulk_update(self, model: type[Any], values: Mapping[str, Any], **filters: Any) -> int:
+        """``UPDATE model SET values WHERE column = value AND ...``; returns the
+        number of rows changed. Tracked objects that match are updated in place."""
+        table = self._table(model)
+        self._checked_values(table, values)
+        return await self._bulk_update_where(table, values, self._filters(table, filters))
+
+    async def _bulk_update_where(self, table: TableInfo, values: Mapping[str, Any], where: Condition | None) -> int:
+        """``UPDATE table SET values WHERE where``, journaled as one BulkUpdated;
+        the tracked objects ``where`` matches (evaluated in Python) change in place."""
+        checked = self._detached_values(table, self._checked_values(table, values))
+        if table.key_column in checked:
+            raise ValidationError(f"bulk_update cannot change the primary key {table.key_column!r}")
+        with self._exclusive("bulk_update"):
+            await self._flush()
+            matched = self._matching(table, where)
+            self._note_untracked_write()
+            # the database bumps every matched row's version too, as an update does
+            bumped = table.version_column if table.version_column not in checked else None
+            changed = [*checked, bumped] if bumped is not None else list(checked)
+            old: dict[int, dict[str, Any]] = {}
+            for state in matched:
+                old[state.ref] = {c: state.snapshot[table.column_index[c]] for c in changed}
+            event = BulkUpdated(
+                seq=self._journal.next_seq(),
+                at=dt.datetime.now(dt.UTC),
+                table=table.name,
+                where=where,  # type: ignore[arg-type]
+                values=checked,
+                old=old,
+            )
+            self._record(event, *matched)
+            for state in matched:
+                values = dict(checked)
+                if bumped is not None:
+                    values[bumped] = (old[state.ref][bumped] or 0) + 1
+                self._set_values_following(state, values)
+            outcome = await self._flush_recorded(self._journal.mark - 1)
+            await self._done()
+        return outcome.rowcounts.get(event.seq, 0)
+
+    async def bulk_delete(self, model: type[Any], **filters: Any) -> int:
+        """``DELETE FROM model WHERE column = value AND ...``; returns the number
+        of rows deleted. Tracked objects that match stop being tracked."""
+        table = self._table(model)
+        return await self._bulk_delete_where(table, self._filters(table, filters))
+
+    async def _bulk_delete_where(self, table: TableInfo, where: Condition | None) -> int:
+        """``DELETE FROM table WHERE where``, journaled as one BulkDeleted; the
+        tracked objects ``where`` matches (evaluated in Python) stop being tracked."""
+        with self._exclusive("bulk_delete"):
+            await self._flush()
+            mark = self._journal.mark
+            self._note_untracked_write()
+            matched = self._matching(table, where)
+            deleted_keys = {state.key for state in matched}
+            if self._has_dependents(table):
+                # untracked rows may go too: learn their keys to update tracked children
+                connection = await self._connection_for_work()
+                deleted_keys.update(row[table.key_index] for row in await connection.fetch(Select(table, where)))
+            for state in matched:
+                state.status = Status.GONE
+                self._identity.unindex_key(state, state.key)
+            self._gone.extend(matched)
+            self._cascade({table.name: deleted_keys}, {})
+            self._collect_changes()  # the set-null assignments, before the bulk event
+            event = BulkDeleted(
+                seq=self._journal.next_seq(),
+                at=dt.datetime.now(dt.UTC),
+                table=table.name,
+                where=where,  # type: ignore[arg-type]
+                old={s.ref: table.row_dict(s.snapshot) for s in matched},
+            )
+            self._record(event, *matched)
+            outcome = await self._flush_recorded(mark)
+            await self._done()
+        return outcome.rowcounts.get(event.seq, 0)
+
+    async def _flush_recorded(self, mark: int) -> FlushOutcome:
+        """Flush what an immediate operation recorded after ``mark`` (and what
+        was pending before it); if it fails, the operation's events are dropped
+        and the objects they changed restored."""
+        try:
+            return await self._flush(scan=False)  # the operation recorded every assignment
+        except BaseException:
+            if self._journal.flushed_mark <= mark:
+                self._undo_to(mark)
+            raise
+
+    def _filters(self, table: TableInfo, filters: Mapping[str, Any]) -> Condition | None:
+        if not filters:
+            return None
+        for name in filters:
+            if name not in table.column_index:
+                raise ValidationError(
+                    f"{table.model.__name__} has no column {name!r} to filter on; "
+                    f"columns: {', '.join(table.column_names)}"
+                )
+        checked = {
+            name: (None if v is None else self._checked_values(table, {name: v})[name]) for name, v in filters.items()
+        }
+        return equals_all(checked)
+
+    def _matching(self, table: TableInfo, where: Condition | None) -> list[InstanceState]:
+        return [
+            state
+            for state in self._identity.keyed_states(table)  # a stored row's object has its key
+            if state.status is Status.PERSISTENT and matches(where, table.row_dict(state.snapshot))
+        ]
+
+    async def execute_raw(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run SQL in the session's transaction with values as parameters (the
+        adapter's placeholder style: ``?`` for SQLite, ``$1`` for PostgreSQL).
+        Pending changes are flushed first."""
+        with self._exclusive("execute_raw"):
+            if self.autoflush:
+                await self._flush()
+            connection = await self._connection_for_work()
+            self._note_untracked_write()
+            return await connection.execute_raw(sql, params)
+
+
+__all__ = ["ImmediateMixin"]
