@@ -4,6 +4,7 @@ assignments it is told of, which decide what a flush compares."""
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -229,39 +230,55 @@ def test_a_lookup_files_each_object_once_and_lets_go_of_untracked_ones() -> None
 
 # --- lists of children -------------------------------------------------------------------
 
-_CHANGES = {
-    "append": lambda children: children.append(9),
-    "extend": lambda children: children.extend([9]),
-    "insert": lambda children: children.insert(0, 9),
-    "remove": lambda children: children.remove(1),
-    "pop": lambda children: children.pop(),
-    "clear": lambda children: children.clear(),
-    "sort": lambda children: children.sort(reverse=True),
-    "reverse": lambda children: children.reverse(),
-    "setitem": lambda children: children.__setitem__(0, 9),
-    "setslice": lambda children: children.__setitem__(slice(0, 1), [9, 10]),
-    "delitem": lambda children: children.__delitem__(0),
-    "iadd": lambda children: children.__iadd__([9]),
-    "imul": lambda children: children.__imul__(2),
+
+class _Linker:
+    """Stands in for a relation's descriptor: records the children it is asked to link."""
+
+    def __init__(self) -> None:
+        self.linked: list[tuple[Any, Any]] = []
+
+    def link_child(self, owner: Any, child: Any) -> None:
+        self.linked.append((owner, child))
+
+
+# each change, with the children it puts in the list
+_CHANGES: dict[str, tuple[Callable[[ChildList], object], list[int]]] = {
+    "append": (lambda children: children.append(9), [9]),
+    "extend": (lambda children: children.extend(iter([9, 10])), [9, 10]),
+    "insert": (lambda children: children.insert(0, 9), [9]),
+    "remove": (lambda children: children.remove(1), []),
+    "pop": (lambda children: children.pop(), []),
+    "clear": (lambda children: children.clear(), []),
+    "sort": (lambda children: children.sort(reverse=True), []),
+    "reverse": (lambda children: children.reverse(), []),
+    "setitem": (lambda children: children.__setitem__(0, 9), [9]),
+    "setslice": (lambda children: children.__setitem__(slice(0, 1), iter([9, 10])), [9, 10]),
+    "delitem": (lambda children: children.__delitem__(0), []),
+    "iadd": (lambda children: children.__iadd__(iter([9])), [9]),
+    "imul": (lambda children: children.__imul__(2), []),
 }
 
 
 @pytest.mark.parametrize("change", sorted(_CHANGES))
-def test_every_change_to_a_list_of_children_is_noted_on_its_owner(change: str) -> None:
+def test_every_change_to_a_list_of_children_is_noted_on_its_owner_and_links_what_it_puts_in(change: str) -> None:
     identity = IdentityMap()
     owner = _tracked(identity, 1)
-    children = ChildList([1, 2], owner.obj)
+    linker = _Linker()
+    children = ChildList([1, 2], owner.obj, linker)
     identity.compared_all()
 
-    _CHANGES[change](children)
+    apply, put_in = _CHANGES[change]
+    apply(children)
 
     assert identity.states_to_compare() == [owner]
+    assert linker.linked == [(owner.obj, child) for child in put_in]
+    assert all(child in children for child in put_in)
 
 
 def test_reading_or_copying_a_list_of_children_notes_nothing() -> None:
     identity = IdentityMap()
     owner = _tracked(identity, 1)
-    children = ChildList([1, 2], owner.obj)
+    children = ChildList([1, 2], owner.obj, _Linker())
     copied = children.copy()
     copied.append(3)
     assert children == [1, 2] and len(children) == 2 and children[0] == 1 and type(copied) is list

@@ -24,13 +24,16 @@ through the descriptor's ``set_loaded``, which notes nothing.
 A child appended to an object's list of children is no assignment on the
 object. So the lists a session sees in one-to-many relations (given at
 ``add``, assigned, or loaded by ``include()``) become :class:`ChildList` objects,
-which note each change to themselves on their owner.
+which note each change to themselves on their owner. A child put in such a
+list is pointed at the owner, as an assignment to the child's many-to-one
+relation (``child.author = owner``), so that a flush moves a tracked child
+there as it would for that assignment.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, Self, SupportsIndex
 
 import msgspec
 
@@ -94,27 +97,74 @@ def _note(obj_id: int) -> None:
 
 class ChildList(list[Any]):
     """The list of children an object holds in a one-to-many relation, once a
-    session has seen it: a ``list`` whose every change (``append``,
-    ``remove``, ``l[i] = x``, ...) is noted as an assignment on its owner, so
-    that the next flush looks at the owner and inserts or links the new
-    children."""
+    session has seen it or it was assigned: a ``list`` whose every change
+    (``append``, ``remove``, ``l[i] = x``, ...) is noted as an assignment on
+    its owner, so that the next flush looks at the owner and inserts or links
+    the new children. A child put in the list (``append``, ``extend``,
+    ``insert``, ``+=``, ``l[i] = x``) is pointed at the owner through
+    ``relation.link_child``, as ``child.author = owner`` would."""
 
-    __slots__ = ("owner_id",)
+    __slots__ = ("owner", "relation")
 
-    def __init__(self, children: Iterable[Any], owner: object) -> None:
+    def __init__(self, children: Iterable[Any], owner: object, relation: ChildLinker) -> None:
         super().__init__(children)
-        self.owner_id = id(owner)
-        """id() of the object holding the list."""
+        self.owner = owner
+        """The object holding the list."""
+        self.relation = relation
+        """The one-to-many relation the list is the value of."""
 
     def belongs_to(self, obj: object) -> bool:
         """Whether this is ``obj``'s own list (not one taken from another object)."""
-        return self.owner_id == id(obj)
+        return self.owner is obj
+
+    def _link(self, children: Iterable[Any]) -> None:
+        link, owner = self.relation.link_child, self.owner
+        for child in children:
+            link(owner, child)
+
+    # a child is linked before it is put in: when linking refuses it, the list is as it was
+
+    def append(self, child: Any, /) -> None:
+        self.relation.link_child(self.owner, child)
+        list.append(self, child)
+        _note(id(self.owner))
+
+    def insert(self, index: SupportsIndex, child: Any, /) -> None:
+        self.relation.link_child(self.owner, child)
+        list.insert(self, index, child)
+        _note(id(self.owner))
+
+    def extend(self, children: Iterable[Any], /) -> None:
+        children = list(children)  # an iterator is read once, here
+        self._link(children)
+        list.extend(self, children)
+        _note(id(self.owner))
+
+    def __iadd__(self, children: Iterable[Any], /) -> Self:  # type: ignore[misc]
+        self.extend(children)
+        return self
+
+    def __setitem__(self, index: Any, value: Any, /) -> None:
+        if isinstance(index, slice):
+            value = list(value)
+            self._link(value)
+        else:
+            self.relation.link_child(self.owner, value)
+        list.__setitem__(self, index, value)
+        _note(id(self.owner))
+
+
+class ChildLinker(Protocol):
+    """What a :class:`ChildList` points a child put in it at its owner with
+    (the relation's descriptor, :class:`uow.model.RelationDescriptor`)."""
+
+    def link_child(self, owner: Any, child: Any) -> None: ...
 
 
 def _noting(change: Callable[..., Any]) -> Callable[..., Any]:
     def noted(self: ChildList, *args: Any, **kwargs: Any) -> Any:
         result = change(self, *args, **kwargs)
-        _note(self.owner_id)
+        _note(id(self.owner))
         return result
 
     noted.__name__ = change.__name__
@@ -122,21 +172,8 @@ def _noting(change: Callable[..., Any]) -> Callable[..., Any]:
     return noted
 
 
-# every method of list that changes the list, wrapped the same way
-for _name in (
-    "append",
-    "extend",
-    "insert",
-    "remove",
-    "pop",
-    "clear",
-    "sort",
-    "reverse",
-    "__setitem__",
-    "__delitem__",
-    "__iadd__",
-    "__imul__",
-):
+# every other method of list that changes the list, wrapped the same way
+for _name in ("remove", "pop", "clear", "sort", "reverse", "__delitem__", "__imul__"):
     setattr(ChildList, _name, _noting(getattr(list, _name)))
 
 
@@ -153,6 +190,7 @@ def holds_unwatched_children(obj: Any, child_relations: Iterable[tuple[str, Call
 
 __all__ = [
     "WATCHED",
+    "ChildLinker",
     "ChildList",
     "Sink",
     "holds_unwatched_children",

@@ -42,8 +42,10 @@ class LinkingMixin:
         _tables_by_type: dict[type, TableInfo]
         _relation_checks: RelationChecks
         _adding: dict[int, int]
+        _comparing: bool
 
         def _table_of(self, obj: Any) -> TableInfo: ...
+        def _record_found(self, state: InstanceState, at: dt.datetime) -> None: ...
         def _add(
             self, obj: Any, links: dict[str, int] | None = None, at: dt.datetime | None = None
         ) -> InstanceState: ...
@@ -66,7 +68,7 @@ class LinkingMixin:
         if not table.relations or not table.holds_relations(obj):
             return False
         identity = self._identity
-        for read, _, column, target_key in self._relation_checks.relations(table):
+        for read, _, column, target_key, _ in self._relation_checks.relations(table):
             value = read(obj)
             if value is None or value is NOT_LOADED:
                 continue
@@ -159,18 +161,30 @@ class LinkingMixin:
                     )
 
     def _add_children(self, obj: Any, table: TableInfo, state: InstanceState, at: dt.datetime | None = None) -> None:
-        """Add new children listed in one-to-many relations, linked to ``obj``;
-        a list of them becomes ``obj``'s own :class:`ChildList`, so that a child
-        appended later is noted."""
+        """Add new children listed in one-to-many relations, linked to ``obj``.
+        A list no change to which was noted (given to the model's constructor)
+        becomes ``obj``'s own :class:`ChildList`, so that a child appended
+        later is noted, and a tracked object in it is moved to ``obj``, as if
+        appended."""
+        identity = self._identity
         for (column, read_children), name in zip(table.child_relations, table.child_relation_names):
             children = read_children(obj)
             if not isinstance(children, (list, tuple)):
                 continue
-            if unwatched_list(children, obj):
-                children = ChildList(children, obj)
-                set_attribute(obj, name, children)
+            given = unwatched_list(children, obj)
+            if given:
+                descriptor = getattr(table.model, name)
+                children = ChildList(children, obj, descriptor)
+                descriptor.set_loaded(obj, children)
             for child in children:
-                if self._identity.state_of(child) is not None or self._identity.was_let_go(child):
+                child_state = identity.state_of(child)
+                if child_state is not None:
+                    if given and child_state.status in LIVE:
+                        descriptor.link_child(obj, child)
+                        if self._comparing:  # a flush is past noting it: record the move now
+                            self._record_found(child_state, at or dt.datetime.now(dt.UTC))
+                    continue
+                if identity.was_let_go(child):
                     continue
                 if state.key is not None:
                     set_attribute(child, column, state.key)

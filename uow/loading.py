@@ -124,7 +124,7 @@ class RelationLoader:
         for owner in owners:
             key = source.key_of(owner)
             if key is not None:  # an unflushed owner keeps the children assigned to it
-                descriptor.set_loaded(owner, ChildList(children[key], owner))
+                descriptor.set_loaded(owner, ChildList(children[key], owner, descriptor))
         return loaded
 
 

@@ -40,8 +40,14 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_
 import msgspec
 from msgspec import StructMeta
 
-from uow.assignments import note_assignment, note_relation_assigned
-from uow.errors import ModelDefinitionError, RelationNotLoadedError, UnknownFieldError, ValidationError
+from uow.assignments import WATCHED, ChildList, note_assignment, note_relation_assigned, unwatched_list
+from uow.errors import (
+    ModelDefinitionError,
+    RelationNotLoadedError,
+    SessionStateError,
+    UnknownFieldError,
+    ValidationError,
+)
 from uow.expressions import Column
 
 OnDelete = Literal["no action", "restrict", "cascade", "set null"]
@@ -194,6 +200,9 @@ def relation(via: str | None = None, *, back: str | None = None) -> Any:
     return _RelationSpec(via, back)
 
 
+_UNKNOWN: Any = object()
+
+
 class RelationDescriptor:
     """Class attribute that replaces a relation field.
 
@@ -202,13 +211,15 @@ class RelationDescriptor:
     ``include(Post.author)``.
     """
 
-    __slots__ = ("name", "model", "_member", "spec")
+    __slots__ = ("name", "model", "_member", "spec", "_back_relations")
 
     def __init__(self, name: str, model: type[Model], member: Any, spec: _RelationSpec):
         self.name = name
         self.model = model
         self._member = member
         self.spec = spec
+        self._back_relations: dict[type, str | None] = {}
+        """Per type of child put in the list, what :meth:`_back_relation_of` says."""
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None:
@@ -226,7 +237,14 @@ class RelationDescriptor:
     def __set__(self, instance: Any, value: Any) -> None:
         via = self.spec.via
         if via is None:
-            self._member.__set__(instance, value)
+            if not unwatched_list(value, instance):
+                self._member.__set__(instance, value)
+                return
+            # a list assigned: the object's own ChildList, each child pointed at it
+            children = ChildList(value, instance, self)
+            for child in children:
+                self.link_child(instance, child)
+            self._member.__set__(instance, children)
             return
         if value is None:
             value = UNLINKED  # assigned None: the next flush empties the foreign key
@@ -237,6 +255,49 @@ class RelationDescriptor:
         """Set the value as loaded (``None``: no parent), not as an assignment
         the next flush writes."""
         self._member.__set__(instance, value)
+
+    def link_child(self, owner: Any, child: Any) -> None:
+        """Point ``child``, being put in ``owner``'s list of this one-to-many
+        relation, at ``owner``: its many-to-one relation through the same
+        foreign key is assigned ``owner`` (``child.author = owner``), so the
+        next flush moves a tracked child as that assignment would. A child
+        model without such a relation gets ``owner``'s key in its foreign key
+        (a tracked child is refused while ``owner`` has no key); an object of
+        another model is left alone."""
+        kind = type(child)
+        back = self._back_relations.get(kind, _UNKNOWN)
+        if back is _UNKNOWN:
+            back = self._back_relations[kind] = self._back_relation_of(kind)
+        if back is None:
+            return
+        if back:
+            setattr(child, back, owner)
+            return
+        column = self.spec.back
+        assert column is not None
+        key = table_info(self.model).key_of(owner)
+        if key is not None:
+            setattr(child, column, key)
+        elif id(child) in WATCHED:  # tracked: its row would stay where it is
+            raise SessionStateError(
+                f"{kind.__name__} has no relation through {column!r}, so a tracked one can only be put in "
+                f"the {self.name} of a {self.model.__name__} that has a key: flush that first, or declare "
+                f"the relation ({column.removesuffix('_id') or 'parent'}: "
+                f'{self.model.__name__} | None = relation("{column}"))'
+            )
+
+    def _back_relation_of(self, kind: type) -> str | None:
+        """The name of ``kind``'s many-to-one relation back to this one's
+        owner; ``""`` when ``kind`` is this relation's model but has none,
+        ``None`` when ``kind`` is another model."""
+        relation = table_info(self.model).relations[self.name]
+        if self.spec.back is None or kind is not table_info(relation.target).model:
+            return None
+        owner_table = table_info(self.model).name
+        for name, back in table_info(kind).relations.items():
+            if not back.many and back.local_column == self.spec.back and table_info(back.target).name == owner_table:
+                return name
+        return ""
 
     def raw(self, instance: Any) -> Any:
         """The stored value, :data:`NOT_LOADED` included, without raising."""

@@ -203,6 +203,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, ImmediateMixin, ReadsMixin):
         self._new_ref: Callable[[], int] = itertools.count(1).__next__
         """The ref for the next tracked row (a bound C method: reads call it per row)."""
         self._adding: dict[int, int] = {}
+        self._comparing = False
+        """Whether a flush is comparing the objects assigned to: what it finds
+        to record then is recorded at once, as their notes are cleared after."""
         self._gone: list[InstanceState] = []
         """States whose delete this transaction flushed."""
         self._committed_gone: list[InstanceState] = []
@@ -619,23 +622,27 @@ class AsyncSession(LinkingMixin, CascadeMixin, ImmediateMixin, ReadsMixin):
             return
         at = _utc_now(_UTC)  # the assignments found here are all recorded at this moment
         identity = self._identity
-        for state in identity.states_to_compare():
-            # most states are unchanged: for those the work is one tuple comparison
-            # (done in C), plus the relations of tables that have some
-            if state.status not in _LIVE:
-                if state.table.child_relations:
-                    self._refuse_new_children(state)
-                continue
-            # what _record_found does, written out: this loop runs once per assigned object
-            # (10k in a flush of 10k updates), so it spares a call each
-            table = state.table
-            if table.relations and table.holds_relations(state.obj):
-                self._sync_relations(state)
-            now = table.values_of(state.obj)
-            if now != state.snapshot:
-                if table.parent_relations:
-                    self._follow_keys_assigned_over_none(state)
-                self._record_assigned(state, now, at)
+        self._comparing = True
+        try:
+            for state in identity.states_to_compare():
+                # most states are unchanged: for those the work is one tuple comparison
+                # (done in C), plus the relations of tables that have some
+                if state.status not in _LIVE:
+                    if state.table.child_relations:
+                        self._refuse_new_children(state)
+                    continue
+                # what _record_found does, written out: this loop runs once per assigned object
+                # (10k in a flush of 10k updates), so it spares a call each
+                table = state.table
+                if table.relations and table.holds_relations(state.obj):
+                    self._sync_relations(state)
+                now = table.values_of(state.obj)
+                if now != state.snapshot:
+                    if table.parent_relations:
+                        self._follow_keys_assigned_over_none(state)
+                    self._record_assigned(state, now, at)
+        finally:
+            self._comparing = False
         # only now: when recording one raises, every assigned object is compared again next time
         identity.compared_all()
 

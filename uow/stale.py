@@ -4,14 +4,16 @@ An undo (a rollback, a savepoint's rollback, a refused call taking back what it
 recorded) restores column values, lets go of objects whose insert it undid and
 revives deleted ones. It does not know what relations held: a post's ``author``
 may still be the user a moved foreign key named, and a user's ``posts`` may
-still list a post whose insert was undone. A flush would write such a link
+still list a post whose insert or move was undone. A flush would write such a link
 again, so the relation is unloaded instead, and reading it asks for
 ``include()`` as before it was loaded.
 
 Only objects the undone part touched can hold such a link, and they are found
 from the undone events without looking at every tracked object:
 
-- the objects the undone events changed, whose foreign keys went back;
+- the objects the undone events changed, whose foreign keys went back, and
+  the parents a changed foreign key named before and after (their lists may
+  hold the row's object);
 - the objects a caller restored or saw assigned since their snapshot (see
   :meth:`uow.session.AsyncSession._undo_to`);
 - the neighbours of each row whose insert was undone: the objects whose
@@ -44,18 +46,31 @@ def names_another_parent(obj: Any, column: str, parent: Any, key_column: str) ->
     return key is None or key != getattr(obj, column)
 
 
+def _names_another_owner(identity: IdentityMap, child: Any, column: str, owner_key: Any) -> bool:
+    """Whether ``child``, listed by the object with key ``owner_key``, is a
+    tracked live object whose foreign key ``column`` names another one."""
+    child_state = identity.by_obj.get(id(child))
+    return (
+        owner_key is not None
+        and child_state is not None
+        and child_state.status in _LIVE
+        and getattr(child, column, owner_key) != owner_key
+    )
+
+
 class RelationChecks:
     """Per table, what :func:`unload_stale_relations` and :func:`undo_suspects`
     read, worked out once per session from its tables."""
 
     def __init__(self, tables: Mapping[str, TableInfo]):
         self._tables = tables
-        self._checks: dict[TableInfo, list[tuple[Callable[[Any], Any], str, str | None, str]]] = {}
+        self._checks: dict[TableInfo, list[tuple[Callable[[Any], Any], str, str | None, str, str | None]]] = {}
         self._referrers: dict[TableInfo, list[tuple[TableInfo, tuple[int, ...]]]] = {}
 
-    def relations(self, table: TableInfo) -> list[tuple[Callable[[Any], Any], str, str | None, str]]:
+    def relations(self, table: TableInfo) -> list[tuple[Callable[[Any], Any], str, str | None, str, str | None]]:
         """(reader of the raw value, relation name, foreign-key column of a
-        many-to-one relation or ``None`` for a list, the target's key column)."""
+        many-to-one relation or ``None`` for a list, the target's key column,
+        the children's foreign-key column of a list or ``None``)."""
         checks = self._checks.get(table)
         if checks is None:
             checks = self._checks[table] = [
@@ -64,6 +79,7 @@ class RelationChecks:
                     name,
                     None if relation.many else relation.local_column,
                     table_info(relation.target).key_column,
+                    relation.remote_column if relation.many else None,
                 )
                 for name, relation in table.relations.items()
             ]
@@ -81,6 +97,21 @@ class RelationChecks:
                 if not relation.many and relation.local_column is not None and table_info(relation.target) is table
             ]
         return found
+
+
+def _parents_named(
+    values: Mapping[str, Any], table: TableInfo, tables: Mapping[str, TableInfo], identity: IdentityMap
+) -> list[InstanceState]:
+    """The tracked parents the foreign keys among ``values`` (of a row of ``table``) name."""
+    found: list[InstanceState] = []
+    for foreign_key in table.foreign_keys:
+        key = values.get(foreign_key.column)
+        parent_table = tables.get(foreign_key.target_table)
+        if key is not None and parent_table is not None:
+            parent = identity.get(parent_table, key)
+            if parent is not None:
+                found.append(parent)
+    return found
 
 
 def undo_suspects(
@@ -111,6 +142,9 @@ def undo_suspects(
                 for key in (event.new[table.key_column], event.old.get(table.key_column)):
                     for child, indexes in checks.referrers(table):
                         suspects.extend(identity.find_by_columns(child, indexes, (key,)))
+            if isinstance(event, Updated):  # a moved row: the parents on both sides may list it
+                suspects.extend(_parents_named(event.old, table, tables, identity))
+                suspects.extend(_parents_named(event.new, table, tables, identity))
             continue
         row_states = [state] if state is not None else []
         for key in {event.key, inserted_keys.get(event.seq), None if state is None else state.key}:
@@ -137,7 +171,7 @@ def undo_suspects(
                 parent for key in parent_keys if key is not None and (parent := identity.get(parent_table, key))
             )
         for row_state in row_states:
-            for read, _, column, _ in checks.relations(table):
+            for read, _, column, _, _ in checks.relations(table):
                 if column is not None:
                     parent = read(row_state.obj)
                     if parent is not None and parent is not NOT_LOADED and parent is not UNLINKED:
@@ -165,14 +199,18 @@ def unload_stale_relations(
         if obj_id in seen or by_obj.get(obj_id) is not state or obj_id in assigned:
             continue
         seen.add(obj_id)
-        for read, name, column, target_key in checks.relations(state.table):
+        for read, name, column, target_key, back in checks.relations(state.table):
             value = read(obj)
             if value is NOT_LOADED:
                 continue
             if column is None:
-                # an object the undo let go of, or a new one appended since (taken back too)
+                # an object the undo let go of, a new one appended since (taken back
+                # too), or one whose foreign key names another owner (moved back)
                 stale = isinstance(value, list) and any(
-                    detached.get(id(child)) is child or identity.is_new(child) for child in value
+                    detached.get(id(child)) is child
+                    or identity.is_new(child)
+                    or (back is not None and _names_another_owner(identity, child, back, state.key))
+                    for child in value
                 )
             elif value is None:
                 stale = getattr(obj, column) is not None  # no parent, where the restored key names one

@@ -1518,6 +1518,129 @@ class SessionConformance:
             await session.commit()
         assert await count_rows(engine, Post, author_id=author.id) == 2
 
+    async def test_a_tracked_child_appended_to_another_list_moves_there(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second, other = await _committed_author_two_posts_and_other(session)
+            await session.query(User).filter(id=other.id).include(User.posts).one()
+            other.posts.append(first)
+            assert first.author is other  # as if first.author = other
+            await session.commit()
+            assert first.author_id == other.id and second.author_id == author.id
+            assert author.posts == [first, second]  # lists are not kept in step with each other
+        assert (await stored(engine, Post, first.id)).author_id == other.id
+        assert (await stored(engine, Post, second.id)).author_id == author.id
+
+    async def test_a_tracked_child_put_in_a_list_by_any_list_method_moves_there(self, engine: uow.Engine) -> None:
+        puts: list[Callable[[User, Post], object]] = [
+            lambda owner, post: owner.posts.extend([post]),
+            lambda owner, post: owner.posts.insert(0, post),
+            lambda owner, post: owner.posts.__iadd__([post]),
+            lambda owner, post: owner.posts.__setitem__(slice(0, 0), [post]),
+            lambda owner, post: setattr(owner, "posts", [post]),
+        ]
+        async with AsyncSession(engine) as session:
+            author, first, _, other = await _committed_author_two_posts_and_other(session)
+            await session.query(User).filter(id=other.id).include(User.posts).one()
+            for put, owner in zip(puts, [other, author, other, author, other]):
+                put(owner, first)
+                await session.commit()
+                assert first.author is owner and first.author_id == owner.id
+                assert (await stored(engine, Post, first.id)).author_id == owner.id
+            other.posts[0] = author.posts[1]  # replacing an item moves the new one
+            await session.commit()
+            assert author.posts[1].author_id == other.id
+
+    async def test_a_tracked_child_in_the_list_given_to_a_new_object_moves_to_it(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second = await _committed_author_with_two_posts(session)
+            newcomer = User(name="New", email="new@example.com", posts=[first, Post(title="Third", slug="third")])
+            session.add(newcomer)
+            await session.commit()
+            assert first.author is newcomer and first.author_id == newcomer.id is not None
+            assert second.author_id == author.id
+        assert await count_rows(engine, Post, author_id=newcomer.id) == 2
+        assert await count_rows(engine, Post, author_id=author.id) == 1
+
+    async def test_a_tracked_child_in_the_list_of_a_parent_a_flush_adds_moves_to_it(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            _, first, second = await _committed_author_with_two_posts(session)
+            # the flush adds the new user when it comes to second, after first
+            newcomer = User(name="New", email="new@example.com", posts=[first])
+            second.author = newcomer
+            await session.commit()
+            assert first.author is newcomer and first.author_id == second.author_id == newcomer.id
+        assert await count_rows(engine, Post, author_id=newcomer.id) == 2
+
+    async def test_the_later_of_a_list_append_and_a_relation_assignment_wins(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second, other = await _committed_author_two_posts_and_other(session)
+            await session.query(User).filter(id=other.id).include(User.posts).one()
+            other.posts.append(first)
+            first.author = author  # after the append: first stays
+            second.author = author
+            other.posts.append(second)  # after the assignment: second moves
+            await session.commit()
+        assert (await stored(engine, Post, first.id)).author_id == author.id
+        assert (await stored(engine, Post, second.id)).author_id == other.id
+
+    async def test_removing_a_child_from_a_list_writes_nothing(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, _ = await _committed_author_with_two_posts(session)
+            author.posts.remove(first)
+            del author.posts[0]
+            await session.commit()
+            assert author.posts == [] and first.author is author
+        assert await count_rows(engine, Post, author_id=author.id) == 2
+
+    async def test_a_rollback_takes_back_a_move_made_through_a_list(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, _, other = await _committed_author_two_posts_and_other(session)
+            await session.query(User).filter(id=other.id).include(User.posts).one()
+            other.posts.append(first)  # not flushed
+            await session.rollback()
+            assert first.author_id == author.id
+            with pytest.raises(RelationNotLoadedError):
+                other.posts  # noqa: B018
+            with pytest.raises(RelationNotLoadedError):
+                first.author  # noqa: B018
+            await session.query(User).filter(id=other.id).include(User.posts).one()
+            async with session.begin_nested() as savepoint:
+                other.posts.append(first)
+                await session.flush()  # flushed, then undone
+                await savepoint.rollback()
+            assert first.author_id == author.id
+            with pytest.raises(RelationNotLoadedError):
+                other.posts  # noqa: B018
+            await session.commit()
+        assert (await stored(engine, Post, first.id)).author_id == author.id
+
+    async def test_a_rollback_unloads_a_list_loaded_after_a_move_it_takes_back(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, _, other = await _committed_author_two_posts_and_other(session)
+            first.author = other
+            await session.flush()
+            await session.query(User).filter(id=other.id).include(User.posts).one()
+            assert other.posts == [first]
+            await session.rollback()
+            assert first.author_id == author.id
+            with pytest.raises(RelationNotLoadedError):
+                other.posts  # noqa: B018
+
+    async def test_a_tracked_child_appended_to_the_list_of_a_deleted_object_is_refused(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, _, other = await _committed_author_two_posts_and_other(session)
+            await session.query(User).filter(id=other.id).include(User.posts).one()
+            session.delete(other)
+            other.posts.append(first)
+            with pytest.raises(SessionStateError, match="deleted in this session"):
+                await session.flush()
+            first.author = author  # put back: the delete goes through
+            await session.commit()
+        assert (await stored(engine, Post, first.id)).author_id == author.id
+        assert await count_rows(engine, User) == 1
+
     async def test_assignments_a_refused_flush_did_not_record_are_found_by_the_next(
         self, engine: uow.Engine, alice: User
     ) -> None:

@@ -356,6 +356,33 @@ class DifferentialMachine(RuleBasedStateMachine):
 
         self._each(append)
 
+    @precondition(lambda self: bool(self._live("item")) and bool(self._live("owner")))
+    @rule(data=st.data(), later=st.booleans())
+    def move_item_through_list(self, data: st.DataObject, later: bool) -> None:
+        """An item moved by appending it to another owner's list (loaded with
+        ``include()``, which flushes what was pending first): as if its
+        relation were assigned. Then flushed, or left for a later flush, which
+        a rollback takes back, unloading the list and the relation."""
+        index = data.draw(st.sampled_from(self._live("item")))
+        owner_index = data.draw(st.sampled_from(self._live("owner")))
+        self._flushed()  # the include below flushes what was pending
+        entry = self.expected[index]
+        entry.owner = owner_index
+        entry.moved = later
+
+        async def move(i: int, session: uow.AsyncSession) -> None:
+            item, owner = self.objects[i][index], self.objects[i][owner_index]
+            await session.flush()
+            if Owner.__dict__["items"].raw(owner) is NOT_LOADED:
+                await session.query(Owner).filter(id=owner.id).include(Owner.items).one()
+            owner.items.append(item)
+            assert item.owner is owner, f"{self.urls[i]}: the appended item does not point at its new owner"
+            if not later:
+                await session.flush()
+                assert item.owner_id == owner.id, f"{self.urls[i]}: the appended item did not move"
+
+        self._each(move)
+
     @precondition(lambda self: bool(self._live("item")))
     @rule(data=st.data())
     def unlink_item(self, data: st.DataObject) -> None:
