@@ -12,11 +12,11 @@ the pending events (:mod:`uow.planner`) and applies the batches in one
 transaction; ``rollback()`` and savepoint rollbacks truncate the journal and undo
 the removed events on the tracked objects in place, without a query.
 
-This module holds tracking, change detection, the flush, transactions and
-undo. :class:`AsyncSession` takes the rest from one mixin per job: reads
+This module holds tracking, change detection, the flush and transactions.
+:class:`AsyncSession` takes the rest from one mixin per job: reads
 (:mod:`uow.reads`), immediate operations (:mod:`uow.immediate`), relations and
-foreign keys kept in step (:mod:`uow.linking`) and delete cascades
-(:mod:`uow.cascade`).
+foreign keys kept in step (:mod:`uow.linking`), delete cascades
+(:mod:`uow.cascade`) and undo (:mod:`uow.undo`).
 """
 
 from __future__ import annotations
@@ -63,15 +63,12 @@ from uow.errors import (
 )
 from uow.events import (
     AnyEvent,
-    BulkDeleted,
-    BulkUpdated,
     Deleted,
     Inserted,
     Restored,
     RowEvent,
     SoftDeleted,
     Updated,
-    Upserted,
 )
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.immediate import ImmediateMixin
@@ -89,8 +86,9 @@ from uow.model import (
 )
 from uow.planner import plan_flush
 from uow.reads import ReadsMixin
-from uow.stale import RelationChecks, undo_suspects, unload_stale_relations
+from uow.stale import RelationChecks
 from uow.statements import Select
+from uow.undo import UndoMixin
 
 M = TypeVar("M", bound=Model)
 
@@ -158,7 +156,7 @@ class FlushOutcome:
     rowcounts: dict[int, int] = field(default_factory=dict)
 
 
-class AsyncSession(LinkingMixin, CascadeMixin, ImmediateMixin, ReadsMixin):
+class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsMixin):
     """A unit of work over one engine, used by one task at a time.
 
     ``auto_commit``: every immediate operation (``insert``, ``update``,
@@ -1057,136 +1055,6 @@ class AsyncSession(LinkingMixin, CascadeMixin, ImmediateMixin, ReadsMixin):
             else:
                 self._journal.truncate(self._tx_start)
             self._reset_transaction()
-
-    def _undo_to(self, mark: int) -> None:
-        """Undo assignments not recorded yet, then truncate the journal to
-        ``mark`` and undo the removed events in place."""
-        identity = self._identity
-        assigned = identity.assigned
-        touched: list[InstanceState] = []  # a relation of these may name an undone link
-        for state in identity.states_to_compare():
-            restored = state.status in (*_LIVE, Status.DELETED) and state.current() != state.snapshot
-            if restored:
-                state.restore_snapshot()
-            if restored or id(state.obj) in assigned or state.table.child_relations:
-                touched.append(state)
-        identity.compared_all()
-        self._undo_recorded(mark, touched)
-
-    def _undo_recorded(self, mark: int, touched: Iterable[InstanceState] = ()) -> None:
-        """Truncate the journal to ``mark`` and undo the removed events in
-        place; assignments not recorded yet stay as they are. ``touched``:
-        states whose relations may name an undone link besides the ones the
-        removed events lead to (see :mod:`uow.stale`)."""
-        inserted_keys = self._journal.inserted_keys_since(mark)
-        removed = self._journal.truncate(mark)
-        if not removed and not touched:
-            self._expire_read_after_undone_writes(mark)
-            return
-        suspects = undo_suspects(removed, inserted_keys, self._identity, self._tables, self._relation_checks)
-        detached: dict[int, Any] = {}
-        for event in reversed(removed):
-            self._undo(event, detached)
-            if event.seq in inserted_keys:
-                self._let_go_of_vanished_row(self._tables[event.table], inserted_keys[event.seq], detached)
-        unload_stale_relations(itertools.chain(touched, suspects), detached, self._identity, self._relation_checks)
-        self._expire_read_after_undone_writes(mark)
-        self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1) if removed else self._cascaded_upto
-
-    def _note_untracked_write(self) -> None:
-        """A write tracked objects do not follow is about to run (see
-        :meth:`_expire_read_after_undone_writes`)."""
-        self._untracked_writes.append((self._journal.mark, self._new_ref()))
-
-    def _expire_read_after_undone_writes(self, mark: int) -> None:
-        """Expire the objects read after a write that tracked objects do not
-        follow, when undoing back to ``mark`` undoes that write: they may hold
-        what it wrote, so their next read gives them what the database holds.
-        Refs only grow, so an object read after the write has a greater ref
-        than the one drawn with it."""
-        undone = [ref for at, ref in self._untracked_writes if at >= mark]
-        if not undone:
-            return
-        self._untracked_writes = [(at, ref) for at, ref in self._untracked_writes if at < mark]
-        first = min(undone)
-        for state in self._identity.by_obj.values():
-            if state.ref > first and state.status in _LIVE:
-                state.expired = True
-
-    def _let_go_of_vanished_row(self, table: TableInfo, key: Any, detached: dict[int, Any]) -> None:
-        """The row an undone insert wrote is gone: an object read from it since
-        (say a row of ``bulk_insert``, or one expunged and read again) stops
-        being tracked too, so no read answers with it."""
-        state = self._identity.get(table, key)
-        if state is None or state.status not in _LIVE:
-            return
-        self._identity.untrack(state)
-        state.status = Status.DETACHED
-        detached[id(state.obj)] = state.obj
-
-    def _undo(self, event: AnyEvent, detached: dict[int, Any]) -> None:
-        """Undo one event in place; objects it lets go of go into ``detached``."""
-        by_ref = self._identity.by_ref
-        if isinstance(event, Inserted):
-            state = by_ref.get(event.ref)
-            if state is None:
-                return
-            # untracked, not detached for good: adding it again (a retry) inserts it
-            self._identity.untrack(state)
-            self._identity.forget_let_go(state.obj)
-            state.status = Status.DETACHED
-            detached[id(state.obj)] = state.obj
-            values = dict(event.values)
-            if state.table.primary_key.generated and event.key is None:
-                values[state.table.key_column] = None
-            state.set_values(values)
-            state.parent_refs = None
-            by_ref.pop(event.ref, None)
-        elif isinstance(event, (Updated, SoftDeleted, Restored)):
-            state = by_ref.get(event.ref)
-            if state is not None:
-                if state.table.key_column in event.new:  # the key a new object was given
-                    self._identity.unindex_key(state, state.key)
-                    self._identity.set_values(state, dict(event.old))
-                    self._identity.index_key(state)
-                else:
-                    self._identity.set_values(state, dict(event.old))
-                state.parent_refs = None
-        elif isinstance(event, Deleted):
-            state = by_ref.get(event.ref)
-            if state is not None:
-                self._revive(state, event.old)
-        elif isinstance(event, Upserted):
-            state = by_ref.get(event.ref)
-            if state is None:
-                return
-            if event.old is None:
-                self._identity.untrack(state)
-                self._identity.forget_let_go(state.obj)
-                state.status = Status.DETACHED
-                detached[id(state.obj)] = state.obj
-                values = dict(event.values)
-                if state.table.primary_key.generated and event.key is None:
-                    values[state.table.key_column] = None
-                state.set_values({k: v for k, v in values.items()})
-                by_ref.pop(event.ref, None)
-            else:
-                self._identity.set_values(state, dict(event.old))
-        elif isinstance(event, BulkUpdated):
-            for ref, old in event.old.items():
-                state = by_ref.get(ref)
-                if state is not None:
-                    self._identity.set_values(state, dict(old))
-        elif isinstance(event, BulkDeleted):
-            for ref, old in event.old.items():
-                state = by_ref.get(ref)
-                if state is not None:
-                    self._revive(state, old)
-
-    def _revive(self, state: InstanceState, old: Mapping[str, Any]) -> None:
-        self._identity.set_values(state, dict(old))
-        state.status = Status.PERSISTENT
-        self._identity.track(state)
 
     # --- savepoints and transaction contexts --------------------------------------
 
