@@ -104,14 +104,17 @@ class ChildList(list[Any]):
     ``insert``, ``+=``, ``l[i] = x``) is pointed at the owner through
     ``relation.link_child``, as ``child.author = owner`` would."""
 
-    __slots__ = ("owner", "relation")
+    __slots__ = ("owner", "relation", "changed")
 
-    def __init__(self, children: Iterable[Any], owner: object, relation: ChildLinker) -> None:
+    def __init__(self, children: Iterable[Any], owner: object, relation: ChildLinker, *, changed: bool = False) -> None:
         super().__init__(children)
         self.owner = owner
         """The object holding the list."""
         self.relation = relation
         """The one-to-many relation the list is the value of."""
+        self.changed = changed
+        """Changed (or assigned) since the owner's session last looked at it:
+        an undo past that change unloads the list rather than keep it."""
 
     def belongs_to(self, obj: object) -> bool:
         """Whether this is ``obj``'s own list (not one taken from another object)."""
@@ -127,17 +130,20 @@ class ChildList(list[Any]):
     def append(self, child: Any, /) -> None:
         self.relation.link_child(self.owner, child)
         list.append(self, child)
+        self.changed = True
         _note(id(self.owner))
 
     def insert(self, index: SupportsIndex, child: Any, /) -> None:
         self.relation.link_child(self.owner, child)
         list.insert(self, index, child)
+        self.changed = True
         _note(id(self.owner))
 
     def extend(self, children: Iterable[Any], /) -> None:
         children = list(children)  # an iterator is read once, here
         self._link(children)
         list.extend(self, children)
+        self.changed = True
         _note(id(self.owner))
 
     def __iadd__(self, children: Iterable[Any], /) -> Self:  # type: ignore[misc]
@@ -151,6 +157,7 @@ class ChildList(list[Any]):
         else:
             self.relation.link_child(self.owner, value)
         list.__setitem__(self, index, value)
+        self.changed = True
         _note(id(self.owner))
 
 
@@ -164,6 +171,7 @@ class ChildLinker(Protocol):
 def _noting(change: Callable[..., Any]) -> Callable[..., Any]:
     def noted(self: ChildList, *args: Any, **kwargs: Any) -> Any:
         result = change(self, *args, **kwargs)
+        self.changed = True
         _note(id(self.owner))
         return result
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from uow.assignments import ChildList, relation_assigned, set_attribute, unwatched_list
 from uow.errors import SessionStateError
 from uow.identity import LIVE, IdentityMap, InstanceState
+from uow.journal import Journal
 from uow.model import NOT_LOADED, UNLINKED, TableInfo, is_model, table_info
 from uow.stale import RelationChecks, names_another_parent
 
@@ -43,6 +44,8 @@ class LinkingMixin:
         _relation_checks: RelationChecks
         _adding: dict[int, int]
         _comparing: bool
+        _journal: Journal
+        _changed_lists: list[tuple[int, InstanceState, str]]
 
         def _table_of(self, obj: Any) -> TableInfo: ...
         def _record_found(self, state: InstanceState, at: dt.datetime) -> None: ...
@@ -174,8 +177,12 @@ class LinkingMixin:
             given = unwatched_list(children, obj)
             if given:
                 descriptor = getattr(table.model, name)
-                children = ChildList(children, obj, descriptor)
+                children = ChildList(children, obj, descriptor, changed=True)
                 descriptor.set_loaded(obj, children)
+            if type(children) is ChildList and children.changed:
+                # from here on an undo past this point takes the change back
+                children.changed = False
+                self._changed_lists.append((self._journal.mark, state, name))
             for child in children:
                 child_state = identity.state_of(child)
                 if child_state is not None:

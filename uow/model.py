@@ -241,7 +241,7 @@ class RelationDescriptor:
                 self._member.__set__(instance, value)
                 return
             # a list assigned: the object's own ChildList, each child pointed at it
-            children = ChildList(value, instance, self)
+            children = ChildList(value, instance, self, changed=True)
             for child in children:
                 self.link_child(instance, child)
             self._member.__set__(instance, children)

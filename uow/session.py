@@ -147,6 +147,8 @@ class _Savepoint:
     name: str
     mark: int
     had_writes: bool
+    lists_seen: int
+    """How many changed lists of children flushes had seen when it was set."""
 
 
 @dataclass
@@ -201,6 +203,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsM
         self._new_ref: Callable[[], int] = itertools.count(1).__next__
         """The ref for the next tracked row (a bound C method: reads call it per row)."""
         self._adding: dict[int, int] = {}
+        self._changed_lists: list[tuple[int, InstanceState, str]] = []
+        """(journal mark, owner's state, relation name) of each list of
+        children a flush saw changed in this transaction, in mark order."""
         self._comparing = False
         """Whether a flush is comparing the objects assigned to: what it finds
         to record then is recorded at once, as their notes are cleared after."""
@@ -804,7 +809,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsM
             await self._drop_connection(discard=True)
         if self._tx_writes:
             # the transaction, with what earlier flushes wrote, is gone: say so in the objects too
-            self._undo_to(self._tx_start)
+            self._undo_to(self._tx_start, lists_seen=0)
             self._tx_writes = False
             self._savepoints.clear()
 
@@ -1013,7 +1018,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsM
                     await connection.commit()
                 except BaseException:
                     await self._drop_connection(discard=True)
-                    self._undo_to(self._tx_start)
+                    self._undo_to(self._tx_start, lists_seen=0)
                     self._reset_transaction()
                     raise
                 self._in_tx = False
@@ -1031,6 +1036,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsM
         self._unreleased = None
         self._gone.clear()
         self._untracked_writes.clear()
+        self._changed_lists.clear()
         # nothing can be undone past this point: states need not be found by ref any more
         self._identity.by_ref.clear()
 
@@ -1051,7 +1057,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsM
                     await self._drop_connection(discard=True)
             await self._drop_connection()
             if restore:
-                self._undo_to(self._tx_start)
+                self._undo_to(self._tx_start, lists_seen=0)
             else:
                 self._journal.truncate(self._tx_start)
             self._reset_transaction()
@@ -1070,7 +1076,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsM
             await self._flush()
             connection = await self._connection_for_work()
             self._savepoint_counter += 1
-            savepoint = _Savepoint(f"uow_sp_{self._savepoint_counter}", self._journal.mark, self._tx_writes)
+            savepoint = _Savepoint(
+                f"uow_sp_{self._savepoint_counter}", self._journal.mark, self._tx_writes, len(self._changed_lists)
+            )
             await self._set_savepoint(connection, savepoint.name)
             self._savepoints.append(savepoint)
             return savepoint
@@ -1099,7 +1107,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsM
                     await self._rollback()
                     raise
                 del self._savepoints[self._savepoints.index(savepoint) :]
-                self._undo_to(savepoint.mark)
+                self._undo_to(savepoint.mark, savepoint.lists_seen)
                 self._tx_writes = savepoint.had_writes
 
     @asynccontextmanager

@@ -6,7 +6,9 @@ journal is truncated at a mark and each removed event is undone in place,
 newest first, without a query. An undone insert lets its object go (a retry
 adds it again), an undone update or bulk update puts the old values back, an
 undone delete tracks the object again. Relations the undo leaves naming a link
-it took back are unloaded (:mod:`uow.stale`). Objects read after a write that
+it took back are unloaded (:mod:`uow.stale`), and so are the lists of
+children changed in the undone part: a list is not rebuilt, and reading it
+asks for ``include()`` again. Objects read after a write that
 tracked objects do not follow (``execute_raw``, ``bulk_*``) are expired when
 the undo takes that write back.
 """
@@ -17,10 +19,11 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from uow.assignments import ChildList
 from uow.events import AnyEvent, BulkDeleted, BulkUpdated, Deleted, Inserted, Restored, SoftDeleted, Updated, Upserted
 from uow.identity import LIVE, IdentityMap, InstanceState, Status
 from uow.journal import Journal
-from uow.model import TableInfo
+from uow.model import NOT_LOADED, TableInfo
 from uow.stale import RelationChecks, undo_suspects, unload_stale_relations
 
 
@@ -35,10 +38,15 @@ class UndoMixin:
         _cascaded_upto: int
         _untracked_writes: list[tuple[int, int]]
         _new_ref: Callable[[], int]
+        _changed_lists: list[tuple[int, InstanceState, str]]
 
-    def _undo_to(self, mark: int) -> None:
+    def _undo_to(self, mark: int, lists_seen: int | None = None) -> None:
         """Undo assignments not recorded yet, then truncate the journal to
-        ``mark`` and undo the removed events in place."""
+        ``mark`` and undo the removed events in place. ``lists_seen``: how
+        many changed lists flushes had seen at ``mark`` (a savepoint's or the
+        transaction's start): the lists seen since are unloaded."""
+        if lists_seen is not None:
+            self._unload_changed_lists_seen_after(lists_seen)
         identity = self._identity
         assigned = identity.assigned
         touched: list[InstanceState] = []  # a relation of these may name an undone link
@@ -46,6 +54,8 @@ class UndoMixin:
             restored = state.status in (*LIVE, Status.DELETED) and state.current() != state.snapshot
             if restored:
                 state.restore_snapshot()
+            if state.table.child_relations:
+                self._unload_changed_lists(state)  # changes no flush has seen yet
             if restored or id(state.obj) in assigned or state.table.child_relations:
                 touched.append(state)
         identity.compared_all()
@@ -56,6 +66,7 @@ class UndoMixin:
         place; assignments not recorded yet stay as they are. ``touched``:
         states whose relations may name an undone link besides the ones the
         removed events lead to (see :mod:`uow.stale`)."""
+        self._unload_lists_changed_after(mark)
         inserted_keys = self._journal.inserted_keys_since(mark)
         removed = self._journal.truncate(mark)
         if not removed and not touched:
@@ -70,6 +81,33 @@ class UndoMixin:
         unload_stale_relations(itertools.chain(touched, suspects), detached, self._identity, self._relation_checks)
         self._expire_read_after_undone_writes(mark)
         self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1) if removed else self._cascaded_upto
+
+    def _unload_lists_changed_after(self, mark: int) -> None:
+        """Unload the lists of children a flush saw changed after an event
+        past ``mark`` was recorded: an undo to ``mark`` takes their changes back
+        (an item removed, another put in), and a list is not rebuilt."""
+        changed = self._changed_lists
+        while changed and changed[-1][0] > mark:
+            self._unload_seen_list(changed.pop())
+
+    def _unload_changed_lists_seen_after(self, count: int) -> None:
+        """Unload the lists of children flushes saw changed after the first ``count``."""
+        changed = self._changed_lists
+        while len(changed) > count:
+            self._unload_seen_list(changed.pop())
+
+    @staticmethod
+    def _unload_seen_list(seen: tuple[int, InstanceState, str]) -> None:
+        _, state, name = seen
+        getattr(state.table.model, name).set_loaded(state.obj, NOT_LOADED)
+
+    def _unload_changed_lists(self, state: InstanceState) -> None:
+        """Unload the lists of ``state.obj`` changed since a flush last saw them."""
+        obj = state.obj
+        for (_, read_children), name in zip(state.table.child_relations, state.table.child_relation_names):
+            children = read_children(obj)
+            if type(children) is ChildList and children.changed and children.belongs_to(obj):
+                getattr(state.table.model, name).set_loaded(obj, NOT_LOADED)
 
     def _note_untracked_write(self) -> None:
         """A write tracked objects do not follow is about to run (see

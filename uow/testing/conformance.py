@@ -1614,6 +1614,38 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, Post, first.id)).author_id == author.id
 
+    async def test_a_rollback_unloads_a_list_it_takes_a_change_back_from(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second = await _committed_author_with_two_posts(session)
+            author.posts.remove(first)  # writes nothing, but the list changed
+            await session.rollback()
+            with pytest.raises(RelationNotLoadedError):
+                author.posts  # noqa: B018
+            await session.query(User).filter(id=author.id).include(User.posts).one()
+            assert author.posts == [first, second]
+            author.posts.reverse()
+            await session.flush()  # seen by a flush, then rolled back
+            await session.rollback()
+            with pytest.raises(RelationNotLoadedError):
+                author.posts  # noqa: B018
+
+    async def test_a_savepoint_rollback_unloads_only_lists_changed_inside_it(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, _, other = await _committed_author_two_posts_and_other(session)
+            await session.query(User).filter(id=other.id).include(User.posts).one()
+            author.posts.remove(first)  # before the savepoint: kept
+            async with session.begin_nested() as savepoint:
+                author.age = 50
+                await session.flush()
+                other.posts.clear()
+                await session.flush()
+                await savepoint.rollback()
+            assert [post.title for post in author.posts] == ["Second"]
+            with pytest.raises(RelationNotLoadedError):
+                other.posts  # noqa: B018
+            await session.commit()
+        assert await count_rows(engine, Post, author_id=author.id) == 2
+
     async def test_a_rollback_unloads_a_list_loaded_after_a_move_it_takes_back(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author, first, _, other = await _committed_author_two_posts_and_other(session)

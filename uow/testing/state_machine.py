@@ -383,6 +383,24 @@ class DifferentialMachine(RuleBasedStateMachine):
 
         self._each(move)
 
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data())
+    def remove_item_from_owner_list(self, data: st.DataObject) -> None:
+        """An item taken out of its owner's loaded list: nothing is written
+        (the item keeps its owner), and a rollback past it unloads the list."""
+        owner_index = data.draw(st.sampled_from(self._live("owner")))
+        self._flushed()  # the include below flushes what was pending
+
+        async def remove(i: int, session: uow.AsyncSession) -> None:
+            owner = self.objects[i][owner_index]
+            await session.flush()
+            if Owner.__dict__["items"].raw(owner) is NOT_LOADED:
+                await session.query(Owner).filter(id=owner.id).include(Owner.items).one()
+            if owner.items:
+                owner.items.pop()
+
+        self._each(remove)
+
     @precondition(lambda self: bool(self._live("item")))
     @rule(data=st.data())
     def unlink_item(self, data: st.DataObject) -> None:
