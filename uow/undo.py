@@ -45,8 +45,7 @@ class UndoMixin:
         ``mark`` and undo the removed events in place. ``lists_seen``: how
         many changed lists flushes had seen at ``mark`` (a savepoint's or the
         transaction's start): the lists seen since are unloaded."""
-        if lists_seen is not None:
-            self._unload_changed_lists_seen_after(lists_seen)
+        changed_lists = self._lists_seen_after(lists_seen) if lists_seen is not None else []
         identity = self._identity
         assigned = identity.assigned
         touched: list[InstanceState] = []  # a relation of these may name an undone link
@@ -55,59 +54,60 @@ class UndoMixin:
             if restored:
                 state.restore_snapshot()
             if state.table.child_relations:
-                self._unload_changed_lists(state)  # changes no flush has seen yet
+                changed_lists.extend(_lists_changed_unseen(state))
             if restored or id(state.obj) in assigned or state.table.child_relations:
                 touched.append(state)
         identity.compared_all()
-        self._undo_recorded(mark, touched)
+        self._undo_recorded(mark, touched, changed_lists)
 
-    def _undo_recorded(self, mark: int, touched: Iterable[InstanceState] = ()) -> None:
+    def _undo_recorded(
+        self,
+        mark: int,
+        touched: Iterable[InstanceState] = (),
+        changed_lists: list[tuple[InstanceState, str]] | None = None,
+    ) -> None:
         """Truncate the journal to ``mark`` and undo the removed events in
         place; assignments not recorded yet stay as they are. ``touched``:
         states whose relations may name an undone link besides the ones the
-        removed events lead to (see :mod:`uow.stale`)."""
-        self._unload_lists_changed_after(mark)
+        removed events lead to (see :mod:`uow.stale`). ``changed_lists``:
+        (state, relation name) of lists whose changes the undo takes back,
+        besides the ones flushes saw after ``mark``."""
+        changed_lists = [*(changed_lists or ()), *self._lists_seen_after_mark(mark)]
         inserted_keys = self._journal.inserted_keys_since(mark)
         removed = self._journal.truncate(mark)
-        if not removed and not touched:
-            self._expire_read_after_undone_writes(mark)
-            return
-        suspects = undo_suspects(removed, inserted_keys, self._identity, self._tables, self._relation_checks)
-        detached: dict[int, Any] = {}
-        for event in reversed(removed):
-            self._undo(event, detached)
-            if event.seq in inserted_keys:
-                self._let_go_of_vanished_row(self._tables[event.table], inserted_keys[event.seq], detached)
-        unload_stale_relations(itertools.chain(touched, suspects), detached, self._identity, self._relation_checks)
+        if removed or touched:
+            suspects = undo_suspects(removed, inserted_keys, self._identity, self._tables, self._relation_checks)
+            detached: dict[int, Any] = {}
+            for event in reversed(removed):
+                self._undo(event, detached)
+                if event.seq in inserted_keys:
+                    self._let_go_of_vanished_row(self._tables[event.table], inserted_keys[event.seq], detached)
+            unload_stale_relations(itertools.chain(touched, suspects), detached, self._identity, self._relation_checks)
+            if removed:
+                self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1)
+        # a list is not rebuilt: the ones changed in the undone part are unloaded,
+        # on objects still tracked (one whose insert was undone keeps its own, for a retry)
+        by_obj = self._identity.by_obj
+        for state, name in changed_lists:
+            if by_obj.get(id(state.obj)) is state:
+                getattr(state.table.model, name).set_loaded(state.obj, NOT_LOADED)
         self._expire_read_after_undone_writes(mark)
-        self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1) if removed else self._cascaded_upto
 
-    def _unload_lists_changed_after(self, mark: int) -> None:
-        """Unload the lists of children a flush saw changed after an event
-        past ``mark`` was recorded: an undo to ``mark`` takes their changes back
-        (an item removed, another put in), and a list is not rebuilt."""
+    def _lists_seen_after_mark(self, mark: int) -> list[tuple[InstanceState, str]]:
+        """Take from the lists flushes saw changed the ones seen after an
+        event past ``mark`` was recorded."""
         changed = self._changed_lists
+        taken: list[tuple[InstanceState, str]] = []
         while changed and changed[-1][0] > mark:
-            self._unload_seen_list(changed.pop())
+            _, state, name = changed.pop()
+            taken.append((state, name))
+        return taken
 
-    def _unload_changed_lists_seen_after(self, count: int) -> None:
-        """Unload the lists of children flushes saw changed after the first ``count``."""
-        changed = self._changed_lists
-        while len(changed) > count:
-            self._unload_seen_list(changed.pop())
-
-    @staticmethod
-    def _unload_seen_list(seen: tuple[int, InstanceState, str]) -> None:
-        _, state, name = seen
-        getattr(state.table.model, name).set_loaded(state.obj, NOT_LOADED)
-
-    def _unload_changed_lists(self, state: InstanceState) -> None:
-        """Unload the lists of ``state.obj`` changed since a flush last saw them."""
-        obj = state.obj
-        for (_, read_children), name in zip(state.table.child_relations, state.table.child_relation_names):
-            children = read_children(obj)
-            if type(children) is ChildList and children.changed and children.belongs_to(obj):
-                getattr(state.table.model, name).set_loaded(obj, NOT_LOADED)
+    def _lists_seen_after(self, count: int) -> list[tuple[InstanceState, str]]:
+        """Take from the lists flushes saw changed the ones after the first ``count``."""
+        taken = [(state, name) for _, state, name in self._changed_lists[count:]]
+        del self._changed_lists[count:]
+        return taken
 
     def _note_untracked_write(self) -> None:
         """A write tracked objects do not follow is about to run (see
@@ -201,6 +201,17 @@ class UndoMixin:
         self._identity.set_values(state, dict(old))
         state.status = Status.PERSISTENT
         self._identity.track(state)
+
+
+def _lists_changed_unseen(state: InstanceState) -> list[tuple[InstanceState, str]]:
+    """(state, relation name) of the lists of ``state.obj`` changed since a
+    flush last saw them."""
+    obj = state.obj
+    return [
+        (state, name)
+        for (_, read_children), name in zip(state.table.child_relations, state.table.child_relation_names)
+        if type(children := read_children(obj)) is ChildList and children.changed and children.belongs_to(obj)
+    ]
 
 
 __all__ = ["UndoMixin"]

@@ -855,6 +855,22 @@ class SessionConformance:
             assert author.id is not None and post.author_id == author.id
         assert (await stored(engine, Post, post.id)).author_id == author.id
 
+    async def test_a_new_parent_added_again_after_a_rollback_brings_its_listed_children(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author = User(name="Author", email=alice.email, posts=[Post(title="Given", slug="given")])
+            session.add(author)
+            author.posts.append(Post(title="Appended", slug="appended"))
+            with pytest.raises(IntegrityError):
+                await session.flush()  # the email is taken
+            await session.rollback()
+            assert [post.title for post in author.posts] == ["Given", "Appended"]
+            author.email = "author@example.com"
+            session.add(author)  # the retry brings its children along again
+            await session.commit()
+        assert await count_rows(engine, Post, author_id=author.id) == 2
+
     async def test_assigning_an_expunged_object_links_its_row_without_inserting_it(
         self, engine: uow.Engine, alice: User
     ) -> None:
