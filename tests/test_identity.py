@@ -232,7 +232,10 @@ def test_a_lookup_files_each_object_once_and_lets_go_of_untracked_ones() -> None
 
 
 class _Linker:
-    """Stands in for a relation's descriptor: records the children it is asked to link."""
+    """Stands in for a relation's descriptor: records the children it is asked
+    to link, for a relation that deletes orphans."""
+
+    deletes_orphans = True
 
     def __init__(self) -> None:
         self.linked: list[tuple[Any, Any]] = []
@@ -241,38 +244,44 @@ class _Linker:
         self.linked.append((owner, child))
 
 
-# each change, with the children it puts in the list
-_CHANGES: dict[str, tuple[Callable[[ChildList], object], list[int]]] = {
-    "append": (lambda children: children.append(9), [9]),
-    "extend": (lambda children: children.extend(iter([9, 10])), [9, 10]),
-    "insert": (lambda children: children.insert(0, 9), [9]),
-    "remove": (lambda children: children.remove(1), []),
-    "pop": (lambda children: children.pop(), []),
-    "clear": (lambda children: children.clear(), []),
-    "sort": (lambda children: children.sort(reverse=True), []),
-    "reverse": (lambda children: children.reverse(), []),
-    "setitem": (lambda children: children.__setitem__(0, 9), [9]),
-    "setslice": (lambda children: children.__setitem__(slice(0, 1), iter([9, 10])), [9, 10]),
-    "delitem": (lambda children: children.__delitem__(0), []),
-    "iadd": (lambda children: children.__iadd__(iter([9])), [9]),
-    "imul": (lambda children: children.__imul__(2), []),
+# each change of [1, 2], with the children it puts in the list and takes out of it
+_CHANGES: dict[str, tuple[Callable[[ChildList], object], list[int], list[int]]] = {
+    "append": (lambda children: children.append(9), [9], []),
+    "extend": (lambda children: children.extend(iter([9, 10])), [9, 10], []),
+    "insert": (lambda children: children.insert(0, 9), [9], []),
+    "remove": (lambda children: children.remove(1), [], [1]),
+    "pop": (lambda children: children.pop(), [], [2]),
+    "clear": (lambda children: children.clear(), [], [1, 2]),
+    "sort": (lambda children: children.sort(reverse=True), [], []),
+    "reverse": (lambda children: children.reverse(), [], []),
+    "setitem": (lambda children: children.__setitem__(0, 9), [9], [1]),
+    "setslice": (lambda children: children.__setitem__(slice(0, 1), iter([9, 10])), [9, 10], [1]),
+    "delitem": (lambda children: children.__delitem__(0), [], [1]),
+    "delslice": (lambda children: children.__delitem__(slice(0, 2)), [], [1, 2]),
+    "iadd": (lambda children: children.__iadd__(iter([9])), [9], []),
+    "imul": (lambda children: children.__imul__(2), [], []),
+    "imul0": (lambda children: children.__imul__(0), [], [1, 2]),
 }
 
 
 @pytest.mark.parametrize("change", sorted(_CHANGES))
-def test_every_change_to_a_list_of_children_is_noted_on_its_owner_and_links_what_it_puts_in(change: str) -> None:
+def test_every_change_to_a_list_of_children_is_noted_on_its_owner_with_what_it_puts_in_and_takes_out(
+    change: str,
+) -> None:
     identity = IdentityMap()
     owner = _tracked(identity, 1)
     linker = _Linker()
     children = ChildList([1, 2], owner.obj, linker)
     identity.compared_all()
 
-    apply, put_in = _CHANGES[change]
+    apply, put_in, taken_out = _CHANGES[change]
     apply(children)
 
     assert identity.states_to_compare() == [owner]
+    assert children.changed
     assert linker.linked == [(owner.obj, child) for child in put_in]
     assert all(child in children for child in put_in)
+    assert (children.removed or []) == taken_out
 
 
 def test_reading_or_copying_a_list_of_children_notes_nothing() -> None:

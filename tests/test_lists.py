@@ -1,18 +1,22 @@
 """Putting an object in a one-to-many list points it at the list's owner, as
 assigning its many-to-one relation would; the session then moves a tracked
-object there. (The moves themselves are in the conformance suite, on every
-adapter; these are the rules around them.)"""
+object there. Taking one out of a list that deletes orphans deletes it.
+(The moves themselves are in the conformance suite, on every adapter; these
+are the rules around them.)"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import uow
 from uow.assignments import ChildList
-from uow.errors import SessionStateError
-from uow.model import ForeignKey, Model, PrimaryKey, relation
+from uow.errors import ModelDefinitionError, RelationNotLoadedError, SessionStateError
+from uow.model import ForeignKey, Model, PrimaryKey, relation, table_info
 
 pytestmark = pytest.mark.anyio
 
@@ -37,6 +41,155 @@ class Note(Model, table="list_notes"):
     crate_id: Annotated[int | None, ForeignKey(Crate)] = None
     text: str
     crate: Crate | None = relation("crate_id")
+
+
+class Basket(Model, table="list_baskets"):
+    """An aggregate: its fruit live and die with it."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    label: str
+    fruit: list[Fruit] = relation(back="basket_id", delete_orphans=True)
+
+
+class Fruit(Model, table="list_fruit"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    basket_id: Annotated[int | None, ForeignKey(Basket, on_delete="cascade")] = None
+    name: str
+    basket: Basket | None = relation("basket_id")
+    seeds: list[Seed] = relation(back="fruit_id")
+
+
+class Seed(Model, table="list_seeds"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    fruit_id: Annotated[int | None, ForeignKey(Fruit, on_delete="cascade")] = None
+
+
+async def _basket_of(session: uow.AsyncSession, *names: str) -> Basket:
+    basket = Basket(label="basket", fruit=[Fruit(name=name) for name in names])
+    session.add(basket)
+    await session.commit()
+    return basket
+
+
+async def _stored_fruit(engine: uow.Engine) -> list[tuple[str, int | None]]:
+    async with uow.AsyncSession(engine) as session:
+        return [(fruit.name, fruit.basket_id) for fruit in await session.query(Fruit).order_by("id").all()]
+
+
+async def test_a_child_taken_out_of_a_list_that_deletes_orphans_is_deleted(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket = await _basket_of(session, "apple", "pear", "plum", "fig", "kiwi", "lime")
+        apple, _, plum, fig, _, _ = basket.fruit
+        basket.fruit.remove(apple)
+        basket.fruit.pop()  # lime
+        del basket.fruit[0]  # pear
+        basket.fruit[0] = Fruit(name="date")  # plum replaced
+        await session.commit()
+        assert [fruit.name for fruit in basket.fruit] == ["date", "fig", "kiwi"]
+        assert apple not in session and plum not in session and fig in session
+    assert await _stored_fruit(engine) == [("fig", basket.id), ("kiwi", basket.id), ("date", basket.id)]
+
+
+async def test_a_child_taken_out_and_put_back_or_moved_is_no_orphan(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket = await _basket_of(session, "apple", "pear", "plum")
+        other = await _basket_of(session)
+        apple, pear, plum = basket.fruit
+        basket.fruit.clear()
+        basket.fruit.append(apple)  # put back
+        other.fruit.append(pear)  # moved
+        plum.basket = other  # moved through its own relation
+        await session.commit()
+        assert apple.basket_id == basket.id and pear.basket_id == other.id and plum.basket_id == other.id
+    assert sorted(await _stored_fruit(engine)) == [
+        ("apple", basket.id),
+        ("pear", other.id),
+        ("plum", other.id),
+    ]
+
+
+async def test_a_new_child_taken_out_of_a_new_owners_list_is_never_inserted(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket = Basket(label="new", fruit=[Fruit(name="apple"), Fruit(name="pear")])
+        session.add(basket)
+        apple = basket.fruit.pop(0)
+        await session.commit()
+        assert apple not in session and apple.id is None
+    assert await _stored_fruit(engine) == [("pear", basket.id)]
+
+
+async def test_assigning_a_list_that_deletes_orphans_deletes_what_it_no_longer_holds(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket = await _basket_of(session, "apple", "pear")
+        apple, _ = basket.fruit
+        basket.fruit = [apple, Fruit(name="fig")]
+        await session.commit()
+    assert await _stored_fruit(engine) == [("apple", basket.id), ("fig", basket.id)]
+
+
+async def test_an_orphans_delete_cascades_to_its_tracked_children(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket = await _basket_of(session, "apple")
+        apple = basket.fruit[0]
+        seed = Seed()
+        apple.seeds = [seed]
+        await session.commit()
+        basket.fruit.remove(apple)
+        session.plan()  # records the orphan's delete, and its seed's with it
+        assert [(type(e).__name__, e.table) for e in session.journal.pending] == [
+            ("Deleted", "list_fruit"),
+            ("Deleted", "list_seeds"),
+        ]
+        await session.commit()
+        assert apple not in session and seed not in session
+    assert await _stored_fruit(engine) == []
+
+
+async def test_a_rollback_brings_an_orphan_back_and_unloads_the_list(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket = await _basket_of(session, "apple", "pear")
+        apple, pear = basket.fruit
+        basket.fruit.remove(apple)
+        await session.flush()
+        assert apple not in session
+        await session.rollback()
+        assert apple in session and apple.basket_id == basket.id
+        with pytest.raises(RelationNotLoadedError):
+            basket.fruit  # noqa: B018
+        await session.query(Basket).include(Basket.fruit).one()
+        assert basket.fruit == [apple, pear]
+        basket.fruit.remove(pear)  # not flushed: the rollback drops it
+        await session.rollback()
+        await session.commit()
+    assert await _stored_fruit(engine) == [("apple", basket.id), ("pear", basket.id)]
+
+
+async def test_a_list_that_keeps_orphans_deletes_nothing(engine: uow.Engine) -> None:
+    await engine.create_all(Crate, Bottle, Note)
+    async with uow.AsyncSession(engine) as session:
+        crate = Crate(label="crate", notes=[Note(text="kept")])
+        session.add(crate)
+        await session.commit()
+        note = crate.notes.pop()
+        await session.commit()
+        assert note in session and note.crate_id == crate.id
+    assert table_info(Crate).relations["notes"].delete_orphans is False
+
+
+def test_delete_orphans_belongs_to_a_list() -> None:
+    class Stray(Model, table="list_strays"):
+        id: Annotated[int | None, PrimaryKey()] = None
+        crate_id: Annotated[int | None, ForeignKey(Crate)] = None
+        crate: Crate | None = relation("crate_id", delete_orphans=True)
+
+    with pytest.raises(ModelDefinitionError, match="delete_orphans is for a one-to-many relation"):
+        table_info(Stray)
 
 
 def test_a_child_put_in_an_assigned_or_owned_list_points_at_the_owner() -> None:
@@ -119,3 +272,68 @@ async def test_a_list_read_with_a_moved_child_still_lists_it_until_read_again(en
         assert first.notes == [note] and second.notes == [note] and note.crate is second
         reread = await session.query(Crate).filter(id=first.id).include(Crate.notes).one()
         assert reread is first and first.notes == []
+
+
+# --- orphans, as a property ---------------------------------------------------------------
+
+_STEPS = st.lists(
+    st.tuples(st.sampled_from(["add", "take", "move", "flush"]), st.integers(0, 7), st.integers(0, 1)),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=_STEPS)
+def test_an_object_taken_out_is_deleted_exactly_when_no_list_or_owner_holds_it(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """Random puts, takes and moves between two baskets' lists, flushed at
+    random: an object is deleted at a flush when it was taken out of a basket's
+    list since the last one, is not in that list, and still belongs to that
+    basket; storage holds what a model of that rule says, on every adapter."""
+    for url in ("memory://", "sqlite://:memory:"):
+        anyio.run(_play_orphans, url, steps)
+
+
+async def _play_orphans(url: str, steps: list[tuple[str, int, int]]) -> None:
+    async with uow.create_engine(url) as engine:
+        await engine.create_all(Basket, Fruit, Seed)
+        async with uow.AsyncSession(engine) as session:
+            baskets = [Basket(label="a", fruit=[]), Basket(label="b", fruit=[])]
+            session.add_all(baskets)
+            await session.commit()
+            fruit: list[Fruit] = []
+            owner: dict[int, int] = {}  # fruit index -> basket index, for live fruit
+            lists: list[list[int]] = [[], []]  # what each basket's list holds, by fruit index
+            taken: list[list[int]] = [[], []]  # taken out of each list since the last flush
+
+            def expect_flush() -> None:
+                for b in (0, 1):
+                    for f in taken[b]:
+                        if f in owner and owner[f] == b and f not in lists[b]:
+                            del owner[f]
+                    taken[b].clear()
+
+            for action, number, b in steps:
+                if action == "add":
+                    fruit.append(Fruit(name=f"fruit {len(fruit)}"))
+                    baskets[b].fruit.append(fruit[-1])
+                    owner[len(fruit) - 1] = b
+                    lists[b].append(len(fruit) - 1)
+                elif action == "take" and lists[b]:
+                    f = lists[b].pop(number % len(lists[b]))
+                    baskets[b].fruit.pop(number % len(baskets[b].fruit))
+                    taken[b].append(f)
+                elif action == "move" and owner:
+                    f = sorted(owner)[number % len(owner)]
+                    baskets[b].fruit.append(fruit[f])
+                    owner[f] = b
+                    lists[b].append(f)
+                elif action == "flush":
+                    await session.flush()
+                    expect_flush()
+                assert [[fruit.index(x) for x in basket.fruit] for basket in baskets] == lists
+            await session.commit()
+            expect_flush()
+            stored = {(x.name, x.basket_id) for x in await session.query(Fruit).all()}
+            assert stored == {(fruit[f].name, baskets[b].id) for f, b in owner.items()}, url

@@ -32,6 +32,7 @@ there as it would for that assignment.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, Self, SupportsIndex
 
@@ -104,7 +105,7 @@ class ChildList(list[Any]):
     ``insert``, ``+=``, ``l[i] = x``) is pointed at the owner through
     ``relation.link_child``, as ``child.author = owner`` would."""
 
-    __slots__ = ("owner", "relation", "changed")
+    __slots__ = ("owner", "relation", "changed", "removed")
 
     def __init__(self, children: Iterable[Any], owner: object, relation: ChildLinker, *, changed: bool = False) -> None:
         super().__init__(children)
@@ -115,10 +116,21 @@ class ChildList(list[Any]):
         self.changed = changed
         """Changed (or assigned) since the owner's session last looked at it:
         an undo past that change unloads the list rather than keep it."""
+        self.removed: list[Any] | None = None
+        """The children taken out since the owner's session last looked at it,
+        kept only for a relation that deletes orphans."""
 
     def belongs_to(self, obj: object) -> bool:
         """Whether this is ``obj``'s own list (not one taken from another object)."""
         return self.owner is obj
+
+    def take_out(self, children: Iterable[Any]) -> None:
+        """Note ``children`` as taken out of the list, for a relation that
+        deletes orphans (the flush deletes those not put back, nor elsewhere)."""
+        if self.relation.deletes_orphans:
+            if self.removed is None:
+                self.removed = []
+            self.removed.extend(children)
 
     def _link(self, children: Iterable[Any]) -> None:
         link, owner = self.relation.link_child, self.owner
@@ -154,16 +166,60 @@ class ChildList(list[Any]):
         if isinstance(index, slice):
             value = list(value)
             self._link(value)
+            replaced = self[index]
         else:
             self.relation.link_child(self.owner, value)
+            replaced = [self[index]]
         list.__setitem__(self, index, value)
+        self.take_out(replaced)
         self.changed = True
         _note(id(self.owner))
+
+    # the methods that take children out, noted for a relation that deletes orphans
+
+    def remove(self, child: Any, /) -> None:
+        taken = self[self.index(child)]
+        list.remove(self, child)
+        self.take_out((taken,))
+        self.changed = True
+        _note(id(self.owner))
+
+    def pop(self, index: SupportsIndex = -1, /) -> Any:
+        taken = list.pop(self, index)
+        self.take_out((taken,))
+        self.changed = True
+        _note(id(self.owner))
+        return taken
+
+    def clear(self) -> None:
+        taken = list(self)
+        list.clear(self)
+        self.take_out(taken)
+        self.changed = True
+        _note(id(self.owner))
+
+    def __delitem__(self, index: Any, /) -> None:
+        taken = self[index] if isinstance(index, slice) else [self[index]]
+        list.__delitem__(self, index)
+        self.take_out(taken)
+        self.changed = True
+        _note(id(self.owner))
+
+    def __imul__(self, times: SupportsIndex, /) -> Self:
+        taken = list(self) if operator.index(times) <= 0 else []
+        list.__imul__(self, times)
+        self.take_out(taken)
+        self.changed = True
+        _note(id(self.owner))
+        return self
 
 
 class ChildLinker(Protocol):
     """What a :class:`ChildList` points a child put in it at its owner with
     (the relation's descriptor, :class:`uow.model.RelationDescriptor`)."""
+
+    @property
+    def deletes_orphans(self) -> bool: ...
 
     def link_child(self, owner: Any, child: Any) -> None: ...
 
@@ -180,8 +236,8 @@ def _noting(change: Callable[..., Any]) -> Callable[..., Any]:
     return noted
 
 
-# every other method of list that changes the list, wrapped the same way
-for _name in ("remove", "pop", "clear", "sort", "reverse", "__delitem__", "__imul__"):
+# the methods of list that only reorder it, wrapped the same way
+for _name in ("sort", "reverse"):
     setattr(ChildList, _name, _noting(getattr(list, _name)))
 
 

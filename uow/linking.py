@@ -20,6 +20,7 @@ The rules (see ``docs/models.md``, "Relations"):
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from uow.assignments import ChildList, relation_assigned, set_attribute, unwatched_list
@@ -35,6 +36,23 @@ def _refers_to(obj: Any, column: str, key: Any) -> bool:
     return key is not None and getattr(obj, column) == key
 
 
+def _belongs_to(child: Any, column: str, owner: InstanceState, state: InstanceState | None = None) -> bool:
+    """Whether ``child`` (tracked under ``state``, if it is) belongs to
+    ``owner`` through the foreign key ``column``: its many-to-one relation
+    through it holds ``owner`` where it holds an object (or an unlink), else
+    the column names ``owner``'s key or waits for its generated one."""
+    table = table_info(type(child))
+    for name, relation in table.relations.items():
+        if not relation.many and relation.local_column == column:
+            held = getattr(table.model, name).raw(child)
+            if held is UNLINKED or (held is not None and held is not NOT_LOADED):
+                return held is owner.obj
+    key = owner.key
+    if key is not None and getattr(child, column, None) == key:
+        return True
+    return state is not None and owner.ref == (state.parent_refs or {}).get(column)
+
+
 class LinkingMixin:
     """Relations and foreign keys for :class:`~uow.session.AsyncSession`."""
 
@@ -44,10 +62,12 @@ class LinkingMixin:
         _relation_checks: RelationChecks
         _adding: dict[int, int]
         _comparing: bool
+        _orphans_deleted: bool
         _journal: Journal
         _changed_lists: list[tuple[int, InstanceState, str]]
 
         def _table_of(self, obj: Any) -> TableInfo: ...
+        def _delete(self, state: InstanceState) -> None: ...
         def _record_found(self, state: InstanceState, at: dt.datetime) -> None: ...
         def _add(
             self, obj: Any, links: dict[str, int] | None = None, at: dt.datetime | None = None
@@ -183,6 +203,9 @@ class LinkingMixin:
                 # from here on an undo past this point takes the change back
                 children.changed = False
                 self._changed_lists.append((self._journal.mark, state, name))
+                if children.removed:
+                    removed, children.removed = children.removed, None
+                    self._delete_orphans(state, column, children, removed)
             for child in children:
                 child_state = identity.state_of(child)
                 if child_state is not None:
@@ -199,6 +222,29 @@ class LinkingMixin:
                 else:
                     set_attribute(child, column, None)
                     self._add(child, {column: state.ref}, at)
+
+    def _delete_orphans(
+        self, owner: InstanceState, column: str, children: Sequence[Any], removed: Iterable[Any]
+    ) -> None:
+        """Delete the objects taken out of ``owner``'s list of children (a
+        relation that deletes orphans, through the foreign key ``column``)
+        that are not in it again and still belong to ``owner``: moved to
+        another owner, or unlinked, they are no orphans."""
+        listed = {id(child) for child in children}
+        identity = self._identity
+        for child in removed:
+            if id(child) in listed:
+                continue
+            child_state = identity.state_of(child)
+            if child_state is None:
+                # new, and not added yet (another list holds it too): added to be
+                # deleted, so no flush inserts it
+                if not is_model(child) or identity.was_let_go(child) or not _belongs_to(child, column, owner):
+                    continue
+                child_state = self._add(child)
+            if child_state.status in LIVE and _belongs_to(child, column, owner, child_state):
+                self._delete(child_state)
+                self._orphans_deleted = True
 
     def _sync_relations(self, state: InstanceState, *, deleting: bool = False) -> None:
         """Add new objects assigned to the relations of ``state.obj`` (a table

@@ -180,14 +180,15 @@ UNLINKED: Any = _Unlinked.UNLINKED
 
 
 class _RelationSpec:
-    __slots__ = ("via", "back")
+    __slots__ = ("via", "back", "delete_orphans")
 
-    def __init__(self, via: str | None, back: str | None):
+    def __init__(self, via: str | None, back: str | None, delete_orphans: bool):
         self.via = via
         self.back = back
+        self.delete_orphans = delete_orphans
 
 
-def relation(via: str | None = None, *, back: str | None = None) -> Any:
+def relation(via: str | None = None, *, back: str | None = None, delete_orphans: bool = False) -> Any:
     """Declare a relation attribute; it is never loaded implicitly.
 
     Many-to-one: ``author: User | None = relation("author_id")`` names the
@@ -195,9 +196,13 @@ def relation(via: str | None = None, *, back: str | None = None) -> Any:
     the column at flush, even when the parent's key is generated in that flush.
 
     One-to-many: ``posts: list[Post] = relation(back="author_id")`` names the
-    foreign-key column on the other model.
+    foreign-key column on the other model. Putting an object in the list
+    points it at the owner. With ``delete_orphans=True`` (an aggregate's
+    parts: ``lines: list[Line] = relation(back="order_id",
+    delete_orphans=True)``), an object taken out of the list and not put in
+    another owner's is deleted at the next flush.
     """
-    return _RelationSpec(via, back)
+    return _RelationSpec(via, back, delete_orphans)
 
 
 _UNKNOWN: Any = object()
@@ -244,6 +249,9 @@ class RelationDescriptor:
             children = ChildList(value, instance, self, changed=True)
             for child in children:
                 self.link_child(instance, child)
+            replaced = self._member.__get__(instance, type(instance))
+            if self.deletes_orphans and type(replaced) is ChildList and replaced.belongs_to(instance):
+                children.take_out([*(replaced.removed or ()), *replaced])  # may leave orphans
             self._member.__set__(instance, children)
             return
         if value is None:
@@ -255,6 +263,11 @@ class RelationDescriptor:
         """Set the value as loaded (``None``: no parent), not as an assignment
         the next flush writes."""
         self._member.__set__(instance, value)
+
+    @property
+    def deletes_orphans(self) -> bool:
+        """Whether an object taken out of this one-to-many list is deleted."""
+        return self.spec.delete_orphans
 
     def link_child(self, owner: Any, child: Any) -> None:
         """Point ``child``, being put in ``owner``'s list of this one-to-many
@@ -443,6 +456,8 @@ class RelationInfo(msgspec.Struct, frozen=True):
     many: bool
     local_column: str | None
     remote_column: str | None
+    delete_orphans: bool = False
+    """One-to-many: an object taken out of the list is deleted at the next flush."""
 
 
 class TableInfo:
@@ -920,7 +935,11 @@ def _build_table_info(model: type[Model]) -> TableInfo:
             raise ModelDefinitionError(f"{model.__name__}.{name}: a many-to-one relation needs relation('<column>')")
         if not many and spec.via not in model.__struct_fields__:
             raise ModelDefinitionError(f"{model.__name__}.{name}: relation column {spec.via!r} is not a field")
-        relations[name] = RelationInfo(name, target_type, many, spec.via, spec.back)
+        if spec.delete_orphans and not many:
+            raise ModelDefinitionError(
+                f"{model.__name__}.{name}: delete_orphans is for a one-to-many relation (a list of children)"
+            )
+        relations[name] = RelationInfo(name, target_type, many, spec.via, spec.back, spec.delete_orphans)
     return TableInfo(model, model.__uow_table_name__ or "", tuple(columns), relations)
 
 

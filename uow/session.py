@@ -209,6 +209,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsM
         self._comparing = False
         """Whether a flush is comparing the objects assigned to: what it finds
         to record then is recorded at once, as their notes are cleared after."""
+        self._orphans_deleted = False
+        """Whether comparing deleted an object taken out of a list of children
+        (its delete's cascades are applied after)."""
         self._gone: list[InstanceState] = []
         """States whose delete this transaction flushed."""
         self._committed_gone: list[InstanceState] = []
@@ -646,6 +649,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsM
                     self._record_assigned(state, now, at)
         finally:
             self._comparing = False
+        if self._orphans_deleted:  # their delete actions apply to their own tracked children
+            self._orphans_deleted = False
+            self._cascade_deletes()
         # only now: when recording one raises, every assigned object is compared again next time
         identity.compared_all()
 
