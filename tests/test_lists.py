@@ -110,6 +110,19 @@ async def test_a_child_taken_out_and_put_back_or_moved_is_no_orphan(engine: uow.
     ]
 
 
+async def test_an_owner_with_children_taken_out_is_modified_and_kept(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket = await _basket_of(session, "apple")
+        basket.fruit.pop()
+        assert session.is_modified(basket)
+        with pytest.raises(SessionStateError, match="unflushed changes"):
+            session.expunge(basket)
+        await session.commit()
+        assert not session.is_modified(basket)
+    assert await _stored_fruit(engine) == []
+
+
 async def test_a_new_child_taken_out_of_a_new_owners_list_is_never_inserted(engine: uow.Engine) -> None:
     await engine.create_all(Basket, Fruit, Seed)
     async with uow.AsyncSession(engine) as session:

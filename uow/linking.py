@@ -85,7 +85,8 @@ class LinkingMixin:
     def _relations_changed(self, state: InstanceState) -> bool:
         """Whether a relation of ``state.obj`` holds a change the next flush
         writes: a many-to-one relation naming another parent than its foreign
-        key does, or unlinking a set one, or a list holding a new object."""
+        key does, or unlinking a set one, or a list holding a new object, or
+        one that deletes orphans with children taken out."""
         table = state.table
         obj = state.obj
         if not table.relations or not table.holds_relations(obj):
@@ -101,8 +102,10 @@ class LinkingMixin:
                         return True
                 elif names_another_parent(obj, column, value, target_key):
                     return True
-            elif isinstance(value, list) and any(map(identity.is_new, value)):
-                return True
+            elif isinstance(value, list) and (
+                any(map(identity.is_new, value)) or (type(value) is ChildList and value.removed)
+            ):
+                return True  # a new child to insert, or children taken out that may be orphans
         return False
 
     def _link_parents(self, obj: Any, table: TableInfo, at: dt.datetime) -> dict[str, int] | None:
