@@ -183,6 +183,19 @@ async def test_a_rollback_brings_an_orphan_back_and_unloads_the_list(engine: uow
     assert await _stored_fruit(engine) == [("apple", basket.id), ("pear", basket.id)]
 
 
+async def test_merging_an_aggregate_deletes_the_parts_its_copy_leaves_out(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket = await _basket_of(session, "apple", "pear")
+        apple = basket.fruit[0]
+    async with uow.AsyncSession(engine) as session:  # the list is not loaded here: merge reads it
+        copy = Basket(id=basket.id, label="basket", fruit=[Fruit(id=apple.id, name="green apple"), Fruit(name="fig")])
+        merged = await session.merge(copy)
+        await session.commit()
+        assert [fruit.name for fruit in merged.fruit] == ["green apple", "fig"]
+    assert await _stored_fruit(engine) == [("green apple", basket.id), ("fig", basket.id)]
+
+
 async def test_a_list_that_keeps_orphans_deletes_nothing(engine: uow.Engine) -> None:
     await engine.create_all(Crate, Bottle, Note)
     async with uow.AsyncSession(engine) as session:

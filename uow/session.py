@@ -16,7 +16,7 @@ This module holds tracking, change detection, the flush and transactions.
 :class:`AsyncSession` takes the rest from one mixin per job: reads
 (:mod:`uow.reads`), immediate operations (:mod:`uow.immediate`), relations and
 foreign keys kept in step (:mod:`uow.linking`), delete cascades
-(:mod:`uow.cascade`) and undo (:mod:`uow.undo`).
+(:mod:`uow.cascade`), undo (:mod:`uow.undo`) and ``merge`` (:mod:`uow.merging`).
 """
 
 from __future__ import annotations
@@ -74,9 +74,8 @@ from uow.identity import IdentityMap, InstanceState, Status
 from uow.immediate import ImmediateMixin
 from uow.journal import Journal, JournalView
 from uow.linking import LinkingMixin
+from uow.merging import MergeMixin
 from uow.model import (
-    NOT_LOADED,
-    UNLINKED,
     Model,
     TableInfo,
     converted_value,
@@ -158,7 +157,7 @@ class FlushOutcome:
     rowcounts: dict[int, int] = field(default_factory=dict)
 
 
-class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsMixin):
+class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeMixin, ReadsMixin):
     """A unit of work over one engine, used by one task at a time.
 
     ``auto_commit``: every immediate operation (``insert``, ``update``,
@@ -1292,33 +1291,6 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, ReadsM
             raise SessionStateError("the session has unflushed changes; flush or roll back first")
         for state in self._identity.states():
             self._identity.detach(state)
-
-    async def merge(self, obj: M) -> M:
-        """The tracked object for ``obj``'s key with ``obj``'s column values
-        copied onto it (loaded if needed), and the parents its many-to-one
-        relations hold assigned to it; ``obj`` itself is added when no such
-        row exists. The changes are flushed later, like assignments."""
-        table = self._table_of(obj)
-        state = self._identity.state_of(obj)
-        if state is not None and state.status in _LIVE:
-            return obj
-        key = table.key_of(obj)
-        if key is None:
-            self.add(obj)
-            return obj
-        target = await self.get(type(obj), key, with_deleted=True)
-        if target is None:
-            self.add(obj)
-            return obj
-        for name, value in zip(table.column_names, table.values_of(obj)):
-            setattr(target, name, value)
-        for name, relation in table.relations.items():
-            if relation.many:
-                continue
-            parent = getattr(table.model, name).raw(obj)
-            if parent is not NOT_LOADED:  # the copy's parent, as if assigned on the target (it wins over the key)
-                setattr(target, name, None if parent is UNLINKED else parent)
-        return target
 
 
 def _single_rows(batch: Batch) -> list[Batch]:

@@ -1043,6 +1043,33 @@ class SessionConformance:
         assert (await stored(engine, Post, first.id)).author_id == other.id
         assert (await stored(engine, Post, second.id)).author_id == newcomer.id
 
+    async def test_merge_merges_a_copy_of_a_parent_rather_than_inserting_it(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, _ = await _committed_author_with_two_posts(session)
+        async with AsyncSession(engine) as session:
+            parent_copy = User(id=author.id, name="Renamed", email=author.email)
+            post = await session.merge(Post(id=first.id, title="First", slug="first", author=parent_copy))
+            await session.commit()
+            tracked = await session.get_one(User, author.id)
+            assert post.author is tracked and tracked is not parent_copy and tracked.name == "Renamed"
+        assert await count_rows(engine, User) == 1
+        assert (await stored(engine, User, author.id)).name == "Renamed"
+
+    async def test_merge_brings_in_the_list_of_children_a_copy_holds(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, second, other = await _committed_author_two_posts_and_other(session)
+        async with AsyncSession(engine) as session:
+            copy = User(id=other.id, name="Other", email=other.email)
+            post_copy = Post(id=first.id, title="Moved", slug="first", author=copy)  # points back at the copy
+            copy.posts = [post_copy, Post(title="Third", slug="third")]
+            merged = await session.merge(copy)
+            await session.commit()
+            assert [post.title for post in merged.posts] == ["Moved", "Third"]
+            assert all(post.author is merged for post in merged.posts)
+        assert (await stored(engine, Post, first.id)).author_id == other.id
+        assert (await stored(engine, Post, second.id)).author_id == author.id  # left out: not an orphan here
+        assert await count_rows(engine, Post, author_id=other.id) == 2
+
     async def test_rows_moved_by_a_bulk_update_or_elsewhere_stay_moved(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             _, first, second, other = await _committed_author_two_posts_and_other(session)
