@@ -540,6 +540,41 @@ class DifferentialMachine(RuleBasedStateMachine):
 
         self._each(merge)
 
+    @precondition(lambda self: bool(self._live("item")) and bool(self._live("owner")))
+    @rule(data=st.data())
+    def merge_item_copy_with_owner_copy(self, data: st.DataObject) -> None:
+        """``merge`` of a detached copy of a stored item whose ``owner`` holds
+        a detached copy of a stored owner, both made from what the session
+        holds: the copies become the tracked objects (no row is inserted for
+        the owner copy), and the item moves to that owner at the next flush."""
+        items = [i for i in self._live("item") if self.objects[0][i].id is not None]
+        owners = [i for i in self._live("owner") if self.objects[0][i].id is not None]
+        if not items or not owners:
+            return
+        index = data.draw(st.sampled_from(items))
+        owner_index = data.draw(st.sampled_from(owners))
+        entry = self.expected[index]
+        entry.owner = owner_index
+        entry.moved = True
+        entry.moved_by_key = False
+
+        async def merge(i: int, session: uow.AsyncSession) -> None:
+            item, owner = self.objects[i][index], self.objects[i][owner_index]
+            owner_copy = Owner(id=owner.id, name=owner.name, score=owner.score)
+            owner_copy.version = owner.version
+            item_copy = Item(
+                id=item.id,
+                owner_id=item.owner_id,
+                label=item.label,
+                tags=list(item.tags),
+                owner=owner_copy,
+            )
+            item_copy.deleted_at = item.deleted_at
+            merged = await session.merge(item_copy)
+            assert merged is item and item.owner is owner, f"{self.urls[i]}: merge did not bring in the tracked owner"
+
+        self._each(merge)
+
     @precondition(lambda self: bool(self._live("item")))
     @rule(data=st.data())
     def remove_item_now(self, data: st.DataObject) -> None:
