@@ -288,26 +288,11 @@ class LinkingMixin:
                             state.parent_refs.pop(column, None)
                     continue
                 if self._identity.was_deleted(parent):  # its delete is committed
-                    parent_key = self._table_of(parent).key_of(parent)
-                    if self._column_assigned_over(state, column, parent_key):
-                        self._follow_column(state, column)  # moved off it by its key since
-                    elif not deleting and (
-                        relation_assigned(self._identity.assigned, obj, column)
-                        or not _refers_to(obj, column, parent_key)
-                    ):
-                        self._refuse_deleted_parent(table, column, parent)
+                    self._hold_deleted_parent(state, column, parent, self._table_of(parent).key_of(parent), deleting)
                     continue
                 parent_state = self._add(parent)
-            elif parent_state.status not in LIVE:
-                # deleted here: a child it already had is left to the foreign key's
-                # on_delete; pointing a live object at it is refused
-                if self._column_assigned_over(state, column, parent_state.key):
-                    self._follow_column(state, column)  # moved off it by its key since
-                elif not deleting and (
-                    relation_assigned(self._identity.assigned, obj, column)
-                    or not _refers_to(obj, column, parent_state.key)
-                ):
-                    self._refuse_deleted_parent(table, column, parent)
+            elif parent_state.status not in LIVE:  # deleted here
+                self._hold_deleted_parent(state, column, parent, parent_state.key, deleting)
                 continue
             parent_key = parent_state.snapshot[parent_state.table.key_index]
             if parent_key is not None:
@@ -328,6 +313,21 @@ class LinkingMixin:
                 old_value = state.snapshot[index]
                 set_attribute(obj, column, None)
                 self._record_update(state, {column: old_value}, {column: None}, parent_refs={column: parent_state.ref})
+
+    def _hold_deleted_parent(
+        self, state: InstanceState, column: str, parent: Any, parent_key: Any, deleting: bool
+    ) -> None:
+        """The many-to-one relation through ``column`` holds ``parent``, deleted
+        in this session (``parent_key``: its key). A key assigned since moves
+        the child off it; a child it already had is left to the foreign key's
+        ``on_delete``; pointing a live object at it is refused."""
+        obj = state.obj
+        if self._column_assigned_over(state, column, parent_key):
+            self._follow_column(state, column)
+        elif not deleting and (
+            relation_assigned(self._identity.assigned, obj, column) or not _refers_to(obj, column, parent_key)
+        ):
+            self._refuse_deleted_parent(state.table, column, parent)
 
     def _follow_keys_assigned_over_none(self, state: InstanceState) -> None:
         """Let a many-to-one relation a read left ``None`` follow a foreign key
