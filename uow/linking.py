@@ -61,14 +61,12 @@ class LinkingMixin:
         _tables_by_type: dict[type, TableInfo]
         _relation_checks: RelationChecks
         _adding: dict[int, int]
-        _comparing: bool
         _orphans_deleted: bool
         _journal: Journal
         _changed_lists: list[tuple[int, InstanceState, str]]
 
         def _table_of(self, obj: Any) -> TableInfo: ...
         def _delete(self, state: InstanceState) -> None: ...
-        def _record_found(self, state: InstanceState, at: dt.datetime) -> None: ...
         def _add(
             self, obj: Any, links: dict[str, int] | None = None, at: dt.datetime | None = None
         ) -> InstanceState: ...
@@ -212,10 +210,8 @@ class LinkingMixin:
             for child in children:
                 child_state = identity.state_of(child)
                 if child_state is not None:
-                    if given and child_state.status in LIVE:
-                        descriptor.link_child(obj, child)
-                        if self._comparing:  # a flush is past noting it: record the move now
-                            self._record_found(child_state, at or dt.datetime.now(dt.UTC))
+                    if given and child_state.status in LIVE and not _belongs_to(child, column, state, child_state):
+                        self._move_to(child_state, column, state, descriptor.back_relation(type(child)))
                     continue
                 if identity.was_let_go(child):
                     continue
@@ -225,6 +221,21 @@ class LinkingMixin:
                 else:
                     set_attribute(child, column, None)
                     self._add(child, {column: state.ref}, at)
+
+    def _move_to(self, child: InstanceState, column: str, owner: InstanceState, relation: str | None) -> None:
+        """Move the tracked ``child``, found in a list ``owner`` was given, to
+        ``owner`` through the foreign key ``column`` (and its many-to-one
+        ``relation``, if it has one), recorded at once: an add refused after
+        this takes the move back with its event."""
+        if relation is not None:
+            getattr(child.table.model, relation).set_loaded(child.obj, owner.obj)
+        old = child.snapshot[child.table.column_index[column]]
+        if owner.key is not None:
+            set_attribute(child.obj, column, owner.key)
+            self._record_update(child, {column: old}, {column: owner.key})
+        else:
+            set_attribute(child.obj, column, None)
+            self._record_update(child, {column: old}, {column: None}, parent_refs={column: owner.ref})
 
     def _delete_orphans(
         self, owner: InstanceState, column: str, children: Sequence[Any], removed: Iterable[Any]

@@ -281,7 +281,7 @@ class RelationDescriptor:
         back = self._back_relations.get(kind, _UNKNOWN)
         if back is _UNKNOWN:
             back = self._back_relations[kind] = self._back_relation_of(kind)
-        if back is None:
+        if back is None:  # another model
             return
         if back:
             setattr(child, back, owner)
@@ -298,6 +298,14 @@ class RelationDescriptor:
                 f"the relation ({column.removesuffix('_id') or 'parent'}: "
                 f'{self.model.__name__} | None = relation("{column}"))'
             )
+
+    def back_relation(self, kind: type) -> str | None:
+        """The name of the many-to-one relation of ``kind`` (this relation's
+        model) through this one's foreign key, back to its owner, if any."""
+        back = self._back_relations.get(kind, _UNKNOWN)
+        if back is _UNKNOWN:
+            back = self._back_relations[kind] = self._back_relation_of(kind)
+        return back or None
 
     def _back_relation_of(self, kind: type) -> str | None:
         """The name of ``kind``'s many-to-one relation back to this one's

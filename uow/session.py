@@ -205,9 +205,6 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._changed_lists: list[tuple[int, InstanceState, str]] = []
         """(journal mark, owner's state, relation name) of each list of
         children a flush saw changed in this transaction, in mark order."""
-        self._comparing = False
-        """Whether a flush is comparing the objects assigned to: what it finds
-        to record then is recorded at once, as their notes are cleared after."""
         self._orphans_deleted = False
         """Whether comparing deleted an object taken out of a list of children
         (its delete's cascades are applied after)."""
@@ -627,27 +624,23 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             return
         at = _utc_now(_UTC)  # the assignments found here are all recorded at this moment
         identity = self._identity
-        self._comparing = True
-        try:
-            for state in identity.states_to_compare():
-                # most states are unchanged: for those the work is one tuple comparison
-                # (done in C), plus the relations of tables that have some
-                if state.status not in _LIVE:
-                    if state.table.child_relations:
-                        self._refuse_new_children(state)
-                    continue
-                # what _record_found does, written out: this loop runs once per assigned object
-                # (10k in a flush of 10k updates), so it spares a call each
-                table = state.table
-                if table.relations and table.holds_relations(state.obj):
-                    self._sync_relations(state)
-                now = table.values_of(state.obj)
-                if now != state.snapshot:
-                    if table.parent_relations:
-                        self._follow_keys_assigned_over_none(state)
-                    self._record_assigned(state, now, at)
-        finally:
-            self._comparing = False
+        for state in identity.states_to_compare():
+            # most states are unchanged: for those the work is one tuple comparison
+            # (done in C), plus the relations of tables that have some
+            if state.status not in _LIVE:
+                if state.table.child_relations:
+                    self._refuse_new_children(state)
+                continue
+            # what _record_found does, written out: this loop runs once per assigned object
+            # (10k in a flush of 10k updates), so it spares a call each
+            table = state.table
+            if table.relations and table.holds_relations(state.obj):
+                self._sync_relations(state)
+            now = table.values_of(state.obj)
+            if now != state.snapshot:
+                if table.parent_relations:
+                    self._follow_keys_assigned_over_none(state)
+                self._record_assigned(state, now, at)
         if self._orphans_deleted:  # their delete actions apply to their own tracked children
             self._orphans_deleted = False
             self._cascade_deletes()

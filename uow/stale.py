@@ -20,8 +20,9 @@ from the undone events without looking at every tracked object:
   foreign key holds its key (they may hold it in a many-to-one relation) and
   the objects its own foreign keys name (they may list it).
 
-Relations assigned since the last flush and not taken back by the undo (an
-object still noted as assigned) are the user's pending work, never unloaded.
+Relations assigned since the last flush and not taken back by the undo (a
+many-to-one relation still noted as assigned, the lists of an object noted as
+changed) are the user's pending work, never unloaded.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from uow.assignments import relation_assigned
 from uow.events import AnyEvent, BulkDeleted, BulkUpdated, Inserted, RowEvent, Updated, Upserted
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.model import NOT_LOADED, UNLINKED, TableInfo, table_info
@@ -188,20 +190,22 @@ def unload_stale_relations(
     matches what the undo restored: a many-to-one relation whose object does
     not have the key its foreign key holds, or is an object the undo let go of
     (``detached``: id -> object), and a list holding such an object or a new
-    one appended since. Objects noted as assigned keep their relations: those
-    are assignments the undo did not take back."""
+    one appended since. A many-to-one relation noted as assigned, and the
+    lists of an object noted as changed, stay: those are assignments the undo
+    did not take back."""
     by_obj = identity.by_obj
     assigned = identity.assigned
     seen: set[int] = set()
     for state in states:
         obj = state.obj
         obj_id = id(obj)
-        if obj_id in seen or by_obj.get(obj_id) is not state or obj_id in assigned:
+        if obj_id in seen or by_obj.get(obj_id) is not state:
             continue
         seen.add(obj_id)
+        noted = obj_id in assigned
         for read, name, column, target_key, back in checks.relations(state.table):
             value = read(obj)
-            if value is NOT_LOADED:
+            if value is NOT_LOADED or (noted and (column is None or relation_assigned(assigned, obj, column))):
                 continue
             if column is None:
                 # an object the undo let go of, a new one appended since (taken back

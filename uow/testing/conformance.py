@@ -1614,6 +1614,19 @@ class SessionConformance:
             assert first.author is newcomer and first.author_id == second.author_id == newcomer.id
         assert await count_rows(engine, Post, author_id=newcomer.id) == 2
 
+    async def test_a_refused_add_takes_back_the_move_of_a_tracked_child_in_its_list(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, first, _ = await _committed_author_with_two_posts(session)
+            first.title = "Pending"  # an assignment the refused add must leave alone
+            refused = User(name="New", email="new@example.com", posts=[first, Post(title=None, slug="bad")])  # type: ignore[arg-type]
+            with pytest.raises(ValidationError, match="title"):
+                session.add(refused)
+            assert refused not in session and first.author_id == author.id and first.title == "Pending"
+            await session.commit()
+        stored_first = await stored(engine, Post, first.id)
+        assert (stored_first.author_id, stored_first.title) == (author.id, "Pending")
+        assert await count_rows(engine, User) == 1
+
     async def test_the_later_of_a_list_append_and_a_relation_assignment_wins(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author, first, second, other = await _committed_author_two_posts_and_other(session)
