@@ -7,7 +7,9 @@ moving a child to another parent through its relation or unlinking it
 relation or by a bulk update, a refused add, delete, soft delete, flush, commit, rollback,
 savepoints, a refused flush, a refused move to a deleted parent, immediate
 updates and removes, a refused immediate insert and update, merging a detached
-copy, upserts on a unique column, bulk updates and bulk deletes) on a session
+copy, upserts on a unique column, bulk updates and bulk deletes, and parts
+of an owner's aggregate put in, moved between and taken out of owners'
+lists, which deletes them) on a session
 per database URL, in lockstep, and after every step checks that:
 
 - each tracked object holds the values the machine expects (the identity map
@@ -24,7 +26,7 @@ Use it in a test module::
     Machine = differential_state_machine("memory://", "sqlite:///tmp/sm.db")
     TestDifferential = Machine.TestCase
 
-Tables ``sm_owners`` and ``sm_items`` are dropped and created again at the start
+Tables ``sm_owners``, ``sm_items`` and ``sm_parts`` are dropped and created again at the start
 of every example, so the URLs may point at long-lived databases.
 """
 
@@ -59,6 +61,7 @@ class Owner(Model, Versioned, table="sm_owners"):
     name: Annotated[str, Unique()]
     score: int = 0
     items: list[Item] = relation(back="owner_id")
+    parts: list[Part] = relation(back="owner_id", delete_orphans=True)
 
 
 class Item(Model, SoftDelete, table="sm_items"):
@@ -72,7 +75,17 @@ class Item(Model, SoftDelete, table="sm_items"):
     owner: Owner | None = relation("owner_id")
 
 
-MODELS = (Owner, Item)
+class Part(Model, table="sm_parts"):
+    """A part of its owner's aggregate: taken out of the owner's list and put
+    in no other owner's, it is deleted at the next flush."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    owner_id: Annotated[int | None, ForeignKey(Owner, on_delete="cascade")] = None
+    name: str
+    owner: Owner | None = relation("owner_id")
+
+
+MODELS = (Owner, Item, Part)
 NAMES = st.sampled_from(["ada", "bob", "cy", "dee", "eve", "fay"])
 LABELS = st.sampled_from(["x", "y", "z", "it's", 'quo"te', "ünï"])
 SCORES = st.integers(min_value=-3, max_value=3)
@@ -117,17 +130,22 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.expected: list[_Expected] = []
         self.committed: list[_Expected] = []
         self.savepoints: list[tuple[list[Any], list[_Expected]]] = []
+        self.parts: list[list[Part]] = []
+        """Per session, every part made, by index. What storage holds of them
+        is checked against the journal and across sessions, not against an
+        expectation of the machine's own."""
         self.portal.call(self._open)
 
     async def _open(self) -> None:
         for url in self.urls:
             engine = uow.create_engine(url)
             await engine.__aenter__()
-            await engine.drop_all(Item, Owner)
-            await engine.create_all(Owner, Item)
+            await engine.drop_all(Part, Item, Owner)
+            await engine.create_all(Owner, Item, Part)
             self.engines.append(engine)
             self.sessions.append(uow.AsyncSession(engine))
             self.objects.append([])
+            self.parts.append([])
 
     def teardown(self) -> None:
         async def close() -> None:
@@ -400,6 +418,54 @@ class DifferentialMachine(RuleBasedStateMachine):
                 owner.items.pop()
 
         self._each(remove)
+
+    async def _owner_parts(self, session: uow.AsyncSession, owner: Owner) -> list[Part]:
+        """``owner.parts``, read with ``include()`` where nothing loaded it."""
+        if Owner.__dict__["parts"].raw(owner) is NOT_LOADED:
+            await session.query(Owner).filter(id=owner.id).include(Owner.parts).one()
+        return owner.parts
+
+    @precondition(lambda self: bool(self._live("owner")))
+    @rule(data=st.data(), name=LABELS)
+    def add_part(self, data: st.DataObject, name: str) -> None:
+        """A new part appended to an owner's list of parts, then flushed."""
+        owner_index = data.draw(st.sampled_from(self._live("owner")))
+        self._flushed()
+
+        async def add(i: int, session: uow.AsyncSession) -> None:
+            await session.flush()
+            part = Part(name=name)
+            (await self._owner_parts(session, self.objects[i][owner_index])).append(part)
+            self.parts[i].append(part)
+            await session.flush()
+
+        self._each(add)
+
+    @precondition(lambda self: bool(self.parts and self.parts[0]) and bool(self._live("owner")))
+    @rule(data=st.data(), take_out=st.booleans())
+    def move_or_take_out_part(self, data: st.DataObject, take_out: bool) -> None:
+        """A part taken out of an owner's list (deleted at the flush, unless
+        another owner's list holds it), or appended to an owner's list (moved
+        there), then flushed."""
+        index = data.draw(st.integers(0, len(self.parts[0]) - 1))
+        owners = self._live("owner")
+        if take_out:  # mostly out of the list of the owner it belongs to
+            holding = [k for k in owners if self.objects[0][k].id == self.parts[0][index].owner_id]
+            owners = holding or owners
+        owner_index = data.draw(st.sampled_from(owners))
+        self._flushed()
+
+        async def change(i: int, session: uow.AsyncSession) -> None:
+            await session.flush()
+            part = self.parts[i][index]
+            parts = await self._owner_parts(session, self.objects[i][owner_index])
+            if not take_out:
+                parts.append(part)
+            elif any(held is part for held in parts):
+                parts.remove(part)
+            await session.flush()
+
+        self._each(change)
 
     @precondition(lambda self: bool(self._live("item")))
     @rule(data=st.data())
@@ -951,7 +1017,7 @@ class DifferentialMachine(RuleBasedStateMachine):
             assert found == expected, f"{self.urls[i]}: {found} != {expected}"
 
 
-def _normalize(rows: dict[str, dict[Any, dict[str, Any]]]) -> tuple[list[Any], list[Any]]:
+def _normalize(rows: dict[str, dict[Any, dict[str, Any]]]) -> tuple[list[Any], list[Any], list[Any]]:
     owners = rows["sm_owners"]
     owner_rows = sorted((r["name"], r["score"]) for r in owners.values())
     item_rows = sorted(
@@ -963,7 +1029,10 @@ def _normalize(rows: dict[str, dict[Any, dict[str, Any]]]) -> tuple[list[Any], l
         )
         for r in rows["sm_items"].values()
     )
-    return owner_rows, item_rows
+    part_rows = sorted(
+        (owners[r["owner_id"]]["name"] if r["owner_id"] in owners else "", r["name"]) for r in rows["sm_parts"].values()
+    )
+    return owner_rows, item_rows, part_rows
 
 
 def differential_state_machine(*urls: str) -> type[DifferentialMachine]:
@@ -976,4 +1045,4 @@ def differential_state_machine(*urls: str) -> type[DifferentialMachine]:
 
 _ = dt  # datetime values appear through SoftDelete's deleted_at
 
-__all__ = ["DifferentialMachine", "Item", "Owner", "differential_state_machine"]
+__all__ = ["DifferentialMachine", "Item", "Owner", "Part", "differential_state_machine"]
