@@ -290,13 +290,8 @@ class LinkingMixin:
                 if self._identity.was_detached(parent):
                     # expunged here: its row is linked, never inserted again
                     key = self._table_of(parent).key_of(parent)
-                    if key is not None and getattr(obj, column) != key:
-                        if self._column_assigned_over(state, column, key):
-                            self._follow_column(state, column)
-                            continue
-                        set_attribute(obj, column, key)
-                        if state.parent_refs:
-                            state.parent_refs.pop(column, None)
+                    if key is not None:
+                        self._fill_key(state, column, key)
                     continue
                 if self._identity.was_deleted(parent):  # its delete is committed
                     self._hold_deleted_parent(state, column, parent, self._table_of(parent).key_of(parent), deleting)
@@ -307,13 +302,7 @@ class LinkingMixin:
                 continue
             parent_key = parent_state.snapshot[parent_state.table.key_index]
             if parent_key is not None:
-                if getattr(obj, column) != parent_key:
-                    if self._column_assigned_over(state, column, parent_key):
-                        self._follow_column(state, column)
-                        continue
-                    set_attribute(obj, column, parent_key)
-                if state.parent_refs:
-                    state.parent_refs.pop(column, None)
+                self._fill_key(state, column, parent_key)
             elif getattr(obj, column) is not None and self._column_assigned_over(state, column, None):
                 # given a key since, while the relation still holds the new parent it waited for
                 if state.parent_refs:
@@ -324,6 +313,19 @@ class LinkingMixin:
                 old_value = state.snapshot[index]
                 set_attribute(obj, column, None)
                 self._record_update(state, {column: old_value}, {column: None}, parent_refs={column: parent_state.ref})
+
+    def _fill_key(self, state: InstanceState, column: str, key: Any) -> None:
+        """Fill the foreign key ``column`` with ``key``, the key of the parent
+        its relation holds, unless the column was assigned over that parent
+        since (then the relation follows the column instead)."""
+        obj = state.obj
+        if getattr(obj, column) != key:
+            if self._column_assigned_over(state, column, key):
+                self._follow_column(state, column)
+                return
+            set_attribute(obj, column, key)
+        if state.parent_refs:
+            state.parent_refs.pop(column, None)
 
     def _hold_deleted_parent(
         self, state: InstanceState, column: str, parent: Any, parent_key: Any, deleting: bool
