@@ -6,6 +6,8 @@ are the rules around them.)"""
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Annotated
 
 import anyio
@@ -228,6 +230,14 @@ def test_a_child_put_in_an_assigned_or_owned_list_points_at_the_owner() -> None:
     assert second.crate is crate
     other = Crate(label="b", notes=[first])  # the constructor assigns nothing: add() moves it
     assert first.crate is crate and type(other.notes) is list
+
+
+def test_a_copied_or_pickled_object_holds_a_plain_list_of_copied_children() -> None:
+    crate = Crate(id=1, label="a")
+    crate.notes = [Note(text="first")]  # each note points back at the crate
+    for copied in (copy.deepcopy(crate), pickle.loads(pickle.dumps(crate))):
+        assert type(copied.notes) is list and [note.text for note in copied.notes] == ["first"]
+        assert copied.notes[0] is not crate.notes[0] and copied.notes[0].crate is not crate
 
 
 def test_a_list_taken_from_another_object_becomes_the_new_owners_own() -> None:

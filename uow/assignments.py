@@ -124,6 +124,13 @@ class ChildList(list[Any]):
         """Whether this is ``obj``'s own list (not one taken from another object)."""
         return self.owner is obj
 
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        # a copy or a pickle is a plain list of (copies of) the children: the
+        # owner this one notes changes on is not the copy's. The empty list
+        # comes first and the children after, so a child pointing back at
+        # the owner that holds the list copies too
+        return (list, (), None, iter(self))
+
     def take_out(self, children: Iterable[Any]) -> None:
         """Note ``children`` as taken out of the list, for a relation that
         deletes orphans (the flush deletes those not put back, nor elsewhere)."""
