@@ -34,7 +34,8 @@ class RelationLoader:
     names owner objects whose many-to-one column still waits for a parent's
     generated key: their assigned parent is kept. An owner is given its
     children as a :class:`~uow.assignments.ChildList` of its own, which notes
-    a child appended to it.
+    a child appended to it, unless its list holds changes no flush has seen
+    (as a read never overwrites an unflushed assignment).
     """
 
     def __init__(
@@ -123,9 +124,21 @@ class RelationLoader:
                 children[owner_key].append(child)
         for owner in owners:
             key = source.key_of(owner)
-            if key is not None:  # an unflushed owner keeps the children assigned to it
-                descriptor.set_loaded(owner, ChildList(children[key], owner, descriptor))
+            if key is None:  # an unflushed owner keeps the children assigned to it
+                continue
+            if _changed_since_flush(descriptor.raw(owner), owner):
+                continue  # a read never overwrites changes no flush has written
+            descriptor.set_loaded(owner, ChildList(children[key], owner, descriptor))
         return loaded
+
+
+def _changed_since_flush(held: Any, owner: Any) -> bool:
+    """Whether ``held``, what ``owner`` holds in a one-to-many relation, is a
+    list with changes no flush has seen: its own list changed since, or a list
+    assigned that the session has not made its own yet."""
+    if type(held) is ChildList:
+        return not held.belongs_to(owner) or held.changed
+    return isinstance(held, list)
 
 
 __all__ = ["IN_CHUNK", "RelationLoader"]

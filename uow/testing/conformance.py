@@ -1670,6 +1670,21 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, Post, first.id)).author_id == author.id
 
+    async def test_a_read_with_include_keeps_a_list_changed_since_the_last_flush(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            author, _, _ = await _committed_author_with_two_posts(session)
+        async with AsyncSession(engine, autoflush=False) as session:
+            loaded = await session.query(User).include(User.posts).one()
+            third = Post(title="Third", slug="third")
+            loaded.posts.append(third)
+            loaded.posts.pop(0)
+            await session.query(User).include(User.posts).all()  # no flush first: the list stays
+            assert [post.title for post in loaded.posts] == ["Second", "Third"]
+            await session.commit()
+            await session.query(User).include(User.posts).all()  # flushed: read again
+            assert [post.title for post in loaded.posts] == ["First", "Second", "Third"]
+        assert await count_rows(engine, Post, author_id=author.id) == 3
+
     async def test_a_rollback_unloads_a_list_it_takes_a_change_back_from(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author, first, second = await _committed_author_with_two_posts(session)
