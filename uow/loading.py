@@ -30,9 +30,11 @@ class RelationLoader:
 
     ``materialize`` turns rows into objects (through the session's identity
     map); ``track_all`` false (streaming) tracks a related object only when an
-    object it hangs off is tracked, as ``is_tracked`` tells. ``waiting``
-    names owner objects whose many-to-one column still waits for a parent's
-    generated key: their assigned parent is kept. An owner is given its
+    object it hangs off is tracked, as ``is_tracked`` tells.
+    ``assigned_since_flush`` names owner objects whose many-to-one relation
+    through a column holds what the next flush writes (assigned since the
+    last flush, or waiting for a parent's generated key): a read never
+    overwrites it. An owner is given its
     children as a :class:`~uow.assignments.ChildList` of its own, which notes
     a child appended to it, unless its list holds changes no flush has seen
     (as a read never overwrites an unflushed assignment).
@@ -46,14 +48,14 @@ class RelationLoader:
         keep_deleted: bool,
         track_all: bool,
         is_tracked: Callable[[Any], bool],
-        waiting: Callable[[Any, str], bool],
+        assigned_since_flush: Callable[[Any, str], bool],
     ):
         self.fetch = fetch
         self.materialize = materialize
         self.keep_deleted = keep_deleted
         self.track_all = track_all
         self.is_tracked = is_tracked
-        self.waiting = waiting
+        self.assigned_since_flush = assigned_since_flush
 
     async def load(self, model: type[Any], objects: Sequence[Any], includes: Sequence[RelationDescriptor]) -> None:
         """Load ``includes`` in order; each applies to the objects of its model
@@ -95,7 +97,7 @@ class RelationLoader:
             if parent is not None:
                 parents[key] = parent
         for owner in owners:
-            if self.waiting(owner, column):
+            if self.assigned_since_flush(owner, column):
                 continue
             descriptor.set_loaded(owner, parents.get(getattr(owner, column)))
         return list(parents.values())

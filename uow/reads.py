@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import anyio
 
 from uow.adapter import Connection
+from uow.assignments import relation_assigned
 from uow.errors import QueryError, SessionStateError
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.loading import RelationLoader
@@ -199,9 +200,14 @@ class ReadsMixin:
         def is_tracked(obj: Any) -> bool:
             return self._identity.state_of(obj) is not None
 
-        def waiting(obj: Any, column: str) -> bool:
-            state = self._identity.state_of(obj)
-            return state is not None and bool(state.parent_refs) and column in state.parent_refs  # type: ignore[operator]
+        def assigned_since_flush(obj: Any, column: str) -> bool:
+            identity = self._identity
+            state = identity.state_of(obj)
+            if state is None:
+                return False
+            if state.parent_refs and column in state.parent_refs:  # waiting for a parent's generated key
+                return True
+            return relation_assigned(identity.assigned, obj, column)
 
         return RelationLoader(
             fetch,
@@ -209,7 +215,7 @@ class ReadsMixin:
             keep_deleted=read.deleted != "exclude",
             track_all=track_all,
             is_tracked=is_tracked,
-            waiting=waiting,
+            assigned_since_flush=assigned_since_flush,
         )
 
     def _materialize_all(self, table: TableInfo, rows: Sequence[Sequence[Any]], track: bool) -> list[Any]:

@@ -1685,6 +1685,20 @@ class SessionConformance:
             assert [post.title for post in loaded.posts] == ["First", "Second", "Third"]
         assert await count_rows(engine, Post, author_id=author.id) == 3
 
+    async def test_a_read_with_include_keeps_a_relation_assigned_since_the_last_flush(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            _, first, second, other = await _committed_author_two_posts_and_other(session)
+        async with AsyncSession(engine, autoflush=False) as session:
+            moved, unlinked = await session.query(Post).order_by("id").include(Post.author).all()
+            target = await session.get_one(User, other.id)
+            moved.author = target
+            unlinked.author = None
+            await session.query(Post).include(Post.author).all()  # no flush first: the assignments stay
+            assert moved.author is target and unlinked.author is None
+            await session.commit()
+        assert (await stored(engine, Post, first.id)).author_id == other.id
+        assert (await stored(engine, Post, second.id)).author_id is None
+
     async def test_a_rollback_unloads_a_list_it_takes_a_change_back_from(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             author, first, second = await _committed_author_with_two_posts(session)
