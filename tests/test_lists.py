@@ -198,6 +198,19 @@ async def test_merging_an_aggregate_deletes_the_parts_its_copy_leaves_out(engine
     assert await _stored_fruit(engine) == [("green apple", basket.id), ("fig", basket.id)]
 
 
+async def test_refresh_discards_children_taken_out_of_a_list_that_deletes_orphans(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket = await _basket_of(session, "apple", "pear")
+        basket.fruit.pop()
+        await session.refresh(basket)  # discards what was not flushed, the list change included
+        with pytest.raises(RelationNotLoadedError):
+            basket.fruit  # noqa: B018
+        assert not session.is_modified(basket)
+        await session.commit()
+    assert await _stored_fruit(engine) == [("apple", basket.id), ("pear", basket.id)]
+
+
 async def test_a_list_that_keeps_orphans_deletes_nothing(engine: uow.Engine) -> None:
     await engine.create_all(Crate, Bottle, Note)
     async with uow.AsyncSession(engine) as session:

@@ -452,7 +452,8 @@ class LinkingMixin:
     def _unload_unflushed_relations(self, state: InstanceState) -> None:
         """Unload the relations of ``state.obj`` that say something its row
         does not: a many-to-one object without the key the foreign key holds
-        (or an unlink), a list holding an object not tracked yet."""
+        (or an unlink), a list changed since the last flush or holding an
+        object not tracked yet."""
         table = state.table
         obj = state.obj
         identity = self._identity
@@ -462,7 +463,12 @@ class LinkingMixin:
             if value is None or value is NOT_LOADED:
                 continue
             if relation.many:
-                stale = isinstance(value, list) and any(identity.state_of(v) is None for v in value)
+                stale = isinstance(value, list) and (
+                    type(value) is not ChildList
+                    or not value.belongs_to(obj)
+                    or value.changed
+                    or any(identity.state_of(v) is None for v in value)
+                )
             else:
                 key_column = table_info(relation.target).key_column
                 stale = names_another_parent(obj, relation.local_column, value, key_column)  # type: ignore[arg-type]
