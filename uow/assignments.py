@@ -254,6 +254,13 @@ def unwatched_list(children: Any, owner: object) -> bool:
     return isinstance(children, list) and not (type(children) is ChildList and children.belongs_to(owner))
 
 
+def changed_since_flush(children: Any, owner: object) -> bool:
+    """Whether ``children``, what ``owner`` holds in a one-to-many relation,
+    is a list with changes no flush has seen: assigned and not made the
+    owner's own yet, or its own list changed since."""
+    return unwatched_list(children, owner) or (type(children) is ChildList and children.changed)
+
+
 def holds_unwatched_children(obj: Any, child_relations: Iterable[tuple[str, Callable[[Any], Any]]]) -> bool:
     """Whether ``obj`` holds an :func:`unwatched_list` in a one-to-many relation."""
     return any(unwatched_list(read(obj), obj) for _, read in child_relations)
@@ -264,6 +271,7 @@ __all__ = [
     "ChildLinker",
     "ChildList",
     "Sink",
+    "changed_since_flush",
     "holds_unwatched_children",
     "note_assignment",
     "note_relation_assigned",

@@ -23,7 +23,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from uow.assignments import ChildList, relation_assigned, set_attribute, unwatched_list
+from uow.assignments import ChildList, changed_since_flush, relation_assigned, set_attribute, unwatched_list
 from uow.errors import SessionStateError
 from uow.identity import LIVE, IdentityMap, InstanceState
 from uow.journal import Journal
@@ -463,11 +463,8 @@ class LinkingMixin:
             if value is None or value is NOT_LOADED:
                 continue
             if relation.many:
-                stale = isinstance(value, list) and (
-                    type(value) is not ChildList
-                    or not value.belongs_to(obj)
-                    or value.changed
-                    or any(identity.state_of(v) is None for v in value)
+                stale = changed_since_flush(value, obj) or (
+                    isinstance(value, list) and any(identity.state_of(v) is None for v in value)
                 )
             else:
                 key_column = table_info(relation.target).key_column

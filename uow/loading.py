@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from uow.assignments import ChildList
+from uow.assignments import ChildList, changed_since_flush
 from uow.conditions import And, Condition, In, IsNull
 from uow.model import RelationDescriptor, RelationInfo, TableInfo, table_info
 from uow.statements import OrderBy, Select
@@ -128,19 +128,10 @@ class RelationLoader:
             key = source.key_of(owner)
             if key is None:  # an unflushed owner keeps the children assigned to it
                 continue
-            if _changed_since_flush(descriptor.raw(owner), owner):
+            if changed_since_flush(descriptor.raw(owner), owner):
                 continue  # a read never overwrites changes no flush has written
             descriptor.set_loaded(owner, ChildList(children[key], owner, descriptor))
         return loaded
-
-
-def _changed_since_flush(held: Any, owner: Any) -> bool:
-    """Whether ``held``, what ``owner`` holds in a one-to-many relation, is a
-    list with changes no flush has seen: its own list changed since, or a list
-    assigned that the session has not made its own yet."""
-    if type(held) is ChildList:
-        return not held.belongs_to(owner) or held.changed
-    return isinstance(held, list)
 
 
 __all__ = ["IN_CHUNK", "RelationLoader"]

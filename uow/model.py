@@ -278,9 +278,7 @@ class RelationDescriptor:
         (a tracked child is refused while ``owner`` has no key); an object of
         another model is left alone."""
         kind = type(child)
-        back = self._back_relations.get(kind, _UNKNOWN)
-        if back is _UNKNOWN:
-            back = self._back_relations[kind] = self._back_relation_of(kind)
+        back = self._back_relation_cached(kind)
         if back is None:  # another model
             return
         if back:
@@ -302,10 +300,13 @@ class RelationDescriptor:
     def back_relation(self, kind: type) -> str | None:
         """The name of the many-to-one relation of ``kind`` (this relation's
         model) through this one's foreign key, back to its owner, if any."""
+        return self._back_relation_cached(kind) or None
+
+    def _back_relation_cached(self, kind: type) -> str | None:
         back = self._back_relations.get(kind, _UNKNOWN)
         if back is _UNKNOWN:
             back = self._back_relations[kind] = self._back_relation_of(kind)
-        return back or None
+        return back  # type: ignore[no-any-return]
 
     def _back_relation_of(self, kind: type) -> str | None:
         """The name of ``kind``'s many-to-one relation back to this one's
