@@ -292,3 +292,40 @@ def test_reading_or_copying_a_list_of_children_notes_nothing() -> None:
     copied.append(3)
     assert children == [1, 2] and len(children) == 2 and children[0] == 1 and type(copied) is list
     assert identity.states_to_compare() == []
+
+
+@settings(max_examples=60)
+@given(
+    tracked_keys=st.sets(st.integers(1, 12), max_size=6),
+    read_keys=st.lists(st.integers(1, 12), max_size=12),
+)
+def test_a_read_gives_the_tracked_object_for_a_tracked_key_and_tracks_a_new_one_for_each_other_row(
+    tracked_keys: set[int], read_keys: list[int]
+) -> None:
+    table = table_info(Thing)
+    identity = IdentityMap()
+    before = {key: _tracked(identity, key) for key in sorted(tracked_keys)}
+    refs = iter(range(100, 200))
+    rows = [(key, f"read {key}") for key in read_keys]
+
+    objects = identity.load(table, rows, refs, lambda row: identity.get(table, row[0]).obj)  # type: ignore[union-attr]
+
+    assert [thing.id for thing in objects] == read_keys
+    made: dict[int, Thing] = {}
+    for thing, row in zip(objects, rows):
+        state = identity.state_of(thing)
+        assert state is not None and identity.get(table, thing.id) is state
+        if thing.id in before:
+            assert state is before[thing.id] and thing.name == f"thing {thing.id}"  # values kept
+        else:
+            # one object per key, even when the read names the key twice
+            assert made.setdefault(thing.id, thing) is thing
+            assert (thing.name, state.snapshot, state.status) == (row[1], row, Status.PERSISTENT)
+            assert WATCHED[id(thing)] is identity.assigned
+    new_refs = sorted(identity.state_of(thing).ref for thing in made.values())  # type: ignore[union-attr]
+    assert new_refs == list(range(100, 100 + len(made)))
+    thing = next(iter(made.values()), None)
+    if thing is not None:  # a new object's assignments are noted
+        thing.name = "changed"
+        assert identity.state_of(thing) in identity.states_to_compare()
+    identity.clear()

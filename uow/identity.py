@@ -9,11 +9,12 @@ into ``Updated`` events at flush.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -347,18 +348,52 @@ class IdentityMap:
     def load(
         self,
         table: TableInfo,
-        rows: Iterable[Sequence[Any]],
-        new_ref: Callable[[], int],
+        rows: Sequence[Sequence[Any]],
+        refs: Iterator[int],
         tracked: Callable[[Sequence[Any]], Any],
     ) -> list[Any]:
         """The objects for fetched rows of ``table``, in order: a row whose key is
         tracked goes to ``tracked`` (its object, or ``None`` to leave it out); any
-        other row becomes a new object, tracked as persistent with a ``new_ref()``.
+        other row becomes a new object, tracked as persistent with the next ref
+        of ``refs``.
 
         The same as :meth:`track` per new row, with the lookups bound once: a
-        read of many rows is mostly this loop.
+        read of many rows is mostly this.
         """
         by_key = self._by_key.setdefault(table, {})
+        keys = list(map(operator.itemgetter(table.key_index), rows))
+        if table.mutable_indexes or self.lookups.get(table) or not _all_new(keys, by_key):
+            return self._load_one_by_one(table, rows, refs, tracked, by_key)
+        # every row is new, none needs a copy of its values, no lookup files
+        # them: make and track them a column at a time (the loops run in C)
+        objects = list(map(table.from_row, rows))
+        ids = list(map(id, objects))
+        # a tuple row is its own snapshot (tuple() of a tuple is the tuple itself)
+        snapshots = cast("Sequence[tuple[Any, ...]]", rows) if type(rows[0]) is tuple else list(map(tuple, rows))
+        states = list(
+            map(
+                InstanceState,
+                objects,
+                itertools.islice(refs, len(objects)),
+                itertools.repeat(table),
+                snapshots,
+                itertools.repeat(Status.PERSISTENT),
+            )
+        )
+        self.by_obj.update(zip(ids, states))
+        # a new object's id is in no sink (see WATCHED): watch them all here
+        WATCHED.update(zip(ids, itertools.repeat(self.assigned)))
+        by_key.update(zip(keys, states))
+        return objects
+
+    def _load_one_by_one(
+        self,
+        table: TableInfo,
+        rows: Iterable[Sequence[Any]],
+        refs: Iterator[int],
+        tracked: Callable[[Sequence[Any]], Any],
+        by_key: dict[Any, InstanceState],
+    ) -> list[Any]:
         by_obj = self.by_obj
         from_row = table.from_row
         key_index = table.key_index
@@ -378,7 +413,7 @@ class IdentityMap:
                 continue
             obj = from_row(row)
             snapshot = table.detached(row) if mutable else tuple(row)
-            state = InstanceState(obj, new_ref(), table, snapshot, persistent)
+            state = InstanceState(obj, next(refs), table, snapshot, persistent)
             obj_id = id(obj)
             by_obj[obj_id] = state
             if watch(obj_id, sink) is not sink or mutable:
@@ -548,6 +583,14 @@ class IdentityMap:
         self.lookups.clear()
         self._detached.clear()
         self._deleted.clear()
+
+
+def _all_new(keys: list[Any], by_key: dict[Any, InstanceState]) -> bool:
+    """Whether ``keys`` are all different, none is ``None`` and none is tracked."""
+    if not keys:
+        return False
+    distinct = set(keys)
+    return len(distinct) == len(keys) and None not in distinct and by_key.keys().isdisjoint(distinct)
 
 
 def _stop_watching(by_obj: Mapping[int, InstanceState], sink: Sink) -> None:

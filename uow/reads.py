@@ -15,7 +15,7 @@ Rules every read keeps (see ``docs/querying.md``):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -47,6 +47,7 @@ class ReadsMixin:
         _identity: IdentityMap
         _connection: Connection | None
         _new_ref: Callable[[], int]
+        _refs: Iterator[int]
 
         def _exclusive(self, operation: str) -> AbstractContextManager[None]: ...
         async def _flush(self) -> Any: ...
@@ -228,7 +229,7 @@ class ReadsMixin:
 
         # most rows of a read are not tracked yet: the identity map makes and tracks
         # those in one loop, without two calls and three lookups per row
-        return self._identity.load(table, rows, self._new_ref, tracked)
+        return self._identity.load(table, rows, self._refs, tracked)
 
     def _materialize(self, table: TableInfo, row: Sequence[Any], track: bool) -> Any:
         """The object for a fetched row: the tracked one if any (values kept

@@ -199,8 +199,10 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._unreleased: str | None = None
         """The last flush's savepoint while it is not released: the next savepoint
         releases it in the same round trip, and the transaction's end with it."""
-        self._new_ref: Callable[[], int] = itertools.count(1).__next__
-        """The ref for the next tracked row (a bound C method: reads call it per row)."""
+        self._refs = itertools.count(1)
+        """The session-local refs of tracked objects, in the order they are made."""
+        self._new_ref: Callable[[], int] = self._refs.__next__
+        """The ref for the next tracked object (a bound C method: called per object added)."""
         self._adding: dict[int, int] = {}
         self._changed_lists: list[tuple[int, InstanceState, str]] = []
         """(journal mark, owner's state, relation name) of each list of
