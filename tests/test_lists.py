@@ -251,6 +251,23 @@ def test_a_copied_or_pickled_object_holds_a_plain_list_of_copied_children() -> N
     for copied in (copy.deepcopy(crate), pickle.loads(pickle.dumps(crate))):
         assert type(copied.notes) is list and [note.text for note in copied.notes] == ["first"]
         assert copied.notes[0] is not crate.notes[0] and copied.notes[0].crate is not crate
+        # the cycle is kept: the copied note points back at the copied crate
+        assert copied.notes[0].crate is copied
+
+
+def test_a_deep_copy_of_a_child_copies_its_parent_once_and_leaves_the_original_untouched() -> None:
+    crate = Crate(id=1, label="a")
+    first, second = Note(text="first"), Note(text="second")
+    crate.notes = [first, second]
+
+    copied = copy.deepcopy(second)
+
+    assert copied.crate is not crate and copied.crate is not None
+    assert [note.text for note in copied.crate.notes] == ["first", "second"]
+    assert copied.crate.notes[1] is copied and copied.crate.notes[0].crate is copied.crate
+    copied.crate.label = "changed"
+    copied.crate.notes.append(Note(text="third"))
+    assert crate.label == "a" and crate.notes == [first, second] and second.crate is crate
 
 
 def test_a_list_taken_from_another_object_becomes_the_new_owners_own() -> None:

@@ -420,6 +420,25 @@ class Model(msgspec.Struct, metaclass=ModelMeta):
     if not TYPE_CHECKING:
         __setattr__ = note_assignment
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        """A deep copy that keeps the cycles of a model graph: a child that
+        points back at the object whose list holds it points at the copy of
+        that object, not at a second one. (Struct's own copying would build
+        the field values before the copy they refer to exists.)"""
+        copied = copy.copy(self)
+        memo[id(self)] = copied  # before the fields: a cycle through them finds the copy
+        cls = type(self)
+        for name in cls.__struct_fields__:
+            # the slot itself, past a relation's descriptor: a copy assigns nothing
+            slot = _class_getattribute(cls, name)
+            if isinstance(slot, RelationDescriptor):
+                slot = slot._member
+            value = slot.__get__(self, cls)
+            value_copy = copy.deepcopy(value, memo)
+            if value_copy is not value:
+                slot.__set__(copied, value_copy)
+        return copied
+
 
 _REGISTRY: dict[str, type[Model]] = {}
 
