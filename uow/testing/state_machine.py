@@ -130,10 +130,6 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.expected: list[_Expected] = []
         self.committed: list[_Expected] = []
         self.savepoints: list[tuple[list[Any], list[_Expected]]] = []
-        self.parts: list[list[Part]] = []
-        """Per session, every part made, by index. What storage holds of them
-        is checked against the journal and across sessions, not against an
-        expectation of the machine's own."""
         self.portal.call(self._open)
 
     async def _open(self) -> None:
@@ -145,7 +141,6 @@ class DifferentialMachine(RuleBasedStateMachine):
             self.engines.append(engine)
             self.sessions.append(uow.AsyncSession(engine))
             self.objects.append([])
-            self.parts.append([])
 
     def teardown(self) -> None:
         async def close() -> None:
@@ -184,11 +179,11 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     def _expect_owner_deleted(self, index: int) -> None:
         """The owner at ``index`` is deleted in the session, and its live items
-        with it (cascaded: gone at the next flush)."""
+        and parts with it (cascaded: gone at the next flush)."""
         self.expected[index].live = False
         self.expected[index].deleted = True
         for entry in self.expected:
-            if entry.kind == "item" and entry.owner == index and entry.live:
+            if entry.kind != "owner" and entry.owner == index and entry.live:
                 entry.live = False
                 entry.cascaded = True
 
@@ -431,37 +426,52 @@ class DifferentialMachine(RuleBasedStateMachine):
         """A new part appended to an owner's list of parts, then flushed."""
         owner_index = data.draw(st.sampled_from(self._live("owner")))
         self._flushed()
+        self.expected.append(_Expected("part", {"name": name}, owner=owner_index))
 
         async def add(i: int, session: uow.AsyncSession) -> None:
             await session.flush()
             part = Part(name=name)
             (await self._owner_parts(session, self.objects[i][owner_index])).append(part)
-            self.parts[i].append(part)
+            self.objects[i].append(part)
             await session.flush()
+            assert part.owner_id == self.objects[i][owner_index].id, f"{self.urls[i]}: the part was not inserted"
 
         self._each(add)
 
-    @precondition(lambda self: bool(self.parts and self.parts[0]) and bool(self._live("owner")))
+    @precondition(lambda self: bool(self._live("part")) and bool(self._live("owner")))
     @rule(data=st.data(), take_out=st.booleans())
     def move_or_take_out_part(self, data: st.DataObject, take_out: bool) -> None:
-        """A part taken out of an owner's list (deleted at the flush, unless
-        another owner's list holds it), or appended to an owner's list (moved
-        there), then flushed."""
-        index = data.draw(st.integers(0, len(self.parts[0]) - 1))
+        """A part appended to an owner's list (moved there; taken out first
+        where the list holds it, which then keeps it), or taken out of one,
+        then flushed. Taken out of the list of the owner it belongs to, it is
+        deleted; taken out of the list of an owner it has left (which still
+        holds it: lists are not kept in step with each other), it stays."""
+        index = data.draw(st.sampled_from(self._live("part")))
+        entry = self.expected[index]
         owners = self._live("owner")
-        if take_out:  # mostly out of the list of the owner it belongs to
-            holding = [k for k in owners if self.objects[0][k].id == self.parts[0][index].owner_id]
-            owners = holding or owners
-        owner_index = data.draw(st.sampled_from(owners))
+        if take_out and entry.owner in owners and data.draw(st.integers(0, 3)):
+            owner_index = entry.owner  # mostly out of the list of the owner it belongs to
+        else:
+            owner_index = data.draw(st.sampled_from(owners))
         self._flushed()
+        belongs = entry.owner == owner_index
+        if take_out and belongs:
+            entry.live = False
+        elif not take_out:
+            entry.owner = owner_index
 
         async def change(i: int, session: uow.AsyncSession) -> None:
             await session.flush()
-            part = self.parts[i][index]
+            part = self.objects[i][index]
             parts = await self._owner_parts(session, self.objects[i][owner_index])
+            held = any(one is part for one in parts)
+            if belongs:
+                assert held, f"{self.urls[i]}: its owner's list does not hold part {index}"
             if not take_out:
-                parts.append(part)
-            elif any(held is part for held in parts):
+                if held:  # taken out and put back at the end: it stays, and is the owner's
+                    parts.remove(part)
+                parts.append(part)  # never twice in one list: that case is in tests/test_lists.py
+            elif held:
                 parts.remove(part)
             await session.flush()
 
@@ -791,7 +801,7 @@ class DifferentialMachine(RuleBasedStateMachine):
             self.expected[index].live = False
             self.expected[index].deleted = True
         for entry in self.expected:
-            if entry.kind == "item" and entry.live and entry.owner in matched:
+            if entry.kind != "owner" and entry.live and entry.owner in matched:
                 entry.live = False
         self._flushed()
         counts = self._each(lambda i, session: session.bulk_delete(Owner, score=score))
@@ -874,6 +884,13 @@ class DifferentialMachine(RuleBasedStateMachine):
                 assert obj in session, f"{self.urls[i]}: object {index} should be tracked"
                 if entry.kind == "owner":
                     assert (obj.name, obj.score) == (entry.values["name"], entry.values["score"])
+                elif entry.kind == "part":  # every change of a part is flushed in its step
+                    assert entry.owner is not None
+                    owner = self.objects[i][entry.owner]
+                    assert (obj.name, obj.owner_id) == (entry.values["name"], owner.id), (
+                        f"{self.urls[i]}: part {index} holds {obj.name!r} of owner {obj.owner_id}, "
+                        f"expected owner {owner.id}"
+                    )
                 else:
                     assert obj.label == entry.values["label"]
                     assert obj.tags == entry.values["tags"], f"{self.urls[i]}: item {index} has tags {obj.tags}"
@@ -893,15 +910,15 @@ class DifferentialMachine(RuleBasedStateMachine):
         refused call keeps a move pending."""
         for i in range(len(self.sessions)):
             for index, entry in enumerate(self.expected):
-                if entry.kind != "item" or not entry.live or entry.moved_by_key or entry.appended:
+                if entry.kind == "owner" or not entry.live or entry.moved_by_key or entry.appended:
                     continue
-                item = self.objects[i][index]
-                if Item.__dict__["owner"].raw(item) is NOT_LOADED:
+                child = self.objects[i][index]
+                if type(child).__dict__["owner"].raw(child) is NOT_LOADED:
                     continue
-                held = item.owner
+                held = child.owner
                 wanted = None if entry.owner is None else self.objects[i][entry.owner]
                 assert held is wanted, (
-                    f"{self.urls[i]}: item {index}'s owner relation holds {held!r}, expected {wanted!r}"
+                    f"{self.urls[i]}: {entry.kind} {index}'s owner relation holds {held!r}, expected {wanted!r}"
                 )
 
     @invariant()
