@@ -14,8 +14,9 @@ Every adapter must pass the conformance suite in :mod:`uow.testing`.
 Rules every adapter keeps:
 
 - rows travel as tuples in ``TableInfo.column_names`` order, with Python values
-  of the column's type (``datetime``, ``Decimal``, ``UUID``, ``bool``, JSON
-  values as ``dict``/``list``), whatever the database stores;
+  of the column's type (``datetime``, ``Decimal``, ``UUID``, ``bool``, a JSON
+  value as its column's annotation says, through :func:`json_decoder`),
+  whatever the database stores;
 - constraint violations raise :class:`uow.errors.IntegrityError` with ``kind``,
   ``table``, ``columns`` and, when known, ``row_index`` (the failing row of the
   batch); every other driver error is wrapped in a :class:`uow.errors.StorageError`
@@ -26,8 +27,10 @@ Rules every adapter keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
+
+import msgspec
 
 from uow.batches import Batch, BatchResult
 from uow.model import TableInfo
@@ -139,4 +142,25 @@ class Adapter(ABC):
         may be in an unknown state) the adapter closes it instead of reusing it."""
 
 
-__all__ = ["Adapter", "Connection"]
+def json_decoder(python_type: Any) -> Callable[[str | bytes], Any]:
+    """What turns stored JSON text into a value of a JSON column's annotated
+    type (``dict[str, int]``, ``tuple[int, ...]``, a ``msgspec.Struct``), as
+    every adapter hands it back. A stored value of another shape (written by
+    raw SQL, or before the annotation changed) comes back as plain JSON rather
+    than failing the read."""
+    plain: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+    try:
+        typed: msgspec.json.Decoder[Any] = msgspec.json.Decoder(python_type)
+    except TypeError:  # an annotation msgspec cannot decode into
+        return plain.decode
+
+    def decode(text: str | bytes) -> Any:
+        try:
+            return typed.decode(text)
+        except msgspec.ValidationError:
+            return plain.decode(text)
+
+    return decode
+
+
+__all__ = ["Adapter", "Connection", "json_decoder"]

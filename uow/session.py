@@ -192,6 +192,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._relation_checks = RelationChecks(self._tables)
         self._connection: Connection | None = None
         self._in_tx = False
+        self._transactions = 0
+        """How many transactions this session has begun (a stream tells its own from a later one)."""
         self._tx_start = 0
         self._tx_writes = False
         self._savepoints: list[_Savepoint] = []
@@ -419,7 +421,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         if not table.typed_as_stored(values):
             values = self._convert_row(table, obj, values)
         for index in table.required_indexes:
-            if values[index] is None:
+            # a foreign key waiting for a new parent's key is filled at flush
+            if values[index] is None and not (waiting and table.column_names[index] in waiting):
                 self._refuse_null(table, index)
         if table.mutable_indexes:
             values = table.detached(values)  # the snapshot and the event keep their own copies
@@ -751,6 +754,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 await self._drop_connection(discard=True)
                 raise
             self._in_tx = True
+            self._transactions += 1
             self._tx_start = self._journal.flushed_mark
             self._tx_writes = False
         return self._connection

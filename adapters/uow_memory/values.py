@@ -1,8 +1,10 @@
 """Value handling: what the store keeps and what it hands back.
 
 The store never shares a mutable object with its callers. JSON values are
-round-tripped through msgspec on the way in (so a tuple comes back as a list
-and a Struct as a dict, as from a real database) and copied on the way out.
+kept as plain JSON (dicts, lists and scalars, as a database stores them, which
+the store's filters compare) and decoded on the way out into the column's
+annotated type, as the other adapters do (a tuple comes back as a tuple, a
+Struct as that Struct).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from uow.adapter import json_decoder
 from uow.errors import StorageError
 from uow.model import ColumnInfo, TableInfo
 
@@ -75,12 +78,15 @@ class RowCodec:
     their (immutable) tuples as they are.
     """
 
-    __slots__ = ("converters", "json_indexes", "table")
+    __slots__ = ("converters", "json_columns", "table")
 
     def __init__(self, table: TableInfo):
         self.table = table
         self.converters: tuple[Converter, ...] = tuple(converter_for(c) for c in table.columns)
-        self.json_indexes: tuple[int, ...] = tuple(i for i, c in enumerate(table.columns) if c.kind == "json")
+        self.json_columns: tuple[tuple[int, Callable[[bytes], Any]], ...] = tuple(
+            (i, json_decoder(c.python_type)) for i, c in enumerate(table.columns) if c.kind == "json"
+        )
+        """(index, decoder into the column's type) of each JSON column."""
 
     def store_value(self, index: int, value: Any) -> Any:
         """The value to keep for column number ``index``."""
@@ -92,11 +98,13 @@ class RowCodec:
 
     def copy_out(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         """A row a caller may mutate freely without touching the store."""
-        if not self.json_indexes:
+        if not self.json_columns:
             return row
         values = list(row)
-        for index in self.json_indexes:
-            values[index] = copy_json(values[index])
+        for index, decode in self.json_columns:
+            value = values[index]
+            if value is not None:
+                values[index] = decode(_encode(value))
         return tuple(values)
 
 

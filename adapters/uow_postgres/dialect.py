@@ -39,6 +39,7 @@ from typing import Any, Concatenate, ParamSpec
 
 import msgspec
 
+from uow.adapter import json_decoder
 from uow.conditions import Compare, Condition, In
 from uow.model import ColumnInfo, TableInfo
 from uow.sql import Converter, Params, SqlDialect
@@ -147,8 +148,7 @@ class PostgresDialect(SqlDialect):
         if isinstance(python_type, type) and issubclass(python_type, enum.Enum):
             return python_type
         if column.kind == "json":
-            decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(python_type)
-            return decoder.decode
+            return json_decoder(python_type)
         return None
 
     def column_encoders(self, table: TableInfo, columns: Sequence[str]) -> list[Converter | None]:

@@ -41,6 +41,7 @@ from typing import Any
 
 import msgspec
 
+from uow.adapter import json_decoder
 from uow.conditions import Between, Compare, Condition, In, Like, like_regex
 from uow.errors import StorageError
 from uow.model import ColumnInfo, TableInfo
@@ -140,23 +141,6 @@ def _encode_enum(value: Any) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
 
 
-def _json_decoder(python_type: Any) -> Converter:
-    try:
-        typed: msgspec.json.Decoder[Any] = msgspec.json.Decoder(python_type)
-    except TypeError:
-        typed = msgspec.json.Decoder()
-    plain: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
-
-    def decode(value: Any) -> Any:
-        try:
-            return typed.decode(value)
-        except msgspec.ValidationError:
-            # Written outside uow (raw SQL) in another shape: hand back plain JSON.
-            return plain.decode(value)
-
-    return decode
-
-
 def _is_enum(python_type: Any) -> bool:
     return isinstance(python_type, type) and issubclass(python_type, enum.Enum)
 
@@ -219,9 +203,9 @@ class SQLiteDialect(SqlDialect):
             try:
                 cached = self._json_decoders.get(column.python_type)
             except TypeError:  # an unhashable annotation
-                return _json_decoder(column.python_type)
+                return json_decoder(column.python_type)
             if cached is None:
-                cached = self._json_decoders[column.python_type] = _json_decoder(column.python_type)
+                cached = self._json_decoders[column.python_type] = json_decoder(column.python_type)
             return cached
         return None
 

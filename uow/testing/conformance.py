@@ -73,7 +73,7 @@ from uow.events import (
 )
 from uow.journal import replay
 from uow.model import Model, table_info
-from uow.testing.models import MODELS, Account, Category, Color, Note, Post, Review, Sample, User
+from uow.testing.models import MODELS, Account, Category, Color, Comment, Note, Post, Review, Sample, Size, User
 
 __all__ = ["ReadCounter", "SessionConformance"]
 
@@ -174,6 +174,8 @@ def _sample(**overrides: Any) -> Sample:
         "color": Color.GREEN,
         "label": "sample",
         "count": 42,
+        "shape": (3, 4),
+        "size": Size(width=3, height=4),
     }
     values.update(overrides)
     return Sample(**values)
@@ -231,6 +233,32 @@ class SessionConformance:
             assert post.author_id == alice.id
         saved = await stored(engine, Post, post.id)
         assert saved.author_id == alice.id and saved.title == "Hello"
+
+    async def test_a_not_null_foreign_key_is_filled_from_a_new_parent(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            post = Post(title="Hello", author=User(name="Bob", email="bob@example.com"))
+            comment = Comment(body="first", post=post)
+            session.add(comment)  # the key comes at flush, from the post's insert
+            assert comment.post_id is None
+            await session.commit()
+            assert comment.post_id == post.id and isinstance(post.id, int)
+            moved = Comment(body="moved", post=post)
+            session.add(moved)
+            await session.flush()
+            moved.post = Post(title="Another")  # a stored comment moves to a new post
+            await session.commit()
+            assert moved.post_id == moved.post.id != post.id
+        assert (await stored(engine, Comment, comment.id)).post_id == post.id
+        assert (await stored(engine, Comment, moved.id)).post_id == moved.post.id
+
+    async def test_a_not_null_foreign_key_without_a_parent_is_refused_at_add(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            session.add(Post(title="kept"))
+            with pytest.raises(ValidationError, match="post_id"):
+                session.add(Comment(body="orphan"))
+            assert [type(event).__name__ for event in session.journal.pending] == ["Inserted"]
+            await session.commit()
+        assert await count_rows(engine, Comment) == 0
 
     async def test_add_all_and_one_to_many_children_are_inserted_with_their_parent(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
@@ -2701,7 +2729,8 @@ class SessionConformance:
 
     async def test_every_column_kind_round_trips(self, engine: uow.Engine) -> None:
         full = _sample()
-        empty = _sample(label=None, count=None, data={}, flag=False, ratio=-1.5, amount=decimal.Decimal("-0.01"))
+        empty = _sample(label=None, count=None, data={}, shape=(), size=None)
+        empty.flag, empty.ratio, empty.amount = False, -1.5, decimal.Decimal("-0.01")
         async with AsyncSession(engine) as session:
             session.add_all([full, empty])
             await session.commit()

@@ -1,9 +1,10 @@
 """The models the conformance suite (:mod:`uow.testing.conformance`) runs on.
 
 They cover what a storage adapter has to get right: generated and given
-primary keys, unique columns, foreign keys with ``cascade`` and ``set null``,
-a self reference, optimistic locking (:class:`~uow.model.Versioned`), soft
-delete (:class:`~uow.model.SoftDelete`) and every column kind. Table names
+primary keys, unique columns, foreign keys with ``cascade`` (one of them NOT
+NULL) and ``set null``, a self reference, optimistic locking
+(:class:`~uow.model.Versioned`), soft delete (:class:`~uow.model.SoftDelete`)
+and every column kind. Table names
 start with ``conformance_`` so they do not clash with an application's tables.
 """
 
@@ -38,6 +39,16 @@ class Post(Model, table="conformance_posts", kw_only=True):
     title: str
     slug: Annotated[str | None, Unique()] = None
     author: User | None = relation("author_id")
+
+
+class Comment(Model, table="conformance_comments", kw_only=True):
+    """A comment that cannot exist without its post: the foreign key is NOT
+    NULL, filled from the ``post`` relation (``None`` until then)."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    post_id: Annotated[int, ForeignKey(Post, on_delete="cascade")] = None  # type: ignore[assignment]
+    body: str
+    post: Post | None = relation("post_id")
 
 
 class Review(Model, table="conformance_reviews", kw_only=True):
@@ -81,8 +92,16 @@ class Color(enum.Enum):
     BLUE = "blue"
 
 
+class Size(msgspec.Struct):
+    """A JSON value with a shape of its own."""
+
+    width: int
+    height: int
+
+
 class Sample(Model, table="conformance_samples", kw_only=True):
-    """One column of every kind, keyed by a given (not generated) UUID."""
+    """One column of every kind, keyed by a given (not generated) UUID; JSON
+    values typed as a dict, a tuple and a struct come back as such."""
 
     id: Annotated[uuid.UUID, PrimaryKey()]
     created_at: dt.datetime
@@ -95,9 +114,11 @@ class Sample(Model, table="conformance_samples", kw_only=True):
     color: Color = Color.RED
     label: str | None = None
     count: int | None = None
+    shape: tuple[int, ...] = ()
+    size: Size | None = None
 
 
-MODELS: tuple[type[Model], ...] = (User, Post, Review, Category, Account, Note, Sample)
+MODELS: tuple[type[Model], ...] = (User, Post, Comment, Review, Category, Account, Note, Sample)
 """Every model of the suite, parents first."""
 
-__all__ = ["MODELS", "Account", "Category", "Color", "Note", "Post", "Review", "Sample", "User"]
+__all__ = ["MODELS", "Account", "Category", "Color", "Comment", "Note", "Post", "Review", "Sample", "Size", "User"]
