@@ -263,8 +263,9 @@ class Query(_Builder[M]):
         return await self.session._read_objects(self)
 
     async def first(self) -> M | None:
-        """The first matching object, or ``None``."""
-        found = await self.session._read_objects(self.limit(1))
+        """The first matching object, or ``None`` (reads at most one row; a
+        smaller ``limit``, ``limit(0)``, still applies)."""
+        found = await self.session._read_objects(self.limit(1 if self._limit is None else min(self._limit, 1)))
         return found[0] if found else None
 
     async def one(self) -> M:
@@ -292,12 +293,17 @@ class Query(_Builder[M]):
 
     async def get(self, key: Any) -> M | None:
         """The matching object with primary key ``key``, or ``None``. Without
-        filters or includes a tracked object is returned without a query."""
+        filters or includes a tracked object is returned without a query.
+
+        Only the filters (and includes) apply: a get by key ignores the
+        query's ``order_by``, ``limit`` and ``offset``, with filters or without.
+        """
         plain = not self._where and not self._includes and self._deleted != "only"
         if plain:
             return await self.session.get(self.model, key, with_deleted=self._deleted == "include")
         key = self.session._check_key(self.table, key)
-        return await self.where(Compare(self.table.key_column, "eq", key)).first()
+        by_key = self._copy(_order=(), _limit=None, _offset=None)
+        return await by_key.where(Compare(self.table.key_column, "eq", key)).first()
 
     def stream(self, chunk_size: int = 1000) -> AsyncIterator[M]:
         """``session.stream(self, chunk_size)``."""

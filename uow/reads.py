@@ -20,9 +20,11 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
+import msgspec
 
 from uow.adapter import Connection
 from uow.assignments import relation_assigned
+from uow.conditions import And, In
 from uow.errors import QueryError, SessionStateError
 from uow.identity import IdentityMap, InstanceState, Status
 from uow.loading import RelationLoader
@@ -46,6 +48,9 @@ class ReadsMixin:
         autoflush: bool
         _identity: IdentityMap
         _connection: Connection | None
+        _in_tx: bool
+        _transactions: int
+        _gone: list[InstanceState]
         _new_ref: Callable[[], int]
         _refs: Iterator[int]
 
@@ -103,11 +108,14 @@ class ReadsMixin:
         with self._exclusive("stream"):
             await self._autoflush(statement)
             connection = await self._connection_for_work()
+            # the pool may hand the same connection back for a later transaction:
+            # the stream goes on only in the transaction it began in
+            transaction = self._transactions
             chunks = connection.stream(statement.compile(), chunk_size)
         try:
             while True:
                 with self._exclusive("stream"):
-                    if self._connection is not connection:
+                    if self._connection is not connection or not self._in_tx or self._transactions != transaction:
                         raise SessionStateError(
                             "the transaction this stream reads in ended (commit or rollback) before the stream "
                             "was exhausted; finish the stream first"
@@ -136,17 +144,22 @@ class ReadsMixin:
         The reads run **outside the session's transaction**, each in a short
         read transaction of its own: they see committed data only, not this
         session's pending or flushed-but-uncommitted changes (so nothing is
-        autoflushed). Their rows still go through the identity map.
+        autoflushed). Their rows still go through the identity map, and rows
+        whose object the session deleted (flushed in its open transaction or
+        not flushed yet) are left out, in ``include``-d relations too, as a
+        read inside the transaction leaves them out.
         """
         listed = readables(reads)
         results: list[list[Any]] = [[] for _ in listed]
+        gone: dict[TableInfo, frozenset[Any]] = {}
 
         async def run(index: int, read: _Builder[Any]) -> None:
             connection = await self.engine.acquire()
             clean = False
             try:
                 await connection.begin()
-                results[index] = await self._load(read, connection.fetch, track_all=True)
+                fetch = _leaving_out(gone, connection.fetch) if gone else connection.fetch
+                results[index] = await self._load(read, fetch, track_all=True)
                 with anyio.CancelScope(shield=True):
                     await connection.rollback()
                 clean = True
@@ -155,6 +168,7 @@ class ReadsMixin:
                     await self.engine.adapter.release(connection, discard=not clean)
 
         with self._exclusive("parallel_exec"):
+            gone.update(self._keys_deleted_in_transaction())
             async with anyio.create_task_group() as group:
                 for index, read in enumerate(listed):
                     group.start_soon(run, index, read)
@@ -176,6 +190,22 @@ class ReadsMixin:
             return rows[0][0]
 
     # --- machinery ----------------------------------------------------------------
+
+    def _keys_deleted_in_transaction(self) -> dict[TableInfo, frozenset[Any]]:
+        """The keys, by table, of rows whose delete the open transaction
+        flushed and no tracked object holds again: committed data still has
+        them, the transaction does not. (A delete not flushed yet keeps its
+        object under its key, and reads leave that row out already.)"""
+        found: dict[TableInfo, set[Any]] = {}
+        identity = self._identity
+        for state in self._gone:
+            if state.status is not Status.GONE:  # revived by a savepoint's rollback
+                continue
+            table = state.table
+            key = state.snapshot[table.key_index]
+            if identity.get(table, key) is None:
+                found.setdefault(table, set()).add(key)
+        return {table: frozenset(keys) for table, keys in found.items()}
 
     async def _autoflush(self, read: _Builder[Any]) -> None:
         if read.autoflush if read.autoflush is not None else self.autoflush:
@@ -243,6 +273,27 @@ class ReadsMixin:
         if track:
             return self._load_row(table, row).obj
         return table.from_row(row)
+
+
+def _leaving_out(
+    gone: dict[TableInfo, frozenset[Any]], fetch: Callable[[Select], Awaitable[list[tuple[Any, ...]]]]
+) -> Callable[[Select], Awaitable[list[tuple[Any, ...]]]]:
+    """``fetch`` leaving out the rows with the keys in ``gone`` (by table)."""
+
+    async def fetch_leaving_out(select: Select) -> list[tuple[Any, ...]]:
+        table = select.table
+        keys = gone.get(table)
+        if keys is None or select.mode != "rows":
+            return await fetch(select)
+        if select.limit is not None or select.offset is not None:
+            # the window is counted without those rows, as in the transaction
+            excluded = In(table.key_column, tuple(keys), negate=True)
+            where = excluded if select.where is None else And((select.where, excluded))
+            return await fetch(msgspec.structs.replace(select, where=where))
+        index = table.key_index
+        return [row for row in await fetch(select) if row[index] not in keys]
+
+    return fetch_leaving_out
 
 
 __all__ = ["ReadsMixin"]
