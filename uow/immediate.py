@@ -138,7 +138,10 @@ class ImmediateMixin:
         with self._exclusive("update"):
             mark = self._immediate_start()
             state = self._live_state(obj)
-            self._assign_now(state, self._checked_values(state.table, values), mark)
+            table = state.table
+            # the object gets its own copy of a JSON value, down to its nested parts: the
+            # caller's value (which conversion copies one level deep at most) stays theirs
+            self._assign_now(state, self._detached_values(table, self._checked_values(table, values)), mark)
             await self._flush_recorded(mark)
             await self._done()
         return obj

@@ -890,11 +890,7 @@ def _build_table_info(model: type[Model]) -> TableInfo:
         hints = typing.get_type_hints(model, include_extras=True)
     except NameError as exc:
         raise ModelDefinitionError(f"{model.__name__}: cannot resolve an annotation ({exc})") from exc
-    relation_names = {
-        name for name in model.__struct_fields__ if isinstance(model.__dict__.get(name), RelationDescriptor)
-    }
-    for klass in model.__mro__:
-        relation_names.update(n for n, v in klass.__dict__.items() if isinstance(v, RelationDescriptor))
+    relation_names = _relation_names(model)
     columns: list[ColumnInfo] = []
     for field in model.__struct_fields__:
         if field in relation_names:
@@ -963,12 +959,90 @@ def _build_table_info(model: type[Model]) -> TableInfo:
             raise ModelDefinitionError(f"{model.__name__}.{name}: a many-to-one relation needs relation('<column>')")
         if not many and spec.via not in model.__struct_fields__:
             raise ModelDefinitionError(f"{model.__name__}.{name}: relation column {spec.via!r} is not a field")
+        if not many:
+            _check_via_column(model, name, target_type, spec.via, columns)
         if spec.delete_orphans and not many:
             raise ModelDefinitionError(
                 f"{model.__name__}.{name}: delete_orphans is for a one-to-many relation (a list of children)"
             )
+        if many:
+            _check_back_column(model, name, target_type, spec.back, hints)
         relations[name] = RelationInfo(name, target_type, many, spec.via, spec.back, spec.delete_orphans)
     return TableInfo(model, model.__uow_table_name__ or "", tuple(columns), relations)
+
+
+def _check_via_column(model: type[Model], name: str, target: Any, via: Any, columns: list[ColumnInfo]) -> None:
+    """Refuse a many-to-one relation ``model.name`` whose column ``via`` is not
+    a foreign key to ``target``'s table (the session writes the parent's key
+    into it)."""
+    where = f"{model.__name__}.{name}: relation({via!r})"
+    if not isinstance(target, ModelMeta) or _class_getattribute(target, "__uow_table_name__") is None:
+        raise ModelDefinitionError(f"{where}: a many-to-one relation holds a model with a table, not {target!r}")
+    column = next((c for c in columns if c.name == via), None)
+    if column is None:
+        raise ModelDefinitionError(f"{where}: {via!r} is a relation, not a column of {model.__name__}")
+    target_table = _class_getattribute(target, "__uow_table_name__")
+    if column.foreign_key is None:
+        raise ModelDefinitionError(
+            f"{where}: {model.__name__}.{via} is not a foreign key; declare it "
+            f"Annotated[..., ForeignKey({target.__name__})]"
+        )
+    if column.foreign_key.target_table != target_table:
+        raise ModelDefinitionError(
+            f"{where}: {model.__name__}.{via} is a foreign key to table {column.foreign_key.target_table!r}, "
+            f"not to {target.__name__} (table {target_table!r})"
+        )
+
+
+def _relation_names(model: type[Any]) -> set[str]:
+    """The names of the relation attributes of ``model`` (its own and its bases')."""
+    names = {name for name in model.__struct_fields__ if isinstance(model.__dict__.get(name), RelationDescriptor)}
+    for klass in model.__mro__:
+        names.update(n for n, v in klass.__dict__.items() if isinstance(v, RelationDescriptor))
+    return names
+
+
+def _check_back_column(model: type[Model], name: str, target: Any, back: Any, hints: dict[str, Any]) -> None:
+    """Refuse a one-to-many relation ``model.name`` whose ``back`` is not a
+    column of ``target`` holding a foreign key to ``model``'s table.
+
+    Checked when ``model``'s mapping is built, not when the class is made: the
+    target may be defined after it. Only ``target``'s annotations are read, not
+    its whole :class:`TableInfo`: building that here would recurse forever
+    when two models hold lists of each other (or a model a list of its own)."""
+    where = f"{model.__name__}.{name}: relation(back={back!r})"
+    if not isinstance(target, ModelMeta) or _class_getattribute(target, "__uow_table_name__") is None:
+        raise ModelDefinitionError(
+            f"{model.__name__}.{name}: a one-to-many relation holds a list of a model with a table, not of {target!r}"
+        )
+    columns = [f for f in target.__struct_fields__ if f not in _relation_names(target)]
+    if back not in columns:
+        what = "is a relation, not a column" if back in target.__struct_fields__ else "is not a column"
+        raise ModelDefinitionError(
+            f"{where}: {back!r} {what} of {target.__name__}; name the column of {target.__name__} that "
+            f"references {model.__name__} (columns: {', '.join(columns)})"
+        )
+    if target is model:
+        target_hints = hints
+    else:
+        try:
+            target_hints = typing.get_type_hints(target, include_extras=True)
+        except NameError as exc:
+            raise ModelDefinitionError(f"{target.__name__}: cannot resolve an annotation ({exc})") from exc
+    fk = next((m for m in _split_annotation(target_hints[back])[1] if isinstance(m, ForeignKey)), None)
+    if fk is None:
+        raise ModelDefinitionError(
+            f"{where}: {target.__name__}.{back} is not a foreign key; declare it "
+            f"Annotated[..., ForeignKey({model.__name__})]"
+        )
+    referenced = resolve_model(fk.target, near=target)
+    owner_table = _class_getattribute(model, "__uow_table_name__")
+    referenced_table = _class_getattribute(referenced, "__uow_table_name__")
+    if referenced_table != owner_table:
+        raise ModelDefinitionError(
+            f"{where}: {target.__name__}.{back} is a foreign key to {referenced.__name__} "
+            f"(table {referenced_table!r}), not to {model.__name__} (table {owner_table!r})"
+        )
 
 
 def model_tables(models: Mapping[str, type[Model]] | list[type[Model]]) -> list[TableInfo]:
