@@ -1,7 +1,7 @@
 """Reading with uow: lookups, column expressions, includes, streaming.
 
 A small library catalogue on SQLite (``querying.db`` in the current directory,
-emptied at every run)::
+deleted and made again at every run; a ``memory://`` URL starts empty too)::
 
     python examples/querying.py
     python examples/querying.py memory://

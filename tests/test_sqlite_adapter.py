@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from uow_sqlite import SQLiteAdapter, SQLiteConnection
 from uow_sqlite.config import parse_url
 
+import uow
 from uow.batches import (
     BulkDeleteBatch,
     BulkUpdateBatch,
@@ -26,7 +27,7 @@ from uow.batches import (
     UpsertBatch,
 )
 from uow.conditions import Between, Compare, In, IsNull, Like, evaluate
-from uow.errors import ConfigurationError, IntegrityError, PoolTimeoutError
+from uow.errors import ConfigurationError, IntegrityError, PoolTimeoutError, SerializationFailure
 from uow.model import ForeignKey, Model, PrimaryKey, SoftDelete, TableInfo, Unique, Versioned, table_info
 from uow.statements import OrderBy, Select
 
@@ -145,10 +146,21 @@ def test_urls_and_options() -> None:
     config = parse_url("sqlite:///x.db?pool_size=3&timeout=2.5&busy_timeout=100", pool_size=4)
     assert (config.pool_size, config.timeout, config.busy_timeout) == (4, 2.5, 100)
     assert parse_url("sqlite:///x.db").pool_size == 5
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="colour; known options: busy_timeout, pool_size, timeout"):
         parse_url("sqlite:///x.db?colour=blue")
     with pytest.raises(ConfigurationError):
         parse_url("sqlite://host/x.db")
+
+
+@pytest.mark.anyio
+async def test_a_driver_suffix_in_the_scheme_is_ignored(tmp_path: Path) -> None:
+    async with uow.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'suffix.db'}?pool_size=2") as engine:
+        assert isinstance(engine.adapter, SQLiteAdapter) and engine.adapter.config.pool_size == 2
+        await engine.create_all(SqAuthor)
+        async with uow.AsyncSession(engine) as session:
+            await session.insert(SqAuthor(name="a", email="a@example.com"))
+            await session.commit()
+    assert (tmp_path / "suffix.db").exists()
 
 
 # --- inserts and keys ------------------------------------------------------------
@@ -397,6 +409,32 @@ async def test_second_connection_does_not_see_uncommitted_writes(adapter: SQLite
     finally:
         await adapter.release(writer)
         await adapter.release(reader)
+
+
+@pytest.mark.anyio
+async def test_a_deferred_transaction_needing_the_write_lock_another_holds_fails_to_be_run_again(
+    adapter: SQLiteAdapter,
+) -> None:
+    first, second = await adapter.acquire(), await adapter.acquire()
+    try:
+        await first.create_tables([AUTHORS])
+        await add_authors(first, "kept")
+        for connection in (first, second):
+            await connection.begin()  # deferred: a snapshot at the first read
+            assert await connection.fetch(Select(AUTHORS, mode="count")) == [(1,)]
+        await add_authors(first, "first")  # first takes the write lock
+        with anyio.fail_after(2):  # at once, not after busy_timeout: waiting could deadlock
+            with pytest.raises(SerializationFailure, match="write lock"):
+                await add_authors(second, "second")
+        await second.rollback()
+        await first.commit()
+        await second.begin(isolation="serializable")  # BEGIN IMMEDIATE: the lock first, then the work
+        await add_authors(second, "second")
+        await second.commit()
+        assert await second.fetch(Select(AUTHORS, mode="count")) == [(3,)]
+    finally:
+        await adapter.release(first)
+        await adapter.release(second)
 
 
 @pytest.mark.anyio

@@ -210,10 +210,13 @@ def create_engine(url: str, **options: Any) -> Engine:
 
     ``memory://``, ``sqlite:///path.db``, ``sqlite://:memory:``,
     ``postgresql://user@host/db`` (with the ``postgres`` extra installed).
-    No connection is made until the engine is first used.
+    No connection is made until the engine is first used. A ``+driver``
+    suffix in the scheme is ignored (``postgresql+asyncpg://`` is
+    ``postgresql://``): the adapter gets the URL without it.
     """
-    adapter_class = adapter_class_for(scheme_of(url))
-    return Engine(url, adapter_class.from_url(url, **options))
+    scheme = scheme_of(url)
+    adapter_class = adapter_class_for(scheme)
+    return Engine(url, adapter_class.from_url(scheme + "://" + url.split("://", 1)[1], **options))
 
 
 __all__ = ["Engine", "adapter_class_for", "create_engine", "register_adapter", "scheme_of"]

@@ -43,7 +43,10 @@ class MemoryAdapter(Adapter):
         merged.update(options)
         unknown = set(merged) - _POOL_OPTIONS - {"lock_timeout"}
         if unknown:
-            raise ConfigurationError(f"unknown option(s) for memory://: {', '.join(sorted(unknown))}")
+            known = ", ".join(sorted(_POOL_OPTIONS | {"lock_timeout"}))
+            raise ConfigurationError(
+                f"unknown option(s) for memory://: {', '.join(sorted(unknown))}; known options: {known}"
+            )
         lock_timeout = merged.get("lock_timeout", 30.0)
         try:
             timeout = None if lock_timeout is None else float(lock_timeout)

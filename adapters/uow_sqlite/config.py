@@ -57,7 +57,9 @@ def parse_url(url: str, **options: Any) -> SQLiteConfig:
     values.update(options)
     unknown = sorted(set(values) - set(_OPTIONS))
     if unknown:
-        raise ConfigurationError(f"unknown sqlite option(s): {', '.join(unknown)}")
+        raise ConfigurationError(
+            f"unknown sqlite option(s): {', '.join(unknown)}; known options: {', '.join(sorted(_OPTIONS))}"
+        )
     try:
         converted = {name: _OPTIONS[name](value) for name, value in values.items()}
     except (TypeError, ValueError) as exc:

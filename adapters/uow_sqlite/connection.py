@@ -17,7 +17,7 @@ import aiosqlite
 
 from uow.adapter import Connection
 from uow.batches import Batch, BatchResult
-from uow.errors import ConfigurationError, StorageError
+from uow.errors import ConfigurationError, OperationalError, SerializationFailure, StorageError
 from uow.model import TableInfo
 from uow.statements import Select
 from uow_sqlite.config import SQLiteConfig
@@ -69,6 +69,10 @@ def _replace_savepoint(raw: sqlite3.Connection, released: str, name: str) -> Non
     raw.execute(f"SAVEPOINT {name}")
 
 
+def _busy(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorname", None) or "").startswith("SQLITE_BUSY")
+
+
 def _in_transaction(raw: sqlite3.Connection) -> bool:
     return raw.in_transaction
 
@@ -79,6 +83,8 @@ class SQLiteConnection(Connection):
     def __init__(self, db: aiosqlite.Connection, dialect: SQLiteDialect):
         self._db = db
         self._dialect = dialect
+        self._deferred = False
+        """A deferred transaction is open (a plain ``BEGIN``)."""
 
     @property
     def raw(self) -> aiosqlite.Connection:
@@ -89,7 +95,16 @@ class SQLiteConnection(Connection):
         try:
             return await run_sync(self._db, fn)
         except sqlite3.Error as exc:
-            raise storage_error(exc) from exc
+            error = storage_error(exc)
+            if self._deferred and type(error) is OperationalError and _busy(exc):
+                # a deferred transaction that must take the write lock another
+                # connection holds: SQLite fails it at once rather than wait (the
+                # wait could deadlock), and it cannot succeed on its snapshot
+                # anyway, so running the unit of work again is the way out
+                error = SerializationFailure(
+                    f"{exc}: another connection holds the write lock this transaction needs; run it again"
+                )
+            raise error from exc
         except (OverflowError, UnicodeEncodeError) as exc:
             # a parameter SQLite cannot bind: an int beyond 64 bits, a lone surrogate
             raise StorageError(f"SQLite cannot store a value: {exc}") from exc
@@ -115,11 +130,14 @@ class SQLiteConnection(Connection):
         if isolation not in _ISOLATION_LEVELS:
             raise ConfigurationError(f"unknown isolation level {isolation!r}")
         await self._execute("BEGIN IMMEDIATE" if isolation == "serializable" else "BEGIN")
+        self._deferred = isolation != "serializable"
 
     async def commit(self) -> None:
         await self._execute("COMMIT")
+        self._deferred = False
 
     async def rollback(self) -> None:
+        self._deferred = False
         await self._execute("ROLLBACK")
 
     async def savepoint(self, name: str) -> None:
