@@ -66,6 +66,21 @@ class Seed(Model, table="list_seeds"):
     fruit_id: Annotated[int | None, ForeignKey(Fruit, on_delete="cascade")] = None
 
 
+class Invoice(Model, table="list_invoices"):
+    """An aggregate whose lines cannot exist without it: their key is NOT NULL."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    number: str
+    lines: list[InvoiceLine] = relation(back="invoice_id", delete_orphans=True)
+
+
+class InvoiceLine(Model, table="list_invoice_lines"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    invoice_id: Annotated[int, ForeignKey(Invoice, on_delete="cascade")] = None  # type: ignore[assignment]
+    sku: str
+    invoice: Invoice | None = relation("invoice_id")
+
+
 async def _basket_of(session: uow.AsyncSession, *names: str) -> Basket:
     basket = Basket(label="basket", fruit=[Fruit(name=name) for name in names])
     session.add(basket)
@@ -403,3 +418,71 @@ async def _play_orphans(url: str, steps: list[tuple[str, int, int]]) -> None:
             expect_flush()
             stored = {(x.name, x.basket_id) for x in await session.query(Fruit).all()}
             assert stored == {(fruit[f].name, baskets[b].id) for f, b in owner.items()}, url
+
+
+async def test_a_child_taken_out_then_moved_by_its_foreign_key_or_by_update_is_no_orphan(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket, other = Basket(label="basket"), await _basket_of(session)
+        basket.fruit = [Fruit(name="apple"), Fruit(name="pear")]  # each fruit's relation holds the basket
+        session.add(basket)
+        await session.commit()
+        apple, pear = basket.fruit
+        basket.fruit.clear()
+        apple.basket_id = other.id  # the key, assigned over the relation, is the newer word
+        await session.update(pear, basket_id=other.id)  # recording the removal first must not delete it
+        await session.commit()
+        assert apple in session and pear in session and apple.basket is other
+    assert sorted(await _stored_fruit(engine)) == [("apple", other.id), ("pear", other.id)]
+
+
+async def test_merge_adds_new_children_through_their_owner_which_fills_a_not_null_key(engine: uow.Engine) -> None:
+    await engine.create_all(Invoice, InvoiceLine)
+    async with uow.AsyncSession(engine) as session:
+        invoice = await session.merge(Invoice(number="1", lines=[InvoiceLine(sku="a")]))
+        await session.commit()
+        first = invoice.lines[0]
+    async with uow.AsyncSession(engine) as session:
+        copy = Invoice(id=invoice.id, number="1b", lines=[InvoiceLine(id=first.id, sku="a2"), InvoiceLine(sku="b")])
+        merged = await session.merge(copy)
+        await session.commit()
+        assert [(line.sku, line.invoice_id) for line in merged.lines] == [("a2", invoice.id), ("b", invoice.id)]
+    async with uow.AsyncSession(engine) as session:
+        stored = await session.query(InvoiceLine).order_by("id").all()
+        assert [(line.sku, line.invoice_id) for line in stored] == [("a2", invoice.id), ("b", invoice.id)]
+
+
+async def test_a_new_owner_added_again_after_a_rollback_takes_the_tracked_children_its_list_holds(
+    engine: uow.Engine,
+) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket = await _basket_of(session, "apple")
+        apple = basket.fruit[0]
+        crate = Basket(label="crate", fruit=[])
+        session.add(crate)
+        crate.fruit.append(apple)
+        await session.rollback()  # takes back the insert and the move; the list is the new owner's own
+        assert apple.basket_id == basket.id and [fruit.name for fruit in crate.fruit] == ["apple"]
+        session.add(crate)  # the retry: the list it holds says where apple goes
+        await session.commit()
+        assert apple.basket_id == crate.id
+    assert await _stored_fruit(engine) == [("apple", crate.id)]
+
+
+async def test_a_rollback_unloads_a_list_read_while_a_child_was_moved_away(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        basket = await _basket_of(session, "apple", "pear")
+        other = await _basket_of(session)
+        apple = basket.fruit[0]
+        other.fruit.append(apple)
+        await session.query(Basket).filter(id=basket.id).include(Basket.fruit).one()  # flushes the move first
+        assert [fruit.name for fruit in basket.fruit] == ["pear"]
+        await session.rollback()  # apple belongs to the basket again: a list read without it is stale
+        with pytest.raises(RelationNotLoadedError):
+            basket.fruit  # noqa: B018
+        await session.query(Basket).filter(id=basket.id).include(Basket.fruit).one()
+        basket.fruit = [Fruit(name="fig")]  # the whole aggregate replaced: apple and pear are orphans
+        await session.commit()
+    assert await _stored_fruit(engine) == [("fig", basket.id)]

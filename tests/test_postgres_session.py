@@ -82,6 +82,30 @@ async def test_a_connection_lost_mid_flush_applies_nothing_and_keeps_the_events_
     assert await _count(engine, "pg_session_players") == 2
 
 
+async def test_a_connection_lost_between_flushes_restores_the_objects_and_lets_the_session_go_on(
+    engine: uow.Engine,
+) -> None:
+    await engine.create_all(Team, Player)
+    async with AsyncSession(engine) as session:
+        first = Team(name="Reds")
+        session.add(first)
+        await session.flush()  # the transaction has written: the next flush sets a savepoint first
+        pid = (await session.execute_raw("SELECT pg_backend_pid()"))[0][0]
+        await _admin(engine.url, "SELECT pg_terminate_backend($1)", pid)
+        await anyio.sleep(0.2)
+        second = Team(name="Blues")
+        session.add(second)
+        with pytest.raises(OperationalError):
+            await session.flush()  # fails at its savepoint, before any batch
+        # the transaction is gone with what it wrote: the objects say so, as after a rollback
+        assert first.id is None and first not in session and second not in session
+        assert not session.in_transaction()
+        session.add_all([first, second])
+        await session.commit()  # a fresh connection from the pool
+        assert first.id is not None and second.id is not None
+    assert await _count(engine, "pg_session_teams") == 2
+
+
 async def test_cancelled_flushes_never_return_a_connection_in_a_transaction(engine: uow.Engine) -> None:
     await engine.create_all(Team, Player)
     for attempt in range(12):

@@ -48,6 +48,7 @@ class ImmediateMixin:
         _journal: Journal
         _tables: dict[str, TableInfo]
         _gone: list[InstanceState]
+        _updating: dict[int, Mapping[str, Any]]
 
         def _exclusive(self, operation: str) -> AbstractContextManager[None]: ...
         async def _commit(self) -> None: ...
@@ -136,12 +137,19 @@ class ImmediateMixin:
     async def update(self, obj: M, **values: Any) -> M:
         """Set ``values`` on a tracked object and write them now."""
         with self._exclusive("update"):
-            mark = self._immediate_start()
+            table = self._live_state(obj).table
+            checked = self._checked_values(table, values)
+            # recording what is pending first must not delete, as an orphan taken out
+            # of a list, an object this update moves to another owner by its key
+            self._updating = {id(obj): checked}
+            try:
+                mark = self._immediate_start()
+            finally:
+                self._updating = {}
             state = self._live_state(obj)
-            table = state.table
             # the object gets its own copy of a JSON value, down to its nested parts: the
             # caller's value (which conversion copies one level deep at most) stays theirs
-            self._assign_now(state, self._detached_values(table, self._checked_values(table, values)), mark)
+            self._assign_now(state, self._detached_values(table, checked), mark)
             await self._flush_recorded(mark)
             await self._done()
         return obj

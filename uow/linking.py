@@ -20,7 +20,7 @@ The rules (see ``docs/models.md``, "Relations"):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from uow.assignments import ChildList, changed_since_flush, relation_assigned, set_attribute, unwatched_list
@@ -62,6 +62,7 @@ class LinkingMixin:
         _relation_checks: RelationChecks
         _adding: dict[int, int]
         _orphans_deleted: bool
+        _updating: dict[int, Mapping[str, Any]]
         _journal: Journal
         _changed_lists: list[tuple[int, InstanceState, str]]
 
@@ -184,12 +185,16 @@ class LinkingMixin:
                         "session; add it to a live object instead"
                     )
 
-    def _add_children(self, obj: Any, table: TableInfo, state: InstanceState, at: dt.datetime | None = None) -> None:
+    def _add_children(
+        self, obj: Any, table: TableInfo, state: InstanceState, at: dt.datetime | None = None, *, adding: bool = False
+    ) -> None:
         """Add new children listed in one-to-many relations, linked to ``obj``.
         A list no change to which was noted (given to the model's constructor)
         becomes ``obj``'s own :class:`ChildList`, so that a child appended
         later is noted, and a tracked object in it is moved to ``obj``, as if
-        appended."""
+        appended. So is one in the list of an object being added (``adding``)
+        whose list outlived an undo of its insert: the undo took back the
+        move its append made."""
         identity = self._identity
         for (column, read_children), name in zip(table.child_relations, table.child_relation_names):
             children = read_children(obj)
@@ -210,8 +215,13 @@ class LinkingMixin:
             for child in children:
                 child_state = identity.state_of(child)
                 if child_state is not None:
-                    if given and child_state.status in LIVE and not _belongs_to(child, column, state, child_state):
-                        self._move_to(child_state, column, state, descriptor.back_relation(type(child)))
+                    if (
+                        (given or adding)
+                        and child_state.status in LIVE
+                        and not _belongs_to(child, column, state, child_state)
+                    ):
+                        back = getattr(table.model, name).back_relation(type(child))
+                        self._move_to(child_state, column, state, back)
                     continue
                 if identity.was_let_go(child):
                     continue
@@ -257,8 +267,20 @@ class LinkingMixin:
                     continue
                 child_state = self._add(child)
             if child_state.status in LIVE and _belongs_to(child, column, owner, child_state):
+                if owner.key is not None and self._moved_by_key(child_state, column, owner.key):
+                    continue
                 self._delete(child_state)
                 self._orphans_deleted = True
+
+    def _moved_by_key(self, child: InstanceState, column: str, owner_key: Any) -> bool:
+        """Whether the tracked ``child``, whose relation still holds the owner
+        with ``owner_key``, leaves it by its foreign key: assigned since over
+        that relation (the newer word), or being set by the ``update()`` in
+        progress."""
+        if self._column_assigned_over(child, column, owner_key):
+            return True
+        updating = self._updating.get(id(child.obj))
+        return updating is not None and column in updating and updating[column] != owner_key
 
     def _sync_relations(self, state: InstanceState, *, deleting: bool = False) -> None:
         """Add new objects assigned to the relations of ``state.obj`` (a table

@@ -43,9 +43,11 @@ class MergeMixin:
         merged: M = await self._merge(obj, {})
         return merged
 
-    async def _merge(self, obj: Any, merged: dict[int, Any]) -> Any:
+    async def _merge(self, obj: Any, merged: dict[int, Any], *, add: bool = True) -> Any:
         """:meth:`merge` of one object of the graph; ``merged``: id of each
-        copy merged so far -> what it became."""
+        copy merged so far -> what it became. A new object is added unless
+        ``add`` is false: a new child of a list is added with the owner that
+        lists it, which fills its foreign key (perhaps a NOT NULL one) then."""
         done = merged.get(id(obj))
         if done is not None:
             return done
@@ -62,7 +64,8 @@ class MergeMixin:
         if target is None:
             for name, value in relations.items():
                 setattr(obj, name, value)
-            self.add(obj)
+            if add:
+                self.add(obj)
             return obj
         for name, value in zip(table.column_names, table.values_of(obj)):
             setattr(target, name, value)
@@ -90,11 +93,13 @@ class MergeMixin:
                 continue
             if not isinstance(held, (list, tuple)):
                 continue
-            values[name] = [await self._merge(child, merged) if is_model(child) else child for child in held]
             descriptor = getattr(table.model, name)
             if target is not None and relation.delete_orphans and descriptor.raw(target) is NOT_LOADED:
+                # read before the children are merged: their merge assigns on tracked
+                # objects, which this read's autoflush would write half done
                 key_column = table.key_column
                 await self.query(table.model).filter(**{key_column: table.key_of(target)}).include(descriptor).one()
+            values[name] = [await self._merge(child, merged, add=False) if is_model(child) else child for child in held]
         return values
 
 

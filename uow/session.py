@@ -184,7 +184,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self.auto_rollback = auto_rollback
         self.autoflush = autoflush
         self.atomic = atomic
-        self.isolation = isolation
+        self.isolation = _isolation_level(isolation)
         self._journal = Journal()
         self._identity = IdentityMap()
         self._tables: dict[str, TableInfo] = {}
@@ -198,6 +198,10 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._tx_writes = False
         self._savepoints: list[_Savepoint] = []
         self._savepoint_counter = 0
+        self._in_begin_block = False
+        self._updating: dict[int, Mapping[str, Any]] = {}
+        """id(object) -> the checked values of the update() recording what was
+        pending before it (see LinkingMixin._moved_by_key)."""
         self._unreleased: str | None = None
         """The last flush's savepoint while it is not released: the next savepoint
         releases it in the same round trip, and the transaction's end with it."""
@@ -352,10 +356,14 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         return state
 
     def _has_work(self) -> bool:
-        return (
-            self._in_tx
-            or self._journal.has_pending()
-            or any(s.status in _LIVE and s.current() != s.snapshot for s in self._identity.states_to_compare())
+        return self._in_tx or self._journal.has_pending() or self._has_assignments()
+
+    def _has_assignments(self) -> bool:
+        """Whether a tracked object holds assignments not recorded yet (columns,
+        relations or lists of children)."""
+        return any(
+            state.status in _LIVE and (state.current() != state.snapshot or self._relations_changed(state))
+            for state in self._identity.states_to_compare()
         )
 
     def _record(self, event: AnyEvent, *about: InstanceState) -> None:
@@ -461,7 +469,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             )
         )
         if table.child_relations:
-            self._add_children(obj, table, new_state, at)
+            self._add_children(obj, table, new_state, at, adding=True)
         return new_state
 
     def _refuse_tracked_elsewhere(self, obj: Any) -> None:
@@ -772,7 +780,12 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             # a failed flush then undoes only itself, and the transaction goes on
             self._savepoint_counter += 1
             savepoint = f"uow_flush_{self._savepoint_counter}"
-            await self._set_savepoint(connection, savepoint)
+            try:
+                await self._set_savepoint(connection, savepoint)
+            except OperationalError as exc:  # the connection is lost, and the transaction with it
+                with anyio.CancelScope(shield=True):
+                    await self._undo_failed_flush(connection, None, exc)
+                raise
         try:
             outcome = await self._apply(connection, plan)
         except BaseException as exc:
@@ -811,11 +824,11 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 await self._drop_connection(discard=True)
         except Exception:
             await self._drop_connection(discard=True)
-        if self._tx_writes:
-            # the transaction, with what earlier flushes wrote, is gone: say so in the objects too
+        # the transaction, with its savepoints and what earlier flushes wrote, is gone
+        self._savepoints.clear()
+        if self._tx_writes:  # say so in the objects too
             self._undo_to(self._tx_start, lists_seen=0)
             self._tx_writes = False
-            self._savepoints.clear()
 
     async def _drop_connection(self, *, discard: bool = False) -> None:
         connection, self._connection = self._connection, None
@@ -1090,7 +1103,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
     async def _release_savepoint(self, savepoint: _Savepoint) -> None:
         with self._exclusive("savepoint release"):
             if savepoint not in self._savepoints:
-                raise SessionStateError("this savepoint was already released or rolled back")
+                raise SessionStateError("this savepoint was already released or rolled back, or its transaction ended")
             await self._flush()
             assert self._connection is not None
             self._unreleased = None  # a flush's savepoint set since goes with it
@@ -1100,7 +1113,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
     async def _rollback_savepoint(self, savepoint: _Savepoint) -> None:
         with self._exclusive("savepoint rollback"):
             if savepoint not in self._savepoints:
-                raise SessionStateError("this savepoint was already released or rolled back")
+                raise SessionStateError("this savepoint was already released or rolled back, or its transaction ended")
             with anyio.CancelScope(shield=True):
                 assert self._connection is not None
                 self._unreleased = None  # a flush's savepoint set since goes with it
@@ -1119,18 +1132,27 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         """A transaction block: commits on a clean exit, rolls back on an error.
 
         ``async with session.begin(): ...``. Raises :class:`SessionStateError` if
-        the session already holds unsaved work (use :meth:`begin_nested`).
+        the session already holds unsaved work (changes recorded, flushed or
+        only assigned) or is inside another ``begin()`` block: the block's
+        commit or rollback would take that work with it (use
+        :meth:`begin_nested` for a block inside a transaction).
         """
-        if self._journal.has_pending() or self._tx_writes:
+        if self._in_begin_block:
+            raise SessionStateError("the session is already in a begin() block; use begin_nested() inside it")
+        if self._journal.has_pending() or self._tx_writes or self._has_assignments():
             raise SessionStateError(
                 "the session already has work in progress; commit or roll it back first, or use begin_nested()"
             )
+        self._in_begin_block = True
         try:
-            yield self
-        except BaseException:
-            await self.rollback()
-            raise
-        await self.commit()
+            try:
+                yield self
+            except BaseException:
+                await self.rollback()
+                raise
+            await self.commit()
+        finally:
+            self._in_begin_block = False
 
     transaction = begin
 
@@ -1175,6 +1197,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         finally:
             self._busy = None
         if not rows:
+            if state is not None and not (self._journal.has_pending() and state.ref in self._journal.pending_refs()):
+                self._identity.detach(state)  # expired, and its row is gone: as refresh() does
             return None
         state = self._load_row(table, rows[0])
         if table.soft_delete_column is None:
@@ -1226,6 +1250,13 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         tracking it) when its row is gone."""
         with self._exclusive("refresh"):
             state = self._live_state(obj)
+            journal = self._journal
+            if not self.autoflush and journal.has_pending() and state.ref in journal.pending_refs():
+                # the next flush would write them over what refresh reads
+                raise SessionStateError(
+                    f"{type(obj).__name__} has changes recorded but not flushed (autoflush is off); "
+                    "flush or roll back before refresh()"
+                )
             if state.status is _PERSISTENT:
                 # discarded before the autoflush below, which would write them
                 state.restore_snapshot()
@@ -1292,6 +1323,24 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             self._identity.detach(state)
 
 
+ISOLATION_LEVELS = ("read committed", "repeatable read", "serializable")
+"""The isolation levels a session accepts (``None``: the backend's default)."""
+
+
+def _isolation_level(isolation: str | None) -> str | None:
+    """``isolation`` in lower case, checked when the session is made rather
+    than at its first transaction (where each adapter would say it its own way)."""
+    if isolation is None:
+        return None
+    level = isolation.strip().lower() if isinstance(isolation, str) else isolation
+    if level not in ISOLATION_LEVELS:
+        raise ConfigurationError(
+            f"unknown isolation level {isolation!r}; use one of {', '.join(map(repr, ISOLATION_LEVELS))} "
+            "or None for the backend's default"
+        )
+    return level
+
+
 def _single_rows(batch: Batch) -> list[Batch]:
     if isinstance(batch, DeleteBatch):
         versions = batch.expected_versions
@@ -1321,9 +1370,15 @@ class SavepointTransaction:
         self._savepoint: _Savepoint | None = None
 
     async def start(self) -> SavepointTransaction:
-        """Set the savepoint (flushing pending changes first)."""
+        """Set the savepoint (flushing pending changes first). A handle sets
+        one savepoint: once it is released or rolled back, take a new one
+        from ``begin_nested()``."""
         if self._savepoint is None:
             self._savepoint = await self._session._begin_savepoint()
+        elif self._savepoint not in self._session._savepoints:
+            raise SessionStateError(
+                "this savepoint was already released or rolled back; begin a new one with begin_nested()"
+            )
         return self
 
     def __await__(self) -> Any:
@@ -1331,13 +1386,18 @@ class SavepointTransaction:
 
     async def commit(self) -> None:
         """Release the savepoint, keeping its changes in the transaction."""
-        assert self._savepoint is not None, "the savepoint was not started"
-        await self._session._release_savepoint(self._savepoint)
+        await self._session._release_savepoint(self._started())
 
     async def rollback(self) -> None:
         """Undo everything since the savepoint, in the database and in the objects."""
-        assert self._savepoint is not None, "the savepoint was not started"
-        await self._session._rollback_savepoint(self._savepoint)
+        await self._session._rollback_savepoint(self._started())
+
+    def _started(self) -> _Savepoint:
+        if self._savepoint is None:
+            raise SessionStateError(
+                "this savepoint was never set: await session.begin_nested(), or use it in async with"
+            )
+        return self._savepoint
 
     async def __aenter__(self) -> SavepointTransaction:
         return await self.start()

@@ -27,7 +27,7 @@ changed) are the user's pending work, never unloaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any
 
 from uow.assignments import relation_assigned
@@ -102,9 +102,14 @@ class RelationChecks:
 
 
 def _parents_named(
-    values: Mapping[str, Any], table: TableInfo, tables: Mapping[str, TableInfo], identity: IdentityMap
+    values: Mapping[str, Any],
+    table: TableInfo,
+    tables: Mapping[str, TableInfo],
+    identity: IdentityMap,
+    moved: set[tuple[int, str]] | None = None,
 ) -> list[InstanceState]:
-    """The tracked parents the foreign keys among ``values`` (of a row of ``table``) name."""
+    """The tracked parents the foreign keys among ``values`` (of a row of
+    ``table``) name; each is noted in ``moved`` with the column."""
     found: list[InstanceState] = []
     for foreign_key in table.foreign_keys:
         key = values.get(foreign_key.column)
@@ -113,6 +118,8 @@ def _parents_named(
             parent = identity.get(parent_table, key)
             if parent is not None:
                 found.append(parent)
+                if moved is not None:
+                    moved.add((id(parent.obj), foreign_key.column))
     return found
 
 
@@ -122,10 +129,16 @@ def undo_suspects(
     identity: IdentityMap,
     tables: Mapping[str, TableInfo],
     checks: RelationChecks,
+    moved: set[tuple[int, str]] | None = None,
 ) -> list[InstanceState]:
     """The tracked states whose relations undoing ``removed`` may leave stale,
     found before the undo, while keys and links are still as the events left
-    them (``inserted_keys``: seq -> key of the rows the events inserted)."""
+    them (``inserted_keys``: seq -> key of the rows the events inserted).
+
+    ``moved`` gets (id of a parent object, foreign-key column) for each
+    parent an undone update of that column named, before or after: the row
+    moves back, so the parent's list through that column may lack it or hold
+    it wrongly, whichever list was read in between."""
     by_ref = identity.by_ref
     suspects: list[InstanceState] = []
     for event in removed:
@@ -145,8 +158,8 @@ def undo_suspects(
                     for child, indexes in checks.referrers(table):
                         suspects.extend(identity.find_by_columns(child, indexes, (key,)))
             if isinstance(event, Updated):  # a moved row: the parents on both sides may list it
-                suspects.extend(_parents_named(event.old, table, tables, identity))
-                suspects.extend(_parents_named(event.new, table, tables, identity))
+                suspects.extend(_parents_named(event.old, table, tables, identity, moved))
+                suspects.extend(_parents_named(event.new, table, tables, identity, moved))
             continue
         row_states = [state] if state is not None else []
         for key in {event.key, inserted_keys.get(event.seq), None if state is None else state.key}:
@@ -184,13 +197,18 @@ def undo_suspects(
 
 
 def unload_stale_relations(
-    states: Iterable[InstanceState], detached: Mapping[int, Any], identity: IdentityMap, checks: RelationChecks
+    states: Iterable[InstanceState],
+    detached: Mapping[int, Any],
+    identity: IdentityMap,
+    checks: RelationChecks,
+    moved: Container[tuple[int, str]] = (),
 ) -> None:
     """Unload each relation of a tracked one of ``states`` that no longer
     matches what the undo restored: a many-to-one relation whose object does
     not have the key its foreign key holds, or is an object the undo let go of
-    (``detached``: id -> object), and a list holding such an object or a new
-    one appended since. A many-to-one relation noted as assigned, and the
+    (``detached``: id -> object), a list holding such an object or a new
+    one appended since, and a list through a foreign key an undone update
+    moved a row by (``moved``, from :func:`undo_suspects`). A many-to-one relation noted as assigned, and the
     lists of an object noted as changed, stay: those are assignments the undo
     did not take back."""
     by_obj = identity.by_obj
@@ -210,11 +228,14 @@ def unload_stale_relations(
             if column is None:
                 # an object the undo let go of, a new one appended since (taken back
                 # too), or one whose foreign key names another owner (moved back)
-                stale = isinstance(value, list) and any(
-                    detached.get(id(child)) is child
-                    or identity.is_new(child)
-                    or (back is not None and _names_another_owner(identity, child, back, state.key))
-                    for child in value
+                stale = isinstance(value, list) and (
+                    (back is not None and (obj_id, back) in moved)
+                    or any(
+                        detached.get(id(child)) is child
+                        or identity.is_new(child)
+                        or (back is not None and _names_another_owner(identity, child, back, state.key))
+                        for child in value
+                    )
                 )
             elif value is None:
                 stale = getattr(obj, column) is not None  # no parent, where the restored key names one

@@ -76,13 +76,16 @@ class UndoMixin:
         inserted_keys = self._journal.inserted_keys_since(mark)
         removed = self._journal.truncate(mark)
         if removed or touched:
-            suspects = undo_suspects(removed, inserted_keys, self._identity, self._tables, self._relation_checks)
+            moved: set[tuple[int, str]] = set()
+            suspects = undo_suspects(removed, inserted_keys, self._identity, self._tables, self._relation_checks, moved)
             detached: dict[int, Any] = {}
             for event in reversed(removed):
                 self._undo(event, detached)
                 if event.seq in inserted_keys:
                     self._let_go_of_vanished_row(self._tables[event.table], inserted_keys[event.seq], detached)
-            unload_stale_relations(itertools.chain(touched, suspects), detached, self._identity, self._relation_checks)
+            unload_stale_relations(
+                itertools.chain(touched, suspects), detached, self._identity, self._relation_checks, moved
+            )
             if removed:
                 self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1)
         # a list is not rebuilt: the ones changed in the undone part are unloaded,

@@ -51,6 +51,7 @@ import uow
 from uow import AsyncSession
 from uow.errors import (
     ConcurrencyError,
+    ConfigurationError,
     DetachedInstanceError,
     IntegrityError,
     ModelDefinitionError,
@@ -1423,6 +1424,36 @@ class SessionConformance:
             with pytest.raises(SessionStateError):
                 await session.refresh(user)
 
+    async def test_refresh_with_autoflush_off_refuses_an_object_with_changes_recorded(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine, autoflush=False) as session:
+            user = await session.get_one(User, alice.id)
+            user.age = 5
+            session.plan()  # records the assignment as a pending event
+            with pytest.raises(SessionStateError, match="recorded but not flushed"):
+                await session.refresh(user)
+            assert user.age == 5
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).age == 5
+
+    async def test_a_get_that_finds_an_expired_objects_row_gone_lets_go_of_it(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            await session.commit()
+            async with AsyncSession(engine) as other:
+                await other.remove(await other.get_one(User, alice.id))
+                await other.commit()
+            session.expire(user)
+            assert await session.get(User, alice.id) is None
+            assert user not in session
+            again = User(id=alice.id, name="Again", email="again@example.com")
+            session.add(again)  # the key is free in the session too
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).name == "Again"
+
     async def test_expire_lets_the_next_read_overwrite(
         self, engine: uow.Engine, alice: User, reads: ReadCounter
     ) -> None:
@@ -1874,6 +1905,53 @@ class SessionConformance:
                     pass
         assert (await stored(engine, User, kept.id)).name == "Kept"
         assert await count_rows(engine, User) == 1
+
+    async def test_begin_refuses_assignments_not_saved_yet_and_a_begin_inside_another(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            user.name = "edited"  # not recorded yet, but work all the same
+            with pytest.raises(SessionStateError, match="work in progress"):
+                async with session.begin():
+                    pass
+            assert user.name == "edited"
+            await session.commit()
+            with pytest.raises(RuntimeError, match="boom"):
+                async with session.begin():
+                    with pytest.raises(SessionStateError, match="begin_nested"):
+                        async with session.begin():
+                            pass
+                    session.add(User(name="Inner", email="inner@example.com"))
+                    raise RuntimeError("boom")
+        assert (await stored(engine, User, alice.id)).name == "edited"
+        assert await count_rows(engine, User) == 1
+
+    async def test_an_isolation_level_is_checked_when_the_session_is_made(self, engine: uow.Engine) -> None:
+        with pytest.raises(ConfigurationError, match="unknown isolation level 'nonsense'"):
+            AsyncSession(engine, isolation="nonsense")
+        async with AsyncSession(engine, isolation="REPEATABLE READ") as session:
+            assert session.isolation == "repeatable read"
+            await session.insert(User(name="Iso", email="iso@example.com"))
+            await session.commit()
+        assert await count_rows(engine, User) == 1
+
+    async def test_a_savepoint_handle_sets_one_savepoint(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            never_set = session.begin_nested()
+            for call in (never_set.commit, never_set.rollback):
+                with pytest.raises(SessionStateError, match="never set"):
+                    await call()
+            savepoint = session.begin_nested()
+            async with savepoint:
+                user.age = 1
+            with pytest.raises(SessionStateError, match="already released"):
+                async with savepoint:
+                    user.age = 99
+            assert user.age == 1
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).age == 1
 
     async def test_savepoint_context_rolls_back_on_error_and_keeps_on_success(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
