@@ -11,6 +11,7 @@ memory adapter and journal replay use it, so Python and SQL agree on NULLs.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -125,13 +126,19 @@ def columns_of(condition: Condition) -> set[str]:
     return {condition.column}  # type: ignore[attr-defined]
 
 
+def stored_order(value: Any) -> Any:
+    """What a database orders and compares a value by: an enum by the value
+    it stores (an ``Enum`` of strings has no order of its own in Python)."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
 _COMPARE = {
     "eq": lambda a, b: a == b,
     "ne": lambda a, b: a != b,
-    "lt": lambda a, b: a < b,
-    "le": lambda a, b: a <= b,
-    "gt": lambda a, b: a > b,
-    "ge": lambda a, b: a >= b,
+    "lt": lambda a, b: stored_order(a) < stored_order(b),
+    "le": lambda a, b: stored_order(a) <= stored_order(b),
+    "gt": lambda a, b: stored_order(a) > stored_order(b),
+    "ge": lambda a, b: stored_order(a) >= stored_order(b),
 }
 
 _like_cache: dict[tuple[str, bool], re.Pattern[str]] = {}
@@ -186,10 +193,16 @@ def evaluate(condition: Condition | None, row: Mapping[str, Any]) -> bool | None
             return None
         return like_regex(condition.pattern, condition.case_insensitive).fullmatch(str(value)) is not None
     if isinstance(condition, Between):
+        # value >= low AND value <= high, where a NULL side is unknown: one
+        # false side makes it false (so NOT BETWEEN true) even against a NULL
         value = row[condition.column]
-        if value is None or condition.low is None or condition.high is None:
+        if value is None:
             return None
-        return bool(condition.low <= value <= condition.high)
+        low = None if condition.low is None else stored_order(value) >= stored_order(condition.low)
+        high = None if condition.high is None else stored_order(value) <= stored_order(condition.high)
+        if low is False or high is False:
+            return False
+        return None if low is None or high is None else True
     if isinstance(condition, And):
         result: bool | None = True
         for item in condition.items:
@@ -237,4 +250,5 @@ __all__ = [
     "evaluate",
     "like_regex",
     "matches",
+    "stored_order",
 ]

@@ -192,31 +192,37 @@ def compile_criterion(table: TableInfo, criterion: Q | Predicate | Condition) ->
 
 def check_condition(table: TableInfo, condition: Condition) -> Condition:
     """``condition`` with every column checked and every value converted to
-    its column's type; text patterns only on text columns."""
-    if isinstance(condition, Compare):
+    its column's type; text patterns only on text columns, and nothing but
+    ``IS NULL`` on JSON columns (databases compare JSON values each their
+    own way: key order, ``true`` against ``1``, ``1.0`` against ``1``)."""
+    if isinstance(condition, (Compare, In, Between, Like)):
         _check_field(table, condition.column)
+        _refuse_json(table, condition.column, "compared")
+    if isinstance(condition, Compare):
         if condition.value is None:
             return condition
         return Compare(condition.column, condition.cmp, _value(table, condition.column, condition.value))
     if isinstance(condition, In):
-        _check_field(table, condition.column)
         values = tuple(None if v is None else _value(table, condition.column, v) for v in condition.values)
         return In(condition.column, values, condition.negate)
     if isinstance(condition, Between):
-        _check_field(table, condition.column)
         low, high = (None if v is None else _value(table, condition.column, v) for v in (condition.low, condition.high))
         return Between(condition.column, low, high)
     if isinstance(condition, IsNull):
         _check_field(table, condition.column)
         return condition
     if isinstance(condition, Like):
-        _check_field(table, condition.column)
         column = table.columns[table.column_index[condition.column]]
         python_type = column.python_type
         if column.kind != "text" or (isinstance(python_type, type) and issubclass(python_type, enum.Enum)):
             raise QueryError(
                 f"{table.model.__name__}.{condition.column} is not a text column; "
                 "contains/startswith/endswith/like need one"
+            )
+        if _ends_in_a_lone_escape(condition.pattern):
+            raise QueryError(
+                f"the pattern {condition.pattern!r} ends with the escape character \\; "
+                "write \\\\ for a backslash itself"
             )
         return condition
     if isinstance(condition, And):
@@ -243,6 +249,7 @@ def order_terms(table: TableInfo, keys: Iterable[str | Column | Ordering]) -> tu
         else:
             raise QueryError(f"order_by() takes field names ('-age') or columns (User.age.desc()), not {key!r}")
         _check_field(table, name)
+        _refuse_json(table, name, "ordered")
         terms.append(OrderBy(name, descending))
     return tuple(terms)
 
@@ -255,14 +262,35 @@ def _check_field(table: TableInfo, name: str) -> None:
         )
 
 
+def _refuse_json(table: TableInfo, name: str, how: str) -> None:
+    if table.columns[table.column_index[name]].kind == "json":
+        raise QueryError(
+            f"{table.model.__name__}.{name} is a JSON column: its values cannot be {how} alike on every "
+            "database (only is_null applies); use execute_raw for the database's own JSON operators"
+        )
+
+
+def _ends_in_a_lone_escape(pattern: str) -> bool:
+    trailing = len(pattern) - len(pattern.rstrip("\\"))
+    return trailing % 2 == 1
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
 def _value(table: TableInfo, column_name: str, value: Any) -> Any:
-    python_type = table.columns[table.column_index[column_name]].python_type
-    if value.__class__ is python_type:
-        return value
-    try:
-        return msgspec.convert(value, python_type, strict=True)
-    except (msgspec.ValidationError, TypeError) as exc:
-        raise QueryError(f"{table.model.__name__}.{column_name}: {value!r} does not fit the column ({exc})") from None
+    column = table.columns[table.column_index[column_name]]
+    python_type = column.python_type
+    if value.__class__ is not python_type:
+        try:
+            value = msgspec.convert(value, python_type, strict=True)
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise QueryError(
+                f"{table.model.__name__}.{column_name}: {value!r} does not fit the column ({exc})"
+            ) from None
+    if column.kind == "integer" and type(value) is int and value not in _INT64:
+        raise QueryError(f"{table.model.__name__}.{column_name}: {value!r} does not fit the column (64-bit integers)")
+    return value
 
 
 __all__ = ["LOOKUPS", "Q", "check_condition", "compile_criterion", "compile_lookups", "order_terms"]

@@ -533,11 +533,16 @@ class ImmediateMixin:
     def _filters(self, table: TableInfo, filters: Mapping[str, Any]) -> Condition | None:
         if not filters:
             return None
-        for name in filters:
+        for name, value in filters.items():
             if name not in table.column_index:
                 raise ValidationError(
                     f"{table.model.__name__} has no column {name!r} to filter on; "
                     f"columns: {', '.join(table.column_names)}"
+                )
+            if value is not None and table.columns[table.column_index[name]].kind == "json":
+                raise ValidationError(
+                    f"{table.model.__name__}.{name} is a JSON column: databases compare JSON values each "
+                    "their own way, so it filters only on None (IS NULL)"
                 )
         checked = {
             name: (None if v is None else self._checked_values(table, {name: v})[name]) for name, v in filters.items()

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from uow.conditions import Condition, matches
+from uow.conditions import Condition, matches, stored_order
 from uow.errors import StorageError
 from uow.statements import Select
 from uow_memory.table import TableData
@@ -50,7 +50,7 @@ def _sort_key(position: int) -> Callable[[tuple[Any, ...]], tuple[bool, Any]]:
 
     def key(row: tuple[Any, ...]) -> tuple[bool, Any]:
         value = row[position]
-        return (value is not None, value)
+        return (value is not None, stored_order(value))
 
     return key
 

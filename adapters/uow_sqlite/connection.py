@@ -21,7 +21,7 @@ from uow.errors import ConfigurationError, OperationalError, SerializationFailur
 from uow.model import TableInfo
 from uow.statements import Select
 from uow_sqlite.config import SQLiteConfig
-from uow_sqlite.dialect import ILIKE_FUNCTION, SQLiteDialect, ilike
+from uow_sqlite.dialect import DECIMAL_COLLATION, ILIKE_FUNCTION, SQLiteDialect, decimal_collation, ilike
 from uow_sqlite.errors import storage_error
 from uow_sqlite.schema import children_first, parents_first
 from uow_sqlite.writes import apply_batch
@@ -245,6 +245,7 @@ async def open_connection(config: SQLiteConfig, dialect: SQLiteDialect) -> SQLit
 
 
 def _configure(raw: sqlite3.Connection, config: SQLiteConfig) -> None:
+    raw.create_collation(DECIMAL_COLLATION, decimal_collation)
     raw.execute("PRAGMA foreign_keys = ON")
     raw.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout)}")
     if not config.in_memory:

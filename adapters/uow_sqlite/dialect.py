@@ -15,7 +15,10 @@ Storage choices (what a row looks like in the file):
   PostgreSQL's ``timestamptz`` behaves;
 - ``date`` and ``time`` TEXT in ISO format (times always with microseconds);
 - ``decimal`` TEXT (exact, read back as ``Decimal``); comparisons and sorting
-  cast it to a number, so ``10 > 9`` holds as for the other adapters;
+  use the ``uow_decimal`` collation, registered on every connection, which
+  compares the texts as ``Decimal`` values: ``10 > 9`` and ``1.0 = 1.00`` hold,
+  digit for digit, as for the other adapters (a cast to REAL would round past
+  15 digits);
 - ``uuid`` TEXT in the canonical hyphenated form, read back as ``UUID``;
 - ``json`` TEXT written by ``msgspec.json``, read back with the column's type
   (``dict``, ``list``, a Struct, ...);
@@ -50,6 +53,31 @@ from uow.statements import Select
 
 ILIKE_FUNCTION = "uow_ilike"
 """Name of the SQL function registered on each connection for case-insensitive LIKE."""
+
+DECIMAL_COLLATION = "uow_decimal"
+"""Name of the collation registered on each connection that orders decimal text by value."""
+
+
+def decimal_collation(left: str, right: str) -> int:
+    """-1, 0 or 1 as the decimals ``left`` and ``right`` (stored text) compare;
+    text that is no number (written outside uow) compares as text, after numbers."""
+    try:
+        a, b = decimal.Decimal(left), decimal.Decimal(right)
+    except decimal.InvalidOperation:
+        a_number, b_number = _is_number(left), _is_number(right)
+        if a_number != b_number:
+            return -1 if a_number else 1
+        return (left > right) - (left < right)
+    return (a > b) - (a < b)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        return False
+    return True
+
 
 _TYPES = {
     "integer": "INTEGER",
@@ -243,7 +271,7 @@ class SQLiteDialect(SqlDialect):
     def sort_key(self, table: TableInfo, column: str) -> str:
         quoted = self.quote(column)
         if self._is_decimal(table, column):
-            return f"CAST({quoted} AS REAL)"
+            return f"{quoted} COLLATE {DECIMAL_COLLATION}"
         return quoted
 
     def condition(self, condition: Condition, table: TableInfo, params: Params) -> str:
@@ -261,10 +289,11 @@ class SQLiteDialect(SqlDialect):
         return index is not None and table.columns[index].kind == "decimal"
 
     def _decimal_condition(self, condition: Compare | Between | In, table: TableInfo, params: Params) -> str:
-        column = f"CAST({self.quote(condition.column)} AS REAL)"
+        # the column's collation decides every comparison it takes part in (IN too)
+        column = f"{self.quote(condition.column)} COLLATE {DECIMAL_COLLATION}"
 
         def value(raw: Any) -> str:
-            return f"CAST({params.add(self.encode_value(table, condition.column, raw))} AS REAL)"
+            return params.add(self.encode_value(table, condition.column, raw))
 
         if isinstance(condition, Compare):
             return f"{column} {_SQL_COMPARE[condition.cmp]} {value(condition.value)}"

@@ -56,6 +56,7 @@ from uow.errors import (
     IntegrityError,
     ModelDefinitionError,
     NoResultFound,
+    QueryError,
     RelationNotLoadedError,
     SessionStateError,
     StorageError,
@@ -2826,6 +2827,66 @@ class SessionConformance:
             await session.commit()
         saved = await stored(engine, Sample, full.id)
         assert (saved.amount, saved.color, saved.data) == (decimal.Decimal("0.5"), Color.BLUE, {"x": [1, 2]})
+
+    async def test_decimal_comparisons_and_order_are_exact_past_fifteen_digits(self, engine: uow.Engine) -> None:
+        big, bigger = decimal.Decimal("12345678901234567"), decimal.Decimal("12345678901234567.1")
+        tiny = decimal.Decimal("0.1000000000000000001")
+        samples = [_sample(amount=bigger), _sample(amount=big), _sample(amount=tiny)]
+        async with AsyncSession(engine) as session:
+            session.add_all(samples)
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            query = session.query(Sample)
+
+            async def amounts(read: Any) -> list[decimal.Decimal]:
+                return [sample.amount for sample in await read.all()]
+
+            assert await amounts(query.filter(amount__gt=big)) == [bigger]
+            assert await amounts(query.filter(amount__in=[big])) == [big]
+            assert await amounts(query.filter(amount=decimal.Decimal("0.1"))) == []
+            assert await amounts(query.filter(amount=decimal.Decimal("12345678901234567.10"))) == [bigger]
+            assert await amounts(query.order_by("amount")) == [tiny, big, bigger]
+            assert await query.filter(amount__between=(big, bigger)).count() == 2
+
+    async def test_not_between_an_open_bound_follows_sqls_three_valued_logic(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)  # age 30
+            query = session.query(User)
+            assert await query.exclude(age__between=(40, None)).all() == [user]  # 30 >= 40 is false: NOT is true
+            assert await query.exclude(age__between=(None, 40)).all() == []  # unknown either way
+            assert await query.exclude(age__between=(40, None)).update(name="outside") == 1
+            assert user.name == "outside"  # the tracked object agrees with the database
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).name == "outside"
+
+    async def test_an_enum_column_compares_and_orders_by_the_value_it_stores(self, engine: uow.Engine) -> None:
+        samples = [_sample(color=Color.RED), _sample(color=Color.GREEN), _sample(color=Color.BLUE)]
+        async with AsyncSession(engine) as session:
+            session.add_all(samples)
+            await session.commit()
+            query = session.query(Sample)
+            assert [s.color for s in await query.order_by("color").all()] == [Color.BLUE, Color.GREEN, Color.RED]
+            assert {s.color for s in await query.filter(color__lt=Color.RED).all()} == {Color.BLUE, Color.GREEN}
+
+    async def test_what_databases_answer_differently_is_refused_before_a_read(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            session.add(_sample(data={"a": 1}))
+            await session.commit()
+            query = session.query(Sample)
+            with pytest.raises(QueryError, match="JSON column"):
+                await query.filter(data={"a": 1}).all()  # key order, true against 1: each its own way
+            with pytest.raises(QueryError, match="JSON column"):
+                await query.order_by("data").all()
+            with pytest.raises(ValidationError, match="JSON column"):
+                await session.bulk_update(Sample, {"label": "x"}, data={"a": 1})
+            assert await query.filter(data__is_null=False).count() == 1
+            with pytest.raises(QueryError, match="escape character"):
+                await query.where(Sample.label.like("a\\")).all()
+            with pytest.raises(QueryError, match="64-bit"):
+                await query.filter(count__lt=2**64).all()
+            assert (await query.one()).label == "sample"  # nothing changed
 
     async def test_a_json_value_changed_in_place_is_written_and_never_changes_the_journal(
         self, engine: uow.Engine
