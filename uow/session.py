@@ -897,7 +897,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                     f"{verb} {batch.table.name} matched {result.rowcount} of {expected} rows by "
                     f"{batch.table.key_column} [{shown}]"
                     + (f" and {batch.table.version_column}" if checked else "")
-                    + ": another transaction changed or deleted them; roll back and retry",
+                    + ": another transaction changed or deleted them, or the database deleted them by a cascade "
+                    "from a row this session deleted through a parent it had not loaded; roll back and retry",
                     table=batch.table.name,
                     keys=tuple(keys),
                 )
