@@ -15,7 +15,9 @@ datetime    ``TIMESTAMPTZ``: values are instants. Aware values come back as the
             aware (UTC). Use aware datetimes with PostgreSQL.
 date        ``DATE``
 time        ``TIME`` (naive times only)
-decimal     ``NUMERIC`` (scale kept: ``Decimal("1.10")`` comes back as is)
+decimal     ``NUMERIC`` (scale kept: ``Decimal("1.10")`` comes back as is; an
+            exponent or a negative zero is written out, ``Decimal("1E+2")``
+            coming back as the equal ``Decimal("100")`` and ``-0`` as ``0``)
 uuid        ``UUID``; a generated UUID key defaults to ``gen_random_uuid()``
 json        ``JSONB``, encoded with msgspec and decoded to the column's annotated
             type (``dict``, ``list``, a ``msgspec.Struct`` ...)
