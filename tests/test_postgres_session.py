@@ -148,3 +148,19 @@ async def test_each_flush_after_the_first_costs_one_savepoint_statement(engine: 
         'RELEASE SAVEPOINT "uow_flush_2"; SAVEPOINT "uow_flush_3"',
     ]
     assert await _count(engine, "pg_session_teams") == 4
+
+
+async def test_a_read_cancelled_half_way_says_so_until_a_rollback(engine: uow.Engine) -> None:
+    await engine.create_all(Team, Player)
+    async with AsyncSession(engine) as session:
+        team = await session.insert(Team(name="Reds"))
+        with anyio.move_on_after(0.05):
+            await session.execute_raw("SELECT pg_sleep(2)")  # the server cancels it, aborting the transaction
+        for call in (lambda: session.get(Team, 999), session.commit):
+            with pytest.raises(OperationalError, match="cancelled half-way"):
+                await call()
+        await session.rollback()
+        assert team not in session and team.id is None
+        session.add(Team(name="Blues"))
+        await session.commit()  # the same connection, clean again after its rollback
+    assert await _count(engine, "pg_session_teams") == 1

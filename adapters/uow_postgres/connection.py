@@ -31,7 +31,7 @@ from uow.batches import (
     UpdateBatch,
     UpsertBatch,
 )
-from uow.errors import ConfigurationError, IntegrityError, StorageError
+from uow.errors import ConfigurationError, IntegrityError, OperationalError, StorageError
 from uow.model import TableInfo
 from uow.statements import Select
 from uow_postgres.dialect import PostgresDialect
@@ -116,6 +116,8 @@ class PostgresConnection(Connection):
         """Set when the connection's state is unknown: it must be closed, not reused."""
 
     async def _call(self, operation: Callable[[], Awaitable[T]], failure: Failure | None = None) -> T:
+        if self.broken:
+            raise self._interrupted()
         try:
             return await operation()
         except Exception as exc:
@@ -124,6 +126,16 @@ class PostgresConnection(Connection):
             # Cancelled while the server may still be working on the statement.
             self.broken = True
             raise
+
+    def _interrupted(self) -> OperationalError:
+        """The error for any call but a rollback after a call was cancelled half
+        way: the server may have cancelled the statement, aborting the
+        transaction, and a later statement would fail with "current transaction
+        is aborted", which does not say why."""
+        return OperationalError(
+            "an earlier call on this connection was cancelled half-way, so its transaction may be aborted; "
+            "roll back, then run the work again"
+        )
 
     def _failed(self, exc: Exception, failure: Failure | None = None) -> Exception:
         """The :mod:`uow.errors` error for a driver error; a lost connection is
@@ -157,7 +169,14 @@ class PostgresConnection(Connection):
         await self._call(lambda: self.raw.execute("COMMIT"))
 
     async def rollback(self) -> None:
-        await self._call(lambda: self.raw.execute("ROLLBACK"))
+        """Roll back, also after a cancelled call: once that works, the
+        connection is clean again."""
+        self.broken = False
+        try:
+            await self._call(lambda: self.raw.execute("ROLLBACK"))
+        except BaseException:
+            self.broken = True  # its state is unknown: closed, never reused
+            raise
 
     async def savepoint(self, name: str) -> None:
         await self._call(lambda: self.raw.execute(f"SAVEPOINT {self.dialect.quote(name)}"))
@@ -329,6 +348,8 @@ class PostgresConnection(Connection):
         sql, params = self.dialect.select(select)
         # _call written out: every get by key is one fetch, and the wrapper's
         # extra coroutine and closure cost more than the rest of this method
+        if self.broken:
+            raise self._interrupted()
         try:
             records = await self.raw.fetch(sql, *params)
         except Exception as exc:
@@ -343,6 +364,8 @@ class PostgresConnection(Connection):
         return list(map(self.dialect.row_decoder(select.table), records))
 
     async def stream(self, select: Select, chunk_size: int = 1000) -> AsyncIterator[list[tuple[Any, ...]]]:
+        if self.broken:
+            raise self._interrupted()
         sql, params = self.dialect.select(select)
         decode = self.dialect.row_decoder(select.table) if select.mode == "rows" else tuple
         if self.in_transaction():
