@@ -106,7 +106,7 @@ def _several_statements(sql: str) -> bool:
 class PostgresConnection(Connection):
     """A connection checked out of the adapter's pool for one session."""
 
-    __slots__ = ("raw", "dialect", "copy_threshold", "broken")
+    __slots__ = ("raw", "dialect", "copy_threshold", "broken", "interrupted")
 
     def __init__(self, raw: RawConnection, dialect: PostgresDialect, *, copy_threshold: int):
         self.raw = raw
@@ -114,9 +114,15 @@ class PostgresConnection(Connection):
         self.copy_threshold = copy_threshold
         self.broken = False
         """Set when the connection's state is unknown: it must be closed, not reused."""
+        self.interrupted = False
+        """Set when a read (``fetch``, ``stream``, ``execute_raw``) was cancelled
+        half-way: the server may have aborted the transaction, so calls other
+        than a rollback are refused until one works."""
 
-    async def _call(self, operation: Callable[[], Awaitable[T]], failure: Failure | None = None) -> T:
-        if self.broken:
+    async def _call(
+        self, operation: Callable[[], Awaitable[T]], failure: Failure | None = None, *, read: bool = False
+    ) -> T:
+        if self.interrupted:
             raise self._interrupted()
         try:
             return await operation()
@@ -124,7 +130,21 @@ class PostgresConnection(Connection):
             raise self._failed(exc, failure) from exc
         except BaseException:
             # Cancelled while the server may still be working on the statement.
+            # A read may run long enough for the cancel to abort the transaction;
+            # the session's own statements recover by a rollback to a savepoint.
             self.broken = True
+            self.interrupted = self.interrupted or read
+            raise
+
+    async def _recover(self, sql: str) -> None:
+        """Run a rollback (of the transaction or to a savepoint), which a call
+        cancelled half-way does not stop: once it works, calls go on, though
+        the connection is still closed rather than pooled when released."""
+        self.interrupted = False
+        try:
+            await self._call(lambda: self.raw.execute(sql))
+        except BaseException:
+            self.interrupted = True
             raise
 
     def _interrupted(self) -> OperationalError:
@@ -169,14 +189,7 @@ class PostgresConnection(Connection):
         await self._call(lambda: self.raw.execute("COMMIT"))
 
     async def rollback(self) -> None:
-        """Roll back, also after a cancelled call: once that works, the
-        connection is clean again."""
-        self.broken = False
-        try:
-            await self._call(lambda: self.raw.execute("ROLLBACK"))
-        except BaseException:
-            self.broken = True  # its state is unknown: closed, never reused
-            raise
+        await self._recover("ROLLBACK")
 
     async def savepoint(self, name: str) -> None:
         await self._call(lambda: self.raw.execute(f"SAVEPOINT {self.dialect.quote(name)}"))
@@ -185,7 +198,7 @@ class PostgresConnection(Connection):
         await self._call(lambda: self.raw.execute(f"RELEASE SAVEPOINT {self.dialect.quote(name)}"))
 
     async def rollback_to_savepoint(self, name: str) -> None:
-        await self._call(lambda: self.raw.execute(f"ROLLBACK TO SAVEPOINT {self.dialect.quote(name)}"))
+        await self._recover(f"ROLLBACK TO SAVEPOINT {self.dialect.quote(name)}")
 
     async def replace_savepoint(self, released: str, name: str) -> None:
         # without arguments asyncpg sends the simple query protocol, which takes
@@ -348,14 +361,14 @@ class PostgresConnection(Connection):
         sql, params = self.dialect.select(select)
         # _call written out: every get by key is one fetch, and the wrapper's
         # extra coroutine and closure cost more than the rest of this method
-        if self.broken:
+        if self.interrupted:
             raise self._interrupted()
         try:
             records = await self.raw.fetch(sql, *params)
         except Exception as exc:
             raise self._failed(exc) from exc
         except BaseException:
-            self.broken = True
+            self.broken = self.interrupted = True
             raise
         # map() keeps the per-record loop in C (decode is the tuple type itself
         # when no column needs converting)
@@ -364,7 +377,7 @@ class PostgresConnection(Connection):
         return list(map(self.dialect.row_decoder(select.table), records))
 
     async def stream(self, select: Select, chunk_size: int = 1000) -> AsyncIterator[list[tuple[Any, ...]]]:
-        if self.broken:
+        if self.interrupted:
             raise self._interrupted()
         sql, params = self.dialect.select(select)
         decode = self.dialect.row_decoder(select.table) if select.mode == "rows" else tuple
@@ -384,9 +397,9 @@ class PostgresConnection(Connection):
     async def _chunks(
         self, sql: str, params: list[Any], chunk_size: int, decode: Callable[[Any], tuple[Any, ...]]
     ) -> AsyncIterator[list[tuple[Any, ...]]]:
-        cursor = await self._call(lambda: self.raw.cursor(sql, *params))
+        cursor = await self._call(lambda: self.raw.cursor(sql, *params), read=True)
         while True:
-            records = await self._call(lambda: cursor.fetch(chunk_size))
+            records = await self._call(lambda: cursor.fetch(chunk_size), read=True)
             if records:
                 yield [decode(record) for record in records]
             if len(records) < chunk_size:
@@ -400,9 +413,9 @@ class PostgresConnection(Connection):
         """
         args = list(params or ())
         if not args and _several_statements(sql):
-            await self._call(lambda: self.raw.execute(sql))
+            await self._call(lambda: self.raw.execute(sql), read=True)
             return []
-        records = await self._call(lambda: self.raw.fetch(sql, *args))
+        records = await self._call(lambda: self.raw.fetch(sql, *args), read=True)
         return [tuple(record) for record in records]
 
     # --- schema ------------------------------------------------------------------
