@@ -7,7 +7,9 @@ are the rules around them.)"""
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
+import weakref
 from typing import Annotated
 
 import anyio
@@ -486,3 +488,28 @@ async def test_a_rollback_unloads_a_list_read_while_a_child_was_moved_away(engin
         basket.fruit = [Fruit(name="fig")]  # the whole aggregate replaced: apple and pear are orphans
         await session.commit()
     assert await _stored_fruit(engine) == [("fig", basket.id)]
+
+
+async def test_objects_read_with_their_lists_are_freed_once_let_go_of(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        await _basket_of(session, "apple", "pear")
+    async with uow.AsyncSession(engine) as session:
+        [basket] = await session.query(Basket).include(Basket.fruit).all()
+        freed = weakref.ref(basket), weakref.ref(basket.fruit[0])
+        assert basket.fruit.belongs_to(basket)
+    del basket, session
+    gc.collect()
+    assert [ref() for ref in freed] == [None, None]  # the list holds its owner weakly: no cycle outlives them
+
+
+def test_a_list_that_outlives_its_owner_is_a_plain_list() -> None:
+    crate = Crate(id=1, label="a")
+    crate.bottles = [Bottle(label="first")]  # a bottle has no relation back: nothing else holds the crate
+    bottles = crate.bottles
+    assert bottles[0].crate_id == 1
+    del crate
+    gc.collect()
+    assert bottles.owner is None
+    bottles.append(Bottle(label="second"))  # nothing to link it to
+    assert [bottle.label for bottle in bottles] == ["first", "second"] and bottles[1].crate_id is None

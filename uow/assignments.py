@@ -33,6 +33,7 @@ there as it would for that assignment.
 from __future__ import annotations
 
 import operator
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, Self, SupportsIndex
 
@@ -103,14 +104,20 @@ class ChildList(list[Any]):
     its owner, so that the next flush looks at the owner and inserts or links
     the new children. A child put in the list (``append``, ``extend``,
     ``insert``, ``+=``, ``l[i] = x``) is pointed at the owner through
-    ``relation.link_child``, as ``child.author = owner`` would."""
+    ``relation.link_child``, as ``child.author = owner`` would.
 
-    __slots__ = ("owner", "relation", "changed", "removed")
+    The list holds its owner weakly: the owner holds the list, and a model
+    object that a session loaded is not tracked by the cyclic garbage
+    collector (msgspec leaves a struct of plain values untracked, and a
+    relation set by the session does not change that), so a strong reference
+    back would keep both alive for good. A list that outlives its owner
+    notes and links nothing."""
+
+    __slots__ = ("_owner", "relation", "changed", "removed")
 
     def __init__(self, children: Iterable[Any], owner: object, relation: ChildLinker, *, changed: bool = False) -> None:
         super().__init__(children)
-        self.owner = owner
-        """The object holding the list."""
+        self._owner = weakref.ref(owner)
         self.relation = relation
         """The one-to-many relation the list is the value of."""
         self.changed = changed
@@ -120,9 +127,19 @@ class ChildList(list[Any]):
         """The children taken out since the owner's session last looked at it,
         kept only for a relation that deletes orphans."""
 
+    @property
+    def owner(self) -> Any:
+        """The object holding the list (``None`` once it is gone)."""
+        return self._owner()
+
     def belongs_to(self, obj: object) -> bool:
         """Whether this is ``obj``'s own list (not one taken from another object)."""
-        return self.owner is obj
+        return self._owner() is obj
+
+    def _link_one(self, child: Any) -> None:
+        owner = self._owner()
+        if owner is not None:
+            self.relation.link_child(owner, child)
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
         # a copy or a pickle is a plain list of (copies of) the children: the
@@ -140,30 +157,33 @@ class ChildList(list[Any]):
             self.removed.extend(children)
 
     def _link(self, children: Iterable[Any]) -> None:
-        link, owner = self.relation.link_child, self.owner
+        owner = self._owner()
+        if owner is None:
+            return
+        link = self.relation.link_child
         for child in children:
             link(owner, child)
 
     # a child is linked before it is put in: when linking refuses it, the list is as it was
 
     def append(self, child: Any, /) -> None:
-        self.relation.link_child(self.owner, child)
+        self._link_one(child)
         list.append(self, child)
         self.changed = True
-        _note(id(self.owner))
+        _note(id(self._owner()))
 
     def insert(self, index: SupportsIndex, child: Any, /) -> None:
-        self.relation.link_child(self.owner, child)
+        self._link_one(child)
         list.insert(self, index, child)
         self.changed = True
-        _note(id(self.owner))
+        _note(id(self._owner()))
 
     def extend(self, children: Iterable[Any], /) -> None:
         children = list(children)  # an iterator is read once, here
         self._link(children)
         list.extend(self, children)
         self.changed = True
-        _note(id(self.owner))
+        _note(id(self._owner()))
 
     def __iadd__(self, children: Iterable[Any], /) -> Self:  # type: ignore[misc]
         self.extend(children)
@@ -175,12 +195,12 @@ class ChildList(list[Any]):
             self._link(value)
             replaced = self[index]
         else:
-            self.relation.link_child(self.owner, value)
+            self._link_one(value)
             replaced = [self[index]]
         list.__setitem__(self, index, value)
         self.take_out(replaced)
         self.changed = True
-        _note(id(self.owner))
+        _note(id(self._owner()))
 
     # the methods that take children out, noted for a relation that deletes orphans
 
@@ -189,13 +209,13 @@ class ChildList(list[Any]):
         list.remove(self, child)
         self.take_out((taken,))
         self.changed = True
-        _note(id(self.owner))
+        _note(id(self._owner()))
 
     def pop(self, index: SupportsIndex = -1, /) -> Any:
         taken = list.pop(self, index)
         self.take_out((taken,))
         self.changed = True
-        _note(id(self.owner))
+        _note(id(self._owner()))
         return taken
 
     def clear(self) -> None:
@@ -203,21 +223,21 @@ class ChildList(list[Any]):
         list.clear(self)
         self.take_out(taken)
         self.changed = True
-        _note(id(self.owner))
+        _note(id(self._owner()))
 
     def __delitem__(self, index: Any, /) -> None:
         taken = self[index] if isinstance(index, slice) else [self[index]]
         list.__delitem__(self, index)
         self.take_out(taken)
         self.changed = True
-        _note(id(self.owner))
+        _note(id(self._owner()))
 
     def __imul__(self, times: SupportsIndex, /) -> Self:
         taken = list(self) if operator.index(times) <= 0 else []
         list.__imul__(self, times)
         self.take_out(taken)
         self.changed = True
-        _note(id(self.owner))
+        _note(id(self._owner()))
         return self
 
 
@@ -235,7 +255,7 @@ def _noting(change: Callable[..., Any]) -> Callable[..., Any]:
     def noted(self: ChildList, *args: Any, **kwargs: Any) -> Any:
         result = change(self, *args, **kwargs)
         self.changed = True
-        _note(id(self.owner))
+        _note(id(self._owner()))
         return result
 
     noted.__name__ = change.__name__

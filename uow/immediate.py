@@ -243,6 +243,10 @@ class ImmediateMixin:
         """:meth:`upsert` every object, batched."""
         listed = list(objects)
         with self._exclusive("upsert"):
+            # checked before the flush of what was pending, so that a refused upsert
+            # writes nothing, and after it, once parents added since have their keys
+            for obj in listed:
+                self._planned_upsert(obj, conflict_target, update_fields, ahead=True)
             await self._flush()
             # every object is checked before any is recorded: a refused one leaves nothing behind
             planned = [self._planned_upsert(obj, conflict_target, update_fields) for obj in listed]
@@ -290,11 +294,19 @@ class ImmediateMixin:
         return events
 
     def _planned_upsert(
-        self, obj: Any, conflict_target: Sequence[str] | None, update_fields: Sequence[str] | None
+        self,
+        obj: Any,
+        conflict_target: Sequence[str] | None,
+        update_fields: Sequence[str] | None,
+        *,
+        ahead: bool = False,
     ) -> tuple[TableInfo, tuple[str, ...], dict[str, Any] | None, tuple[str, ...]]:
         """``(table, conflict target, checked values, fields to update)`` of one
         upsert; values ``None`` when it is a plain insert (a key to generate is
-        its conflict target). :class:`ValidationError` for a bad name or value."""
+        its conflict target). :class:`ValidationError` for a bad name or value.
+        ``ahead``: checked before the pending changes are flushed, so a parent
+        the session added and has not inserted yet is let through (it has a
+        key by the time the upsert is planned for good)."""
         table = self._table_of(obj)
         self._refuse_tracked_elsewhere(obj)
         target = tuple(conflict_target or (table.key_column,))
@@ -304,10 +316,12 @@ class ImmediateMixin:
         values = table.row_dict(table.values_of(obj))
         if table.primary_key.generated and values[table.key_column] is None:
             if table.key_column in target:
+                if ahead:  # the values add() will check, those it can check before the parents are linked
+                    self._checked_values(table, {name: value for name, value in values.items() if value is not None})
                 return table, target, None, ()  # a plain insert: add() links the parents
             del values[table.key_column]
         if table.parent_relations:
-            self._fill_keys_of_parents(table, obj, values)
+            self._fill_keys_of_parents(table, obj, values, ahead)
         values = self._detached_values(table, self._checked_values(table, values))
         version = table.version_column
         if update_fields is None:
@@ -318,6 +332,11 @@ class ImmediateMixin:
         for column in fields:
             if column not in table.column_index:
                 raise ValidationError(f"{table.model.__name__} has no column {column!r} to update")
+            if column == table.key_column:
+                raise ValidationError(
+                    f"{table.model.__name__}.{column} is the primary key, which a stored row keeps: "
+                    "leave it out of update_fields"
+                )
             if column == version:
                 raise ValidationError(
                     f"{table.model.__name__}.{column} is the version, which every update bumps: "
@@ -325,7 +344,7 @@ class ImmediateMixin:
                 )
         return table, target, values, fields
 
-    def _fill_keys_of_parents(self, table: TableInfo, obj: Any, values: dict[str, Any]) -> None:
+    def _fill_keys_of_parents(self, table: TableInfo, obj: Any, values: dict[str, Any], ahead: bool = False) -> None:
         """Set in ``values`` (the columns an upsert writes) the key of the
         parent each many-to-one relation of ``obj`` holds, as a flush would:
         an upsert writes a row, not the objects around it, so a parent that
@@ -341,6 +360,8 @@ class ImmediateMixin:
             if (state is not None and state.status not in LIVE) or self._identity.was_deleted(parent):
                 self._refuse_deleted_parent(table, column, parent)
             key = state.key if state is not None else self._table_of(parent).key_of(parent)
+            if key is None and ahead and state is not None and state.status is Status.PENDING:
+                continue  # its insert is pending: the flush before the upsert gives it a key
             if key is None:
                 name = next(n for n, r in table.relations.items() if not r.many and r.local_column == column)
                 raise SessionStateError(

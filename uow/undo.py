@@ -74,14 +74,18 @@ class UndoMixin:
         besides the ones flushes saw after ``mark``."""
         changed_lists = [*(changed_lists or ()), *self._lists_seen_after_mark(mark)]
         inserted_keys = self._journal.inserted_keys_since(mark)
+        flushed = self._journal.flushed_mark
         removed = self._journal.truncate(mark)
         if removed or touched:
             moved: set[tuple[int, str]] = set()
             suspects = undo_suspects(removed, inserted_keys, self._identity, self._tables, self._relation_checks, moved)
             detached: dict[int, Any] = {}
-            for event in reversed(removed):
+            for position in range(mark + len(removed) - 1, mark - 1, -1):
+                event = removed[position - mark]
                 self._undo(event, detached)
-                if event.seq in inserted_keys:
+                # only a row storage holds can vanish: an insert never flushed (a refused
+                # call's) names a key another tracked object may rightly hold
+                if position < flushed and event.seq in inserted_keys:
                     self._let_go_of_vanished_row(self._tables[event.table], inserted_keys[event.seq], detached)
             unload_stale_relations(
                 itertools.chain(touched, suspects), detached, self._identity, self._relation_checks, moved
