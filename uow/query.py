@@ -18,7 +18,7 @@ shared and refined::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from uow.conditions import And, Compare, Condition, IsNull, Not
@@ -305,7 +305,7 @@ class Query(_Builder[M]):
         by_key = self._copy(_order=(), _limit=None, _offset=None)
         return await by_key.where(Compare(self.table.key_column, "eq", key)).first()
 
-    def stream(self, chunk_size: int = 1000) -> AsyncIterator[M]:
+    def stream(self, chunk_size: int = 1000) -> AsyncGenerator[M, None]:
         """``session.stream(self, chunk_size)``."""
         return self.session.stream(self, chunk_size=chunk_size)
 

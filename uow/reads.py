@@ -15,7 +15,7 @@ Rules every read keeps (see ``docs/querying.md``):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -51,6 +51,7 @@ class ReadsMixin:
         _in_tx: bool
         _transactions: int
         _gone: list[InstanceState]
+        _streams_open: int
         _new_ref: Callable[[], int]
         _refs: Iterator[int]
 
@@ -85,7 +86,9 @@ class ReadsMixin:
         found = await self._read_objects(statement.limit(1 if limit is None else min(limit, 1)))
         return found[0] if found else None
 
-    async def stream(self, statement: _Builder[M], *, chunk_size: int = 1000, track: bool = False) -> AsyncIterator[M]:
+    async def stream(
+        self, statement: _Builder[M], *, chunk_size: int = 1000, track: bool = False
+    ) -> AsyncGenerator[M, None]:
         """Yield the objects of a read chunk by chunk, holding about one chunk
         in memory (a server-side cursor on PostgreSQL, chunked reads elsewhere)::
 
@@ -112,6 +115,7 @@ class ReadsMixin:
             # the stream goes on only in the transaction it began in
             transaction = self._transactions
             chunks = connection.stream(statement.compile(), chunk_size)
+        self._streams_open += 1
         try:
             while True:
                 with self._exclusive("stream"):
@@ -132,6 +136,7 @@ class ReadsMixin:
                 for obj in objects:
                     yield obj
         finally:
+            self._streams_open -= 1
             with anyio.CancelScope(shield=True):
                 await chunks.aclose()  # type: ignore[attr-defined]
 

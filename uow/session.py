@@ -199,6 +199,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._savepoints: list[_Savepoint] = []
         self._savepoint_counter = 0
         self._in_begin_block = False
+        self._streams_open = 0
+        """Streams reading in the open transaction: a failed flush must not end it."""
         self._updating: dict[int, Mapping[str, Any]] = {}
         """id(object) -> the checked values of the update() recording what was
         pending before it (see LinkingMixin._moved_by_key)."""
@@ -776,8 +778,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             plan = plan_flush(pending, self._tables)
         connection = await self._connection_for_work()
         savepoint = None
-        if self._tx_writes or self._savepoints:
-            # a failed flush then undoes only itself, and the transaction goes on
+        if self._tx_writes or self._savepoints or self._streams_open or self.isolation in _SNAPSHOT_LEVELS:
+            # a failed flush then undoes only itself, and the transaction goes on: with
+            # what it wrote, an open stream's cursor, or the snapshot its reads saw
             self._savepoint_counter += 1
             savepoint = f"uow_flush_{self._savepoint_counter}"
             try:
@@ -1326,6 +1329,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
 
 ISOLATION_LEVELS = ("read committed", "repeatable read", "serializable")
 """The isolation levels a session accepts (``None``: the backend's default)."""
+
+_SNAPSHOT_LEVELS = ("repeatable read", "serializable")
+"""Levels whose transaction reads one snapshot, which a failed flush keeps."""
 
 
 def _isolation_level(isolation: str | None) -> str | None:

@@ -35,6 +35,7 @@ Tests that run SQL through ``execute_raw`` follow the adapter's
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import gc
@@ -2331,6 +2332,53 @@ class SessionConformance:
             session.add(User(name="A", email="a@example.com"))
             await session.get(User, 12345)
             assert len(session.journal.pending) == 1
+
+    # --- reads: windows, tests of existence, text, streams and parallel reads ----------------------
+
+    async def test_limit_offset_count_exists_and_text_lookups(self, engine: uow.Engine) -> None:
+        names = ["Ann", "bob", "Cy", "dee", "Eve"]
+        async with AsyncSession(engine) as session:
+            session.add_all([User(name=n, email=f"{n.lower()}@example.com", age=i) for i, n in enumerate(names)])
+            await session.commit()
+            query = session.query(User).order_by("age")
+            assert [u.name for u in await query.limit(2).all()] == ["Ann", "bob"]
+            assert [u.name for u in await query.offset(3).all()] == ["dee", "Eve"]
+            assert [u.name for u in await query.offset(1).limit(2).all()] == ["bob", "Cy"]
+            assert await query.limit(2).count() == 2 and await query.count() == 5
+            assert await query.filter(age__gt=3).exists() and not await query.filter(age__gt=9).exists()
+            assert [u.name for u in await query.filter(name__startswith="C").all()] == ["Cy"]
+            assert [u.name for u in await query.filter(name__icontains="E").all()] == ["dee", "Eve"]
+            assert [u.name for u in await query.filter(name__contains="e").all()] == ["dee", "Eve"]
+
+    async def test_a_stream_yields_every_row_in_chunks_and_goes_on_past_a_refused_flush(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            session.add_all([User(name=f"u{i}", email=f"u{i}@example.com", age=i) for i in range(7)])
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            seen: list[int] = []
+            async with contextlib.aclosing(session.query(User).order_by("age").stream(chunk_size=2)) as users:
+                async for user in users:
+                    seen.append(user.age)
+                    if user.age == 2:  # a flush the database refuses ends neither the transaction nor the stream
+                        bad = Post(title="bad", author_id=999_999)
+                        session.add(bad)
+                        with pytest.raises(IntegrityError):
+                            await session.flush()
+                        session.delete(bad)
+            assert seen == list(range(7)) and session.in_transaction()
+
+    async def test_parallel_reads_return_their_objects_in_order_through_the_identity_map(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            await session.insert(Post(title="Hello", author_id=alice.id))
+            await session.commit()
+            tracked = await session.get_one(User, alice.id)
+            users, posts = await session.parallel_exec([session.query(User), session.query(Post).include(Post.author)])
+            assert users == [tracked] and [post.title for post in posts] == ["Hello"]
+            assert posts[0].author is tracked
 
     # --- raw SQL ----------------------------------------------------------------------------------
 
