@@ -130,7 +130,11 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.expected: list[_Expected] = []
         self.committed: list[_Expected] = []
         self.savepoints: list[tuple[list[Any], list[_Expected]]] = []
-        self.portal.call(self._open)
+        try:
+            self.portal.call(self._open)
+        except BaseException:
+            self.teardown()  # hypothesis calls teardown only for a machine it made
+            raise
 
     async def _open(self) -> None:
         for url in self.urls:
