@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import uow
 from uow.assignments import ChildList
 from uow.errors import ModelDefinitionError, RelationNotLoadedError, SessionStateError
-from uow.model import ForeignKey, Model, PrimaryKey, relation, table_info
+from uow.model import ForeignKey, Model, PrimaryKey, filled_by_relation, relation, table_info
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +78,7 @@ class Invoice(Model, table="list_invoices"):
 
 class InvoiceLine(Model, table="list_invoice_lines"):
     id: Annotated[int | None, PrimaryKey()] = None
-    invoice_id: Annotated[int, ForeignKey(Invoice, on_delete="cascade")] = None  # type: ignore[assignment]
+    invoice_id: Annotated[int, ForeignKey(Invoice, on_delete="cascade")] = filled_by_relation()
     sku: str
     invoice: Invoice | None = relation("invoice_id")
 

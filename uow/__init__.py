@@ -32,6 +32,7 @@ from uow.model import (
     SoftDelete,
     Unique,
     Versioned,
+    filled_by_relation,
     relation,
     table_info,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "errors",
     "plan_flush",
     "register_adapter",
+    "filled_by_relation",
     "relation",
     "replay",
     "require_current_session",

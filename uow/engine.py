@@ -15,7 +15,7 @@ import random
 from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 import anyio
 
@@ -24,7 +24,8 @@ from uow.errors import ConfigurationError, SerializationFailure
 from uow.model import Model, TableInfo, model_tables, table_info
 
 if TYPE_CHECKING:
-    from uow.session import AsyncSession
+    from uow.events import AnyEvent
+    from uow.session import AsyncSession, SessionOptions
 
 T = TypeVar("T")
 
@@ -80,7 +81,7 @@ class Engine:
         self._opened = False
         self._open_lock = anyio.Lock()
         self.models: dict[str, type[Model]] = {}
-        self.commit_hooks: list[Callable[[list[Any]], None]] = []
+        self.commit_hooks: list[Callable[[list[AnyEvent]], None]] = []
 
     @property
     def dialect(self) -> str:
@@ -148,8 +149,7 @@ class Engine:
         retries: int = 5,
         backoff: float = 0.02,
         max_backoff: float = 1.0,
-        isolation: str | None = None,
-        **session_options: Any,
+        **session_options: Unpack[SessionOptions],
     ) -> T:
         """Run ``work(session)`` as one transaction, committed when it returns,
         and run it again from the start on a serialization failure or deadlock
@@ -174,7 +174,7 @@ class Engine:
         attempt = 0
         while True:
             try:
-                async with AsyncSession(self, isolation=isolation, **session_options) as session:
+                async with AsyncSession(self, **session_options) as session:
                     result = await work(session)
                     await session.commit()
                 return result

@@ -6,7 +6,15 @@ Driver exceptions never leave an adapter unwrapped; the original is kept as
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from uow.events import AnyEvent
+    from uow.model import Model
+
+ConstraintKind = Literal["primary_key", "unique", "foreign_key", "not_null", "check"]
+"""What an :class:`IntegrityError` says was violated."""
 
 
 class UowError(Exception):
@@ -107,7 +115,7 @@ class IntegrityError(StorageError):
         self,
         message: str,
         *,
-        kind: str,
+        kind: ConstraintKind,
         table: str | None = None,
         columns: tuple[str, ...] = (),
         constraint: str | None = None,
@@ -121,8 +129,8 @@ class IntegrityError(StorageError):
         self.constraint = constraint
         self.row_index = row_index
         self.batch_index: int | None = None
-        self.event: Any = None
-        self.model: type[Any] | None = None
+        self.event: AnyEvent | None = None
+        self.model: type[Model] | None = None
         self.key: Any = None
 
     def __str__(self) -> str:
@@ -159,8 +167,21 @@ class SerializationFailure(ConcurrencyError):
     or a deadlock, 40P01); re-running the whole unit of work may succeed."""
 
 
+class CommitHookError(UowError):
+    """The transaction **is committed**, but engine commit hooks raised. Every
+    hook ran; ``errors`` holds what each failing one raised, in order (the
+    first is also the ``__cause__``)."""
+
+    def __init__(self, errors: Sequence[Exception]):
+        self.errors = tuple(errors)
+        names = ", ".join(f"{type(e).__name__}: {e}" for e in self.errors)
+        super().__init__(f"the transaction is committed, but {len(self.errors)} commit hook(s) raised: {names}")
+
+
 __all__ = [
+    "CommitHookError",
     "ConcurrencyError",
+    "ConstraintKind",
     "ConfigurationError",
     "CycleError",
     "DetachedInstanceError",

@@ -179,7 +179,7 @@ class ImmediateMixin:
             checked[name] = converted_value(table, column, value)
         return checked
 
-    async def remove(self, obj: Any) -> None:
+    async def remove(self, obj: Model) -> None:
         """Delete a tracked object now."""
         with self._exclusive("remove"):
             mark = self._immediate_start()
@@ -189,11 +189,11 @@ class ImmediateMixin:
             await self._flush_recorded(mark)
             await self._done()
 
-    async def force_delete(self, obj: Any) -> None:
+    async def force_delete(self, obj: Model) -> None:
         """Delete a soft-deletable object for good, now."""
         await self.remove(obj)
 
-    async def soft_delete(self, obj: Any) -> None:
+    async def soft_delete(self, obj: Model) -> None:
         """Hide a row by setting its soft-delete column (``deleted_at``), now."""
         with self._exclusive("soft_delete"):
             mark = self._immediate_start()
@@ -204,7 +204,7 @@ class ImmediateMixin:
             await self._flush_recorded(mark)
             await self._done()
 
-    async def restore(self, obj: Any) -> None:
+    async def restore(self, obj: Model) -> None:
         """Clear a row's soft-delete column, now."""
         with self._exclusive("restore"):
             mark = self._immediate_start()
@@ -225,8 +225,8 @@ class ImmediateMixin:
     async def upsert(
         self,
         obj: M,
-        conflict_target: Sequence[str] | None = None,
-        update_fields: Sequence[str] | None = None,
+        conflict_target: str | Sequence[str] | None = None,
+        update_fields: str | Sequence[str] | None = None,
     ) -> M:
         """Insert ``obj``, or when a row with the same ``conflict_target`` values
         exists (the primary key by default) update ``update_fields`` of it (every
@@ -237,8 +237,8 @@ class ImmediateMixin:
     async def upsert_all(
         self,
         objects: Iterable[M],
-        conflict_target: Sequence[str] | None = None,
-        update_fields: Sequence[str] | None = None,
+        conflict_target: str | Sequence[str] | None = None,
+        update_fields: str | Sequence[str] | None = None,
     ) -> list[M]:
         """:meth:`upsert` every object, batched."""
         listed = list(objects)
@@ -296,8 +296,8 @@ class ImmediateMixin:
     def _planned_upsert(
         self,
         obj: Any,
-        conflict_target: Sequence[str] | None,
-        update_fields: Sequence[str] | None,
+        conflict_target: str | Sequence[str] | None,
+        update_fields: str | Sequence[str] | None,
         *,
         ahead: bool = False,
     ) -> tuple[TableInfo, tuple[str, ...], dict[str, Any] | None, tuple[str, ...]]:
@@ -309,6 +309,11 @@ class ImmediateMixin:
         key by the time the upsert is planned for good)."""
         table = self._table_of(obj)
         self._refuse_tracked_elsewhere(obj)
+        # one column may be named alone: "sku" is ("sku",), not the letters of it
+        if isinstance(conflict_target, str):
+            conflict_target = (conflict_target,)
+        if isinstance(update_fields, str):
+            update_fields = (update_fields,)
         target = tuple(conflict_target or (table.key_column,))
         for column in target:
             if column not in table.column_index:

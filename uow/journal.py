@@ -181,7 +181,7 @@ Rows = dict[str, dict[Any, dict[str, Any]]]
 
 def replay(
     events: Iterable[AnyEvent],
-    tables: Mapping[str, TableInfo],
+    tables: Mapping[str, TableInfo] | Iterable[TableInfo],
     *,
     base: Rows | None = None,
     generated_keys: Mapping[int, Any] | None = None,
@@ -193,8 +193,11 @@ def replay(
     recorded before the database generated their key (``session.journal
     .generated_keys``). Bulk events match rows with the same three-valued logic
     SQL uses. Foreign-key actions are not simulated: the session records the
-    changes it makes to tracked children as events of their own.
+    changes it makes to tracked children as events of their own. ``tables``:
+    by table name, or just the ``TableInfo`` of each (as for :func:`decode`).
     """
+    if not isinstance(tables, Mapping):
+        tables = {table.name: table for table in tables}
     rows: Rows = {name: {k: dict(v) for k, v in table.items()} for name, table in (base or {}).items()}
     keys = dict(generated_keys or {})
     ref_keys: dict[int, Any] = {}

@@ -205,6 +205,19 @@ def relation(via: str | None = None, *, back: str | None = None, delete_orphans:
     return _RelationSpec(via, back, delete_orphans)
 
 
+def filled_by_relation() -> Any:
+    """The default of a NOT NULL foreign key that a relation fills::
+
+        order_id: Annotated[int, ForeignKey(Order)] = filled_by_relation()
+        order: Order | None = relation("order_id")
+
+    It is ``None``: the session fills the key from the parent the relation
+    holds (at ``add``, or at the flush that inserts a new parent), and refuses
+    an object with neither. Typed ``Any`` so that a type checker accepts it
+    on an ``int`` field, as it does ``relation()``."""
+    return None
+
+
 _UNKNOWN: Any = object()
 
 
@@ -231,10 +244,11 @@ class RelationDescriptor:
             return self
         value = self._member.__get__(instance, owner)
         if value is NOT_LOADED:
-            raise RelationNotLoadedError(
-                f"{self.model.__name__}.{self.name} is not loaded; load it with "
-                f"include({self.model.__name__}.{self.name}) or assign it"
-            )
+            model, name = self.model.__name__, self.name
+            advice = f"load it with include({model}.{name}) or assign it"
+            if self.spec.back is not None:  # a list: a new object has none until one is given
+                advice += f" (an object built without it gets one by assignment: obj.{name} = [])"
+            raise RelationNotLoadedError(f"{model}.{name} is not loaded; {advice}")
         if value is UNLINKED:
             return None
         return value
@@ -1087,6 +1101,7 @@ __all__ = [
     "VersionColumn",
     "Versioned",
     "is_model",
+    "filled_by_relation",
     "relation",
     "resolve_model",
     "table_info",

@@ -305,9 +305,9 @@ class Query(_Builder[M]):
         by_key = self._copy(_order=(), _limit=None, _offset=None)
         return await by_key.where(Compare(self.table.key_column, "eq", key)).first()
 
-    def stream(self, chunk_size: int = 1000) -> AsyncGenerator[M, None]:
-        """``session.stream(self, chunk_size)``."""
-        return self.session.stream(self, chunk_size=chunk_size)
+    def stream(self, chunk_size: int = 1000, *, track: bool = False) -> AsyncGenerator[M, None]:
+        """``session.stream(self, chunk_size=chunk_size, track=track)``."""
+        return self.session.stream(self, chunk_size=chunk_size, track=track)
 
     def __aiter__(self) -> AsyncIterator[M]:
         return self.stream()

@@ -25,11 +25,11 @@ import contextvars
 import datetime as dt
 import gc
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypedDict, TypeVar, Unpack
 
 import anyio
 import msgspec
@@ -50,6 +50,7 @@ from uow.cascade import CascadeMixin
 from uow.conditions import Compare
 from uow.engine import Engine
 from uow.errors import (
+    CommitHookError,
     ConcurrencyError,
     ConfigurationError,
     DetachedInstanceError,
@@ -234,7 +235,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
 
     # --- context ------------------------------------------------------------
 
-    async def __aenter__(self) -> AsyncSession:
+    async def __aenter__(self) -> Self:
         self._context_tokens.append(_current_session.set(self))
         return self
 
@@ -280,7 +281,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         """Whether a database transaction is open."""
         return self._in_tx
 
-    def is_modified(self, obj: Any) -> bool:
+    def is_modified(self, obj: Model) -> bool:
         """Whether ``obj`` has changes not yet flushed (recorded or assigned)."""
         state = self._state(obj)
         if state.status in (Status.PENDING, Status.DELETED):
@@ -337,7 +338,13 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         table = self._tables_by_type.get(type(obj))
         if table is None:
             if not is_model(obj):
-                raise ModelDefinitionError(f"{obj!r} is not an instance of a model with a table")
+                if isinstance(obj, (list, tuple, set)):
+                    hint = ": a call takes one object (add_all() takes several)"
+                elif isinstance(obj, type):
+                    hint = ": pass an object of the model, not the class"
+                else:
+                    hint = ""
+                raise ModelDefinitionError(f"{obj!r} is not an instance of a model with a table{hint}")
             table = self._tables_by_type[type(obj)] = self._table(type(obj))
         return table
 
@@ -377,7 +384,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
 
     # --- unit of work: add / delete ----------------------------------------------
 
-    def add(self, obj: Any) -> None:
+    def add(self, obj: Model) -> None:
         """Track a new object; its insert is recorded now and flushed later.
 
         Parents assigned through relations are added too. Adding an object that
@@ -493,7 +500,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         column = table.columns[index]
         raise ValidationError(f"{table.model.__name__}.{column.name} is None but the column is NOT NULL; set a value")
 
-    def delete(self, obj: Any) -> None:
+    def delete(self, obj: Model) -> None:
         """Mark a tracked object deleted; the delete is flushed later.
 
         Tracked children whose foreign key cascades are deleted with it at flush,
@@ -1047,8 +1054,14 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         committed = self._journal.events()[self._tx_start :]
         self._reset_transaction()
         await self._drop_connection()
-        for hook in self.engine.commit_hooks:
-            hook(committed)
+        failed: list[Exception] = []
+        for hook in self.engine.commit_hooks:  # each runs: one failing does not undo the commit or stop the rest
+            try:
+                hook(committed)
+            except Exception as exc:
+                failed.append(exc)
+        if failed:
+            raise CommitHookError(failed) from failed[0]
 
     def _reset_transaction(self) -> None:
         self._tx_start = self._journal.mark
@@ -1132,7 +1145,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 self._tx_writes = savepoint.had_writes
 
     @asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncSession]:
+    async def begin(self) -> AsyncIterator[Self]:
         """A transaction block: commits on a clean exit, rolls back on an error.
 
         ``async with session.begin(): ...``. Raises :class:`SessionStateError` if
@@ -1248,7 +1261,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._identity.track(state, key)
         return state
 
-    async def refresh(self, obj: Any) -> None:
+    async def refresh(self, obj: Model) -> None:
         """Reload a tracked object's columns from the database, discarding
         assignments not yet flushed. Raises :class:`NoResultFound` (and stops
         tracking it) when its row is gone."""
@@ -1279,7 +1292,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             self._set_values_following(state, table.row_dict(tuple(rows[0])))
             state.expired = False
 
-    def expire(self, obj: Any) -> None:
+    def expire(self, obj: Model) -> None:
         """Let the next read of this row overwrite the object's values (reads
         never overwrite a tracked object otherwise). Nothing is loaded now."""
         self._check_idle()
@@ -1291,7 +1304,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         for state in self._identity.states():
             state.expired = True
 
-    def expunge(self, obj: Any) -> None:
+    def expunge(self, obj: Model) -> None:
         """Stop tracking an object that has no unflushed changes (recorded
         events or assignments since its last flush)."""
         if self._busy is not None:
@@ -1388,7 +1401,7 @@ class SavepointTransaction:
             )
         return self
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, SavepointTransaction]:
         return self.start().__await__()
 
     async def commit(self) -> None:
@@ -1421,8 +1434,20 @@ class SavepointTransaction:
             await self.rollback()
 
 
+class SessionOptions(TypedDict, total=False):
+    """The keyword options of :class:`AsyncSession`, for the calls that pass
+    them on (``session_context``, ``sessionmaker``, ``run_in_transaction``),
+    so that a type checker catches a misspelt one."""
+
+    auto_commit: bool
+    auto_rollback: bool
+    autoflush: bool
+    atomic: bool
+    isolation: str | None
+
+
 @asynccontextmanager
-async def session_context(engine: Engine, **options: Any) -> AsyncIterator[AsyncSession]:
+async def session_context(engine: Engine, **options: Unpack[SessionOptions]) -> AsyncIterator[AsyncSession]:
     """A session that commits when the block succeeds and rolls back when it
     raises: ``async with session_context(engine) as session: ...``."""
     options.setdefault("atomic", True)
@@ -1437,17 +1462,19 @@ class sessionmaker:
     async with Session() as session: ...
     """
 
-    def __init__(self, engine: Engine, **options: Any):
+    def __init__(self, engine: Engine, **options: Unpack[SessionOptions]):
         self.engine = engine
         self.options = options
 
-    def __call__(self, **overrides: Any) -> AsyncSession:
-        return AsyncSession(self.engine, **{**self.options, **overrides})
+    def __call__(self, **overrides: Unpack[SessionOptions]) -> AsyncSession:
+        options: SessionOptions = {**self.options, **overrides}
+        return AsyncSession(self.engine, **options)
 
 
 __all__ = [
     "AsyncSession",
     "SavepointTransaction",
+    "SessionOptions",
     "current_session",
     "require_current_session",
     "session_context",

@@ -16,10 +16,15 @@ from typing import Any
 
 import asyncpg
 
-from uow.errors import IntegrityError, OperationalError, SerializationFailure, StorageError
+from uow.errors import ConstraintKind, IntegrityError, OperationalError, SerializationFailure, StorageError
 from uow.model import TableInfo
 
-_INTEGRITY_KINDS = {"23505": "unique", "23503": "foreign_key", "23502": "not_null", "23514": "check"}
+_INTEGRITY_KINDS: dict[str, ConstraintKind] = {
+    "23505": "unique",
+    "23503": "foreign_key",
+    "23502": "not_null",
+    "23514": "check",
+}
 _SERIALIZATION = {"40001", "40P01"}
 # Connection exceptions, insufficient resources, operator intervention (shutdown,
 # query cancelled by timeout), system errors.

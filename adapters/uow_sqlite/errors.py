@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 import sqlite3
 
-from uow.errors import IntegrityError, OperationalError, SerializationFailure, StorageError
+from uow.errors import ConstraintKind, IntegrityError, OperationalError, SerializationFailure, StorageError
 from uow.model import TableInfo
 
-_KIND_BY_NAME = {
+_KIND_BY_NAME: dict[str, ConstraintKind] = {
     "SQLITE_CONSTRAINT_PRIMARYKEY": "primary_key",
     "SQLITE_CONSTRAINT_ROWID": "primary_key",
     "SQLITE_CONSTRAINT_UNIQUE": "unique",
@@ -25,7 +25,7 @@ _KIND_BY_NAME = {
     "SQLITE_CONSTRAINT_CHECK": "check",
 }
 
-_KIND_BY_MESSAGE = (
+_KIND_BY_MESSAGE: tuple[tuple[str, ConstraintKind], ...] = (
     ("UNIQUE constraint failed", "unique"),
     ("NOT NULL constraint failed", "not_null"),
     ("FOREIGN KEY constraint failed", "foreign_key"),
@@ -36,7 +36,7 @@ _COLUMNS = re.compile(r"constraint failed: (.+)$")
 _OPERATIONAL_NAMES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_FULL")
 
 
-def constraint_kind(exc: sqlite3.IntegrityError) -> str:
+def constraint_kind(exc: sqlite3.IntegrityError) -> ConstraintKind:
     """``"unique"``, ``"primary_key"``, ``"not_null"``, ``"foreign_key"`` or ``"check"``."""
     name = getattr(exc, "sqlite_errorname", None)
     if name in _KIND_BY_NAME:

@@ -51,6 +51,7 @@ import pytest
 import uow
 from uow import AsyncSession
 from uow.errors import (
+    CommitHookError,
     ConcurrencyError,
     ConfigurationError,
     DetachedInstanceError,
@@ -2379,6 +2380,44 @@ class SessionConformance:
             users, posts = await session.parallel_exec([session.query(User), session.query(Post).include(Post.author)])
             assert users == [tracked] and [post.title for post in posts] == ["Hello"]
             assert posts[0].author is tracked
+
+    async def test_commit_hooks_get_the_committed_events_and_a_failing_one_fails_nothing_else(
+        self, engine: uow.Engine
+    ) -> None:
+        seen: list[list[str]] = []
+
+        def failing(events: list[Any]) -> None:
+            raise RuntimeError("audit sink down")
+
+        engine.commit_hooks[:] = [lambda events: seen.append([type(e).__name__ for e in events]), failing]
+        engine.commit_hooks.append(lambda events: seen.append(["after the failing one"]))
+        try:
+            async with AsyncSession(engine) as session:
+                user = User(name="Hook", email="hook@example.com")
+                session.add(user)
+                with pytest.raises(CommitHookError, match=r"is committed.*audit sink down") as caught:
+                    await session.commit()
+                assert isinstance(caught.value.errors[0], RuntimeError)
+                assert not session.in_transaction() and user.id is not None
+        finally:
+            engine.commit_hooks.clear()
+        assert seen == [["Inserted"], ["after the failing one"]]
+        assert (await stored(engine, User, user.id)).name == "Hook"
+
+    async def test_small_spellings_a_user_reaches_for(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            with pytest.raises(ModelDefinitionError, match="add_all"):
+                session.add([User(name="A", email="a@example.com")])  # type: ignore[arg-type]
+            await session.insert(User(name="A", email="a@example.com"))
+            # one column may be named alone
+            upserted = await session.upsert(User(name="B", email="a@example.com"), "email", "name")
+            assert upserted.name == "B"
+            streamed = [u async for u in session.query(User).stream(track=True)]
+            assert streamed == [upserted] and streamed[0] in session
+            await session.commit()
+            flushed = session.journal.flushed
+        replayed = uow.replay(flushed, [table_info(User)])  # the tables as a list, as decode takes them
+        assert [row["name"] for row in replayed["conformance_users"].values()] == ["B"]
 
     # --- raw SQL ----------------------------------------------------------------------------------
 

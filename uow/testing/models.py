@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from uow.model import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, Versioned, relation
+from uow.model import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, Versioned, filled_by_relation, relation
 
 
 class User(Model, table="conformance_users", kw_only=True):
@@ -46,7 +46,7 @@ class Comment(Model, table="conformance_comments", kw_only=True):
     NULL, filled from the ``post`` relation (``None`` until then)."""
 
     id: Annotated[int | None, PrimaryKey()] = None
-    post_id: Annotated[int, ForeignKey(Post, on_delete="cascade")] = None  # type: ignore[assignment]
+    post_id: Annotated[int, ForeignKey(Post, on_delete="cascade")] = filled_by_relation()
     body: str
     post: Post | None = relation("post_id")
 
