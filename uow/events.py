@@ -14,6 +14,7 @@ the ref of a parent whose key was not generated yet when the event was recorded.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -44,36 +45,36 @@ class RowEvent(Event, frozen=True, kw_only=True):
 class Inserted(RowEvent, frozen=True, kw_only=True, tag=True):
     """A new row with all its column ``values``."""
 
-    values: dict[str, Any]
-    parent_refs: dict[str, int] = msgspec.field(default_factory=dict)
+    values: Mapping[str, Any]
+    parent_refs: Mapping[str, int] = msgspec.field(default_factory=dict)
 
 
 class Updated(RowEvent, frozen=True, kw_only=True, tag=True):
     """Columns changed from ``old`` to ``new`` (only the changed columns)."""
 
-    old: dict[str, Any]
-    new: dict[str, Any]
-    parent_refs: dict[str, int] = msgspec.field(default_factory=dict)
+    old: Mapping[str, Any]
+    new: Mapping[str, Any]
+    parent_refs: Mapping[str, int] = msgspec.field(default_factory=dict)
 
 
 class Deleted(RowEvent, frozen=True, kw_only=True, tag=True):
     """The row was deleted; ``old`` is the whole row as it was."""
 
-    old: dict[str, Any]
+    old: Mapping[str, Any]
 
 
 class SoftDeleted(RowEvent, frozen=True, kw_only=True, tag=True):
     """The soft-delete column was set (``old``/``new`` as in :class:`Updated`)."""
 
-    old: dict[str, Any]
-    new: dict[str, Any]
+    old: Mapping[str, Any]
+    new: Mapping[str, Any]
 
 
 class Restored(RowEvent, frozen=True, kw_only=True, tag=True):
     """The soft-delete column was cleared (``old``/``new`` as in :class:`Updated`)."""
 
-    old: dict[str, Any]
-    new: dict[str, Any]
+    old: Mapping[str, Any]
+    new: Mapping[str, Any]
 
 
 class Upserted(RowEvent, frozen=True, kw_only=True, tag=True):
@@ -83,10 +84,10 @@ class Upserted(RowEvent, frozen=True, kw_only=True, tag=True):
     ``old`` is the tracked row the upsert landed on, when the session knew it.
     """
 
-    values: dict[str, Any]
+    values: Mapping[str, Any]
     conflict_target: tuple[str, ...]
     update_fields: tuple[str, ...]
-    old: dict[str, Any] | None = None
+    old: Mapping[str, Any] | None = None
 
 
 class BulkUpdated(Event, frozen=True, kw_only=True, tag=True):
@@ -97,8 +98,8 @@ class BulkUpdated(Event, frozen=True, kw_only=True, tag=True):
     """
 
     where: AnyCondition | None
-    values: dict[str, Any]
-    old: dict[int, dict[str, Any]] = msgspec.field(default_factory=dict)
+    values: Mapping[str, Any]
+    old: Mapping[int, Mapping[str, Any]] = msgspec.field(default_factory=dict)
 
 
 class BulkDeleted(Event, frozen=True, kw_only=True, tag=True):
@@ -108,7 +109,7 @@ class BulkDeleted(Event, frozen=True, kw_only=True, tag=True):
     """
 
     where: AnyCondition | None
-    old: dict[int, dict[str, Any]] = msgspec.field(default_factory=dict)
+    old: Mapping[int, Mapping[str, Any]] = msgspec.field(default_factory=dict)
 
 
 AnyEvent = Inserted | Updated | Deleted | SoftDeleted | Restored | Upserted | BulkUpdated | BulkDeleted

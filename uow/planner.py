@@ -24,7 +24,7 @@ from __future__ import annotations
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from uow.batches import (
     Batch,
@@ -85,9 +85,9 @@ class _Op:
         phase: int,
         key: Any,
         seq: int,
-        values: dict[str, Any] | None = None,
-        old: dict[str, Any] | None = None,
-        parent_refs: dict[str, int] | None = None,
+        values: Mapping[str, Any] | None = None,
+        old: Mapping[str, Any] | None = None,
+        parent_refs: Mapping[str, int] | None = None,
         *,
         shared: bool = False,
     ):
@@ -95,9 +95,10 @@ class _Op:
         self.ref = ref
         self.phase = phase
         self.key = key
-        self.values: dict[str, Any] = {} if values is None else values
-        self.old: dict[str, Any] = {} if old is None else old
-        self.parent_refs: dict[str, int] = {} if parent_refs is None else parent_refs
+        # an event's own dictionaries while shared (read only: own() copies them first)
+        self.values = cast("dict[str, Any]", {} if values is None else values)
+        self.old = cast("dict[str, Any]", {} if old is None else old)
+        self.parent_refs = cast("dict[str, int]", {} if parent_refs is None else parent_refs)
         # True while values, old and parent_refs are the dictionaries of the one event
         # the op was made from (events are never changed, so reading them is safe):
         # own() copies them before the first change

@@ -1011,7 +1011,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._tx_writes = True
 
     def _settle_parent_keys(
-        self, state: InstanceState, parent_refs: dict[str, int], generated_keys: dict[int, Any]
+        self, state: InstanceState, parent_refs: Mapping[str, int], generated_keys: dict[int, Any]
     ) -> None:
         """Foreign keys of ``state`` that an event left waiting for a parent's
         generated key, and still wait for that parent, get the key."""
