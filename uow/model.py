@@ -128,23 +128,34 @@ class VersionColumn:
 # --- mixins -----------------------------------------------------------------
 
 
-class SoftDelete:
-    """Mixin: rows are hidden by ``session.soft_delete`` instead of deleted.
+if TYPE_CHECKING:
+    # what type checkers see: struct fields, so that Note(deleted_at=...) and
+    # Post(version=...) are keyword arguments of the model as they are at run time
 
-    ``class Note(Model, SoftDelete, table="notes"): ...`` gains ``deleted_at``.
-    """
+    class SoftDelete(msgspec.Struct, kw_only=True):
+        deleted_at: Annotated[dt.datetime | None, SoftDeleteColumn()] = None
 
-    deleted_at: Annotated[dt.datetime | None, SoftDeleteColumn()] = None
+    class Versioned(msgspec.Struct, kw_only=True):
+        version: Annotated[int, VersionColumn()] = 1
 
+else:
 
-class Versioned:
-    """Mixin: optimistic locking through a ``version`` column.
+    class SoftDelete:
+        """Mixin: rows are hidden by ``session.soft_delete`` instead of deleted.
 
-    Every flushed update and delete checks the version it read; a row changed by
-    another transaction in the meantime raises :class:`uow.errors.ConcurrencyError`.
-    """
+        ``class Note(Model, SoftDelete, table="notes"): ...`` gains ``deleted_at``.
+        """
 
-    version: Annotated[int, VersionColumn()] = 1
+        deleted_at: Annotated[dt.datetime | None, SoftDeleteColumn()] = None
+
+    class Versioned:
+        """Mixin: optimistic locking through a ``version`` column.
+
+        Every flushed update and delete checks the version it read; a row changed by
+        another transaction in the meantime raises :class:`uow.errors.ConcurrencyError`.
+        """
+
+        version: Annotated[int, VersionColumn()] = 1
 
 
 _MIXINS: tuple[type, ...] = (SoftDelete, Versioned)
