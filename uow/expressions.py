@@ -19,7 +19,7 @@ since that is where the table is known; they always travel as parameters.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from uow.conditions import (
     And,
@@ -50,15 +50,22 @@ class Predicate:
         self.condition = condition
         self.models = models
 
-    def __and__(self, other: Any) -> Any:
+    def __and__(self, other: Predicate | bool) -> Predicate:
         if isinstance(other, Predicate):
             return Predicate(_flat(And, self.condition, other.condition), self.models | other.models)
         return NotImplemented
 
-    def __or__(self, other: Any) -> Any:
+    def __or__(self, other: Predicate | bool) -> Predicate:
         if isinstance(other, Predicate):
             return Predicate(_flat(Or, self.condition, other.condition), self.models | other.models)
         return NotImplemented
+
+    if TYPE_CHECKING:
+        # ``(User.age >= 18) & ...``: a type checker reads the class attribute as
+        # the field's type, so it sees a bool where there is a predicate (on
+        # either side); a real bool is refused at run time all the same
+        def __rand__(self, other: bool) -> Predicate: ...
+        def __ror__(self, other: bool) -> Predicate: ...
 
     def __invert__(self) -> Predicate:
         return Predicate(Not(self.condition), self.models)
