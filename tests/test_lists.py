@@ -513,3 +513,28 @@ def test_a_list_that_outlives_its_owner_is_a_plain_list() -> None:
     assert bottles.owner is None
     bottles.append(Bottle(label="second"))  # nothing to link it to
     assert [bottle.label for bottle in bottles] == ["first", "second"] and bottles[1].crate_id is None
+
+
+async def test_objects_read_with_both_ends_of_a_relation_are_freed_once_let_go_of(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    async with uow.AsyncSession(engine) as session:
+        await _basket_of(session, "apple", "pear")
+    async with uow.AsyncSession(engine) as session:
+        [basket] = await session.query(Basket).include(Basket.fruit, Fruit.basket).all()
+        assert basket.fruit[0].basket is basket  # a cycle: basket -> its list -> fruit -> basket
+        freed = weakref.ref(basket), weakref.ref(basket.fruit[0])
+    del basket, session
+    gc.collect()
+    assert [ref() for ref in freed] == [None, None]
+
+
+async def test_a_session_dropped_holding_a_connection_says_so(engine: uow.Engine) -> None:
+    await engine.create_all(Basket, Fruit, Seed)
+    session = uow.AsyncSession(engine)
+    await session.query(Basket).all()  # a transaction, on a connection of the pool
+    connection = session._connection
+    with pytest.warns(ResourceWarning, match="close sessions"):
+        del session
+        gc.collect()
+    assert connection is not None
+    await engine.adapter.release(connection, discard=True)  # what closing would have done

@@ -4,6 +4,8 @@ a flush's savepoint costs."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Annotated, Any
 
 import anyio
@@ -164,3 +166,14 @@ async def test_a_read_cancelled_half_way_says_so_until_a_rollback(engine: uow.En
         session.add(Team(name="Blues"))
         await session.commit()  # the same connection, clean again after its rollback
     assert await _count(engine, "pg_session_teams") == 1
+
+
+async def test_a_closed_session_is_freed_though_the_pool_keeps_an_idle_timer(engine: uow.Engine) -> None:
+    await engine.create_all(Team, Player)
+    async with AsyncSession(engine) as session:
+        session.add(Team(name="Reds"))
+        await session.commit()  # gives the connection back: asyncpg schedules an idle timer
+    freed = weakref.ref(session)
+    del session
+    gc.collect()
+    assert freed() is None  # the timer's context does not hold the session

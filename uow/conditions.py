@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import msgspec
@@ -166,6 +166,28 @@ def like_regex(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
     return compiled
 
 
+_LOOKUPS: dict[int, tuple[In, Container[Any]]] = {}
+"""id(an In) -> (the In, its values as a set): a condition is evaluated row
+after row, and a long IN list searched as a tuple costs rows x values."""
+
+
+def _lookup_of(condition: In) -> Container[Any]:
+    values = condition.values
+    if len(values) < 8:
+        return values
+    cached = _LOOKUPS.get(id(condition))
+    if cached is not None and cached[0] is condition:
+        return cached[1]
+    try:
+        lookup: Container[Any] = frozenset(values)
+    except TypeError:  # a value that cannot be hashed: searched as it is
+        lookup = values
+    if len(_LOOKUPS) >= 64:
+        _LOOKUPS.clear()
+    _LOOKUPS[id(condition)] = (condition, lookup)  # the condition is held: its id stays its own
+    return lookup
+
+
 def evaluate(condition: Condition | None, row: Mapping[str, Any]) -> bool | None:
     """SQL's answer for ``row``: ``True``, ``False`` or ``None`` (unknown)."""
     if condition is None:
@@ -181,7 +203,7 @@ def evaluate(condition: Condition | None, row: Mapping[str, Any]) -> bool | None
         value = row[condition.column]
         if value is None:
             return None
-        found = value in condition.values
+        found = value in _lookup_of(condition)
         if not found and None in condition.values:
             return None
         return found != condition.negate

@@ -28,6 +28,7 @@ import copy
 import datetime as dt
 import decimal
 import enum
+import gc
 import inspect
 import operator
 import sys
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_
 import msgspec
 from msgspec import StructMeta
 
-from uow.assignments import WATCHED, ChildList, note_assignment, note_relation_assigned, unwatched_list
+from uow.assignments import WATCHED, ChildList, note_assignment, note_relation_assigned, set_attribute, unwatched_list
 from uow.errors import (
     ModelDefinitionError,
     RelationNotLoadedError,
@@ -232,6 +233,16 @@ def filled_by_relation() -> Any:
 _UNKNOWN: Any = object()
 
 
+class _Loaded:
+    """A value :meth:`RelationDescriptor.set_loaded` hands to msgspec's setattr,
+    which stores it unwrapped and tracks the object for the garbage collector."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
 class RelationDescriptor:
     """Class attribute that replaces a relation field.
 
@@ -265,6 +276,9 @@ class RelationDescriptor:
         return value
 
     def __set__(self, instance: Any, value: Any) -> None:
+        if type(value) is _Loaded:  # from set_loaded, through msgspec's own setattr
+            self._member.__set__(instance, value.value)
+            return
         via = self.spec.via
         if via is None:
             if not unwatched_list(value, instance):
@@ -287,7 +301,14 @@ class RelationDescriptor:
     def set_loaded(self, instance: Any, value: Any) -> None:
         """Set the value as loaded (``None``: no parent), not as an assignment
         the next flush writes."""
-        self._member.__set__(instance, value)
+        if value is None or value is NOT_LOADED or value is UNLINKED or gc.is_tracked(instance):
+            self._member.__set__(instance, value)
+            return
+        # msgspec leaves a struct of plain values untracked by the cyclic garbage
+        # collector, and only its own setattr tracks it again; an object left
+        # untracked that holds a list or a parent can close a cycle (a post and
+        # its author's list of posts) that is then never freed
+        set_attribute(instance, self.name, _Loaded(value))
 
     @property
     def deletes_orphans(self) -> bool:

@@ -25,6 +25,8 @@ import contextvars
 import datetime as dt
 import gc
 import itertools
+import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
@@ -92,7 +94,12 @@ from uow.undo import UndoMixin
 
 M = TypeVar("M", bound=Model)
 
-_current_session: contextvars.ContextVar[AsyncSession | None] = contextvars.ContextVar("uow_session", default=None)
+_current_session: contextvars.ContextVar[weakref.ref[AsyncSession] | None] = contextvars.ContextVar(
+    "uow_session", default=None
+)
+"""The session of ``async with``, held weakly: everything scheduled in the
+block keeps its context (asyncpg's statement-cache timers live five minutes),
+and a strong reference there would keep a closed session and its journal."""
 
 # Status.X goes through the enum's metaclass (about 0.1 µs); the paths that run
 # once per row use these names instead
@@ -103,12 +110,13 @@ _UNFLUSHED = (_PENDING, _DELETED)
 
 def current_session() -> AsyncSession | None:
     """The session of the running task (set by ``async with session``), or ``None``."""
-    return _current_session.get()
+    held = _current_session.get()
+    return None if held is None else held()
 
 
 def require_current_session() -> AsyncSession:
     """The session of the running task; raises :class:`SessionStateError` when none."""
-    session = _current_session.get()
+    session = current_session()
     if session is None:
         raise SessionStateError("no session is active in this task; use 'async with AsyncSession(engine)'")
     return session
@@ -142,7 +150,7 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-@dataclass
+@dataclass(eq=False)  # found by identity: a stack of savepoints is searched at every release
 class _Savepoint:
     name: str
     mark: int
@@ -229,14 +237,25 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         objects read after one may hold values a rollback past it undoes."""
         self._busy: str | None = None
         self._cascaded_upto = 0
-        self._context_tokens: list[contextvars.Token[AsyncSession | None]] = []
+        self._context_tokens: list[contextvars.Token[weakref.ref[AsyncSession] | None]] = []
         for model in engine.models.values():
             self._table(model)
+
+    def __del__(self) -> None:
+        if getattr(self, "_connection", None) is not None:
+            # the connection (and its transaction) cannot be given back from here
+            warnings.warn(
+                "an AsyncSession was dropped while it held a database connection, which its pool "
+                "never gets back; close sessions (async with AsyncSession(...), or await session.close())",
+                ResourceWarning,
+                stacklevel=1,
+                source=self,
+            )
 
     # --- context ------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        self._context_tokens.append(_current_session.set(self))
+        self._context_tokens.append(_current_session.set(weakref.ref(self)))
         return self
 
     async def __aexit__(
