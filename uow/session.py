@@ -1143,8 +1143,11 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             await self._flush()
             assert self._connection is not None
             self._unreleased = None  # a flush's savepoint set since goes with it
-            await self._connection.release_savepoint(savepoint.name)
-            del self._savepoints[self._savepoints.index(savepoint) :]
+            # shielded: a release cancelled half-way may still run to its end (SQLite's
+            # worker thread does), and the savepoints listed must be what the database has
+            with anyio.CancelScope(shield=True):
+                await self._connection.release_savepoint(savepoint.name)
+                del self._savepoints[self._savepoints.index(savepoint) :]
 
     async def _rollback_savepoint(self, savepoint: _Savepoint) -> None:
         with self._exclusive("savepoint rollback"):

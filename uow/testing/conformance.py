@@ -2437,6 +2437,43 @@ class SessionConformance:
             assert [tuple(row) for row in rows] == [(user.id, "Raw")]
             assert await session.execute_raw(f"SELECT id FROM conformance_users WHERE id = {placeholder}", [-1]) == []
 
+    async def test_a_refused_flush_after_raw_sql_keeps_what_the_sql_wrote(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        if not engine.adapter.supports_raw_sql:
+            return
+        async with AsyncSession(engine) as session:
+            placeholder = _raw_placeholder(engine, 1)
+            await session.execute_raw(f"UPDATE conformance_users SET age = 99 WHERE id = {placeholder}", [alice.id])
+            duplicate = User(name="Dup", email=alice.email)
+            session.add(duplicate)
+            with pytest.raises(IntegrityError):
+                await session.flush()  # undoes itself only: the raw update stays in the transaction
+            assert session.in_transaction()
+            duplicate.email = "other@example.com"
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).age == 99
+        assert await count_rows(engine, User) == 2
+
+    async def test_a_savepoint_release_cancelled_half_way_leaves_the_savepoints_as_the_database_has_them(
+        self, engine: uow.Engine
+    ) -> None:
+        for steps in _CANCEL_POINTS[:40]:
+            async with AsyncSession(engine) as session:
+                before = User(name="Before", email=f"before{steps}@example.com")
+                session.add(before)
+                await session.flush()
+                savepoint = await session.begin_nested()
+                session.add(User(name="Inside", email=f"inside{steps}@example.com"))
+                await session.flush()
+                cancelled = await _cancel_after(steps, savepoint.commit)
+                with contextlib.suppress(SessionStateError):  # released in full before the cancel landed
+                    await savepoint.rollback()
+                assert before.id is not None and session.in_transaction()  # nothing before the savepoint lost
+                await session.rollback()
+                if not cancelled:
+                    break
+
     # --- the journal and the plan -------------------------------------------------------------------
 
     async def test_one_event_per_mutating_call(self, engine: uow.Engine) -> None:
