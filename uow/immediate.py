@@ -49,7 +49,8 @@ class ImmediateMixin:
         _tables: dict[str, TableInfo]
         _gone: list[InstanceState]
         _updating: dict[int, Mapping[str, Any]]
-        _tx_writes: bool
+        _transactions: int
+        _raw_sql_in: int
 
         def _exclusive(self, operation: str) -> AbstractContextManager[None]: ...
         async def _commit(self) -> None: ...
@@ -592,8 +593,8 @@ class ImmediateMixin:
                 await self._flush()
             connection = await self._connection_for_work()
             self._note_untracked_write()
-            # it may write: a later flush that fails must then undo only itself
-            self._tx_writes = True
+            # it may write: a later flush that fails in this transaction must undo only itself
+            self._raw_sql_in = self._transactions
             return await connection.execute_raw(sql, params)
 
 

@@ -209,6 +209,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._savepoint_counter = 0
         self._in_begin_block = False
         self._streams_open = 0
+        self._raw_sql_in = -1
+        """The number of the transaction execute_raw last ran in (see _transactions)."""
         """Streams reading in the open transaction: a failed flush must not end it."""
         self._updating: dict[int, Mapping[str, Any]] = {}
         """id(object) -> the checked values of the update() recording what was
@@ -804,9 +806,15 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             plan = plan_flush(pending, self._tables)
         connection = await self._connection_for_work()
         savepoint = None
-        if self._tx_writes or self._savepoints or self._streams_open or self.isolation in _SNAPSHOT_LEVELS:
+        if (
+            self._tx_writes
+            or self._savepoints
+            or self._streams_open
+            or self._raw_sql_in == self._transactions
+            or self.isolation in _SNAPSHOT_LEVELS
+        ):
             # a failed flush then undoes only itself, and the transaction goes on: with
-            # what it wrote, an open stream's cursor, or the snapshot its reads saw
+            # what it wrote (raw SQL may have), an open stream's cursor, or the snapshot its reads saw
             self._savepoint_counter += 1
             savepoint = f"uow_flush_{self._savepoint_counter}"
             try:
