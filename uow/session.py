@@ -209,9 +209,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._savepoint_counter = 0
         self._in_begin_block = False
         self._streams_open = 0
+        """Streams reading in the open transaction: a failed flush must not end it."""
         self._raw_sql_in = -1
         """The number of the transaction execute_raw last ran in (see _transactions)."""
-        """Streams reading in the open transaction: a failed flush must not end it."""
         self._updating: dict[int, Mapping[str, Any]] = {}
         """id(object) -> the checked values of the update() recording what was
         pending before it (see LinkingMixin._moved_by_key)."""
