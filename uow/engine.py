@@ -81,7 +81,7 @@ class Engine:
         self._opened = False
         self._open_lock = anyio.Lock()
         self.models: dict[str, type[Model]] = {}
-        self.commit_hooks: list[Callable[[list[AnyEvent]], None]] = []
+        self.commit_hooks: list[Callable[[list[AnyEvent]], Awaitable[None] | None]] = []
 
     @property
     def dialect(self) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import gc
+import inspect
 import itertools
 import warnings
 import weakref
@@ -1084,7 +1085,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         failed: list[Exception] = []
         for hook in self.engine.commit_hooks:  # each runs: one failing does not undo the commit or stop the rest
             try:
-                hook(committed)
+                result = hook(committed)
+                if inspect.isawaitable(result):  # an async hook
+                    await result
             except Exception as exc:
                 failed.append(exc)
         if failed:

@@ -2390,7 +2390,12 @@ class SessionConformance:
             raise RuntimeError("audit sink down")
 
         engine.commit_hooks[:] = [lambda events: seen.append([type(e).__name__ for e in events]), failing]
-        engine.commit_hooks.append(lambda events: seen.append(["after the failing one"]))
+
+        async def later(events: list[Any]) -> None:  # a hook may be async
+            await anyio.lowlevel.checkpoint()
+            seen.append(["after the failing one"])
+
+        engine.commit_hooks.append(later)
         try:
             async with AsyncSession(engine) as session:
                 user = User(name="Hook", email="hook@example.com")
