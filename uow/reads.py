@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
 import msgspec
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from uow.query import _Builder
 
 M = TypeVar("M", bound=Model)
+M1 = TypeVar("M1", bound=Model)
+M2 = TypeVar("M2", bound=Model)
+M3 = TypeVar("M3", bound=Model)
 
 
 class ReadsMixin:
@@ -140,11 +143,25 @@ class ReadsMixin:
             with anyio.CancelScope(shield=True):
                 await chunks.aclose()  # type: ignore[attr-defined]
 
-    async def parallel_exec(self, reads: Iterable[Readable]) -> list[list[Any]]:
+    @overload
+    async def parallel_exec(self, reads: tuple[_Builder[M1]]) -> tuple[list[M1]]: ...
+    @overload
+    async def parallel_exec(self, reads: tuple[_Builder[M1], _Builder[M2]]) -> tuple[list[M1], list[M2]]: ...
+    @overload
+    async def parallel_exec(
+        self, reads: tuple[_Builder[M1], _Builder[M2], _Builder[M3]]
+    ) -> tuple[list[M1], list[M2], list[M3]]: ...
+    @overload
+    async def parallel_exec(self, reads: Iterable[Readable]) -> list[list[Any]]: ...
+
+    async def parallel_exec(self, reads: Iterable[Any]) -> Sequence[list[Any]]:
         """Run independent reads concurrently, each on its own pooled
         connection, and return their objects in the order given::
 
             users, posts = await session.parallel_exec([select(User), session.query(Post).include(Post.author)])
+
+        Given a tuple of up to three reads, it returns a tuple, whose lists a
+        type checker knows the models of.
 
         The reads run **outside the session's transaction**, each in a short
         read transaction of its own: they see committed data only, not this
@@ -177,7 +194,7 @@ class ReadsMixin:
             async with anyio.create_task_group() as group:
                 for index, read in enumerate(listed):
                     group.start_soon(run, index, read)
-        return results
+        return tuple(results) if isinstance(reads, tuple) else results
 
     # --- used by Query ------------------------------------------------------------
 

@@ -2380,6 +2380,8 @@ class SessionConformance:
             users, posts = await session.parallel_exec([session.query(User), session.query(Post).include(Post.author)])
             assert users == [tracked] and [post.title for post in posts] == ["Hello"]
             assert posts[0].author is tracked
+            typed = await session.parallel_exec((session.query(User), session.query(Post)))  # a tuple gives a tuple
+            assert type(typed) is tuple and typed[0] == [tracked] and typed[1][0].title == "Hello"
 
     async def test_commit_hooks_get_the_committed_events_and_a_failing_one_fails_nothing_else(
         self, engine: uow.Engine
