@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import enum
+import math
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -10,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import uow
-from uow.errors import ValidationError
+from uow.errors import ModelDefinitionError, StorageError, ValidationError
 from uow.model import Model, PrimaryKey, detached_value, table_info
 
 pytestmark = pytest.mark.anyio
@@ -88,3 +92,49 @@ def test_a_detached_struct_is_a_copy_and_immutable_values_are_kept() -> None:
     assert copied == point and copied is not point and copied.tags is not point.tags
     for value in ("text", 3, 2.5, None, b"raw"):
         assert detached_value(value) is value
+
+
+class Shade(enum.Enum):
+    """A plain enum of integers: stored as an integer, as an IntEnum is."""
+
+    LIGHT = 1
+    DARK = 2
+
+
+class Swatch(Model, table="values_swatches"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    shade: Shade = Shade.LIGHT
+    ratio: float | None = None
+    price: decimal.Decimal | None = None
+    until: dt.datetime | None = None
+
+
+class Mixed(Model, table="values_mixed"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    code: Literal["a", 1] = "a"
+
+
+def test_a_column_of_values_of_several_types_is_refused() -> None:
+    with pytest.raises(ModelDefinitionError, match=r"Mixed.code: the Literal mixes values of several types"):
+        table_info(Mixed)
+
+
+async def test_values_databases_would_answer_differently_are_refused_or_stored_alike(engine: uow.Engine) -> None:
+    await engine.create_all(Swatch)
+    forever = dt.datetime.max.replace(tzinfo=dt.UTC)  # PostgreSQL stores it as infinity
+    async with uow.AsyncSession(engine) as session:
+        session.add(Swatch(shade=Shade.DARK, until=forever))
+        for nan in ({"ratio": math.nan}, {"price": decimal.Decimal("NaN")}):
+            with pytest.raises(ValidationError, match="NaN"):
+                session.add(Swatch(**nan))
+        far = dt.datetime(1, 1, 1, 3, 0, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=45)))
+        session.add(Swatch(until=far))  # no instant in UTC: no database stores it
+        with pytest.raises(StorageError):
+            await session.flush()
+        await session.rollback()
+        session.add(Swatch(shade=Shade.DARK, until=forever))
+        await session.commit()
+    async with uow.AsyncSession(engine) as session:
+        [swatch] = await session.query(Swatch).all()
+        assert swatch.shade is Shade.DARK and swatch.until == forever and swatch.until.tzinfo is not None
+        assert await session.query(Swatch).filter(shade=Shade.DARK).count() == 1

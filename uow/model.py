@@ -699,9 +699,22 @@ def converted_value(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
     """``value`` as ``column``'s Python type, strictly (no ``"7"`` for an
     ``int``); :class:`ValidationError` naming the column when it does not fit."""
     try:
-        return msgspec.convert(value, column.python_type, strict=True)
+        converted = msgspec.convert(value, column.python_type, strict=True)
     except msgspec.ValidationError as exc:
         raise ValidationError(f"{table.model.__name__}.{column.name}: {exc} (got {value!r})") from None
+    if is_nan(converted):
+        raise ValidationError(
+            f"{table.model.__name__}.{column.name}: NaN is not a value databases agree on "
+            "(SQLite refuses it, PostgreSQL orders it above every number); store None instead"
+        )
+    return converted
+
+
+def is_nan(value: Any) -> bool:
+    """Whether ``value`` is a float or Decimal NaN (which a column refuses)."""
+    if type(value) is float:
+        return value != value
+    return isinstance(value, decimal.Decimal) and value.is_nan()
 
 
 def _exact_value_types(column: ColumnInfo) -> frozenset[type]:
@@ -738,6 +751,9 @@ def _type_checker(
             allowed = get_args(column.python_type)
             namespace[f"l{i}"] = frozenset((type(v), v) for v in allowed)
             test = f"(type({name}), {name}) in l{i}"
+        if column.kind in ("float", "decimal"):  # and no NaN, which converted_value refuses
+            namespace["is_nan"] = is_nan
+            test = f"({test}) and not is_nan({name})"
         if type(None) in accepted:
             test = f"{name} is None or {test}"
         tests.append(f"({test})")
@@ -892,10 +908,25 @@ _KINDS: tuple[tuple[type, ColumnKind], ...] = (
 )
 
 
+def _stored_kind(model: type, field: str, values: Sequence[Any], what: str) -> ColumnKind:
+    """The kind of a column holding an enum's values or a Literal's: all
+    integers or all strings, as a database column holds one type."""
+    if all(isinstance(v, int) for v in values):
+        return "integer"
+    if all(isinstance(v, str) for v in values):
+        return "text"
+    raise ModelDefinitionError(
+        f"{model.__name__}.{field}: {what} mixes values of several types "
+        f"({', '.join(sorted({type(v).__name__ for v in values}))}); a column stores one: all int or all str"
+    )
+
+
 def _column_kind(model: type, field: str, python_type: Any) -> ColumnKind:
     if isinstance(python_type, type):
         if issubclass(python_type, enum.Enum):
-            return "integer" if issubclass(python_type, int) else "text"
+            if issubclass(python_type, int):
+                return "integer"
+            return _stored_kind(model, field, [member.value for member in python_type], python_type.__name__)
         for base, kind in _KINDS:
             if issubclass(python_type, base):
                 return kind
@@ -904,8 +935,7 @@ def _column_kind(model: type, field: str, python_type: Any) -> ColumnKind:
     origin = get_origin(python_type)
     if origin in (dict, list, tuple) or origin is Literal:
         if origin is Literal:
-            values = get_args(python_type)
-            return "integer" if all(isinstance(v, int) for v in values) else "text"
+            return _stored_kind(model, field, get_args(python_type), "the Literal")
         return "json"
     if python_type is Any:
         return "json"
@@ -1134,6 +1164,7 @@ __all__ = [
     "Versioned",
     "is_model",
     "filled_by_relation",
+    "is_nan",
     "relation",
     "resolve_model",
     "table_info",

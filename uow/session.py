@@ -85,6 +85,7 @@ from uow.model import (
     converted_value,
     detached_value,
     is_model,
+    is_nan,
     table_info,
 )
 from uow.planner import plan_flush
@@ -763,7 +764,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         value that does not fit. ``None`` is left to the NOT NULL checks."""
         converted = list(values)
         for index, value in enumerate(values):
-            if value is None or type(value) in table.value_types[index]:
+            if value is None or (type(value) in table.value_types[index] and not is_nan(value)):
                 continue
             column = table.columns[index]
             fitted = converted_value(table, column, value)

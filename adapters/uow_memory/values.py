@@ -9,6 +9,7 @@ Struct as that Struct).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -58,8 +59,21 @@ def _store_text(value: Any) -> Any:
     return value
 
 
+def _store_datetime(value: Any) -> Any:
+    # what SQLite and PostgreSQL store: an aware value as the same instant in UTC,
+    # which must be a datetime (year 1 at +05:45 is not)
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        try:
+            return value.astimezone(dt.UTC)
+        except OverflowError as exc:
+            raise TypeError(f"{value!r} is out of range in UTC") from exc
+    return value
+
+
 def converter_for(column: ColumnInfo) -> Converter:
     """The function that turns a value given for ``column`` into the stored value."""
+    if column.kind == "datetime":
+        return _store_datetime
     if column.kind == "json":
         return copy_json
     if column.kind == "bytes":

@@ -151,6 +151,8 @@ class PostgresDialect(SqlDialect):
             return python_type
         if column.kind == "json":
             return json_decoder(python_type)
+        if column.kind == "datetime":
+            return _naive_as_utc  # asyncpg gives ±infinity back as a naive datetime.max or .min
         return None
 
     def column_encoders(self, table: TableInfo, columns: Sequence[str]) -> list[Converter | None]:
