@@ -366,3 +366,22 @@ async def test_upsert_copies_nested_json_values(engine: uow.Engine) -> None:
             assert isinstance(event, Upserted) and event.values["data"] == _nested()
             await session.commit()
         assert (await _stored(engine, key)).data == _nested()
+
+
+class TooLong(Model, table="t" * 64):
+    id: Annotated[int | None, PrimaryKey()] = None
+
+
+def test_a_name_longer_than_a_database_keeps_is_refused() -> None:
+    with pytest.raises(ModelDefinitionError, match="longer than 63 bytes"):
+        table_info(TooLong)
+
+
+def test_index_names_are_unique_to_their_table_and_column_and_fit() -> None:
+    from uow.sql import index_name
+
+    assert index_name("audit_log", "entry") != index_name("audit", "log_entry")
+    long_ones = {
+        index_name("customer_subscription_invoice_lines", f"billing_address_country_{s}") for s in ("id", "code")
+    }
+    assert len(long_ones) == 2 and all(len(name.encode()) <= 63 for name in long_ones)

@@ -1044,7 +1044,17 @@ def _build_table_info(model: type[Model]) -> TableInfo:
         if many:
             _check_back_column(model, name, target_type, spec.back, hints)
         relations[name] = RelationInfo(name, target_type, many, spec.via, spec.back, spec.delete_orphans)
+    for name in (model.__uow_table_name__ or "", *(column.name for column in columns)):
+        if len(name.encode()) > _MAX_NAME:  # PostgreSQL would cut it, and two names could become one
+            raise ModelDefinitionError(
+                f"{model.__name__}: the name {name!r} is longer than {_MAX_NAME} bytes, the longest a "
+                "database keeps whole; use a shorter one"
+            )
     return TableInfo(model, model.__uow_table_name__ or "", tuple(columns), relations)
+
+
+_MAX_NAME = 63
+"""The longest table or column name PostgreSQL keeps, in bytes."""
 
 
 def _check_via_column(model: type[Model], name: str, target: Any, via: Any, columns: list[ColumnInfo]) -> None:

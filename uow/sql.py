@@ -8,6 +8,7 @@ from model metadata only and are always quoted; values always become parameters.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,23 @@ from uow.statements import Select
 _SQL_COMPARE = {"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 Converter = Callable[[Any], Any]
+
+
+def index_name(table: str, column: str) -> str:
+    """The name of the index on ``table.column``: ``ix_<table>__<column>``,
+    unique to the pair (``audit_log.entry`` and ``audit.log_entry`` differ),
+    and cut to 63 bytes with a digest of the whole when longer, since
+    PostgreSQL cuts longer names, which could then collide silently."""
+    name = f"ix_{table}__{column}"
+    if len(name.encode()) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    head = name.encode()[: _MAX_NAME - len(digest) - 1].decode(errors="ignore")
+    return f"{head}_{digest}"
+
+
+_MAX_NAME = 63
+"""The longest identifier PostgreSQL keeps, in bytes."""
 
 
 class Params:
@@ -128,7 +146,7 @@ class SqlDialect(ABC):
         statements = [f"CREATE TABLE IF NOT EXISTS {self.quote(table.name)} (\n  " + ",\n  ".join(lines) + "\n)"]
         for column in table.columns:
             if column.indexed or (column.foreign_key is not None and not column.unique):
-                index = self.quote(f"ix_{table.name}_{column.name}")
+                index = self.quote(index_name(table.name, column.name))
                 statements.append(
                     f"CREATE INDEX IF NOT EXISTS {index} ON {self.quote(table.name)} ({self.quote(column.name)})"
                 )

@@ -43,6 +43,7 @@ import msgspec
 
 from uow.adapter import json_decoder
 from uow.conditions import Compare, Condition, In
+from uow.errors import StorageError
 from uow.model import ColumnInfo, TableInfo
 from uow.sql import Converter, Params, SqlDialect
 from uow.statements import Select
@@ -69,6 +70,16 @@ _GENERATED_KEY_DEFAULTS: dict[str, str] = {
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+_json_encode = msgspec.json.Encoder().encode
+
+
+def _encode_json(value: Any) -> str:
+    try:
+        return _json_encode(value).decode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 text holds it
+        raise StorageError(f"cannot store {value!r} as JSON: {exc}") from exc
 
 
 def _naive_as_utc(value: dt.datetime) -> dt.datetime:
@@ -139,8 +150,7 @@ class PostgresDialect(SqlDialect):
         if isinstance(python_type, type) and issubclass(python_type, enum.Enum):
             return _enum_value
         if column.kind == "json":
-            encode = msgspec.json.Encoder().encode
-            return lambda value: encode(value).decode()
+            return _encode_json
         if column.kind == "datetime":
             return _naive_as_utc
         return None

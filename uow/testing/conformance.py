@@ -3139,8 +3139,15 @@ class SessionConformance:
                 await session.flush()
             huge.name = "Huge"
             await session.commit()
+            sample = _sample(data={"text": "Broken \ud800"})  # nor inside a JSON value
+            session.add(sample)
+            with pytest.raises(StorageError):
+                await session.flush()
+            sample.data = {"text": "Fine"}
+            await session.commit()
         assert (await stored(engine, User, huge.id)).age == 2**63 - 1
         assert await count_rows(engine, User) == 2
+        assert (await stored(engine, Sample, sample.id)).data == {"text": "Fine"}
 
     async def test_a_value_that_fits_its_column_after_conversion_is_converted(self, engine: uow.Engine) -> None:
         sample = _sample(ratio=2, color="blue")  # an int for a float, the value of an enum member
