@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -566,3 +567,12 @@ async def test_drop_tables_in_any_order(conn: SQLiteConnection) -> None:
 async def table_names(conn: SQLiteConnection) -> list[str]:
     rows = await conn.execute_raw("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
     return [name for (name,) in rows if name.startswith("sq_")]
+
+
+def test_the_decimal_collation_orders_text_written_outside_uow_without_failing() -> None:
+    from uow_sqlite.dialect import decimal_collation
+
+    values = ["NaN", "10", "9.5", "abc", "9.50", "-1E+3"]
+    ordered = sorted(values, key=functools.cmp_to_key(decimal_collation))
+    assert ordered == ["-1E+3", "9.5", "9.50", "10", "NaN", "abc"]
+    assert decimal_collation("9.5", "9.50") == 0 and decimal_collation("NaN", "NaN") == 0

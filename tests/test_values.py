@@ -138,3 +138,16 @@ async def test_values_databases_would_answer_differently_are_refused_or_stored_a
         [swatch] = await session.query(Swatch).all()
         assert swatch.shade is Shade.DARK and swatch.until == forever and swatch.until.tzinfo is not None
         assert await session.query(Swatch).filter(shade=Shade.DARK).count() == 1
+
+
+async def test_a_plain_enum_of_integers_is_written_by_every_call(engine: uow.Engine) -> None:
+    await engine.create_all(Swatch)
+    async with uow.AsyncSession(engine) as session:
+        swatch = await session.insert(Swatch())
+        await session.update(swatch, shade=Shade.DARK)
+        assert await session.bulk_update(Swatch, {"shade": Shade.LIGHT}, shade=Shade.DARK) == 1
+        await session.bulk_insert(Swatch, [{"shade": Shade.DARK}])
+        await session.commit()
+    async with uow.AsyncSession(engine) as session:
+        shades = [s.shade for s in await session.query(Swatch).order_by("id").all()]
+    assert shades == [Shade.LIGHT, Shade.DARK]

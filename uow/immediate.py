@@ -20,8 +20,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import msgspec
-
 from uow.adapter import Connection
 from uow.assignments import set_attribute
 from uow.conditions import Condition, equals_all, matches
@@ -320,6 +318,11 @@ class ImmediateMixin:
         for column in target:
             if column not in table.column_index:
                 raise ValidationError(f"{table.model.__name__} has no column {column!r} to conflict on")
+            if table.columns[table.column_index[column]].kind == "json":
+                raise ValidationError(
+                    f"{table.model.__name__}.{column} is a JSON column: databases compare JSON values each "
+                    "their own way, so an upsert cannot conflict on it"
+                )
         values = table.row_dict(table.values_of(obj))
         if table.primary_key.generated and values[table.key_column] is None:
             if table.key_column in target:
@@ -436,9 +439,9 @@ class ImmediateMixin:
                     unknown = set(row) - set(table.column_index)
                     if unknown:
                         raise ValidationError(f"{model.__name__} has no column(s) {', '.join(sorted(unknown))}")
-                    try:
-                        instance = msgspec.convert(dict(row), model, strict=True)
-                    except msgspec.ValidationError as exc:
+                    try:  # built as the constructor builds it; the values are checked just below
+                        instance = model(**row)
+                    except TypeError as exc:  # a required column missing
                         raise ValidationError(f"{model.__name__}: {exc} (got {dict(row)!r})") from None
                 elif type(row) is model:
                     instance = row

@@ -698,10 +698,13 @@ def detached_value(value: Any) -> Any:
 def converted_value(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
     """``value`` as ``column``'s Python type, strictly (no ``"7"`` for an
     ``int``); :class:`ValidationError` naming the column when it does not fit."""
-    try:
-        converted = msgspec.convert(value, column.python_type, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ValidationError(f"{table.model.__name__}.{column.name}: {exc} (got {value!r})") from None
+    if type(value) is column.python_type:  # a member of a plain Enum of ints, which convert refuses
+        converted = value
+    else:
+        try:
+            converted = msgspec.convert(value, column.python_type, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(f"{table.model.__name__}.{column.name}: {exc} (got {value!r})") from None
     if is_nan(converted):
         raise ValidationError(
             f"{table.model.__name__}.{column.name}: NaN is not a value databases agree on "

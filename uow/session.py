@@ -1190,7 +1190,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         """
         if self._in_begin_block:
             raise SessionStateError("the session is already in a begin() block; use begin_nested() inside it")
-        if self._journal.has_pending() or self._tx_writes or self._has_assignments():
+        raw_sql = self._in_tx and self._raw_sql_in == self._transactions  # it may have written
+        if self._journal.has_pending() or self._tx_writes or raw_sql or self._has_assignments():
             raise SessionStateError(
                 "the session already has work in progress; commit or roll it back first, or use begin_nested()"
             )

@@ -63,6 +63,8 @@ def decimal_collation(left: str, right: str) -> int:
     text that is no number (written outside uow) compares as text, after numbers."""
     try:
         a, b = decimal.Decimal(left), decimal.Decimal(right)
+        if a.is_nan() or b.is_nan():  # written outside uow: after every number, as PostgreSQL orders it
+            return int(a.is_nan()) - int(b.is_nan())
     except decimal.InvalidOperation:
         a_number, b_number = _is_number(left), _is_number(right)
         if a_number != b_number:

@@ -2458,6 +2458,9 @@ class SessionConformance:
                 await session.flush()  # undoes itself only: the raw update stays in the transaction
             assert session.in_transaction()
             duplicate.email = "other@example.com"
+            with pytest.raises(SessionStateError, match="work in progress"):
+                async with session.begin():  # its end would roll back what the raw SQL wrote
+                    pass
             await session.commit()
         assert (await stored(engine, User, alice.id)).age == 99
         assert await count_rows(engine, User) == 2
@@ -3041,6 +3044,8 @@ class SessionConformance:
                 await query.order_by("data").all()
             with pytest.raises(ValidationError, match="JSON column"):
                 await session.bulk_update(Sample, {"label": "x"}, data={"a": 1})
+            with pytest.raises(ValidationError, match="JSON column"):
+                await session.upsert(_sample(data={"a": 1}), conflict_target="data")
             assert await query.filter(data__is_null=False).count() == 1
             with pytest.raises(QueryError, match="escape character"):
                 await query.where(uow.col(Sample.label).like("a\\")).all()
