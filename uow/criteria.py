@@ -234,7 +234,7 @@ def check_condition(table: TableInfo, condition: Condition) -> Condition:
     raise QueryError(f"unknown condition {condition!r}")
 
 
-def order_terms(table: TableInfo, keys: Iterable[str | Column | Ordering]) -> tuple[OrderBy, ...]:
+def order_terms(table: TableInfo, keys: Iterable[str | Column[Any] | Ordering]) -> tuple[OrderBy, ...]:
     """``"-age"``, ``"name"``, ``User.age`` or ``User.age.desc()`` as ORDER BY terms."""
     terms: list[OrderBy] = []
     for key in keys:

@@ -19,7 +19,7 @@ since that is where the table is known; they always travel as parameters.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from uow.conditions import (
     And,
@@ -35,6 +35,9 @@ from uow.conditions import (
     escape_like,
 )
 from uow.errors import QueryError
+
+T = TypeVar("T")
+"""The type of a column's values."""
 
 
 class Predicate:
@@ -106,11 +109,13 @@ class Ordering:
         return f"{self.model.__name__}.{self.column}.{'desc' if self.descending else 'asc'}()"
 
 
-class Column:
+class Column(Generic[T]):
     """A model's column at class level: ``User.age``.
 
     Comparisons build :class:`Predicate` objects; ``== None`` and ``!= None``
-    mean ``IS NULL`` and ``IS NOT NULL``. A comparison whose value is ``None``
+    mean ``IS NULL`` and ``IS NOT NULL``. ``T`` is the type of the column's
+    values (``col(User.age)`` is a ``Column[int]``), so that a type checker
+    refuses a value of another type. A comparison whose value is ``None``
     otherwise never matches, as in SQL.
     """
 
@@ -141,16 +146,16 @@ class Column:
             return self.is_not_null()
         return self._compare("ne", value)
 
-    def __lt__(self, value: Any) -> Predicate:
+    def __lt__(self, value: T) -> Predicate:
         return self._compare("lt", value)
 
-    def __le__(self, value: Any) -> Predicate:
+    def __le__(self, value: T) -> Predicate:
         return self._compare("le", value)
 
-    def __gt__(self, value: Any) -> Predicate:
+    def __gt__(self, value: T) -> Predicate:
         return self._compare("gt", value)
 
-    def __ge__(self, value: Any) -> Predicate:
+    def __ge__(self, value: T) -> Predicate:
         return self._compare("ge", value)
 
     def __hash__(self) -> int:
@@ -159,11 +164,11 @@ class Column:
     def __bool__(self) -> NoReturn:
         raise TypeError(f"{self!r} has no truth value; compare it (User.age >= 18) inside where()")
 
-    def in_(self, values: Iterable[Any]) -> Predicate:
+    def in_(self, values: Iterable[T]) -> Predicate:
         """``column IN (values)``."""
         return self._predicate(In(self.name, _values(self, values)))
 
-    def not_in(self, values: Iterable[Any]) -> Predicate:
+    def not_in(self, values: Iterable[T]) -> Predicate:
         """``column NOT IN (values)`` (NULLs never match, as in SQL)."""
         return self._predicate(In(self.name, _values(self, values), negate=True))
 
@@ -175,7 +180,7 @@ class Column:
         """``column IS NOT NULL``."""
         return self._predicate(IsNull(self.name, negate=True))
 
-    def between(self, low: Any, high: Any) -> Predicate:
+    def between(self, low: T | None, high: T | None) -> Predicate:
         """``column BETWEEN low AND high``, both ends included."""
         return self._predicate(Between(self.name, low, high))
 
@@ -224,7 +229,7 @@ class Column:
         return f"{self.model.__name__}.{self.name}"
 
 
-def col(attribute: Any) -> Column:
+def col(attribute: T) -> Column[T]:
     """``User.age`` typed as a :class:`Column`, for type checkers, which see the
     instance type (``int``): ``col(User.name).in_(["a", "b"])``."""
     if not isinstance(attribute, Column):
@@ -242,13 +247,13 @@ def desc(attribute: Any) -> Ordering:
     return col(attribute).desc()
 
 
-def _values(column: Column, values: Iterable[Any]) -> tuple[Any, ...]:
+def _values(column: Column[Any], values: Iterable[Any]) -> tuple[Any, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise QueryError(f"{column!r}.in_() takes a list or tuple of values, not {values!r}")
     return tuple(values)
 
 
-def _text(column: Column, value: Any) -> str:
+def _text(column: Column[Any], value: Any) -> str:
     if not isinstance(value, str):
         raise QueryError(f"{column!r}: a text pattern must be a str, not {value!r}")
     return value
