@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import uow
 from uow.conditions import And, Between, Compare, Condition, In, IsNull, Like, Not, Or
 from uow.events import (
     AnyEvent,
@@ -462,3 +463,20 @@ def test_replay_of_soft_delete_and_restore_sets_and_clears_the_column() -> None:
         Restored(seq=2, at=AT, table="journal_kinds", ref=1, key=1, old={"deleted_at": AT}, new={"deleted_at": None})
     )
     assert replay(events, TABLES, base=base)["journal_kinds"][1]["deleted_at"] is None
+
+
+def test_a_replay_of_a_change_to_a_row_it_does_not_hold_says_what_to_pass() -> None:
+    from uow.errors import ReplayError
+
+    table = uow.table_info(_ReplayUser)
+    changed = uow.Updated(
+        seq=4, at=dt.datetime.now(dt.UTC), table=table.name, ref=1, key=7, old={"name": "a"}, new={"name": "b"}
+    )
+    with pytest.raises(ReplayError, match=r"event #4 Updated changes replay_users row 7.*base="):
+        uow.replay([changed], [table])
+    assert uow.replay([changed], [table], base={table.name: {7: {"id": 7, "name": "a"}}})[table.name][7]["name"] == "b"
+
+
+class _ReplayUser(uow.Model, table="replay_users"):
+    id: Annotated[int | None, uow.PrimaryKey()] = None
+    name: str = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import pytest
@@ -49,3 +50,14 @@ async def test_a_unit_of_work_commits_and_rolls_back_on_either_event_loop() -> N
             await session.update(author, name="Ursula")
             await sp.rollback()
             assert author.name == "Le Guin"
+
+
+@pytest.mark.anyio
+async def test_an_adapter_that_needs_asyncio_says_so_on_trio(anyio_backend: str, tmp_path: Path) -> None:
+    if anyio_backend != "trio":
+        return
+    from uow.errors import ConfigurationError
+
+    async with uow.create_engine(f"sqlite:///{tmp_path / 'trio.db'}") as engine:
+        with pytest.raises(ConfigurationError, match="the SQLite adapter needs asyncio"):
+            await engine.create_all(Author)

@@ -26,6 +26,7 @@ Rules every adapter keeps:
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
@@ -33,6 +34,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from uow.batches import Batch, BatchResult
+from uow.errors import ConfigurationError
 from uow.model import TableInfo
 from uow.statements import Select
 
@@ -142,6 +144,20 @@ class Adapter(ABC):
         may be in an unknown state) the adapter closes it instead of reusing it."""
 
 
+def require_asyncio(adapter: str, driver: str) -> None:
+    """Raise :class:`~uow.errors.ConfigurationError` unless an asyncio event
+    loop runs this task: the adapter's driver runs on asyncio only (under
+    trio it would fail deep inside the driver with a message that does not
+    say so)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigurationError(
+            f"the {adapter} adapter needs asyncio ({driver} runs on asyncio only); "
+            "on trio, use memory:// or run the program with asyncio"
+        ) from None
+
+
 def json_decoder(python_type: Any) -> Callable[[str | bytes], Any]:
     """What turns stored JSON text into a value of a JSON column's annotated
     type (``dict[str, int]``, ``tuple[int, ...]``, a ``msgspec.Struct``), as
@@ -163,4 +179,4 @@ def json_decoder(python_type: Any) -> Callable[[str | bytes], Any]:
     return decode
 
 
-__all__ = ["Adapter", "Connection", "json_decoder"]
+__all__ = ["Adapter", "Connection", "json_decoder", "require_asyncio"]

@@ -167,6 +167,14 @@ class SerializationFailure(ConcurrencyError):
     or a deadlock, 40P01); re-running the whole unit of work may succeed."""
 
 
+class ReplayError(UowError, KeyError):
+    """:func:`uow.replay` met an event about a row it does not hold (one
+    stored before the events began: pass it in ``base``). Also a ``KeyError``."""
+
+    def __str__(self) -> str:  # a KeyError would show its message quoted
+        return str(self.args[0]) if self.args else ""
+
+
 class CommitHookError(UowError):
     """The transaction **is committed**, but engine commit hooks raised. Every
     hook ran; ``errors`` holds what each failing one raised, in order (the
@@ -192,6 +200,7 @@ __all__ = [
     "OperationalError",
     "PoolTimeoutError",
     "QueryError",
+    "ReplayError",
     "RelationNotLoadedError",
     "SerializationFailure",
     "SessionStateError",

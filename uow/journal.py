@@ -19,6 +19,7 @@ from typing import Any, Literal, overload
 import msgspec
 
 from uow.conditions import And, Between, Compare, Condition, In, Not, Or, matches
+from uow.errors import ReplayError
 from uow.events import (
     ROW_CHANGES,
     AnyEvent,
@@ -221,7 +222,13 @@ def replay(
                 values[column] = keys.get(parent_ref, ref_keys.get(parent_ref))
             table_rows[key] = values
         elif isinstance(event, ROW_CHANGES):
-            row = table_rows[key_of(event)]
+            key = key_of(event)
+            row = table_rows.get(key)
+            if row is None:
+                raise ReplayError(
+                    f"event #{event.seq} {type(event).__name__} changes {event.table} row {key!r}, which no "
+                    "earlier event inserted and base does not hold: pass the rows stored before as base="
+                )
             row.update(event.new)
             for column, parent_ref in getattr(event, "parent_refs", {}).items():
                 row[column] = keys.get(parent_ref, ref_keys.get(parent_ref))

@@ -1084,13 +1084,19 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._reset_transaction()
         await self._drop_connection()
         failed: list[Exception] = []
-        for hook in self.engine.commit_hooks:  # each runs: one failing does not undo the commit or stop the rest
-            try:
-                result = hook(committed)
-                if inspect.isawaitable(result):  # an async hook
-                    await result
-            except Exception as exc:
-                failed.append(exc)
+        # inside a hook, current_session() is the session committing: its journal
+        # knows the keys the database generated (journal.key_of(event))
+        token = _current_session.set(weakref.ref(self))
+        try:
+            for hook in self.engine.commit_hooks:  # each runs: one failing does not undo the commit or stop the rest
+                try:
+                    result = hook(committed)
+                    if inspect.isawaitable(result):  # an async hook
+                        await result
+                except Exception as exc:
+                    failed.append(exc)
+        finally:
+            _current_session.reset(token)
         if failed:
             raise CommitHookError(failed) from failed[0]
 

@@ -33,7 +33,7 @@ import anyio
 import asyncpg
 import asyncpg.pool
 
-from uow.adapter import Adapter, Connection
+from uow.adapter import Adapter, Connection, require_asyncio
 from uow.errors import ConfigurationError, OperationalError, PoolTimeoutError
 from uow_postgres.connection import PostgresConnection, RawConnection
 from uow_postgres.dialect import PostgresDialect
@@ -112,6 +112,7 @@ class PostgresAdapter(Adapter):
         return cls(dsn, settings)
 
     async def open(self) -> None:
+        require_asyncio("PostgreSQL", "asyncpg")
         async with self._opening:
             if self._pool is not None:
                 return

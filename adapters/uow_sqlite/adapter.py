@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from uow.adapter import Adapter, Connection
+from uow.adapter import Adapter, Connection, require_asyncio
 from uow_sqlite.config import SQLiteConfig, parse_url
 from uow_sqlite.connection import SQLiteConnection
 from uow_sqlite.dialect import SQLiteDialect
@@ -42,6 +42,7 @@ class SQLiteAdapter(Adapter):
         await self._pool.close()
 
     async def acquire(self) -> SQLiteConnection:
+        require_asyncio("SQLite", "aiosqlite")
         return await self._pool.acquire()
 
     async def release(self, connection: Connection, *, discard: bool = False) -> None:

@@ -2391,7 +2391,14 @@ class SessionConformance:
         def failing(events: list[Any]) -> None:
             raise RuntimeError("audit sink down")
 
-        engine.commit_hooks[:] = [lambda events: seen.append([type(e).__name__ for e in events]), failing]
+        keys: list[Any] = []
+
+        def with_keys(events: list[Any]) -> None:  # the committing session resolves generated keys
+            session = uow.require_current_session()
+            keys.extend(session.journal.key_of(event) for event in events)
+            seen.append([type(e).__name__ for e in events])
+
+        engine.commit_hooks[:] = [with_keys, failing]
 
         async def later(events: list[Any]) -> None:  # a hook may be async
             await anyio.lowlevel.checkpoint()
@@ -2408,7 +2415,7 @@ class SessionConformance:
                 assert not session.in_transaction() and user.id is not None
         finally:
             engine.commit_hooks.clear()
-        assert seen == [["Inserted"], ["after the failing one"]]
+        assert seen == [["Inserted"], ["after the failing one"]] and keys == [user.id]
         assert (await stored(engine, User, user.id)).name == "Hook"
 
     async def test_small_spellings_a_user_reaches_for(self, engine: uow.Engine) -> None:
