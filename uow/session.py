@@ -1372,10 +1372,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         """Stop tracking every object (there must be no unflushed changes,
         recorded or assigned)."""
         self._check_idle()
-        if self._journal.has_pending() or any(
-            state.status is _PERSISTENT and (state.current() != state.snapshot or self._relations_changed(state))
-            for state in self._identity.states_to_compare()
-        ):
+        # a pending object's insert is a pending event: the assignments left are on stored ones
+        if self._journal.has_pending() or self._has_assignments():
             raise SessionStateError("the session has unflushed changes; flush or roll back first")
         for state in self._identity.states():
             self._identity.detach(state)
