@@ -82,6 +82,11 @@ class Engine:
         self._open_lock = anyio.Lock()
         self.models: dict[str, type[Model]] = {}
         self.commit_hooks: list[Callable[[list[AnyEvent]], Awaitable[None] | None]] = []
+        """Called after every commit with the events it committed."""
+        self.before_commit_hooks: list[Callable[[AsyncSession, list[AnyEvent]], Awaitable[None] | None]] = []
+        """Called inside every transaction about to commit, after its last
+        flush, with the session and the transaction's events; what they write
+        through the session commits with the data, or not at all."""
 
     @property
     def dialect(self) -> str:

@@ -175,6 +175,15 @@ class ReplayError(UowError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class AuditChainError(UowError):
+    """An audit trail's chain does not hold: ``entry_id`` names the first entry
+    that was edited, removed or slipped in (``None`` when the chain's end is missing)."""
+
+    def __init__(self, entry_id: int | None, reason: str):
+        self.entry_id = entry_id
+        super().__init__(f"audit entry {entry_id} {reason}" if entry_id is not None else f"audit chain: {reason}")
+
+
 class CommitHookError(UowError):
     """The transaction **is committed**, but engine commit hooks raised. Every
     hook ran; ``errors`` holds what each failing one raised, in order (the
@@ -187,6 +196,7 @@ class CommitHookError(UowError):
 
 
 __all__ = [
+    "AuditChainError",
     "CommitHookError",
     "ConcurrencyError",
     "ConstraintKind",

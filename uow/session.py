@@ -240,6 +240,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         tracked objects do not follow (bulk updates and deletes, raw SQL):
         objects read after one may hold values a rollback past it undoes."""
         self._busy: str | None = None
+        self._in_commit_hooks = False
+        """Whether before-commit hooks are running (they may not end the transaction)."""
         self._cascaded_upto = 0
         self._context_tokens: list[contextvars.Token[weakref.ref[AsyncSession] | None]] = []
         for model in engine.models.values():
@@ -1062,12 +1064,28 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
     # --- transactions ---------------------------------------------------------------
 
     async def commit(self) -> None:
-        """Flush, then commit the transaction. Objects keep their values."""
+        """Flush, then commit the transaction. Objects keep their values.
+
+        The engine's ``before_commit_hooks`` run between the last flush and
+        the commit; when one raises, nothing it wrote stays, the transaction
+        stays open with the session's flushed work, and ``commit`` raises
+        that error.
+        """
+        self._refuse_in_commit_hooks("commit")
         with self._exclusive("commit"):
             await self._commit()
 
+    def _refuse_in_commit_hooks(self, operation: str) -> None:
+        if self._in_commit_hooks:
+            raise SessionStateError(
+                f"{operation} inside a before-commit hook: the hook runs in the transaction being "
+                "committed, which ends when the hooks return"
+            )
+
     async def _commit(self) -> None:
         await self._flush()
+        if self.engine.before_commit_hooks and self._in_tx:
+            await self._run_before_commit_hooks()
         connection = self._connection
         if connection is not None and self._in_tx:
             with anyio.CancelScope(shield=True):
@@ -1100,6 +1118,33 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         if failed:
             raise CommitHookError(failed) from failed[0]
 
+    async def _run_before_commit_hooks(self) -> None:
+        """Run the engine's before-commit hooks inside a savepoint, so that a
+        hook that raises leaves nothing behind, then flush what they wrote."""
+        if self._journal.mark == self._tx_start:
+            return  # nothing recorded in this transaction
+        # the hooks work through the session's own calls, which refuse a busy session
+        busy, self._busy = self._busy, None
+        self._in_commit_hooks = True
+        token = _current_session.set(weakref.ref(self))
+        try:
+            savepoint = await self.begin_nested()
+            try:
+                for hook in self.engine.before_commit_hooks:
+                    # each hook sees what the hooks before it wrote
+                    result = hook(self, self._journal.events()[self._tx_start :])
+                    if inspect.isawaitable(result):
+                        await result
+                await self.flush()
+            except BaseException:
+                await savepoint.rollback()
+                raise
+            await savepoint.commit()
+        finally:
+            _current_session.reset(token)
+            self._in_commit_hooks = False
+            self._busy = busy
+
     def _reset_transaction(self) -> None:
         self._tx_start = self._journal.mark
         self._tx_writes = False
@@ -1115,6 +1160,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         """Roll the transaction back and restore every tracked object in place:
         old values back, rolled-back inserts detached (generated keys cleared),
         deleted objects tracked again. No query is made."""
+        self._refuse_in_commit_hooks("rollback")
         with self._exclusive("rollback"):
             await self._rollback()
 
@@ -1218,6 +1264,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         """Roll back any open transaction, release the connection and forget
         every tracked object. With ``restore`` the objects first get back the
         values they had at the last commit."""
+        self._refuse_in_commit_hooks("close")
         with self._exclusive("close"):
             await self._rollback(restore=restore)
             self._identity.clear()

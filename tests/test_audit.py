@@ -1,0 +1,434 @@
+"""The audit trail and before-commit hooks, on every adapter: entries are
+written in the transaction they describe, say who changed which row from what
+to what, and form a chain whose every edit, removal or insertion is found."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import uow
+from uow import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, relation
+from uow.audit import GENESIS, REDACTED, AuditEntry, AuditTrail
+from uow.errors import AuditChainError, IntegrityError, SerializationFailure, SessionStateError
+
+pytestmark = pytest.mark.anyio
+
+
+class Owner(Model, table="audit_owners"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    name: str
+    email: Annotated[str, Unique()]
+    joined: dt.datetime | None = None
+
+
+class Item(Model, SoftDelete, table="audit_items"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    owner_id: Annotated[int | None, ForeignKey(Owner)] = None
+    label: str
+    price: Decimal = Decimal("0")
+    owner: Owner | None = relation("owner_id")
+
+
+class Setting(Model, table="audit_settings"):
+    name: Annotated[str, PrimaryKey()]
+    value: str
+
+
+MODELS = (Owner, Item, Setting, AuditEntry)
+
+
+async def _trail(engine: uow.Engine, actor: str | None = "alice") -> AuditTrail:
+    trail = AuditTrail(actor=lambda: actor).install(engine)
+    await engine.create_all(*MODELS)
+    return trail
+
+
+async def test_entries_say_who_changed_which_row_from_what_to_what(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    joined = dt.datetime(2026, 3, 1, 12, 30, tzinfo=dt.UTC)
+    async with uow.AsyncSession(engine) as session:
+        item = Item(label="lamp", price=Decimal("9.50"), owner=Owner(name="Ann", email="ann@x", joined=joined))
+        session.add(item)
+        await session.commit()
+        assert item.id is not None and item.owner is not None
+        owner_id = item.owner.id
+        item.price = Decimal("12.00")
+        await session.commit()
+        await session.soft_delete(item)
+        await session.restore(item)
+        await session.upsert(Setting(name="theme", value="dark"))
+        await session.commit()
+        await session.bulk_update(Owner, {"name": "Anne"}, name="Ann")
+        session.delete(item)
+        await session.commit()
+
+        records = await trail.records(session)
+        assert [(r.table, r.action, r.key) for r in records] == [
+            ("audit_owners", "insert", owner_id),
+            ("audit_items", "insert", item.id),
+            ("audit_items", "update", item.id),
+            ("audit_items", "soft_delete", item.id),
+            ("audit_items", "restore", item.id),
+            ("audit_settings", "upsert", "theme"),
+            ("audit_owners", "bulk_update", None),
+            ("audit_items", "delete", item.id),
+        ]
+        assert {r.actor for r in records} == {"alice"}
+        inserted_owner, inserted_item, update = records[0], records[1], records[2]
+        # generated keys, the parent's included, are the ones the database gave; values are typed again
+        assert inserted_owner.new == {"id": owner_id, "name": "Ann", "email": "ann@x", "joined": joined}
+        assert inserted_item.new["owner_id"] == owner_id and inserted_item.new["price"] == Decimal("9.50")
+        assert inserted_item.old == {}
+        assert (update.old, update.new) == ({"price": Decimal("9.50")}, {"price": Decimal("12.00")})
+        assert records[6].new == {"name": "Anne"} and records[6].where is not None
+        assert records[7].old["label"] == "lamp" and records[7].new == {}
+        # one transaction id per commit, shared by its entries
+        assert inserted_owner.tx == inserted_item.tx != update.tx
+        assert len({r.tx for r in records}) == 4
+        assert all(isinstance(r.at, dt.datetime) and r.at.tzinfo is not None for r in records)
+
+
+async def test_records_narrow_to_a_table_a_row_an_actor_or_a_transaction(engine: uow.Engine) -> None:
+    who = ["alice"]
+    trail = AuditTrail(actor=lambda: who[0]).install(engine)
+    await engine.create_all(*MODELS)
+    async with uow.AsyncSession(engine) as session:
+        first, second = Owner(name="a", email="a@x"), Owner(name="b", email="b@x")
+        session.add_all([first, second])
+        await session.commit()
+        who[0] = "bob"
+        first.name = "a2"
+        await session.upsert(Setting(name="k", value="v"))
+        await session.commit()
+
+        assert [r.action for r in await trail.records(session, table=Owner, key=first.id)] == ["insert", "update"]
+        assert [r.key for r in await trail.records(session, table=Owner, key=second.id)] == [second.id]
+        assert [r.key for r in await trail.records(session, table="audit_settings", key="k")] == ["k"]
+        bobs = await trail.records(session, actor="bob")
+        assert {r.actor for r in bobs} == {"bob"} and len(bobs) == 2
+        assert await trail.records(session, tx=bobs[0].tx) == bobs
+
+
+async def test_entries_exist_exactly_when_their_changes_are_committed(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="gone", email="gone@x"))
+        await session.flush()
+        await session.rollback()  # flushed, never committed
+        kept = Owner(name="kept", email="kept@x")
+        session.add(kept)
+        async with session.begin_nested() as savepoint:
+            session.add(Owner(name="undone", email="undone@x"))
+            await savepoint.rollback()
+        await session.commit()
+        session.add(Owner(name="twin", email="kept@x"))  # refused by the database at commit
+        with pytest.raises(IntegrityError):
+            await session.commit()
+        await session.rollback()
+
+        records = await trail.records(session)
+        assert [(r.action, r.new["name"]) for r in records] == [("insert", "kept")]
+        assert (await trail.verify(session)).entries == 1
+
+
+async def test_a_failing_before_commit_hook_leaves_nothing_and_keeps_the_work(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    failing = [True]
+
+    async def outbox(session: uow.AsyncSession, events: list[Any]) -> None:
+        await session.upsert(Setting(name="outbox", value=str(len(events))))
+        if failing[0]:
+            raise RuntimeError("broker unreachable")
+
+    engine.before_commit_hooks.append(outbox)
+    async with uow.AsyncSession(engine) as session:
+        owner = Owner(name="a", email="a@x")
+        session.add(owner)
+        with pytest.raises(RuntimeError, match="broker unreachable"):
+            await session.commit()
+        # the transaction is still open, with the owner flushed and neither hook's writes
+        assert session.in_transaction() and owner.id is not None
+        assert await session.query(AuditEntry).count() == 0
+        assert await session.get(Setting, "outbox") is None
+        failing[0] = False
+        await session.commit()
+
+    async with uow.AsyncSession(engine) as session:
+        # the outbox saw the owner's insert and the entry the trail wrote before it
+        assert (await session.get_one(Setting, "outbox")).value == "2"
+        # the trail ran first, so the outbox's write is not among the events it saw
+        assert [r.table for r in await trail.records(session)] == ["audit_owners"]
+
+
+async def test_a_before_commit_hook_cannot_end_its_transaction(engine: uow.Engine) -> None:
+    await engine.create_all(Owner)
+    tried: list[str] = []
+
+    async def meddling(session: uow.AsyncSession, events: list[Any]) -> None:
+        for end in (session.commit, session.rollback, session.close):
+            try:
+                await end()
+            except SessionStateError as exc:
+                tried.append(str(exc))
+
+    engine.before_commit_hooks.append(meddling)
+    async with uow.AsyncSession(engine, auto_commit=True) as session:
+        await session.insert(Owner(name="a", email="a@x"))
+    assert len(tried) == 3 and all("before-commit hook" in t for t in tried)
+    async with uow.AsyncSession(engine) as session:
+        assert await session.query(Owner).count() == 1
+
+
+async def test_hooks_written_through_an_auto_commit_session_commit_with_the_data(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine, auto_commit=True) as session:
+        await session.insert(Owner(name="a", email="a@x"))
+        await session.insert(Owner(name="b", email="b@x"))
+        assert [r.new["name"] for r in await trail.records(session)] == ["a", "b"]
+        assert (await trail.verify(session)).entries == 2
+
+
+async def test_verify_finds_an_edited_payload(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        for n in range(3):
+            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
+            await session.commit()
+        assert (await trail.verify(session)).entries == 3
+        second = (await trail.records(session))[1]
+        forged = (await session.get_one(AuditEntry, second.id)).payload.replace('"o1"', '"mallory"')
+        await session.bulk_update(AuditEntry, {"payload": forged}, id=second.id)
+        await session.commit()
+        with pytest.raises(AuditChainError, match="hash") as caught:
+            await trail.verify(session)
+        assert caught.value.entry_id == second.id
+
+
+async def test_verify_finds_an_edited_search_column(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="o", email="o@x"))
+        await session.commit()
+        await session.bulk_update(AuditEntry, {"actor": "bob"})
+        await session.commit()
+        with pytest.raises(AuditChainError, match="columns"):
+            await trail.verify(session)
+
+
+async def test_verify_finds_a_removed_entry_and_a_removed_tail(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        for n in range(4):
+            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
+            await session.commit()
+        head = await trail.verify(session)
+        assert head.entries == 4 and head.hash != GENESIS
+        ids = [r.id for r in await trail.records(session)]
+
+        await session.bulk_delete(AuditEntry, id=ids[-1])  # the tail: the chain alone still holds
+        await session.commit()
+        assert (await trail.verify(session)).entries == 3
+        with pytest.raises(AuditChainError, match="removed"):
+            await trail.verify(session, head=head.hash)
+
+        await session.bulk_delete(AuditEntry, id=ids[1])
+        await session.commit()
+        with pytest.raises(AuditChainError, match="does not follow") as caught:
+            await trail.verify(session)
+        assert caught.value.entry_id == ids[2]
+
+
+async def test_excluded_tables_are_not_audited(engine: uow.Engine) -> None:
+    trail = AuditTrail(exclude=[Setting]).install(engine)
+    await engine.create_all(*MODELS)
+    async with uow.AsyncSession(engine) as session:
+        await session.upsert(Setting(name="k", value="v"))
+        await session.commit()  # nothing audited: no entry, no head read
+        session.add(Owner(name="o", email="o@x"))
+        await session.commit()
+        records = await trail.records(session)
+        assert [(r.table, r.actor) for r in records] == [("audit_owners", None)]
+
+
+async def test_concurrent_commits_keep_one_chain(engine: uow.Engine) -> None:
+    """Transactions racing to extend the chain: a loser is retried by
+    run_in_transaction, and the chain ends up whole, one entry per insert."""
+    trail = await _trail(engine)
+    tasks, rounds = 4, 3
+
+    async def worker(n: int) -> None:
+        for r in range(rounds):
+
+            async def work(session: uow.AsyncSession, n: int = n, r: int = r) -> None:
+                session.add(Owner(name=f"w{n}", email=f"w{n}-{r}@x"))
+                await session.flush()
+                await anyio.lowlevel.checkpoint()  # let the others in between the flush and the commit
+
+            await engine.run_in_transaction(work, retries=50, backoff=0.001, max_backoff=0.02)
+
+    async with anyio.create_task_group() as group:
+        for n in range(tasks):
+            group.start_soon(worker, n)
+    async with uow.AsyncSession(engine) as session:
+        assert (await trail.verify(session)).entries == tasks * rounds
+        assert len(await trail.records(session, table=Owner)) == await session.query(Owner).count()
+
+
+async def test_a_second_trail_on_one_chain_sees_the_first_ones_entries(engine: uow.Engine) -> None:
+    """Entries written by another engine (another process) extend the same chain."""
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="a", email="a@x"))
+        await session.commit()
+    other = AuditTrail(actor=lambda: "bob")
+    engine.before_commit_hooks.remove(trail)
+    other.install(engine)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="b", email="b@x"))
+        await session.commit()
+        assert [r.actor for r in await trail.records(session)] == ["alice", "bob"]
+        assert (await other.verify(session)).entries == 2
+
+
+async def test_a_fork_is_refused_as_a_serialization_failure(engine: uow.Engine) -> None:
+    """An entry that names a previous hash already followed is refused, with
+    the error that run_in_transaction retries."""
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="a", email="a@x"))
+        await session.commit()
+    first = GENESIS
+
+    async def forge(session: uow.AsyncSession, events: list[Any]) -> None:
+        # a writer that missed the first entry: it starts the chain again
+        await session.bulk_insert(
+            AuditEntry,
+            [
+                {
+                    "tx": "x",
+                    "at": dt.datetime.now(dt.UTC),
+                    "row_table": "audit_owners",
+                    "action": "insert",
+                    "payload": "{}",
+                    "prev_hash": first,
+                    "entry_hash": "f" * 64,
+                }
+            ],
+        )
+        await session.flush()
+
+    engine.before_commit_hooks.remove(trail)
+    engine.before_commit_hooks.append(forge)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="b", email="b@x"))
+        with pytest.raises(IntegrityError):
+            await session.commit()
+        await session.rollback()
+    engine.before_commit_hooks.remove(forge)
+    async with uow.AsyncSession(engine) as session:
+        assert (await trail.verify(session)).entries == 1
+
+
+@pytest.mark.parametrize("isolation", [None, "repeatable read", "serializable"])
+async def test_a_transaction_older_than_the_chain_head_it_missed_is_retried(
+    engine_url: str, adapter_name: str, isolation: Any
+) -> None:
+    """A transaction whose snapshot predates another's commit: it either sees
+    the new head or fails with the error run_in_transaction retries, never forks."""
+    # on SQLite the transaction that waits for the write lock gives up after 0.1 s, not 5 s
+    options = {"busy_timeout": 100} if adapter_name == "sqlite" else {}
+    async with uow.create_engine(engine_url, **options) as engine:
+        try:
+            await _older_than_the_head(engine, isolation)
+        finally:
+            if adapter_name == "postgresql":
+                await engine.drop_all()
+
+
+async def _older_than_the_head(engine: uow.Engine, isolation: Any) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as setup:
+        setup.add(Owner(name="seed", email="seed@x"))
+        await setup.commit()
+    attempts = 0
+
+    async def late(session: uow.AsyncSession) -> None:
+        nonlocal attempts
+        attempts += 1
+        await session.query(Owner).count()  # the transaction's snapshot starts here
+        if attempts == 1:
+            async with uow.AsyncSession(engine) as other:
+                other.add(Owner(name="other", email="other@x"))
+                await other.commit()
+        session.add(Owner(name="late", email=f"late{attempts}@x"))
+
+    await engine.run_in_transaction(late, retries=3, backoff=0.001, isolation=isolation)
+    async with uow.AsyncSession(engine) as session:
+        names = sorted(o.name for o in await session.query(Owner).all())
+        # on SQLite at serializable the late transaction holds the write lock from its start,
+        # so the other one's commit is what fails, inside the work, and is not run again
+        assert names in (["late", "other", "seed"], ["late", "seed"])
+        assert (await trail.verify(session)).entries == len(names)
+        assert sorted(r.new["name"] for r in await trail.records(session)) == names
+
+
+async def test_extending_from_a_head_another_entry_follows_is_a_serialization_failure(engine: uow.Engine) -> None:
+    """What a transaction that read a stale head meets: the chain already goes
+    on from it. Set up here by pointing the first entry at the head's hash."""
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        for n in range(2):
+            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
+            await session.commit()
+        first, head = (r.id for r in await trail.records(session))
+        await session.bulk_update(AuditEntry, {"entry_hash": "e" * 64}, id=head)
+        await session.bulk_update(AuditEntry, {"prev_hash": "e" * 64}, id=first)
+        await session.commit()
+
+        owner = Owner(name="late", email="late@x")
+        session.add(owner)
+        with pytest.raises(SerializationFailure, match="audit chain"):
+            await session.commit()
+        assert session.in_transaction() and owner.id is not None  # the work is kept, to retry or roll back
+        await session.rollback()
+        assert await session.query(Owner).count() == 2
+
+
+async def test_redacted_columns_never_reach_the_entries(engine: uow.Engine) -> None:
+    trail = AuditTrail(redact={Owner: ["email", "joined"]}).install(engine)
+    await engine.create_all(*MODELS)
+    async with uow.AsyncSession(engine) as session:
+        owner = Owner(name="a", email="secret@x", joined=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        session.add(owner)
+        await session.commit()
+        owner.email, owner.name = "other-secret@x", "b"
+        await session.commit()
+        await session.bulk_update(Owner, {"name": "c"}, email="other-secret@x")
+        await session.commit()
+
+        inserted, updated, bulk = await trail.records(session)
+        assert inserted.new == {"id": owner.id, "name": "a", "email": REDACTED, "joined": REDACTED}
+        assert (updated.old, updated.new) == ({"email": REDACTED, "name": "a"}, {"email": REDACTED, "name": "b"})
+        assert bulk.where == REDACTED and bulk.new == {"name": "c"}
+        stored = [e.payload for e in await session.query(AuditEntry).all()]
+        assert not any("secret" in payload or "2026-01-01" in payload for payload in stored)
+        assert (await trail.verify(session)).entries == 3
+
+
+async def test_records_narrow_to_a_time_range(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="before", email="1@x"))
+        await session.commit()
+        middle = dt.datetime.now(dt.UTC)
+        await anyio.sleep(0.01)
+        session.add(Owner(name="after", email="2@x"))
+        await session.commit()
+        assert [r.new["name"] for r in await trail.records(session, since=middle)] == ["after"]
+        assert [r.new["name"] for r in await trail.records(session, until=middle)] == ["before"]

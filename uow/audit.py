@@ -1,0 +1,338 @@
+"""An audit trail written with the data it describes.
+
+An :class:`AuditTrail` is a before-commit hook: inside every transaction about
+to commit, it turns the transaction's events into entries of its own table
+(who changed which row, when, from what to what) and writes them in that same
+transaction, so an entry exists exactly when its change is committed.
+
+Entries are chained: each stores the SHA-256 of the previous entry's hash and
+its own canonical JSON payload, and the previous hash is unique in the table.
+:meth:`AuditTrail.verify` walks the chain and names the first entry that was
+edited, removed or slipped in. Two transactions cannot both extend the chain
+from the same entry: the second fails with :class:`~uow.errors.SerializationFailure`,
+which :meth:`Engine.run_in_transaction <uow.engine.Engine.run_in_transaction>` retries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+
+from uow.errors import AuditChainError, IntegrityError, SerializationFailure
+from uow.events import (
+    AnyEvent,
+    BulkDeleted,
+    BulkUpdated,
+    Deleted,
+    Inserted,
+    Restored,
+    SoftDeleted,
+    Updated,
+    Upserted,
+)
+from uow.journal import _value
+from uow.model import Index, Model, PrimaryKey, TableInfo, Unique, table_info
+
+if TYPE_CHECKING:
+    from uow.engine import Engine
+    from uow.journal import JournalView
+    from uow.session import AsyncSession
+
+Action = Literal["insert", "update", "delete", "soft_delete", "restore", "upsert", "bulk_update", "bulk_delete"]
+
+_ACTIONS: dict[type[Any], Action] = {
+    Inserted: "insert",
+    Updated: "update",
+    Deleted: "delete",
+    SoftDeleted: "soft_delete",
+    Restored: "restore",
+    Upserted: "upsert",
+    BulkUpdated: "bulk_update",
+    BulkDeleted: "bulk_delete",
+}
+
+GENESIS = "0" * 64
+"""The previous hash of the first entry of a chain."""
+
+REDACTED = "<redacted>"
+"""What an entry holds in place of a redacted column's value."""
+
+_encoder = msgspec.json.Encoder(order="sorted")
+
+
+class AuditEntry(Model, table="uow_audit"):
+    """One stored entry: the payload is the record as canonical JSON; the
+    columns beside it repeat parts of it so that entries can be searched."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    tx: Annotated[str, Index()]
+    at: dt.datetime
+    actor: Annotated[str | None, Index()] = None
+    row_table: Annotated[str, Index()]
+    row_key: Annotated[str | None, Index()] = None
+    action: str
+    payload: str
+    prev_hash: Annotated[str, Unique()]
+    entry_hash: Annotated[str, Unique()]
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One audited change, as :meth:`AuditTrail.records` reads it back.
+
+    ``old`` and ``new`` hold the changed columns before and after (``old`` is
+    empty for an insert, ``new`` for a delete); a bulk update or delete holds
+    its filter in ``where`` (the encoded condition) and no per-row values.
+    Column values are typed again when the session knows the table's model.
+    """
+
+    id: int
+    tx: str
+    """Shared by the entries one commit wrote."""
+    at: dt.datetime
+    actor: str | None
+    table: str
+    key: Any
+    action: Action
+    old: dict[str, Any]
+    new: dict[str, Any]
+    where: Any = None
+
+
+class ChainHead(msgspec.Struct, frozen=True):
+    """What :meth:`AuditTrail.verify` checked: the number of entries and the
+    hash of the last one (keep it elsewhere to detect a cut-off tail later)."""
+
+    entries: int
+    hash: str
+
+
+class AuditTrail:
+    """Writes an entry per event of every committed transaction, in that
+    transaction.
+
+    ``trail.install(engine)`` adds it to the engine's before-commit hooks and
+    registers its model; create its table with
+    ``await engine.create_all(..., AuditEntry)``. ``actor`` is called at
+    each commit, in the committing task (a context variable holding the
+    request's user works), and names who made the changes. Tables in
+    ``exclude`` are not audited; the trail's own table never is.
+    """
+
+    def __init__(
+        self,
+        *,
+        actor: Callable[[], str | None] | None = None,
+        exclude: Iterable[type[Model] | str] = (),
+        redact: Mapping[type[Model] | str, Iterable[str]] | None = None,
+    ):
+        self.actor = actor
+        self._table = table_info(AuditEntry)
+        self.exclude = frozenset(map(_table_name, exclude)) | {self._table.name}
+        self.redact = {_table_name(m): frozenset(columns) for m, columns in (redact or {}).items()}
+        """Per table, the columns whose values entries hold as ``REDACTED``."""
+
+    def install(self, engine: Engine) -> AuditTrail:
+        """Run this trail at every commit of ``engine``'s sessions."""
+        engine.register(AuditEntry)
+        if self not in engine.before_commit_hooks:
+            engine.before_commit_hooks.append(self)
+        return self
+
+    async def __call__(self, session: AsyncSession, events: list[AnyEvent]) -> None:
+        """Write the entries of ``events`` (the before-commit hook)."""
+        audited = [event for event in events if event.table not in self.exclude]
+        if not audited:
+            return
+        actor = self.actor() if self.actor is not None else None
+        tx = uuid.uuid4().hex
+        journal = session.journal
+        head = await session.query(AuditEntry).order_by("-id").first()
+        previous = head.entry_hash if head is not None else GENESIS
+        entries = []
+        for event in audited:
+            table = session._tables[event.table]
+            entry = _entry(event, table, journal, tx, actor, previous, self.redact.get(table.name, frozenset()))
+            entries.append(entry)
+            previous = entry.entry_hash
+        try:
+            await session.bulk_insert(AuditEntry, entries)  # flushed at once
+        except IntegrityError as exc:
+            if exc.kind == "unique" and exc.table == self._table.name and "prev_hash" in exc.columns:
+                raise SerializationFailure(
+                    "another transaction extended the audit chain first; run the unit of work again "
+                    "(engine.run_in_transaction does)",
+                    table=self._table.name,
+                ) from exc
+            raise
+
+    async def records(
+        self,
+        session: AsyncSession,
+        *,
+        table: type[Model] | str | None = None,
+        key: Any = None,
+        actor: str | None = None,
+        tx: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> list[AuditRecord]:
+        """The entries written so far, oldest first, narrowed to one table,
+        one row of it (``key``), one actor, one transaction, or changes made
+        at ``since`` or later and before ``until``."""
+        filters: dict[str, Any] = {}
+        if since is not None:
+            filters["at__gte"] = since
+        if until is not None:
+            filters["at__lt"] = until
+        if table is not None:
+            filters["row_table"] = table if isinstance(table, str) else table_info(table).name
+        if key is not None:
+            filters["row_key"] = _encoder.encode(key).decode()
+        if actor is not None:
+            filters["actor"] = actor
+        if tx is not None:
+            filters["tx"] = tx
+        tables = session._tables  # the tables the session knows, to type values again
+        found = []
+        async for entry in session.query(AuditEntry).filter(**filters).order_by("id").stream(track=False):
+            assert entry.id is not None
+            found.append(_record(entry.id, msgspec.json.decode(entry.payload), tables))
+        return found
+
+    async def verify(self, session: AsyncSession, *, head: str | None = None) -> ChainHead:
+        """Check every entry against its hash and its place in the chain.
+
+        Raises :class:`~uow.errors.AuditChainError` naming the first entry that
+        does not hold, or when ``head`` (a hash an earlier ``verify`` gave) is
+        no longer in the chain, which is how a removed tail shows.
+        """
+        previous = GENESIS
+        count = 0
+        seen_head = head is None
+        async for entry in session.query(AuditEntry).order_by("id").stream(track=False):
+            if entry.prev_hash != previous:
+                raise AuditChainError(entry.id, "does not follow the entry before it (one was removed or slipped in)")
+            if _hash(previous, entry.payload) != entry.entry_hash:
+                raise AuditChainError(entry.id, "does not match its hash (its payload was edited)")
+            payload = msgspec.json.decode(entry.payload)
+            shown = (entry.tx, entry.actor, entry.row_table, entry.row_key, entry.action)
+            stored = (payload["tx"], payload["actor"], payload["table"], _key_text(payload["key"]), payload["action"])
+            if shown != stored or msgspec.convert(payload["at"], dt.datetime) != entry.at:
+                raise AuditChainError(entry.id, "has columns that differ from its payload (they were edited)")
+            previous = entry.entry_hash
+            seen_head = seen_head or previous == head
+            count += 1
+        if not seen_head:
+            raise AuditChainError(None, f"the chain no longer holds the head {head!r}: entries after it were removed")
+        return ChainHead(count, previous)
+
+
+def _entry(
+    event: AnyEvent,
+    table: TableInfo,
+    journal: JournalView,
+    tx: str,
+    actor: str | None,
+    previous: str,
+    redacted: frozenset[str],
+) -> AuditEntry:
+    key: Any = None
+    old: Mapping[str, Any] = {}
+    new: Mapping[str, Any] = {}
+    where: Any = None
+    generated = journal.generated_keys
+    if isinstance(event, (BulkUpdated, BulkDeleted)):
+        where = msgspec.to_builtins(event.where) if event.where is not None else None
+        new = event.values if isinstance(event, BulkUpdated) else {}
+    else:
+        key = journal.key_of(event)
+        if isinstance(event, (Inserted, Upserted)):
+            new = {**event.values, table.key_column: key}
+            if isinstance(event, Upserted) and event.old is not None:
+                old = event.old
+            for column, parent_ref in getattr(event, "parent_refs", {}).items():
+                new[column] = generated.get(parent_ref)
+        elif isinstance(event, Deleted):
+            old = event.old
+        else:
+            old, new = event.old, event.new
+            if isinstance(event, Updated) and event.parent_refs:
+                new = {**new, **{c: generated.get(r) for c, r in event.parent_refs.items()}}
+    if redacted:
+        old, new = _redacted(old, redacted), _redacted(new, redacted)
+        where = REDACTED if where is not None else None  # a filter may name a secret value
+    payload = _encoder.encode(
+        {
+            "tx": tx,
+            "at": event.at,
+            "actor": actor,
+            "table": event.table,
+            "key": key,
+            "action": _ACTIONS[type(event)],
+            "old": old,
+            "new": new,
+            "where": where,
+        }
+    ).decode()
+    return AuditEntry(
+        tx=tx,
+        at=event.at,
+        actor=actor,
+        row_table=event.table,
+        row_key=_key_text(key),
+        action=_ACTIONS[type(event)],
+        payload=payload,
+        prev_hash=previous,
+        entry_hash=_hash(previous, payload),
+    )
+
+
+def _redacted(values: Mapping[str, Any], columns: frozenset[str]) -> Mapping[str, Any]:
+    if columns.isdisjoint(values):
+        return values
+    return {c: REDACTED if c in columns else v for c, v in values.items()}
+
+
+def _table_name(model: type[Model] | str) -> str:
+    return model if isinstance(model, str) else table_info(model).name
+
+
+def _key_text(key: Any) -> str | None:
+    return None if key is None else _encoder.encode(key).decode()
+
+
+def _hash(previous: str, payload: str) -> str:
+    return hashlib.sha256(f"{previous}\n{payload}".encode()).hexdigest()
+
+
+def _typed(table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {c: v if v == REDACTED else _value(table, c, v) for c, v in values.items()}
+
+
+def _record(entry_id: int, payload: dict[str, Any], tables: Mapping[str, TableInfo]) -> AuditRecord:
+    table = tables.get(payload["table"])
+    old, new, key = payload["old"], payload["new"], payload["key"]
+    if table is not None:
+        old, new = _typed(table, old), _typed(table, new)
+        if key is not None:
+            key = msgspec.convert(key, table.primary_key.python_type, strict=False)
+    return AuditRecord(
+        id=entry_id,
+        tx=payload["tx"],
+        at=msgspec.convert(payload["at"], dt.datetime),
+        actor=payload["actor"],
+        table=payload["table"],
+        key=key,
+        action=payload["action"],
+        old=old,
+        new=new,
+        where=payload["where"],
+    )
+
+
+__all__ = ["GENESIS", "REDACTED", "Action", "AuditEntry", "AuditRecord", "AuditTrail", "ChainHead"]
