@@ -5,17 +5,23 @@ to what, and form a chain whose every edit, removal or insertion is found."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from decimal import Decimal
 from typing import Annotated, Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import uow
 from uow import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, relation
 from uow.audit import GENESIS, REDACTED, AuditEntry, AuditTrail
-from uow.errors import AuditChainError, IntegrityError, SerializationFailure, SessionStateError
+from uow.conditions import AnyCondition, matches
+from uow.errors import AuditChainError, ConfigurationError, IntegrityError, SerializationFailure, SessionStateError
+from uow.model import table_info
 
 pytestmark = pytest.mark.anyio
 
@@ -244,6 +250,14 @@ async def test_verify_finds_a_removed_entry_and_a_removed_tail(engine: uow.Engin
         assert caught.value.entry_id == ids[2]
 
 
+async def test_an_engine_has_one_trail(engine: uow.Engine) -> None:
+    trail = AuditTrail().install(engine)
+    assert trail.install(engine) is trail and engine.before_commit_hooks == [trail]
+    with pytest.raises(ConfigurationError, match="already has an AuditTrail"):
+        AuditTrail().install(engine)
+    assert engine.before_commit_hooks == [trail]
+
+
 async def test_excluded_tables_are_not_audited(engine: uow.Engine) -> None:
     trail = AuditTrail(exclude=[Setting]).install(engine)
     await engine.create_all(*MODELS)
@@ -432,3 +446,88 @@ async def test_records_narrow_to_a_time_range(engine: uow.Engine) -> None:
         await session.commit()
         assert [r.new["name"] for r in await trail.records(session, since=middle)] == ["after"]
         assert [r.new["name"] for r in await trail.records(session, until=middle)] == ["before"]
+
+
+# --- the trail as an oracle ------------------------------------------------------------
+
+_NAMES = st.sampled_from(["ann", "bob", "cy"])
+_STEP = st.one_of(
+    st.tuples(st.just("add"), _NAMES),
+    st.tuples(st.just("rename"), st.integers(0, 5), _NAMES),
+    st.tuples(st.just("delete"), st.integers(0, 5)),
+    st.tuples(st.just("bulk_rename"), _NAMES, _NAMES),
+    st.tuples(st.just("upsert"), _NAMES, _NAMES),
+    st.tuples(st.sampled_from(["flush", "commit", "rollback", "savepoint_kept", "savepoint_undone"])),
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=st.lists(_STEP, max_size=12))
+async def test_the_trail_replayed_is_what_the_database_holds(engine: uow.Engine, steps: list[tuple[Any, ...]]) -> None:
+    """After any sequence of changes, commits and rollbacks, the entries
+    applied in order rebuild exactly the committed rows, each entry's old
+    values are what the rows held before it, and the chain verifies. The
+    tables and the chain carry over from one example to the next."""
+    trail = next((h for h in engine.before_commit_hooks if isinstance(h, AuditTrail)), None)
+    if trail is None:
+        trail = AuditTrail().install(engine)
+        await engine.create_all(*MODELS)
+    async with uow.AsyncSession(engine) as session:
+        owners = await session.query(Owner).all()
+        for step in steps:
+            kind = step[0]
+            live = [o for o in owners if o in session]
+            if kind == "add":
+                owner = Owner(name=step[1], email=f"{uuid.uuid4().hex}@x")
+                session.add(owner)
+                owners.append(owner)
+            elif kind == "rename" and live:
+                live[step[1] % len(live)].name = step[2]
+            elif kind == "delete" and live:
+                session.delete(live[step[1] % len(live)])
+            elif kind == "bulk_rename":
+                await session.bulk_update(Owner, {"name": step[2]}, name=step[1])
+            elif kind == "upsert":
+                await session.upsert(Setting(name=step[1], value=step[2]))
+            elif kind == "flush":
+                await session.flush()
+            elif kind == "commit":
+                await session.commit()
+            elif kind == "rollback":
+                await session.rollback()
+            elif kind.startswith("savepoint"):
+                savepoint = await session.begin_nested()
+                session.add(Owner(name="inner", email=f"{uuid.uuid4().hex}@x"))
+                if live:
+                    live[0].name = "inner"
+                await (savepoint.rollback() if kind == "savepoint_undone" else savepoint.commit())
+        await session.commit()
+
+    async with uow.AsyncSession(engine) as session:
+        rebuilt: dict[str, dict[Any, dict[str, Any]]] = {"audit_owners": {}, "audit_settings": {}}
+        for record in await trail.records(session):
+            rows = rebuilt[record.table]
+            if record.action in ("insert", "upsert"):
+                assert record.action == "upsert" or record.key not in rows
+                rows[record.key] = dict(record.new)
+            elif record.action == "update":
+                assert {c: rows[record.key][c] for c in record.old} == record.old
+                rows[record.key].update(record.new)
+            elif record.action == "delete":
+                assert rows.pop(record.key) == record.old
+            else:
+                assert record.action == "bulk_update"
+                where = msgspec.convert(record.where, AnyCondition)
+                for row in rows.values():
+                    if matches(where, row):
+                        row.update(record.new)
+        stored_owners = {
+            o.id: table_info(Owner).row_dict(table_info(Owner).values_of(o)) for o in await session.query(Owner).all()
+        }
+        stored_settings = {s.name: {"name": s.name, "value": s.value} for s in await session.query(Setting).all()}
+        assert rebuilt == {"audit_owners": stored_owners, "audit_settings": stored_settings}
+        assert (await trail.verify(session)).entries == await session.query(AuditEntry).count()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from uow.errors import AuditChainError, IntegrityError, SerializationFailure
+from uow.errors import AuditChainError, ConfigurationError, IntegrityError, SerializationFailure
 from uow.events import (
     AnyEvent,
     BulkDeleted,
@@ -137,10 +137,17 @@ class AuditTrail:
         """Per table, the columns whose values entries hold as ``REDACTED``."""
 
     def install(self, engine: Engine) -> AuditTrail:
-        """Run this trail at every commit of ``engine``'s sessions."""
+        """Run this trail at every commit of ``engine``'s sessions. An engine
+        has one trail: a second would write every entry twice."""
+        installed = [hook for hook in engine.before_commit_hooks if isinstance(hook, AuditTrail)]
+        if installed == [self]:
+            return self
+        if installed:
+            raise ConfigurationError(
+                "the engine already has an AuditTrail; remove it from engine.before_commit_hooks first"
+            )
         engine.register(AuditEntry)
-        if self not in engine.before_commit_hooks:
-            engine.before_commit_hooks.append(self)
+        engine.before_commit_hooks.append(self)
         return self
 
     async def __call__(self, session: AsyncSession, events: list[AnyEvent]) -> None:
