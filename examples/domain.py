@@ -6,7 +6,9 @@
 - a unit of work wraps one session: commit makes everything durable at once,
   leaving the block without commit throws everything away;
 - optimistic locking (``Versioned``) turns a lost update between two concurrent
-  units of work into ``ConcurrencyError``; the service runs the work again.
+  units of work into ``ConcurrencyError``; the service runs the work again;
+- an audit trail (``uow.audit``) writes who changed which account, from what
+  to what, in the transaction that commits the change.
 
 Runs on a SQLite file in a temporary directory by default, or on any URL::
 
@@ -20,6 +22,7 @@ so the two concurrent units of work at the end would wait for each other.)
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +33,11 @@ import anyio
 
 import uow
 from uow import ForeignKey, Model, PrimaryKey, Unique, Versioned
+from uow.audit import AuditEntry, AuditTrail
 from uow.errors import ConcurrencyError
+
+clerk: contextvars.ContextVar[str | None] = contextvars.ContextVar("clerk", default=None)
+"""Who is at the counter: what a web app would set per request."""
 
 # --- domain model: rules only, no storage calls ------------------------------------
 
@@ -166,8 +173,10 @@ async def balances(engine: uow.Engine, *account_ids: int) -> str:
 
 async def main(url: str) -> None:
     async with uow.create_engine(url) as engine:
-        await engine.drop_all(Transfer, Account)
-        await engine.create_all(Account, Transfer)
+        trail = AuditTrail(actor=clerk.get).install(engine)
+        await engine.drop_all(Transfer, Account, AuditEntry)
+        await engine.create_all(Account, Transfer, AuditEntry)
+        clerk.set("Carol")
 
         alice = await open_account(engine, "A-1", "Alice", 100_00)
         bob = await open_account(engine, "B-1", "Bob", 20_00)
@@ -183,6 +192,7 @@ async def main(url: str) -> None:
         print("unchanged:", await balances(engine, alice, bob))
 
         # Two clerks load Alice's account at version 2; the first one commits.
+        clerk.set("Dave")
         async with UnitOfWork(engine) as first, UnitOfWork(engine) as second:
             mine = await first.accounts.get(alice)
             theirs = await second.accounts.get(alice)
@@ -195,6 +205,18 @@ async def main(url: str) -> None:
                 print("lost update prevented: the second clerk must start again")
                 await second.rollback()
         print("after the race:", await balances(engine, alice, bob))
+
+        # The trail holds every committed change to Alice's account, and nothing else.
+        async with UnitOfWork(engine) as work:
+            for record in await trail.records(work.session, table=Account, key=alice):
+                shown = {c: v for c, v in record.new.items() if c not in ("id", "version")}
+                if record.action == "insert":
+                    changes = ", ".join(f"{c}={v}" for c, v in shown.items())
+                else:
+                    changes = ", ".join(f"{c} {record.old[c]} -> {v}" for c, v in shown.items())
+                print(f"audit: {record.actor} {record.action} account {record.key}: {changes}")
+            head = await trail.verify(work.session)
+            print(f"audit chain verified: {head.entries} entries")
 
 
 if __name__ == "__main__":

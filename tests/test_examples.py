@@ -34,6 +34,10 @@ EXPECTED_LINES: dict[str, list[str]] = {
         "unchanged: Alice 70.00 (version 2), Bob 50.00 (version 2)",
         "lost update prevented: the second clerk must start again",
         "after the race: Alice 75.00 (version 3), Bob 50.00 (version 2)",
+        "audit: Carol insert account 1: balance=10000, number=A-1, owner=Alice",
+        "audit: Carol update account 1: balance 10000 -> 7000",
+        "audit: Dave update account 1: balance 7000 -> 7500",
+        "audit chain verified: 6 entries",
     ],
 }
 
