@@ -40,7 +40,6 @@ from uow.model import Index, Model, PrimaryKey, TableInfo, Unique, table_info
 
 if TYPE_CHECKING:
     from uow.engine import Engine
-    from uow.journal import JournalView
     from uow.session import AsyncSession
 
 Action = Literal["insert", "update", "delete", "soft_delete", "restore", "upsert", "bulk_update", "bulk_delete"]
@@ -73,12 +72,12 @@ class AuditEntry(Model, table="uow_audit"):
     tx: Annotated[str, Index()]
     at: dt.datetime
     actor: Annotated[str | None, Index()] = None
-    row_table: Annotated[str, Index()]
+    row_table: str
     row_key: Annotated[str | None, Index()] = None
     action: str
     payload: str
     prev_hash: Annotated[str, Unique()]
-    entry_hash: Annotated[str, Unique()]
+    entry_hash: str
 
 
 class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,13 +156,13 @@ class AuditTrail:
             return
         actor = self.actor() if self.actor is not None else None
         tx = uuid.uuid4().hex
-        journal = session.journal
+        keys = session.journal.generated_keys  # a copy: taken once
         head = await session.query(AuditEntry).order_by("-id").first()
         previous = head.entry_hash if head is not None else GENESIS
         entries = []
         for event in audited:
             table = session._tables[event.table]
-            entry = _entry(event, table, journal, tx, actor, previous, self.redact.get(table.name, frozenset()))
+            entry = _entry(event, table, keys, tx, actor, previous, self.redact.get(table.name, frozenset()))
             entries.append(entry)
             previous = entry.entry_hash
         try:
@@ -242,7 +241,7 @@ class AuditTrail:
 def _entry(
     event: AnyEvent,
     table: TableInfo,
-    journal: JournalView,
+    keys: Mapping[int, Any],
     tx: str,
     actor: str | None,
     previous: str,
@@ -252,24 +251,23 @@ def _entry(
     old: Mapping[str, Any] = {}
     new: Mapping[str, Any] = {}
     where: Any = None
-    generated = journal.generated_keys
     if isinstance(event, (BulkUpdated, BulkDeleted)):
         where = msgspec.to_builtins(event.where) if event.where is not None else None
         new = event.values if isinstance(event, BulkUpdated) else {}
     else:
-        key = journal.key_of(event)
+        key = event.key if event.key is not None else keys.get(event.ref)
         if isinstance(event, (Inserted, Upserted)):
             new = {**event.values, table.key_column: key}
             if isinstance(event, Upserted) and event.old is not None:
                 old = event.old
             for column, parent_ref in getattr(event, "parent_refs", {}).items():
-                new[column] = generated.get(parent_ref)
+                new[column] = keys.get(parent_ref)
         elif isinstance(event, Deleted):
             old = event.old
         else:
             old, new = event.old, event.new
             if isinstance(event, Updated) and event.parent_refs:
-                new = {**new, **{c: generated.get(r) for c, r in event.parent_refs.items()}}
+                new = {**new, **{c: keys.get(r) for c, r in event.parent_refs.items()}}
     if redacted:
         old, new = _redacted(old, redacted), _redacted(new, redacted)
         where = REDACTED if where is not None else None  # a filter may name a secret value
