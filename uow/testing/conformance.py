@@ -50,6 +50,7 @@ import pytest
 
 import uow
 from uow import AsyncSession
+from uow.audit import AuditEntry, AuditTrail
 from uow.errors import (
     CommitHookError,
     ConcurrencyError,
@@ -2417,6 +2418,42 @@ class SessionConformance:
             engine.commit_hooks.clear()
         assert seen == [["Inserted"], ["after the failing one"]] and keys == [user.id]
         assert (await stored(engine, User, user.id)).name == "Hook"
+
+    async def test_before_commit_hooks_write_in_the_transaction_they_commit(self, engine: uow.Engine) -> None:
+        """An audit trail's entries commit with the data, in a chain, and a
+        failing before-commit hook leaves nothing of its own behind."""
+        trail = AuditTrail(actor=lambda: "conformance").install(engine)
+        await engine.create_all(AuditEntry)
+        failing = [True]
+
+        def outbox(session: AsyncSession, events: list[Any]) -> None:
+            if failing[0]:
+                raise RuntimeError("outbox full")
+
+        engine.before_commit_hooks.append(outbox)
+        try:
+            async with AsyncSession(engine) as session:
+                post = Post(title="Audited", author=User(name="Au", email="au@example.com"))
+                session.add(post)
+                with pytest.raises(RuntimeError, match="outbox full"):
+                    await session.commit()
+                assert session.in_transaction() and await session.query(AuditEntry).count() == 0
+                failing[0] = False
+                await session.commit()
+                post.title = "Edited"
+                session.add(User(name="Twin", email="au@example.com"))
+                with pytest.raises(IntegrityError):
+                    await session.commit()  # refused at its flush: no hook runs
+                await session.rollback()
+                records = await trail.records(session)
+                assert [(r.table, r.action, r.actor) for r in records] == [
+                    ("conformance_users", "insert", "conformance"),
+                    ("conformance_posts", "insert", "conformance"),
+                ]
+                assert records[1].new["author_id"] == post.author_id and records[1].key == post.id
+                assert (await trail.verify(session)).entries == 2
+        finally:
+            engine.before_commit_hooks.clear()
 
     async def test_small_spellings_a_user_reaches_for(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
