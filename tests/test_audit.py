@@ -191,6 +191,34 @@ async def test_a_before_commit_hook_cannot_end_its_transaction(engine: uow.Engin
         assert await session.query(Owner).count() == 1
 
 
+async def test_another_task_cannot_use_the_session_while_its_hooks_run(engine: uow.Engine) -> None:
+    await engine.create_all(Owner)
+    hook_waiting, other_done = anyio.Event(), anyio.Event()
+    refused: list[str] = []
+
+    async def slow(session: uow.AsyncSession, events: list[Any]) -> None:
+        hook_waiting.set()
+        await other_done.wait()
+        assert await session.get(Owner, 1) is not None  # the hook's own task is let in
+
+    async def other(session: uow.AsyncSession) -> None:
+        await hook_waiting.wait()
+        for attempt in (session.flush, session.commit, lambda: session.get(Owner, 2)):
+            try:
+                await attempt()
+            except SessionStateError as exc:
+                refused.append(str(exc))
+        other_done.set()
+
+    engine.before_commit_hooks.append(slow)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="a", email="a@x"))
+        async with anyio.create_task_group() as group:
+            group.start_soon(other, session)
+            await session.commit()
+    assert len(refused) == 3 and all("busy with commit in another task" in r for r in refused)
+
+
 async def test_hooks_written_through_an_auto_commit_session_commit_with_the_data(engine: uow.Engine) -> None:
     trail = await _trail(engine)
     async with uow.AsyncSession(engine, auto_commit=True) as session:

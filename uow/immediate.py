@@ -42,7 +42,7 @@ class ImmediateMixin:
     if TYPE_CHECKING:
         auto_commit: bool
         autoflush: bool
-        _in_commit_hooks: bool
+        _hook_task: int | None
         _identity: IdentityMap
         _journal: Journal
         _tables: dict[str, TableInfo]
@@ -76,7 +76,7 @@ class ImmediateMixin:
         def _new_ref(self) -> int: ...
 
     async def _done(self) -> None:
-        if self.auto_commit and not self._in_commit_hooks:  # a hook's writes commit with the transaction
+        if self.auto_commit and self._hook_task is None:  # a hook's writes commit with the transaction
             await self._commit()
 
     def _immediate_start(self) -> int:

@@ -240,8 +240,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         tracked objects do not follow (bulk updates and deletes, raw SQL):
         objects read after one may hold values a rollback past it undoes."""
         self._busy: str | None = None
-        self._in_commit_hooks = False
-        """Whether before-commit hooks are running (they may not end the transaction)."""
+        self._hook_task: int | None = None
+        """The task running before-commit hooks, while they run (they may not end the transaction)."""
         self._cascaded_upto = 0
         self._context_tokens: list[contextvars.Token[weakref.ref[AsyncSession] | None]] = []
         for model in engine.models.values():
@@ -278,22 +278,28 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
 
     @contextmanager
     def _exclusive(self, operation: str) -> Any:
-        if self._busy is not None:
+        busy = self._busy
+        if busy is not None and not self._in_hook_task():
             raise SessionStateError(
-                f"session is busy with {self._busy} in another task; a session serves one task at a time "
+                f"session is busy with {busy} in another task; a session serves one task at a time "
                 "(give each task its own session)"
             )
         self._busy = operation
         try:
             yield
         finally:
-            self._busy = None
+            self._busy = busy
 
     def _check_idle(self) -> None:
-        if self._busy is not None:
+        if self._busy is not None and not self._in_hook_task():
             raise SessionStateError(
                 f"session is busy with {self._busy} in another task; a session serves one task at a time"
             )
+
+    def _in_hook_task(self) -> bool:
+        """Whether this is the task running before-commit hooks, which use the
+        session while its commit is under way."""
+        return self._hook_task is not None and self._hook_task == anyio.get_current_task().id
 
     # --- public state -----------------------------------------------------------
 
@@ -1076,7 +1082,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             await self._commit()
 
     def _refuse_in_commit_hooks(self, operation: str) -> None:
-        if self._in_commit_hooks:
+        if self._hook_task is not None and self._in_hook_task():
             raise SessionStateError(
                 f"{operation} inside a before-commit hook: the hook runs in the transaction being "
                 "committed, which ends when the hooks return"
@@ -1123,9 +1129,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         hook that raises leaves nothing behind, then flush what they wrote."""
         if self._journal.mark == self._tx_start:
             return  # nothing recorded in this transaction
-        # the hooks work through the session's own calls, which refuse a busy session
-        busy, self._busy = self._busy, None
-        self._in_commit_hooks = True
+        # the hooks work through the session's own calls, which let this task in while it commits
+        self._hook_task = anyio.get_current_task().id
         token = _current_session.set(weakref.ref(self))
         try:
             savepoint = await self.begin_nested()
@@ -1142,8 +1147,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             await savepoint.commit()
         finally:
             _current_session.reset(token)
-            self._in_commit_hooks = False
-            self._busy = busy
+            self._hook_task = None
 
     def _reset_transaction(self) -> None:
         self._tx_start = self._journal.mark
@@ -1291,7 +1295,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             if state.status not in _LIVE:
                 return None
             return self._visible(state, with_deleted)  # type: ignore[no-any-return]
-        self._busy = "get"
+        busy, self._busy = self._busy, "get"
         try:
             if self.autoflush and self._journal.has_pending():
                 await self._flush()
@@ -1300,7 +1304,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 connection = await self._connection_for_work()
             rows = await connection.fetch(Select(table, Compare(table.key_column, "eq", key)))
         finally:
-            self._busy = None
+            self._busy = busy
         if not rows:
             if state is not None and not (self._journal.has_pending() and state.ref in self._journal.pending_refs()):
                 self._identity.detach(state)  # expired, and its row is gone: as refresh() does
