@@ -5,6 +5,7 @@ to what, and form a chain whose every edit, removal or insertion is found."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from decimal import Decimal
 from typing import Annotated, Any
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 import uow
 from uow import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, relation
-from uow.audit import GENESIS, REDACTED, AuditEntry, AuditTrail
+from uow.audit import GENESIS, REDACTED, AuditEntry, AuditTrail, ChainHead
 from uow.conditions import AnyCondition, matches
 from uow.errors import AuditChainError, ConfigurationError, IntegrityError, SerializationFailure, SessionStateError
 from uow.model import table_info
@@ -559,3 +560,177 @@ async def test_the_trail_replayed_is_what_the_database_holds(engine: uow.Engine,
         stored_settings = {s.name: {"name": s.name, "value": s.value} for s in await session.query(Setting).all()}
         assert rebuilt == {"audit_owners": stored_owners, "audit_settings": stored_settings}
         assert (await trail.verify(session)).entries == await session.query(AuditEntry).count()
+
+
+# --- keys, upserts, values ---------------------------------------------------------------
+
+
+async def test_an_upsert_entry_names_the_row_it_landed_on(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        owner = Owner(name="a", email="a@x")
+        session.add(owner)
+        await session.commit()
+        # a key of its own, but a conflict on the unique email lands it on the stored row
+        landed = await session.upsert(
+            Owner(id=999, name="b", email="a@x"), conflict_target="email", update_fields="name"
+        )
+        await session.commit()
+        assert landed is owner and owner.name == "b"
+        upsert = (await trail.records(session, table=Owner, key=owner.id))[-1]
+        assert upsert.action == "upsert" and upsert.key == owner.id and upsert.update_fields == ("name",)
+        assert upsert.new["id"] == owner.id and upsert.new["name"] == "b"
+        assert session.journal.key_of(session.journal[-2]) == owner.id  # the journal says the same
+        assert await trail.records(session, table=Owner, key=999) == []
+
+
+async def test_a_key_assigned_after_add_names_the_row_and_its_children(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        owner = Owner(name="a", email="a@x")
+        session.add(owner)
+        item = Item(label="lamp", owner=owner)
+        session.add(item)
+        owner.id = 500
+        await session.commit()
+        assert item.owner_id == 500 and not session.is_modified(item)
+        inserted = await trail.records(session, table=Owner, key=500)
+        assert inserted[0].action == "insert" and inserted[0].new["id"] == 500
+        (item_insert,) = await trail.records(session, table=Item)
+        assert item_insert.new["owner_id"] == 500
+
+
+async def test_infinite_floats_keep_their_value(engine: uow.Engine) -> None:
+    class Reading(Model, table="audit_readings"):
+        id: Annotated[int | None, PrimaryKey()] = None
+        value: float
+
+    trail = await _trail(engine)
+    await engine.create_all(Reading)
+    async with uow.AsyncSession(engine) as session:
+        reading = Reading(value=float("inf"))
+        session.add(reading)
+        await session.commit()
+        reading.value = float("-inf")
+        await session.commit()
+        inserted, updated = await trail.records(session, table=Reading)
+        assert inserted.new["value"] == float("inf")
+        assert (updated.old, updated.new) == ({"value": float("inf")}, {"value": float("-inf")})
+
+
+async def test_a_key_cannot_be_redacted(engine: uow.Engine) -> None:
+    with pytest.raises(ConfigurationError, match="primary key"):
+        AuditTrail(redact={Setting: ["name"]})
+    await engine.create_all(Setting)
+    with pytest.raises(ConfigurationError, match="primary key"):
+        AuditTrail(redact={"audit_settings": ["name", "value"]}).install(engine)  # the model is known by then
+    assert engine.before_commit_hooks == []
+
+
+# --- reading the chain back ---------------------------------------------------------------
+
+
+def _forged(previous: str, payload: str, **columns: Any) -> AuditEntry:
+    """An entry hashed as the docs say: SHA-256 of the previous hash, a newline and the payload."""
+    entry_hash = hashlib.sha256(f"{previous}\n{payload}".encode()).hexdigest()
+    fields: dict[str, Any] = {"tx": "t", "at": dt.datetime.now(dt.UTC), "row_table": "audit_owners", "action": "insert"}
+    return AuditEntry(**{**fields, **columns}, payload=payload, prev_hash=previous, entry_hash=entry_hash)
+
+
+async def test_verify_from_an_empty_chains_head_and_of_an_entry_that_is_not_a_record(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        empty = await trail.verify(session)
+        assert empty == ChainHead(0, GENESIS)
+        session.add(Owner(name="a", email="a@x"))
+        await session.commit()
+        head = await trail.verify(session, head=empty.hash)  # the start of the chain is always in it
+        assert head.entries == 1
+        await session.bulk_insert(AuditEntry, [_forged(head.hash, '{"tx": "t"}')])  # hashed right, but no record
+        await session.commit()
+        with pytest.raises(AuditChainError, match="not an audit record") as caught:
+            await trail.verify(session)
+        assert caught.value.entry_id == head.entries + 1
+        with pytest.raises(AuditChainError, match="not an audit record"):
+            await trail.records(session)
+
+
+async def test_records_keep_a_value_that_no_longer_fits_its_column(engine: uow.Engine) -> None:
+    """An entry written before the model changed (here: text where the
+    model now has a date) reads back as stored, not as an error."""
+    trail = await _trail(engine)
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    payload = msgspec.json.encode(
+        {"tx": "t", "at": at, "actor": None, "table": "audit_owners", "key": 7, "action": "update",
+         "old": {"joined": "last spring"}, "new": {"joined": None}, "where": None, "update_fields": None},
+        order="sorted",
+    ).decode()  # fmt: skip
+    async with uow.AsyncSession(engine) as session:
+        await session.bulk_insert(AuditEntry, [_forged(GENESIS, payload, at=at, row_key="7", action="update")])
+        await session.commit()
+        (record,) = await trail.records(session)
+        assert record.old == {"joined": "last spring"} and record.key == 7
+        assert (await trail.verify(session)).entries == 1
+
+
+async def test_with_a_secret_only_its_holders_write_entries_that_verify(engine: uow.Engine) -> None:
+    trail = AuditTrail(secret=b"kept in a vault").install(engine)
+    await engine.create_all(*MODELS)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="a", email="a@x"))
+        await session.commit()
+        head = await trail.verify(session)
+        assert head.entries == 1
+        with pytest.raises(AuditChainError, match="hash"):
+            await AuditTrail(secret=b"guessed").verify(session)
+        with pytest.raises(AuditChainError, match="hash"):
+            await AuditTrail().verify(session)
+        forged = (await session.get_one(AuditEntry, (await trail.records(session))[0].id)).payload
+        await session.bulk_insert(AuditEntry, [_forged(head.hash, forged.replace('"a"', '"z"'))])
+        await session.commit()
+        with pytest.raises(AuditChainError, match="hash") as caught:
+            await trail.verify(session)  # appended without the secret: found
+        assert caught.value.entry_id == 2
+
+
+# --- transactions that end badly ----------------------------------------------------------
+
+
+async def test_an_auto_commit_operation_whose_commit_is_refused_is_undone(engine: uow.Engine) -> None:
+    await engine.create_all(Owner)
+    refusing = [True]
+
+    def hook(session: uow.AsyncSession, events: list[Any]) -> None:
+        if refusing[0]:
+            raise RuntimeError("refused")
+
+    engine.before_commit_hooks.append(hook)
+    async with uow.AsyncSession(engine, auto_commit=True) as session:
+        owner = Owner(name="a", email="a@x")
+        with pytest.raises(RuntimeError, match="refused"):
+            await session.insert(owner)
+        assert not session.in_transaction() and owner not in session and owner.id is None
+        refusing[0] = False
+        await session.insert(Owner(name="b", email="b@x"))  # commits itself only
+    async with uow.AsyncSession(engine) as session:
+        assert [o.name for o in await session.query(Owner).all()] == ["b"]
+
+
+async def test_a_begin_block_whose_commit_is_refused_rolls_back(engine: uow.Engine) -> None:
+    await engine.create_all(Owner)
+
+    def hook(session: uow.AsyncSession, events: list[Any]) -> None:
+        raise RuntimeError("refused")
+
+    engine.before_commit_hooks.append(hook)
+    async with uow.AsyncSession(engine) as session:
+        owner = Owner(name="a", email="a@x")
+        with pytest.raises(RuntimeError, match="refused"):
+            async with session.begin():
+                session.add(owner)
+        assert not session.in_transaction() and owner not in session
+        engine.before_commit_hooks.clear()
+        async with session.begin():  # no work is left over to refuse a new block
+            session.add(Owner(name="b", email="b@x"))
+    async with uow.AsyncSession(engine) as session:
+        assert [o.name for o in await session.query(Owner).all()] == ["b"]

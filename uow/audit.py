@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
+import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -85,8 +87,10 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     ``old`` and ``new`` hold the changed columns before and after (``old`` is
     empty for an insert, ``new`` for a delete); a bulk update or delete holds
-    its filter in ``where`` (the encoded condition) and no per-row values.
-    Column values are typed again when the session knows the table's model.
+    its filter in ``where`` (the encoded condition) and no per-row values. An
+    upsert's ``new`` is what it inserts; on a conflict only ``update_fields``
+    of it were written. Column values are typed again when the session knows
+    the table's model and the value still fits its column.
     """
 
     id: int
@@ -100,6 +104,26 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
     old: dict[str, Any]
     new: dict[str, Any]
     where: Any = None
+    update_fields: tuple[str, ...] | None = None
+    """An upsert's columns updated on a conflict (``None`` for other actions)."""
+
+
+class _Payload(msgspec.Struct):
+    """An entry's payload, as :func:`_entry` writes it."""
+
+    tx: str
+    at: dt.datetime
+    actor: str | None
+    table: str
+    key: Any
+    action: Action
+    old: dict[str, Any]
+    new: dict[str, Any]
+    where: Any = None
+    update_fields: tuple[str, ...] | None = None
+
+
+_payload_decoder = msgspec.json.Decoder(_Payload)
 
 
 class ChainHead(msgspec.Struct, frozen=True):
@@ -119,7 +143,10 @@ class AuditTrail:
     ``await engine.create_all(..., AuditEntry)``. ``actor`` is called at
     each commit, in the committing task (a context variable holding the
     request's user works), and names who made the changes. Tables in
-    ``exclude`` are not audited; the trail's own table never is.
+    ``exclude`` are not audited; the trail's own table never is. Columns in
+    ``redact`` are held as :data:`REDACTED`. With a ``secret``, entries are
+    chained by HMAC-SHA256 under it, so only its holders can write entries
+    that verify.
     """
 
     def __init__(
@@ -128,12 +155,27 @@ class AuditTrail:
         actor: Callable[[], str | None] | None = None,
         exclude: Iterable[type[Model] | str] = (),
         redact: Mapping[type[Model] | str, Iterable[str]] | None = None,
+        secret: bytes | None = None,
     ):
         self.actor = actor
         self._table = table_info(AuditEntry)
         self.exclude = frozenset(map(_table_name, exclude)) | {self._table.name}
         self.redact = {_table_name(m): frozenset(columns) for m, columns in (redact or {}).items()}
         """Per table, the columns whose values entries hold as ``REDACTED``."""
+        self._secret = secret
+        for model in redact or {}:
+            if not isinstance(model, str):
+                self._check_redacted(table_info(model))
+
+    def _check_redacted(self, table: TableInfo) -> frozenset[str]:
+        """The columns of ``table`` to redact; never its key, which names the row."""
+        columns = self.redact.get(table.name, frozenset())
+        if table.key_column in columns:
+            raise ConfigurationError(
+                f"the audit trail cannot redact {table.name}.{table.key_column}: entries name their row by "
+                "its primary key"
+            )
+        return columns
 
     def install(self, engine: Engine) -> AuditTrail:
         """Run this trail at every commit of ``engine``'s sessions. An engine
@@ -145,6 +187,8 @@ class AuditTrail:
             raise ConfigurationError(
                 "the engine already has an AuditTrail; remove it from engine.before_commit_hooks first"
             )
+        for model in engine.models.values():
+            self._check_redacted(table_info(model))
         engine.register(AuditEntry)
         engine.before_commit_hooks.append(self)
         return self
@@ -162,7 +206,7 @@ class AuditTrail:
         entries = []
         for event in audited:
             table = session._tables[event.table]
-            entry = _entry(event, table, keys, tx, actor, previous, self.redact.get(table.name, frozenset()))
+            entry = _entry(event, table, keys, tx, actor, previous, self._check_redacted(table), self._secret)
             entries.append(entry)
             previous = entry.entry_hash
         try:
@@ -206,8 +250,7 @@ class AuditTrail:
         tables = session._tables  # the tables the session knows, to type values again
         found = []
         async for entry in session.query(AuditEntry).filter(**filters).order_by("id").stream(track=False):
-            assert entry.id is not None
-            found.append(_record(entry.id, msgspec.json.decode(entry.payload), tables))
+            found.append(_record(entry, tables))
         return found
 
     async def verify(self, session: AsyncSession, *, head: str | None = None) -> ChainHead:
@@ -219,16 +262,16 @@ class AuditTrail:
         """
         previous = GENESIS
         count = 0
-        seen_head = head is None
+        seen_head = head is None or head == GENESIS
         async for entry in session.query(AuditEntry).order_by("id").stream(track=False):
             if entry.prev_hash != previous:
                 raise AuditChainError(entry.id, "does not follow the entry before it (one was removed or slipped in)")
-            if _hash(previous, entry.payload) != entry.entry_hash:
-                raise AuditChainError(entry.id, "does not match its hash (its payload was edited)")
-            payload = msgspec.json.decode(entry.payload)
-            shown = (entry.tx, entry.actor, entry.row_table, entry.row_key, entry.action)
-            stored = (payload["tx"], payload["actor"], payload["table"], _key_text(payload["key"]), payload["action"])
-            if shown != stored or msgspec.convert(payload["at"], dt.datetime) != entry.at:
+            if _hash(previous, entry.payload, self._secret) != entry.entry_hash:
+                raise AuditChainError(entry.id, "does not match its hash (its payload was edited, or another secret)")
+            payload = _decoded(entry)
+            shown = (entry.tx, entry.at, entry.actor, entry.row_table, entry.row_key, entry.action)
+            stored = (payload.tx, payload.at, payload.actor, payload.table, _key_text(payload.key), payload.action)
+            if shown != stored:
                 raise AuditChainError(entry.id, "has columns that differ from its payload (they were edited)")
             previous = entry.entry_hash
             seen_head = seen_head or previous == head
@@ -246,20 +289,24 @@ def _entry(
     actor: str | None,
     previous: str,
     redacted: frozenset[str],
+    secret: bytes | None,
 ) -> AuditEntry:
     key: Any = None
     old: Mapping[str, Any] = {}
     new: Mapping[str, Any] = {}
     where: Any = None
+    update_fields: tuple[str, ...] | None = None
     if isinstance(event, (BulkUpdated, BulkDeleted)):
         where = msgspec.to_builtins(event.where) if event.where is not None else None
         new = event.values if isinstance(event, BulkUpdated) else {}
     else:
-        key = event.key if event.key is not None else keys.get(event.ref)
+        key = keys.get(event.ref, event.key)  # as the journal's key_of: an upsert's is the row it landed on
         if isinstance(event, (Inserted, Upserted)):
             new = {**event.values, table.key_column: key}
-            if isinstance(event, Upserted) and event.old is not None:
-                old = event.old
+            if isinstance(event, Upserted):
+                update_fields = event.update_fields
+                if event.old is not None:
+                    old = event.old
             for column, parent_ref in getattr(event, "parent_refs", {}).items():
                 new[column] = keys.get(parent_ref)
         elif isinstance(event, Deleted):
@@ -271,6 +318,7 @@ def _entry(
     if redacted:
         old, new = _redacted(old, redacted), _redacted(new, redacted)
         where = REDACTED if where is not None else None  # a filter may name a secret value
+    old, new = _finite(old), _finite(new)
     payload = _encoder.encode(
         {
             "tx": tx,
@@ -282,6 +330,7 @@ def _entry(
             "old": old,
             "new": new,
             "where": where,
+            "update_fields": update_fields,
         }
     ).decode()
     return AuditEntry(
@@ -293,7 +342,7 @@ def _entry(
         action=_ACTIONS[type(event)],
         payload=payload,
         prev_hash=previous,
-        entry_hash=_hash(previous, payload),
+        entry_hash=_hash(previous, payload, secret),
     )
 
 
@@ -311,32 +360,63 @@ def _key_text(key: Any) -> str | None:
     return None if key is None else _encoder.encode(key).decode()
 
 
-def _hash(previous: str, payload: str) -> str:
-    return hashlib.sha256(f"{previous}\n{payload}".encode()).hexdigest()
+def _finite(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``values`` with infinite floats as the strings ``"inf"`` and ``"-inf"``:
+    JSON has no infinity (msgspec would write ``null``)."""
+    if not any(type(v) is float and not math.isfinite(v) for v in values.values()):
+        return values
+    return {c: repr(v) if type(v) is float and not math.isfinite(v) else v for c, v in values.items()}
+
+
+def _hash(previous: str, payload: str, secret: bytes | None) -> str:
+    message = f"{previous}\n{payload}".encode()
+    if secret is not None:
+        return hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return hashlib.sha256(message).hexdigest()
+
+
+def _decoded(entry: AuditEntry) -> _Payload:
+    try:
+        return _payload_decoder.decode(entry.payload)
+    except msgspec.MsgspecError as exc:
+        raise AuditChainError(entry.id, f"holds a payload that is not an audit record ({exc})") from None
 
 
 def _typed(table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
-    return {c: v if v == REDACTED else _value(table, c, v) for c, v in values.items()}
+    return {c: _typed_value(table, c, v) for c, v in values.items()}
 
 
-def _record(entry_id: int, payload: dict[str, Any], tables: Mapping[str, TableInfo]) -> AuditRecord:
-    table = tables.get(payload["table"])
-    old, new, key = payload["old"], payload["new"], payload["key"]
+def _typed_value(table: TableInfo, column: str, value: Any) -> Any:
+    """``value`` as its column's type, or as stored when it no longer fits
+    (redacted, or written before the model changed)."""
+    if value == REDACTED:
+        return value
+    try:
+        return _value(table, column, value)
+    except msgspec.ValidationError:
+        return value
+
+
+def _record(entry: AuditEntry, tables: Mapping[str, TableInfo]) -> AuditRecord:
+    assert entry.id is not None
+    payload = _decoded(entry)
+    old, new, key = payload.old, payload.new, payload.key
+    table = tables.get(payload.table)
     if table is not None:
         old, new = _typed(table, old), _typed(table, new)
-        if key is not None:
-            key = msgspec.convert(key, table.primary_key.python_type, strict=False)
+        key = _typed_value(table, table.key_column, key)
     return AuditRecord(
-        id=entry_id,
-        tx=payload["tx"],
-        at=msgspec.convert(payload["at"], dt.datetime),
-        actor=payload["actor"],
-        table=payload["table"],
+        id=entry.id,
+        tx=payload.tx,
+        at=payload.at,
+        actor=payload.actor,
+        table=payload.table,
         key=key,
-        action=payload["action"],
+        action=payload.action,
         old=old,
         new=new,
-        where=payload["where"],
+        where=payload.where,
+        update_fields=payload.update_fields,
     )
 
 

@@ -53,6 +53,7 @@ class ImmediateMixin:
 
         def _exclusive(self, operation: str) -> AbstractContextManager[None]: ...
         async def _commit(self) -> None: ...
+        async def _rollback(self, *, restore: bool = True) -> None: ...
         async def _flush(self, *, scan: bool = True) -> FlushOutcome: ...
         async def _connection_for_work(self) -> Connection: ...
         def _collect_changes(self, *, scan: bool = True) -> None: ...
@@ -77,7 +78,14 @@ class ImmediateMixin:
 
     async def _done(self) -> None:
         if self.auto_commit and self._hook_task is None:  # a hook's writes commit with the transaction
-            await self._commit()
+            await self._flush()  # a refused flush leaves the session as any refused flush does
+            try:
+                await self._commit()
+            except BaseException:
+                # all or nothing: the commit was refused (by a before-commit hook or
+                # the database), so the operation goes back with its transaction
+                await self._rollback()
+                raise
 
     def _immediate_start(self) -> int:
         """Record the assignments made so far; the journal mark where the
@@ -402,7 +410,9 @@ class ImmediateMixin:
         state = self._identity.by_ref.get(event.ref)
         if row is None:
             return obj
-        if event.key is None:  # the journal learns the key of the row it landed on, as for an insert
+        if event.key != row[table.key_index]:
+            # the journal learns the key of the row it landed on, as for an insert: the
+            # event had none, or another (a conflict on a unique column chose the row)
             self._journal.generated_keys[event.ref] = row[table.key_index]
         if state is not None and state.status in LIVE:
             self._set_values_following(state, table.row_dict(tuple(row)))

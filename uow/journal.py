@@ -158,13 +158,16 @@ class JournalView(Sequence[AnyEvent]):
 
     @property
     def generated_keys(self) -> Mapping[int, Any]:
-        """ref -> key, for the row events recorded without a key: the key the
-        database generated for an insert, or of the row an upsert landed on."""
+        """ref -> key, for the row events recorded without their row's key:
+        the key the database generated for an insert, the key assigned to a
+        new object after its insert was recorded, or the key of the row an
+        upsert landed on."""
         return dict(self._journal.generated_keys)
 
     def key_of(self, event: RowEvent) -> Any:
-        """The primary key of the row an event is about, generated ones included."""
-        return event.key if event.key is not None else self._journal.generated_keys.get(event.ref)
+        """The primary key of the row an event is about, generated ones
+        included; for an upsert, of the row it landed on."""
+        return self._journal.generated_keys.get(event.ref, event.key)
 
     def encode(self, format: Literal["json", "msgpack"] = "json") -> bytes:
         """Every event, encoded (see :func:`encode`)."""

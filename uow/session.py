@@ -1029,6 +1029,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 state = by_ref.get(event.ref)
                 if state is None:
                     continue
+                if event.key is None and event.ref not in generated_keys and state.key is not None:
+                    generated_keys[event.ref] = state.key  # a key assigned after the insert was recorded
                 if event.parent_refs and state.parent_refs:
                     self._settle_parent_keys(state, event.parent_refs, generated_keys)
                 if state.status is _PENDING:
@@ -1258,7 +1260,11 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             except BaseException:
                 await self.rollback()
                 raise
-            await self.commit()
+            try:
+                await self.commit()
+            except BaseException:
+                await self.rollback()  # a refused commit ends the block as an error in it does
+                raise
         finally:
             self._in_begin_block = False
 

@@ -2455,6 +2455,43 @@ class SessionConformance:
         finally:
             engine.before_commit_hooks.clear()
 
+    async def test_a_key_assigned_after_add_reaches_the_children_and_the_journal(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            user = User(name="Late", email="late@example.com")
+            session.add(user)
+            post = Post(title="Waits", author=user)
+            session.add(post)
+            user.id = 500
+            await session.commit()
+            assert post.author_id == 500 and not session.is_modified(post)
+            inserted = next(e for e in session.journal if isinstance(e, Inserted) and e.table == "conformance_users")
+            assert inserted.key is None and session.journal.key_of(inserted) == 500
+        assert (await stored(engine, Post, post.id)).author_id == 500
+
+    async def test_an_upsert_landing_on_another_rows_key_is_known_by_that_key(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            user = User(name="A", email="a@example.com")
+            session.add(user)
+            await session.commit()
+            landed = await session.upsert(User(id=999, name="B", email="a@example.com"), "email", "name")
+            await session.commit()
+            upserted = session.journal[-1]
+            assert isinstance(upserted, Upserted) and upserted.key == 999  # what the call named
+            assert landed is user and session.journal.key_of(upserted) == user.id  # where it landed
+
+    async def test_a_begin_block_whose_commit_fails_rolls_back(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            await session.insert(User(name="A", email="a@example.com"))
+            await session.commit()
+            twin = User(name="Twin", email="a@example.com")
+            with pytest.raises(IntegrityError):
+                async with session.begin():
+                    session.add(twin)
+            assert not session.in_transaction() and twin not in session and twin.id is None
+            async with session.begin():  # nothing is left over to refuse a new block
+                session.add(User(name="B", email="b@example.com"))
+            assert await session.query(User).count() == 2
+
     async def test_small_spellings_a_user_reaches_for(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             with pytest.raises(ModelDefinitionError, match="add_all"):
