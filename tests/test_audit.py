@@ -21,7 +21,14 @@ import uow
 from uow import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, relation
 from uow.audit import GENESIS, REDACTED, AuditEntry, AuditTrail, ChainHead
 from uow.conditions import AnyCondition, matches
-from uow.errors import AuditChainError, ConfigurationError, IntegrityError, SerializationFailure, SessionStateError
+from uow.errors import (
+    AuditChainError,
+    ConfigurationError,
+    IntegrityError,
+    SerializationFailure,
+    SessionStateError,
+    ValidationError,
+)
 from uow.model import table_info
 
 pytestmark = pytest.mark.anyio
@@ -475,6 +482,8 @@ async def test_records_narrow_to_a_time_range(engine: uow.Engine) -> None:
         await session.commit()
         assert [r.new["name"] for r in await trail.records(session, since=middle)] == ["after"]
         assert [r.new["name"] for r in await trail.records(session, until=middle)] == ["before"]
+        with pytest.raises(ValidationError, match="aware"):
+            await trail.records(session, since=middle.replace(tzinfo=None))  # the same answer on every adapter
 
 
 # --- the trail as an oracle ------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from uow.errors import AuditChainError, ConfigurationError, IntegrityError, SerializationFailure
+from uow.errors import AuditChainError, ConfigurationError, IntegrityError, SerializationFailure, ValidationError
 from uow.events import (
     AnyEvent,
     BulkDeleted,
@@ -234,6 +234,9 @@ class AuditTrail:
         """The entries written so far, oldest first, narrowed to one table,
         one row of it (``key``), one actor, one transaction, or changes made
         at ``since`` or later and before ``until``."""
+        for bound in (since, until):
+            if bound is not None and bound.utcoffset() is None:
+                raise ValidationError(f"since and until are instants: give an aware datetime, not {bound!r}")
         filters: dict[str, Any] = {}
         if since is not None:
             filters["at__gte"] = since
