@@ -33,6 +33,7 @@ from uow.events import (
     Deleted,
     Inserted,
     Restored,
+    RowEvent,
     SoftDeleted,
     Updated,
     Upserted,
@@ -200,13 +201,15 @@ class AuditTrail:
             return
         actor = self.actor() if self.actor is not None else None
         tx = uuid.uuid4().hex
-        keys = session.journal.generated_keys  # a copy: taken once
+        journal = session.journal
+        keys = journal.generated_keys  # a copy: taken once
         head = await session.query(AuditEntry).order_by("-id").first()
         previous = head.entry_hash if head is not None else GENESIS
         entries = []
         for event in audited:
             table = session._tables[event.table]
-            entry = _entry(event, table, keys, tx, actor, previous, self._check_redacted(table), self._secret)
+            key = journal.key_of(event) if isinstance(event, RowEvent) else None
+            entry = _entry(event, table, key, keys, tx, actor, previous, self._check_redacted(table), self._secret)
             entries.append(entry)
             previous = entry.entry_hash
         try:
@@ -287,6 +290,7 @@ class AuditTrail:
 def _entry(
     event: AnyEvent,
     table: TableInfo,
+    key: Any,
     keys: Mapping[int, Any],
     tx: str,
     actor: str | None,
@@ -294,7 +298,6 @@ def _entry(
     redacted: frozenset[str],
     secret: bytes | None,
 ) -> AuditEntry:
-    key: Any = None
     old: Mapping[str, Any] = {}
     new: Mapping[str, Any] = {}
     where: Any = None
@@ -303,7 +306,6 @@ def _entry(
         where = msgspec.to_builtins(event.where) if event.where is not None else None
         new = event.values if isinstance(event, BulkUpdated) else {}
     else:
-        key = keys.get(event.ref, event.key)  # as the journal's key_of: an upsert's is the row it landed on
         if isinstance(event, (Inserted, Upserted)):
             new = {**event.values, table.key_column: key}
             if isinstance(event, Upserted):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from uow.adapter import Connection
 from uow.assignments import set_attribute
 from uow.conditions import Condition, equals_all, matches
-from uow.errors import ModelDefinitionError, SessionStateError, ValidationError
+from uow.errors import ConcurrencyError, ModelDefinitionError, SessionStateError, ValidationError
 from uow.events import BulkDeleted, BulkUpdated, Inserted, Restored, SoftDeleted, Updated, Upserted
 from uow.identity import LIVE, IdentityMap, InstanceState, Status
 from uow.journal import Journal
@@ -410,10 +410,19 @@ class ImmediateMixin:
         state = self._identity.by_ref.get(event.ref)
         if row is None:
             return obj
-        if event.key != row[table.key_index]:
-            # the journal learns the key of the row it landed on, as for an insert: the
-            # event had none, or another (a conflict on a unique column chose the row)
-            self._journal.generated_keys[event.ref] = row[table.key_index]
+        landed = row[table.key_index]
+        if event.key is None:  # the journal learns the key of the row it landed on, as for an insert
+            self._journal.generated_keys[event.ref] = landed
+        elif event.key != landed:  # a conflict on another unique column chose a row with another key
+            self._journal.landed_keys[event.seq] = landed
+        if state is not None and state.status in LIVE and state.key not in (None, landed):
+            raise ConcurrencyError(
+                f"the upsert matched the tracked {table.model.__name__} {table.key_column}={state.key!r} by "
+                f"{', '.join(event.conflict_target)}, but landed on the row {table.key_column}={landed!r}: another "
+                "transaction changed one of them since this session read it; roll back and retry",
+                table=table.name,
+                keys=(state.key, landed),
+            )
         if state is not None and state.status in LIVE:
             self._set_values_following(state, table.row_dict(tuple(row)))
             return state.obj

@@ -36,7 +36,17 @@ from uow.model import TableInfo
 class Journal:
     """Append-only events with a flushed mark and the keys storage generated."""
 
-    __slots__ = ("_events", "_flushed", "_truncations", "_pending_refs", "generated_keys", "next_seq", "append", "size")
+    __slots__ = (
+        "_events",
+        "_flushed",
+        "_truncations",
+        "_pending_refs",
+        "generated_keys",
+        "landed_keys",
+        "next_seq",
+        "append",
+        "size",
+    )
 
     def __init__(self) -> None:
         self._events: list[AnyEvent] = []
@@ -44,6 +54,9 @@ class Journal:
         self._truncations = 0
         self._pending_refs: tuple[tuple[int, int, int], frozenset[int]] = ((0, 0, 0), frozenset())
         self.generated_keys: dict[int, Any] = {}
+        self.landed_keys: dict[int, Any] = {}
+        """seq -> key, for upserts that named a key and landed, through a
+        conflict on another unique column, on a row with another key."""
         """ref -> primary key the database generated for that row."""
         # both run once per recorded event: bound C methods rather than Python ones
         # (truncate() deletes in place, so the list stays the same object)
@@ -110,8 +123,9 @@ class Journal:
         del self._events[mark:]
         self._flushed = min(self._flushed, mark)
         for event in removed:
-            if isinstance(event, Inserted):
+            if isinstance(event, (Inserted, Upserted)):
                 self.generated_keys.pop(event.ref, None)
+                self.landed_keys.pop(event.seq, None)
         return removed
 
     def view(self) -> JournalView:
@@ -161,13 +175,15 @@ class JournalView(Sequence[AnyEvent]):
         """ref -> key, for the row events recorded without their row's key:
         the key the database generated for an insert, the key assigned to a
         new object after its insert was recorded, or the key of the row an
-        upsert landed on."""
+        upsert without a key landed on."""
         return dict(self._journal.generated_keys)
 
     def key_of(self, event: RowEvent) -> Any:
         """The primary key of the row an event is about, generated ones
         included; for an upsert, of the row it landed on."""
-        return self._journal.generated_keys.get(event.ref, event.key)
+        if event.key is None:
+            return self._journal.generated_keys.get(event.ref)
+        return self._journal.landed_keys.get(event.seq, event.key)
 
     def encode(self, format: Literal["json", "msgpack"] = "json") -> bytes:
         """Every event, encoded (see :func:`encode`)."""
@@ -225,7 +241,8 @@ def replay(
                 values[column] = keys.get(parent_ref, ref_keys.get(parent_ref))
             table_rows[key] = values
         elif isinstance(event, ROW_CHANGES):
-            key = key_of(event)
+            # a row inserted here is found by its ref: a new object's key may change before its flush
+            key = ref_keys[event.ref] if event.ref in ref_keys else key_of(event)
             row = table_rows.get(key)
             if row is None:
                 raise ReplayError(
@@ -235,8 +252,13 @@ def replay(
             row.update(event.new)
             for column, parent_ref in getattr(event, "parent_refs", {}).items():
                 row[column] = keys.get(parent_ref, ref_keys.get(parent_ref))
+            moved_to = event.new.get(table.key_column)
+            if moved_to is not None and moved_to != key:
+                table_rows[moved_to] = table_rows.pop(key)
+                if event.ref in ref_keys:
+                    ref_keys[event.ref] = moved_to
         elif isinstance(event, Deleted):
-            table_rows.pop(key_of(event), None)
+            table_rows.pop(ref_keys[event.ref] if event.ref in ref_keys else key_of(event), None)
         elif isinstance(event, Upserted):
             _replay_upsert(event, table, table_rows, key_of(event))
         elif isinstance(event, BulkUpdated):

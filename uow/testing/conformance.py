@@ -2468,6 +2468,27 @@ class SessionConformance:
             assert inserted.key is None and session.journal.key_of(inserted) == 500
         assert (await stored(engine, Post, post.id)).author_id == 500
 
+    async def test_a_new_objects_key_changed_twice_before_its_flush_replays_to_the_stored_row(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = User(name="Twice", email="twice@example.com")
+            session.add(user)
+            post = Post(title="Follows", author=user)
+            session.add(post)
+            user.id = 600
+            session.plan()  # records the first change
+            user.id = 601
+            await session.commit()
+            assert post.author_id == 601
+            journal = session.journal
+            replayed = replay(
+                journal.flushed, [table_info(User), table_info(Post)], generated_keys=journal.generated_keys
+            )
+        assert set(replayed["conformance_users"]) == {601}
+        assert replayed["conformance_posts"][post.id]["author_id"] == 601
+        assert (await stored(engine, User, 601)).name == "Twice"
+
     async def test_an_upsert_landing_on_another_rows_key_is_known_by_that_key(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             user = User(name="A", email="a@example.com")
@@ -2478,6 +2499,25 @@ class SessionConformance:
             upserted = session.journal[-1]
             assert isinstance(upserted, Upserted) and upserted.key == 999  # what the call named
             assert landed is user and session.journal.key_of(upserted) == user.id  # where it landed
+
+    async def test_an_upsert_matching_a_tracked_object_whose_row_moved_on_is_a_concurrency_error(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            tracked = User(name="Two", email="t@example.com")
+            session.add(tracked)
+            await session.commit()
+            async with AsyncSession(engine) as other:  # the row moves away, another takes its email
+                moved = await other.get_one(User, tracked.id)
+                moved.email = "z@example.com"
+                other.add(User(name="Three", email="t@example.com"))
+                await other.commit()
+            with pytest.raises(ConcurrencyError, match="roll back and retry"):
+                await session.upsert(User(name="Five", email="t@example.com"), "email", "name")
+            assert tracked.name == "Two"  # not given another row's values
+            await session.rollback()
+            await session.refresh(tracked)
+            assert (tracked.name, tracked.email) == ("Two", "z@example.com")
 
     async def test_a_begin_block_whose_commit_fails_rolls_back(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
