@@ -30,6 +30,8 @@ from uow.errors import (
     ValidationError,
 )
 from uow.model import table_info
+from uow.testing.models import Post as KitPost
+from uow.testing.models import User as KitUser
 
 pytestmark = pytest.mark.anyio
 
@@ -743,3 +745,85 @@ async def test_a_begin_block_whose_commit_is_refused_rolls_back(engine: uow.Engi
             session.add(Owner(name="b", email="b@x"))
     async with uow.AsyncSession(engine) as session:
         assert [o.name for o in await session.query(Owner).all()] == ["b"]
+
+
+async def test_what_a_hook_ahead_of_the_trail_changes_is_audited(engine: uow.Engine) -> None:
+    """Assignments a hook makes, and the deletes the session cascades from
+    one, are recorded before the next hook sees the events."""
+    await engine.create_all(KitUser, KitPost)
+    async with uow.AsyncSession(engine) as session:
+        doomed = KitUser(name="doomed", email="d@x")
+        kept = KitUser(name="kept", email="k@x")
+        post = KitPost(title="goes with its author", author=doomed)
+        session.add_all([post, kept])
+        await session.commit()
+        post_id = post.id
+
+        async def ahead(hook_session: uow.AsyncSession, events: list[Any]) -> None:
+            kept.name = "renamed by the hook"
+            hook_session.delete(doomed)  # its post is loaded: the session cascades the delete to it
+
+        engine.before_commit_hooks.append(ahead)
+        trail = AuditTrail().install(engine)  # runs after the hook
+        await engine.create_all(AuditEntry)
+        kept.email = "k2@x"
+        await session.commit()
+        records = await trail.records(session)
+        assert sorted((r.table, r.action, r.key) for r in records) == [
+            ("conformance_posts", "delete", post_id),  # the session's cascade
+            ("conformance_users", "delete", doomed.id),
+            ("conformance_users", "update", kept.id),  # the commit's own change
+            ("conformance_users", "update", kept.id),  # the hook's assignment
+        ]
+        assert [r.new for r in records if r.action == "update"] == [{"email": "k2@x"}, {"name": "renamed by the hook"}]
+
+
+async def test_a_secret_may_be_text_and_must_be_bytes_or_text(engine: uow.Engine) -> None:
+    text = AuditTrail(secret="from the environment").install(engine)
+    await engine.create_all(*MODELS)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="a", email="a@x"))
+        await session.commit()
+        assert (await AuditTrail(secret=b"from the environment").verify(session)).entries == 1
+        assert (await text.verify(session)).entries == 1
+    with pytest.raises(ConfigurationError, match="bytes or str"):
+        AuditTrail(secret=1234)  # type: ignore[arg-type]
+
+
+async def test_redacting_a_column_the_table_lacks_is_refused(engine: uow.Engine) -> None:
+    with pytest.raises(ConfigurationError, match="emial"):
+        AuditTrail(redact={Owner: ["emial"]})
+    trail = AuditTrail(redact={"audit_owners": ["emial"]}).install(engine)  # not known yet at install
+    await engine.create_all(*MODELS)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="a", email="a@x"))
+        with pytest.raises(ConfigurationError, match="emial"):
+            await session.commit()  # refused before anything is committed
+        await session.rollback()
+        engine.before_commit_hooks.remove(trail)
+        assert await session.query(Owner).count() == 0
+
+
+async def test_records_take_a_key_as_its_column_type_when_the_table_is_given(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        owner = Owner(name="a", email="a@x")
+        session.add(owner)
+        await session.commit()
+        assert [r.key for r in await trail.records(session, table=Owner, key=str(owner.id))] == [owner.id]
+
+
+async def test_a_begin_block_in_an_auto_commit_session_commits_once_at_its_end(engine: uow.Engine) -> None:
+    await engine.create_all(Owner)
+    async with uow.AsyncSession(engine, auto_commit=True) as session:
+        with pytest.raises(RuntimeError, match="changed my mind"):
+            async with session.begin():
+                await session.insert(Owner(name="a", email="a@x"))
+                raise RuntimeError("changed my mind")
+        async with session.begin():
+            await session.insert(Owner(name="b", email="b@x"))
+            await session.insert(Owner(name="c", email="c@x"))
+            assert session.in_transaction()
+        assert not session.in_transaction()
+    async with uow.AsyncSession(engine) as session:
+        assert sorted(o.name for o in await session.query(Owner).all()) == ["b", "c"]

@@ -279,6 +279,33 @@ def test_truncating_to_a_mark_returns_the_later_events_and_forgets_their_generat
     assert journal.flushed_mark == mark  # a rolled-back flush is not flushed any more
 
 
+def test_truncating_an_upsert_onto_a_tracked_row_keeps_that_rows_key() -> None:
+    """An upsert that matched a tracked row shares the ref of the row's insert:
+    undoing the upsert must not forget the key the insert was given."""
+    journal = Journal()
+    inserted = _inserted(journal, 1)
+    journal.generated_keys[1] = 100
+    mark = journal.mark
+    upserted = Upserted(
+        seq=journal.next_seq(),
+        at=dt.datetime.now(dt.UTC),
+        table="t",
+        ref=1,
+        key=7,
+        values={"id": 7},
+        conflict_target=("email",),
+        update_fields=(),
+    )
+    journal.append(upserted)
+    journal.landed_keys[upserted.seq] = 100
+    view = journal.view()
+    assert view.key_of(upserted) == 100 and view.key_of(inserted) == 100
+
+    journal.truncate(mark)
+    assert journal.generated_keys == {1: 100} and journal.landed_keys == {}
+    assert view.key_of(inserted) == 100
+
+
 def test_truncating_behind_unflushed_events_keeps_the_flushed_mark() -> None:
     journal = Journal()
     _inserted(journal, 1)

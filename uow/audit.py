@@ -156,14 +156,18 @@ class AuditTrail:
         actor: Callable[[], str | None] | None = None,
         exclude: Iterable[type[Model] | str] = (),
         redact: Mapping[type[Model] | str, Iterable[str]] | None = None,
-        secret: bytes | None = None,
+        secret: bytes | str | None = None,
     ):
         self.actor = actor
         self._table = table_info(AuditEntry)
         self.exclude = frozenset(map(_table_name, exclude)) | {self._table.name}
         self.redact = {_table_name(m): frozenset(columns) for m, columns in (redact or {}).items()}
         """Per table, the columns whose values entries hold as ``REDACTED``."""
-        self._secret = secret
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if secret is not None and not isinstance(secret, (bytes, bytearray)):
+            raise ConfigurationError(f"the audit trail's secret is bytes or str, not {type(secret).__name__}")
+        self._secret = bytes(secret) if secret is not None else None
         for model in redact or {}:
             if not isinstance(model, str):
                 self._check_redacted(table_info(model))
@@ -171,6 +175,9 @@ class AuditTrail:
     def _check_redacted(self, table: TableInfo) -> frozenset[str]:
         """The columns of ``table`` to redact; never its key, which names the row."""
         columns = self.redact.get(table.name, frozenset())
+        unknown = sorted(columns - set(table.column_index))
+        if unknown:
+            raise ConfigurationError(f"the audit trail cannot redact {table.name}: it has no column(s) {unknown}")
         if table.key_column in columns:
             raise ConfigurationError(
                 f"the audit trail cannot redact {table.name}.{table.key_column}: entries name their row by "
@@ -245,15 +252,18 @@ class AuditTrail:
             filters["at__gte"] = since
         if until is not None:
             filters["at__lt"] = until
+        tables = session._tables  # the tables the session knows, to type values again
         if table is not None:
             filters["row_table"] = table if isinstance(table, str) else table_info(table).name
         if key is not None:
+            known = tables.get(filters["row_table"]) if table is not None else None
+            if known is not None:  # as the key column's type, so "7" finds 7 and any spelling of a UUID its row
+                key = _typed_value(known, known.key_column, key)
             filters["row_key"] = _encoder.encode(key).decode()
         if actor is not None:
             filters["actor"] = actor
         if tx is not None:
             filters["tx"] = tx
-        tables = session._tables  # the tables the session knows, to type values again
         found = []
         async for entry in session.query(AuditEntry).filter(**filters).order_by("id").stream(track=False):
             found.append(_record(entry, tables))

@@ -43,6 +43,7 @@ class ImmediateMixin:
         auto_commit: bool
         autoflush: bool
         _hook_task: int | None
+        _in_begin_block: bool
         _identity: IdentityMap
         _journal: Journal
         _tables: dict[str, TableInfo]
@@ -77,7 +78,8 @@ class ImmediateMixin:
         def _new_ref(self) -> int: ...
 
     async def _done(self) -> None:
-        if self.auto_commit and self._hook_task is None:  # a hook's writes commit with the transaction
+        # a hook's writes commit with the transaction, and a begin() block's at its end
+        if self.auto_commit and self._hook_task is None and not self._in_begin_block:
             await self._flush()  # a refused flush leaves the session as any refused flush does
             try:
                 await self._commit()

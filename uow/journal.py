@@ -123,8 +123,10 @@ class Journal:
         del self._events[mark:]
         self._flushed = min(self._flushed, mark)
         for event in removed:
-            if isinstance(event, (Inserted, Upserted)):
+            if isinstance(event, Inserted):
                 self.generated_keys.pop(event.ref, None)
+            elif isinstance(event, Upserted):
+                # not its ref's key: an upsert onto a tracked row shares the ref of that row's insert
                 self.landed_keys.pop(event.seq, None)
         return removed
 

@@ -1138,7 +1138,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             savepoint = await self.begin_nested()
             try:
                 for hook in self.engine.before_commit_hooks:
-                    # each hook sees what the hooks before it wrote
+                    # each hook sees what the hooks before it did, assignments and cascades
+                    # included: they are recorded by a flush (which has nothing to do for the first)
+                    await self.flush()
                     result = hook(self, self._journal.events()[self._tx_start :])
                     if inspect.isawaitable(result):
                         await result
