@@ -788,6 +788,8 @@ async def test_a_secret_may_be_text_and_must_be_bytes_or_text(engine: uow.Engine
         assert (await text.verify(session)).entries == 1
     with pytest.raises(ConfigurationError, match="bytes or str"):
         AuditTrail(secret=1234)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="empty"):
+        AuditTrail(secret="")
 
 
 async def test_redacting_a_column_the_table_lacks_is_refused(engine: uow.Engine) -> None:

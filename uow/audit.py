@@ -167,6 +167,8 @@ class AuditTrail:
             secret = secret.encode()
         if secret is not None and not isinstance(secret, (bytes, bytearray)):
             raise ConfigurationError(f"the audit trail's secret is bytes or str, not {type(secret).__name__}")
+        if secret is not None and not secret:
+            raise ConfigurationError("the audit trail's secret is empty; give one, or None for plain SHA-256")
         self._secret = bytes(secret) if secret is not None else None
         for model in redact or {}:
             if not isinstance(model, str):
