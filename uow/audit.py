@@ -3,12 +3,13 @@
 An :class:`AuditTrail` is a before-commit hook: inside every transaction about
 to commit, it turns the transaction's events into entries of its own table
 (who changed which row, when, from what to what) and writes them in that same
-transaction, so an entry exists exactly when its change is committed.
+transaction, so a transaction's entries exist exactly when it is committed.
 
-Entries are chained: each stores the SHA-256 of the previous entry's hash and
-its own canonical JSON payload, and the previous hash is unique in the table.
-:meth:`AuditTrail.verify` walks the chain and names the first entry that was
-edited, removed or slipped in. Two transactions cannot both extend the chain
+Entries are chained: each stores the SHA-256 (or HMAC-SHA256 under a secret)
+of the previous entry's hash and its own canonical JSON payload, and the
+previous hash is unique in the table. :meth:`AuditTrail.verify` walks the
+chain and names the first entry that does not hold; what that proves depends
+on a kept head or a secret (see ``docs/audit.md``). Two transactions cannot both extend the chain
 from the same entry: the second fails with :class:`~uow.errors.SerializationFailure`,
 which :meth:`Engine.run_in_transaction <uow.engine.Engine.run_in_transaction>` retries.
 """
@@ -31,6 +32,7 @@ from uow.events import (
     BulkDeleted,
     BulkUpdated,
     Deleted,
+    Event,
     Inserted,
     Restored,
     RowEvent,
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 
 Action = Literal["insert", "update", "delete", "soft_delete", "restore", "upsert", "bulk_update", "bulk_delete"]
 
-_ACTIONS: dict[type[Any], Action] = {
+_ACTIONS: dict[type[Event], Action] = {
     Inserted: "insert",
     Updated: "update",
     Deleted: "delete",
@@ -104,13 +106,15 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
     action: Action
     old: dict[str, Any]
     new: dict[str, Any]
-    where: Any = None
+    where: dict[str, Any] | str | None = None
+    """A bulk event's filter as the journal encodes conditions, ``REDACTED``
+    on a table with redacted columns, ``None`` for other actions."""
     update_fields: tuple[str, ...] | None = None
     """An upsert's columns updated on a conflict (``None`` for other actions)."""
 
 
 class _Payload(msgspec.Struct):
-    """An entry's payload, as :func:`_entry` writes it."""
+    """An entry's payload: encoded with sorted fields, it is what is hashed."""
 
     tx: str
     at: dt.datetime
@@ -118,9 +122,9 @@ class _Payload(msgspec.Struct):
     table: str
     key: Any
     action: Action
-    old: dict[str, Any]
-    new: dict[str, Any]
-    where: Any = None
+    old: Mapping[str, Any]
+    new: Mapping[str, Any]
+    where: dict[str, Any] | str | None = None
     update_fields: tuple[str, ...] | None = None
 
 
@@ -144,8 +148,9 @@ class AuditTrail:
     ``await engine.create_all(..., AuditEntry)``. ``actor`` is called at
     each commit, in the committing task (a context variable holding the
     request's user works), and names who made the changes. Tables in
-    ``exclude`` are not audited; the trail's own table never is. Columns in
-    ``redact`` are held as :data:`REDACTED`. With a ``secret``, entries are
+    ``exclude`` (models or table names) are not audited; the trail's own
+    table never is. ``redact`` maps models to columns held as
+    :data:`REDACTED`. With a ``secret``, entries are
     chained by HMAC-SHA256 under it, so only its holders can write entries
     that verify.
     """
@@ -155,14 +160,14 @@ class AuditTrail:
         *,
         actor: Callable[[], str | None] | None = None,
         exclude: Iterable[type[Model] | str] = (),
-        redact: Mapping[type[Model] | str, Iterable[str]] | None = None,
+        redact: Mapping[type[Model], Iterable[str]] | None = None,
         secret: bytes | str | None = None,
     ):
         self.actor = actor
         self._table = table_info(AuditEntry)
         self.exclude = frozenset(map(_table_name, exclude)) | {self._table.name}
-        self.redact = {_table_name(m): frozenset(columns) for m, columns in (redact or {}).items()}
-        """Per table, the columns whose values entries hold as ``REDACTED``."""
+        self.redact = {_checked_redaction(m, columns): frozenset(columns) for m, columns in (redact or {}).items()}
+        """Per table name, the columns whose values entries hold as ``REDACTED``."""
         if isinstance(secret, str):
             secret = secret.encode()
         if secret is not None and not isinstance(secret, (bytes, bytearray)):
@@ -170,22 +175,6 @@ class AuditTrail:
         if secret is not None and not secret:
             raise ConfigurationError("the audit trail's secret is empty; give one, or None for plain SHA-256")
         self._secret = bytes(secret) if secret is not None else None
-        for model in redact or {}:
-            if not isinstance(model, str):
-                self._check_redacted(table_info(model))
-
-    def _check_redacted(self, table: TableInfo) -> frozenset[str]:
-        """The columns of ``table`` to redact; never its key, which names the row."""
-        columns = self.redact.get(table.name, frozenset())
-        unknown = sorted(columns - set(table.column_index))
-        if unknown:
-            raise ConfigurationError(f"the audit trail cannot redact {table.name}: it has no column(s) {unknown}")
-        if table.key_column in columns:
-            raise ConfigurationError(
-                f"the audit trail cannot redact {table.name}.{table.key_column}: entries name their row by "
-                "its primary key"
-            )
-        return columns
 
     def install(self, engine: Engine) -> AuditTrail:
         """Run this trail at every commit of ``engine``'s sessions. An engine
@@ -197,8 +186,6 @@ class AuditTrail:
             raise ConfigurationError(
                 "the engine already has an AuditTrail; remove it from engine.before_commit_hooks first"
             )
-        for model in engine.models.values():
-            self._check_redacted(table_info(model))
         engine.register(AuditEntry)
         engine.before_commit_hooks.append(self)
         return self
@@ -212,13 +199,24 @@ class AuditTrail:
         tx = uuid.uuid4().hex
         journal = session.journal
         keys = journal.generated_keys  # a copy: taken once
-        head = await session.query(AuditEntry).order_by("-id").first()
-        previous = head.entry_hash if head is not None else GENESIS
+        # rows inserted here without a key: one set after add() is the insert's key, not a change of it
+        keyless = {e.ref for e in audited if type(e) is Inserted and e.key is None}
+        previous = GENESIS
+        # not tracked: a session committing for hours would otherwise keep every head it read
+        async for head in session.query(AuditEntry).order_by("-id").limit(1).stream(track=False):
+            previous = head.entry_hash
         entries = []
         for event in audited:
-            table = session._tables[event.table]
+            table = session._tables[event.table]  # the session knows every table it recorded events of
             key = journal.key_of(event) if isinstance(event, RowEvent) else None
-            entry = _entry(event, table, key, keys, tx, actor, previous, self._check_redacted(table), self._secret)
+            if type(event) is Updated and event.ref in keyless:
+                trimmed = _without_key_change(event, table)
+                if trimmed is None:
+                    continue
+                key = keys.get(event.ref, key)
+                event = trimmed
+            redacted = self.redact.get(table.name, frozenset())
+            entry = _entry(event, table, key, keys, tx, actor, previous, redacted, self._secret)
             entries.append(entry)
             previous = entry.entry_hash
         try:
@@ -242,21 +240,26 @@ class AuditTrail:
         tx: str | None = None,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
+        after: int | None = None,
     ) -> list[AuditRecord]:
-        """The entries written so far, oldest first, narrowed to one table,
-        one row of it (``key``), one actor, one transaction, or changes made
-        at ``since`` or later and before ``until``."""
+        """The entries written so far, in the order they were written, narrowed
+        to one table, one row of it (``key``), one actor, one transaction,
+        changes made at ``since`` or later and before ``until``, or entries
+        written after the one with id ``after`` (to read on from the last one
+        read: change times need not follow the order of commits)."""
         for bound in (since, until):
             if bound is not None and bound.utcoffset() is None:
                 raise ValidationError(f"since and until are instants: give an aware datetime, not {bound!r}")
         filters: dict[str, Any] = {}
+        if after is not None:
+            filters["id__gt"] = after
         if since is not None:
             filters["at__gte"] = since
         if until is not None:
             filters["at__lt"] = until
         tables = session._tables  # the tables the session knows, to type values again
         if table is not None:
-            filters["row_table"] = table if isinstance(table, str) else table_info(table).name
+            filters["row_table"] = _table_name(table)
         if key is not None:
             known = tables.get(filters["row_table"]) if table is not None else None
             if known is not None:  # as the key column's type, so "7" finds 7 and any spelling of a UUID its row
@@ -271,13 +274,16 @@ class AuditTrail:
             found.append(_record(entry, tables))
         return found
 
-    async def verify(self, session: AsyncSession, *, head: str | None = None) -> ChainHead:
+    async def verify(self, session: AsyncSession, *, head: ChainHead | str | None = None) -> ChainHead:
         """Check every entry against its hash and its place in the chain.
 
         Raises :class:`~uow.errors.AuditChainError` naming the first entry that
-        does not hold, or when ``head`` (a hash an earlier ``verify`` gave) is
-        no longer in the chain, which is how a removed tail shows.
+        does not hold, or when ``head`` (what an earlier ``verify`` returned,
+        or its hash) is no longer in the chain, which is how a cut-off or
+        rewritten tail shows.
         """
+        if isinstance(head, ChainHead):
+            head = head.hash
         previous = GENESIS
         count = 0
         seen_head = head is None or head == GENESIS
@@ -295,7 +301,9 @@ class AuditTrail:
             seen_head = seen_head or previous == head
             count += 1
         if not seen_head:
-            raise AuditChainError(None, f"the chain no longer holds the head {head!r}: entries after it were removed")
+            raise AuditChainError(
+                None, f"no entry has the kept head's hash {head!r}: the chain was cut short or rewritten"
+            )
         return ChainHead(count, previous)
 
 
@@ -312,43 +320,28 @@ def _entry(
 ) -> AuditEntry:
     old: Mapping[str, Any] = {}
     new: Mapping[str, Any] = {}
-    where: Any = None
+    where: dict[str, Any] | str | None = None
     update_fields: tuple[str, ...] | None = None
     if isinstance(event, (BulkUpdated, BulkDeleted)):
         where = msgspec.to_builtins(event.where) if event.where is not None else None
         new = event.values if isinstance(event, BulkUpdated) else {}
+    elif isinstance(event, (Inserted, Upserted)):
+        new = {**event.values, table.key_column: key}
+        if isinstance(event, Upserted):
+            update_fields = event.update_fields
+            old = event.old or {}
+    elif isinstance(event, Deleted):
+        old = event.old
     else:
-        if isinstance(event, (Inserted, Upserted)):
-            new = {**event.values, table.key_column: key}
-            if isinstance(event, Upserted):
-                update_fields = event.update_fields
-                if event.old is not None:
-                    old = event.old
-            for column, parent_ref in getattr(event, "parent_refs", {}).items():
-                new[column] = keys.get(parent_ref)
-        elif isinstance(event, Deleted):
-            old = event.old
-        else:
-            old, new = event.old, event.new
-            if isinstance(event, Updated) and event.parent_refs:
-                new = {**new, **{c: keys.get(r) for c, r in event.parent_refs.items()}}
+        old, new = event.old, event.new
+    if isinstance(event, (Inserted, Updated)) and event.parent_refs:  # foreign keys filled at the flush
+        new = {**new, **{column: keys.get(ref) for column, ref in event.parent_refs.items()}}
     if redacted:
         old, new = _redacted(old, redacted), _redacted(new, redacted)
         where = REDACTED if where is not None else None  # a filter may name a secret value
-    old, new = _finite(old), _finite(new)
+    action = _ACTIONS[type(event)]
     payload = _encoder.encode(
-        {
-            "tx": tx,
-            "at": event.at,
-            "actor": actor,
-            "table": event.table,
-            "key": key,
-            "action": _ACTIONS[type(event)],
-            "old": old,
-            "new": new,
-            "where": where,
-            "update_fields": update_fields,
-        }
+        _Payload(tx, event.at, actor, event.table, key, action, _finite(old), _finite(new), where, update_fields)
     ).decode()
     return AuditEntry(
         tx=tx,
@@ -356,7 +349,7 @@ def _entry(
         actor=actor,
         row_table=event.table,
         row_key=_key_text(key),
-        action=_ACTIONS[type(event)],
+        action=action,
         payload=payload,
         prev_hash=previous,
         entry_hash=_hash(previous, payload, secret),
@@ -367,6 +360,33 @@ def _redacted(values: Mapping[str, Any], columns: frozenset[str]) -> Mapping[str
     if columns.isdisjoint(values):
         return values
     return {c: REDACTED if c in columns else v for c, v in values.items()}
+
+
+def _without_key_change(event: Updated, table: TableInfo) -> Updated | None:
+    """``event`` without the key column, which a key set on a new object
+    after ``add()`` put there (its insert's entry holds the key); ``None``
+    when nothing else changed."""
+    if table.key_column not in event.new:
+        return event
+    old = {c: v for c, v in event.old.items() if c != table.key_column}
+    new = {c: v for c, v in event.new.items() if c != table.key_column}
+    return msgspec.structs.replace(event, old=old, new=new) if new else None
+
+
+def _checked_redaction(model: type[Model], columns: Iterable[str]) -> str:
+    """The table name of ``model``, once ``columns`` are known to be columns
+    of it other than its key (which names the row in every entry)."""
+    if not isinstance(model, type) or not issubclass(model, Model):
+        raise ConfigurationError(f"redact maps models to column names; {model!r} is not a model")
+    table = table_info(model)
+    unknown = sorted(set(columns) - set(table.column_index))
+    if unknown:
+        raise ConfigurationError(f"the audit trail cannot redact {table.name}: it has no column(s) {unknown}")
+    if table.key_column in columns:
+        raise ConfigurationError(
+            f"the audit trail cannot redact {table.name}.{table.key_column}: entries name their row by its primary key"
+        )
+    return table.name
 
 
 def _table_name(model: type[Model] | str) -> str:
@@ -417,7 +437,7 @@ def _typed_value(table: TableInfo, column: str, value: Any) -> Any:
 def _record(entry: AuditEntry, tables: Mapping[str, TableInfo]) -> AuditRecord:
     assert entry.id is not None
     payload = _decoded(entry)
-    old, new, key = payload.old, payload.new, payload.key
+    old, new, key = dict(payload.old), dict(payload.new), payload.key
     table = tables.get(payload.table)
     if table is not None:
         old, new = _typed(table, old), _typed(table, new)

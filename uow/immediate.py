@@ -77,9 +77,13 @@ class ImmediateMixin:
         def _has_dependents(self, table: TableInfo) -> bool: ...
         def _new_ref(self) -> int: ...
 
+    def _commits_each_operation(self) -> bool:
+        """``auto_commit``, outside before-commit hooks (their writes commit with
+        the transaction) and ``begin()`` blocks (which commit at their end)."""
+        return self.auto_commit and self._hook_task is None and not self._in_begin_block
+
     async def _done(self) -> None:
-        # a hook's writes commit with the transaction, and a begin() block's at its end
-        if self.auto_commit and self._hook_task is None and not self._in_begin_block:
+        if self._commits_each_operation():
             await self._flush()  # a refused flush leaves the session as any refused flush does
             try:
                 await self._commit()
@@ -266,11 +270,13 @@ class ImmediateMixin:
                 events = self._record_upserts(listed, planned)
             outcome = await self._flush_recorded(mark)
             results: list[M] = []
-            for event, obj in events:
-                if event is None:
-                    results.append(obj)
-                    continue
-                results.append(self._settle_upsert(event, obj, outcome))
+            try:
+                for event, obj in events:
+                    results.append(obj if event is None else self._settle_upsert(event, obj, outcome))
+            except ConcurrencyError:
+                if self._commits_each_operation():  # its write is flushed: it must not commit with a later one
+                    await self._rollback()
+                raise
             await self._done()
         return results
 

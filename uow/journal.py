@@ -54,10 +54,11 @@ class Journal:
         self._truncations = 0
         self._pending_refs: tuple[tuple[int, int, int], frozenset[int]] = ((0, 0, 0), frozenset())
         self.generated_keys: dict[int, Any] = {}
+        """ref -> primary key of a row whose events were recorded without it
+        (see :attr:`JournalView.generated_keys`)."""
         self.landed_keys: dict[int, Any] = {}
         """seq -> key, for upserts that named a key and landed, through a
         conflict on another unique column, on a row with another key."""
-        """ref -> primary key the database generated for that row."""
         # both run once per recorded event: bound C methods rather than Python ones
         # (truncate() deletes in place, so the list stays the same object)
         self.next_seq: Callable[[], int] = itertools.count(1).__next__
@@ -107,10 +108,13 @@ class Journal:
 
     def inserted_keys_since(self, mark: int) -> dict[int, Any]:
         """seq -> key of each row that an event after ``mark`` inserted (an
-        insert, or an upsert that found no row), where the key is known."""
+        insert, or an upsert that found no row), where the key is known. An
+        upsert that landed on a row with another key than it named found one."""
         keys: dict[int, Any] = {}
         for event in self._events[mark:]:
-            if isinstance(event, Inserted) or (isinstance(event, Upserted) and event.old is None):
+            if isinstance(event, Inserted) or (
+                isinstance(event, Upserted) and event.old is None and event.seq not in self.landed_keys
+            ):
                 key = event.key if event.key is not None else self.generated_keys.get(event.ref)
                 if key is not None:
                     keys[event.seq] = key

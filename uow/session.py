@@ -1084,7 +1084,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             await self._commit()
 
     def _refuse_in_commit_hooks(self, operation: str) -> None:
-        if self._hook_task is not None and self._in_hook_task():
+        if self._in_hook_task():
             raise SessionStateError(
                 f"{operation} inside a before-commit hook: the hook runs in the transaction being "
                 "committed, which ends when the hooks return"
@@ -1264,6 +1264,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 raise
             try:
                 await self.commit()
+            except CommitHookError:
+                raise  # the transaction is committed: nothing to roll back
             except BaseException:
                 await self.rollback()  # a refused commit ends the block as an error in it does
                 raise

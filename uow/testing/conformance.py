@@ -2519,6 +2519,36 @@ class SessionConformance:
             await session.refresh(tracked)
             assert (tracked.name, tracked.email) == ("Two", "z@example.com")
 
+    async def test_undoing_an_upsert_that_landed_on_another_row_keeps_the_row_it_named(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            session.add_all(
+                [User(id=1, name="One", email="a@example.com"), User(id=999, name="Nine", email="z@example.com")]
+            )
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            nine = await session.get_one(User, 999)
+            landed = await session.upsert(User(id=999, name="B", email="a@example.com"), "email", "name")
+            assert landed.id == 1
+            await session.rollback()
+            assert nine in session and nine.name == "Nine"  # the row it named was never touched
+
+    async def test_an_auto_commit_upsert_refused_after_its_write_commits_nothing(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine, auto_commit=True) as session:
+            tracked = await session.insert(User(name="Two", email="t@example.com"))
+            async with AsyncSession(engine) as other:  # the row moves away, another takes its email
+                (await other.get_one(User, tracked.id)).email = "z@example.com"
+                other.add(User(name="Three", email="t@example.com"))
+                await other.commit()
+            with pytest.raises(ConcurrencyError):
+                await session.upsert(User(name="Five", email="t@example.com"), "email", "name")
+            assert not session.in_transaction()
+            await session.insert(User(name="Later", email="later@example.com"))
+        async with AsyncSession(engine) as session:
+            names = sorted(u.name for u in await session.query(User).all())
+        assert names == ["Later", "Three", "Two"]  # the refused upsert's write did not ride along
+
     async def test_a_begin_block_whose_commit_fails_rolls_back(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             await session.insert(User(name="A", email="a@example.com"))
