@@ -857,3 +857,19 @@ async def test_reading_on_after_the_last_entry_read(engine: uow.Engine) -> None:
         session.add(Owner(name="b", email="b@x"))
         await session.commit()
         assert [r.new["name"] for r in await trail.records(session, after=first.id)] == ["b"]
+
+
+async def test_an_infinite_float_in_a_json_column_is_recorded_as_the_row_holds_it(engine: uow.Engine) -> None:
+    class Blob(Model, table="audit_blobs"):
+        id: Annotated[int | None, PrimaryKey()] = None
+        data: Any = None
+
+    trail = await _trail(engine)
+    await engine.create_all(Blob)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Blob(data=float("inf")))
+        await session.commit()
+    async with uow.AsyncSession(engine) as session:
+        stored = await session.query(Blob).one()
+        (record,) = await trail.records(session, table=Blob)
+        assert record.new["data"] == stored.data  # JSON has no infinity: both hold what the database kept

@@ -358,8 +358,11 @@ def test_the_view_follows_the_journal_and_cannot_change_it() -> None:
         del view[0]  # type: ignore[attr-defined]
     with pytest.raises(AttributeError):
         view.pending.append(first)  # type: ignore[attr-defined]
-    view.generated_keys[2] = 99  # type: ignore[index]
-    assert journal.generated_keys[2] == 11  # a copy
+    with pytest.raises(TypeError):
+        view.generated_keys[2] = 99  # type: ignore[index]
+    keys = view.generated_keys
+    journal.generated_keys[3] = 12
+    assert keys == {2: 11, 3: 12}  # read-only, and it follows the journal
 
 
 # --- replay -------------------------------------------------------------------------------------------

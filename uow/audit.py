@@ -160,8 +160,8 @@ class AuditTrail:
         *,
         actor: Callable[[], str | None] | None = None,
         exclude: Iterable[type[Model] | str] = (),
-        redact: Mapping[type[Model], Iterable[str]] | None = None,
-        secret: bytes | str | None = None,
+        redact: Mapping[Any, Iterable[str]] | None = None,
+        secret: bytes | bytearray | str | None = None,
     ):
         self.actor = actor
         self._table = table_info(AuditEntry)
@@ -198,7 +198,7 @@ class AuditTrail:
         actor = self.actor() if self.actor is not None else None
         tx = uuid.uuid4().hex
         journal = session.journal
-        keys = journal.generated_keys  # a copy: taken once
+        keys = journal.generated_keys
         # rows inserted here without a key: one set after add() is the insert's key, not a change of it
         keyless = {e.ref for e in audited if type(e) is Inserted and e.key is None}
         previous = GENESIS
@@ -340,9 +340,9 @@ def _entry(
         old, new = _redacted(old, redacted), _redacted(new, redacted)
         where = REDACTED if where is not None else None  # a filter may name a secret value
     action = _ACTIONS[type(event)]
-    payload = _encoder.encode(
-        _Payload(tx, event.at, actor, event.table, key, action, _finite(old), _finite(new), where, update_fields)
-    ).decode()
+    old, new = _finite(table, old), _finite(table, new)
+    fields = _Payload(tx, event.at, actor, event.table, key, action, old, new, where, update_fields)
+    payload = _encoder.encode(fields).decode()
     return AuditEntry(
         tx=tx,
         at=event.at,
@@ -397,12 +397,19 @@ def _key_text(key: Any) -> str | None:
     return None if key is None else _encoder.encode(key).decode()
 
 
-def _finite(values: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``values`` with infinite floats as the strings ``"inf"`` and ``"-inf"``:
-    JSON has no infinity (msgspec would write ``null``)."""
+def _finite(table: TableInfo, values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``values`` with infinite floats as the strings ``"inf"`` and ``"-inf"``,
+    which JSON lacks (msgspec would write ``null``). Not in a JSON column:
+    that stores ``null`` too, and the entry says what the row holds."""
     if not any(type(v) is float and not math.isfinite(v) for v in values.values()):
         return values
-    return {c: repr(v) if type(v) is float and not math.isfinite(v) else v for c, v in values.items()}
+    return {c: repr(v) if _is_infinite_number(table, c, v) else v for c, v in values.items()}
+
+
+def _is_infinite_number(table: TableInfo, column: str, value: Any) -> bool:
+    if type(value) is not float or math.isfinite(value) or column not in table.column_index:
+        return False
+    return table.columns[table.column_index[column]].kind != "json"
 
 
 def _hash(previous: str, payload: str, secret: bytes | None) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Literal, overload
 
 import msgspec
@@ -142,6 +143,10 @@ class Journal:
         """A copy of every event."""
         return list(self._events)
 
+    def events_since(self, mark: int) -> list[AnyEvent]:
+        """A copy of the events after ``mark``."""
+        return self._events[mark:]
+
 
 class JournalView(Sequence[AnyEvent]):
     """Read-only, live view of a session's journal (``session.journal``)."""
@@ -181,8 +186,9 @@ class JournalView(Sequence[AnyEvent]):
         """ref -> key, for the row events recorded without their row's key:
         the key the database generated for an insert, the key assigned to a
         new object after its insert was recorded, or the key of the row an
-        upsert without a key landed on."""
-        return dict(self._journal.generated_keys)
+        upsert without a key landed on. A read-only view that follows the
+        journal (copy it to keep the keys of one moment)."""
+        return MappingProxyType(self._journal.generated_keys)
 
     def key_of(self, event: RowEvent) -> Any:
         """The primary key of the row an event is about, generated ones

@@ -104,8 +104,9 @@ class ReadsMixin:
         row in memory. Change an untracked one through ``await session.merge(obj)``.
         Relations in ``include`` are loaded per chunk, one query per relation.
 
-        The stream reads inside the session's transaction: do not commit or
-        roll back before it is exhausted (that is refused). Close a stream you
+        The stream reads inside the session's transaction: committing or
+        rolling back before it is exhausted makes its next chunk raise
+        :class:`~uow.errors.SessionStateError`. Close a stream you
         leave early with ``contextlib.aclosing`` to free its cursor at once.
         """
         if not isinstance(chunk_size, int) or chunk_size < 1:

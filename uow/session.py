@@ -1106,7 +1106,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                     raise
                 self._in_tx = False
         self._committed_gone.extend(self._gone)
-        committed = self._journal.events()[self._tx_start :]
+        committed = self._journal.events_since(self._tx_start)
         self._reset_transaction()
         await self._drop_connection()
         failed: list[Exception] = []
@@ -1141,7 +1141,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                     # each hook sees what the hooks before it did, assignments and cascades
                     # included: they are recorded by a flush (which has nothing to do for the first)
                     await self.flush()
-                    result = hook(self, self._journal.events()[self._tx_start :])
+                    result = hook(self, self._journal.events_since(self._tx_start))
                     if inspect.isawaitable(result):
                         await result
                 await self.flush()
