@@ -27,6 +27,7 @@ from uow.errors import (
     IntegrityError,
     SerializationFailure,
     SessionStateError,
+    StorageError,
     ValidationError,
 )
 from uow.model import table_info
@@ -873,3 +874,28 @@ async def test_an_infinite_float_in_a_json_column_is_recorded_as_the_row_holds_i
         stored = await session.query(Blob).one()
         (record,) = await trail.records(session, table=Blob)
         assert record.new["data"] == stored.data  # JSON has no infinity: both hold what the database kept
+
+
+async def test_a_redacted_column_may_be_named_alone_and_records_come_in_pages(engine: uow.Engine) -> None:
+    trail = AuditTrail(redact={Owner: "email"}).install(engine)
+    await engine.create_all(*MODELS)
+    async with uow.AsyncSession(engine) as session:
+        for n in range(5):
+            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
+            await session.commit()
+        first = await trail.records(session, limit=2)
+        assert [r.new["name"] for r in first] == ["o0", "o1"] and first[0].new["email"] == REDACTED
+        rest = await trail.records(session, after=first[-1].id, limit=10)
+        assert [r.new["name"] for r in rest] == ["o2", "o3", "o4"]
+
+
+async def test_a_missing_audit_table_is_named_with_the_call_that_creates_it(engine: uow.Engine) -> None:
+    AuditTrail().install(engine)
+    await engine.create_all(Owner)
+    async with uow.AsyncSession(engine) as session:
+        owner = Owner(name="a", email="a@x")
+        session.add(owner)
+        with pytest.raises(StorageError, match=r"create_all\(\.\.\., AuditEntry\)"):
+            await session.commit()
+        assert session.in_transaction() and owner.id is not None  # the work is kept
+        await session.rollback()

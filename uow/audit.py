@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from uow.errors import AuditChainError, ConfigurationError, IntegrityError, SerializationFailure, ValidationError
+from uow.errors import (
+    AuditChainError,
+    ConfigurationError,
+    IntegrityError,
+    SerializationFailure,
+    StorageError,
+    ValidationError,
+)
 from uow.events import (
     AnyEvent,
     BulkDeleted,
@@ -166,7 +173,12 @@ class AuditTrail:
         self.actor = actor
         self._table = table_info(AuditEntry)
         self.exclude = frozenset(map(_table_name, exclude)) | {self._table.name}
-        self.redact = {_checked_redaction(m, columns): frozenset(columns) for m, columns in (redact or {}).items()}
+        self.redact = {
+            _checked_redaction(m, names): names
+            for m, columns in (redact or {}).items()
+            # one column may be named alone: "token" is ("token",), not its letters
+            for names in [frozenset((columns,) if isinstance(columns, str) else columns)]
+        }
         """Per table name, the columns whose values entries hold as ``REDACTED``."""
         if isinstance(secret, str):
             secret = secret.encode()
@@ -202,9 +214,18 @@ class AuditTrail:
         # rows inserted here without a key: one set after add() is the insert's key, not a change of it
         keyless = {e.ref for e in audited if type(e) is Inserted and e.key is None}
         previous = GENESIS
-        # not tracked: a session committing for hours would otherwise keep every head it read
-        async for head in session.query(AuditEntry).order_by("-id").limit(1).stream(track=False):
-            previous = head.entry_hash
+        try:
+            # not tracked: a session committing for hours would otherwise keep every head it read
+            async for head in session.query(AuditEntry).order_by("-id").limit(1).stream(track=False):
+                previous = head.entry_hash
+        except StorageError as exc:
+            if self._table.name not in str(exc):
+                raise
+            raise StorageError(
+                f"{exc} (the audit trail writes to {self._table.name}: create it with "
+                "await engine.create_all(..., AuditEntry))",
+                sqlstate=exc.sqlstate,
+            ) from exc
         entries = []
         for event in audited:
             table = session._tables[event.table]  # the session knows every table it recorded events of
@@ -241,12 +262,14 @@ class AuditTrail:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         after: int | None = None,
+        limit: int | None = None,
     ) -> list[AuditRecord]:
         """The entries written so far, in the order they were written, narrowed
         to one table, one row of it (``key``), one actor, one transaction,
         changes made at ``since`` or later and before ``until``, or entries
         written after the one with id ``after`` (to read on from the last one
-        read: change times need not follow the order of commits)."""
+        read: change times need not follow the order of commits); at most
+        ``limit`` of them."""
         for bound in (since, until):
             if bound is not None and bound.utcoffset() is None:
                 raise ValidationError(f"since and until are instants: give an aware datetime, not {bound!r}")
@@ -269,8 +292,11 @@ class AuditTrail:
             filters["actor"] = actor
         if tx is not None:
             filters["tx"] = tx
+        query = session.query(AuditEntry).filter(**filters).order_by("id")
+        if limit is not None:
+            query = query.limit(limit)
         found = []
-        async for entry in session.query(AuditEntry).filter(**filters).order_by("id").stream(track=False):
+        async for entry in query.stream(track=False):
             found.append(_record(entry, tables))
         return found
 
@@ -373,13 +399,13 @@ def _without_key_change(event: Updated, table: TableInfo) -> Updated | None:
     return msgspec.structs.replace(event, old=old, new=new) if new else None
 
 
-def _checked_redaction(model: type[Model], columns: Iterable[str]) -> str:
+def _checked_redaction(model: type[Model], columns: frozenset[str]) -> str:
     """The table name of ``model``, once ``columns`` are known to be columns
     of it other than its key (which names the row in every entry)."""
     if not isinstance(model, type) or not issubclass(model, Model):
         raise ConfigurationError(f"redact maps models to column names; {model!r} is not a model")
     table = table_info(model)
-    unknown = sorted(set(columns) - set(table.column_index))
+    unknown = sorted(columns - set(table.column_index))
     if unknown:
         raise ConfigurationError(f"the audit trail cannot redact {table.name}: it has no column(s) {unknown}")
     if table.key_column in columns:
