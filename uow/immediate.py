@@ -1,14 +1,18 @@
 """The session's immediate operations: ``insert``, ``update``, ``remove``,
 ``soft_delete``, ``restore``, ``upsert``, ``save``, the ``bulk_*`` calls and
-``execute_raw``, each written (and with ``auto_commit`` committed) before it
-returns. :class:`~uow.session.AsyncSession` inherits them from
-:class:`ImmediateMixin`.
+``execute_raw``, each written (and with ``auto_commit`` committed, outside
+``begin()`` blocks, savepoints and before-commit hooks) before it returns.
+:class:`~uow.session.AsyncSession` inherits them from :class:`ImmediateMixin`.
 
 An immediate operation is all or nothing: when it is refused, or its flush
 fails, its own events are dropped and the objects it changed restored, so a
 caller that handles the error can go on with the session (and an
 ``auto_commit`` session's next operation does not fail again on them). Events
-recorded before it stay pending, as after any failed flush. Assignments made
+recorded before it stay pending, as after any failed flush (with
+``auto_commit``, a commit refused after the operation rolls the transaction
+back, with everything recorded before it). The exception is an upsert refused
+with ``ConcurrencyError`` after its write: that write stays in the
+transaction, to be rolled back. Assignments made
 before it are recorded first, so that undoing its events from the mark leaves
 them alone.
 """
@@ -44,6 +48,7 @@ class ImmediateMixin:
         autoflush: bool
         _hook_task: int | None
         _in_begin_block: bool
+        _savepoints: list[Any]
         _identity: IdentityMap
         _journal: Journal
         _tables: dict[str, TableInfo]
@@ -79,8 +84,9 @@ class ImmediateMixin:
 
     def _commits_each_operation(self) -> bool:
         """``auto_commit``, outside before-commit hooks (their writes commit with
-        the transaction) and ``begin()`` blocks (which commit at their end)."""
-        return self.auto_commit and self._hook_task is None and not self._in_begin_block
+        the transaction), ``begin()`` blocks (which commit at their end) and
+        savepoints (a commit would end them)."""
+        return self.auto_commit and self._hook_task is None and not self._in_begin_block and not self._savepoints
 
     async def _done(self) -> None:
         if self._commits_each_operation():

@@ -172,7 +172,10 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
     """A unit of work over one engine, used by one task at a time.
 
     ``auto_commit``: every immediate operation (``insert``, ``update``,
-    ``remove``, ``upsert``, ``bulk_*``, ``soft_delete``...) commits at once.
+    ``remove``, ``upsert``, ``bulk_*``, ``soft_delete``...) commits at once,
+    except inside a ``begin()`` block, a savepoint or a before-commit hook,
+    where it commits with the transaction; when that commit is refused, the
+    transaction is rolled back.
     ``atomic``: ``async with`` commits on a clean exit. ``auto_rollback``: when
     ``async with`` is left without committing, tracked objects are restored in
     place from the journal (the database transaction is rolled back either way).
@@ -1240,7 +1243,10 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[Self]:
-        """A transaction block: commits on a clean exit, rolls back on an error.
+        """A transaction block: commits on a clean exit; rolls back when the
+        block raises or its commit is refused (not after ``CommitHookError``:
+        the transaction is committed). ``auto_commit`` operations inside it
+        commit with the block.
 
         ``async with session.begin(): ...``. Raises :class:`SessionStateError` if
         the session already holds unsaved work (changes recorded, flushed or

@@ -2549,6 +2549,20 @@ class SessionConformance:
             names = sorted(u.name for u in await session.query(User).all())
         assert names == ["Later", "Three", "Two"]  # the refused upsert's write did not ride along
 
+    async def test_auto_commit_operations_in_a_savepoint_wait_for_it(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine, auto_commit=True) as session:
+            with pytest.raises(RuntimeError, match="undo"):
+                async with session.begin_nested():
+                    await session.insert(User(name="Undone", email="undone@example.com"))
+                    raise RuntimeError("undo")
+            async with session.begin_nested():
+                await session.insert(User(name="Kept", email="kept@example.com"))
+            assert session.in_transaction()  # the savepoint's work commits with the transaction
+            await session.insert(User(name="Next", email="next@example.com"))
+            assert not session.in_transaction()
+        async with AsyncSession(engine) as session:
+            assert sorted(u.name for u in await session.query(User).all()) == ["Kept", "Next"]
+
     async def test_a_begin_block_whose_commit_fails_rolls_back(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             await session.insert(User(name="A", email="a@example.com"))
