@@ -899,3 +899,32 @@ async def test_a_missing_audit_table_is_named_with_the_call_that_creates_it(engi
             await session.commit()
         assert session.in_transaction() and owner.id is not None  # the work is kept
         await session.rollback()
+
+
+async def test_verify_from_a_kept_head_checks_only_what_came_after(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        for n in range(3):
+            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
+            await session.commit()
+        kept = await trail.verify(session)
+        assert await trail.verify(session, start=kept) == kept  # nothing new
+        for n in range(3, 5):
+            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
+            await session.commit()
+        later = await trail.verify(session, start=kept)
+        assert later == await trail.verify(session) and later.entries == 5
+
+        ids = [r.id for r in await trail.records(session)]
+        forged = (await session.get_one(AuditEntry, ids[3])).payload.replace('"o3"', '"z3"')
+        await session.bulk_update(AuditEntry, {"payload": forged}, id=ids[3])
+        await session.commit()
+        with pytest.raises(AuditChainError, match="hash") as caught:
+            await trail.verify(session, start=kept)
+        assert caught.value.entry_id == ids[3]
+
+        kept_payload = (await session.get_one(AuditEntry, ids[2])).payload
+        await session.bulk_update(AuditEntry, {"payload": kept_payload.replace('"o2"', '"z2"')}, id=ids[2])
+        await session.commit()
+        with pytest.raises(AuditChainError, match="start"):
+            await trail.verify(session, start=kept)  # the kept head's own entry was edited

@@ -16,6 +16,7 @@ which :meth:`Engine.run_in_transaction <uow.engine.Engine.run_in_transaction>` r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -52,6 +53,7 @@ from uow.model import Index, Model, PrimaryKey, TableInfo, Unique, table_info
 
 if TYPE_CHECKING:
     from uow.engine import Engine
+    from uow.query import Query
     from uow.session import AsyncSession
 
 Action = Literal["insert", "update", "delete", "soft_delete", "restore", "upsert", "bulk_update", "bulk_delete"]
@@ -213,11 +215,8 @@ class AuditTrail:
         keys = journal.generated_keys
         # rows inserted here without a key: one set after add() is the insert's key, not a change of it
         keyless = {e.ref for e in audited if type(e) is Inserted and e.key is None}
-        previous = GENESIS
         try:
-            # not tracked: a session committing for hours would otherwise keep every head it read
-            async for head in session.query(AuditEntry).order_by("-id").limit(1).stream(track=False):
-                previous = head.entry_hash
+            head = await _first(session.query(AuditEntry).order_by("-id"))
         except StorageError as exc:
             if self._table.name not in str(exc):
                 raise
@@ -226,6 +225,7 @@ class AuditTrail:
                 "await engine.create_all(..., AuditEntry))",
                 sqlstate=exc.sqlstate,
             ) from exc
+        previous = head.entry_hash if head is not None else GENESIS
         entries = []
         for event in audited:
             table = session._tables[event.table]  # the session knows every table it recorded events of
@@ -300,29 +300,35 @@ class AuditTrail:
             found.append(_record(entry, tables))
         return found
 
-    async def verify(self, session: AsyncSession, *, head: ChainHead | str | None = None) -> ChainHead:
+    async def verify(
+        self, session: AsyncSession, *, head: ChainHead | str | None = None, start: ChainHead | None = None
+    ) -> ChainHead:
         """Check every entry against its hash and its place in the chain.
 
         Raises :class:`~uow.errors.AuditChainError` naming the first entry that
         does not hold, or when ``head`` (what an earlier ``verify`` returned,
         or its hash) is no longer in the chain, which is how a cut-off or
-        rewritten tail shows.
+        rewritten tail shows. With ``start`` (what an earlier ``verify``
+        returned), only that entry and the ones after it are checked: the
+        entries before it were vouched for then, and any rewrite of them
+        that kept the chain whole would have changed its hash.
         """
         if isinstance(head, ChainHead):
             head = head.hash
-        previous = GENESIS
-        count = 0
-        seen_head = head is None or head == GENESIS
-        async for entry in session.query(AuditEntry).order_by("id").stream(track=False):
-            if entry.prev_hash != previous:
-                raise AuditChainError(entry.id, "does not follow the entry before it (one was removed or slipped in)")
-            if _hash(previous, entry.payload, self._secret) != entry.entry_hash:
-                raise AuditChainError(entry.id, "does not match its hash (its payload was edited, or another secret)")
-            payload = _decoded(entry)
-            shown = (entry.tx, entry.at, entry.actor, entry.row_table, entry.row_key, entry.action)
-            stored = (payload.tx, payload.at, payload.actor, payload.table, _key_text(payload.key), payload.action)
-            if shown != stored:
-                raise AuditChainError(entry.id, "has columns that differ from its payload (they were edited)")
+        previous, count = GENESIS, 0
+        entries = session.query(AuditEntry).order_by("id")
+        if start is not None and start.entries:
+            first = await _first(session.query(AuditEntry).filter(entry_hash=start.hash))
+            if first is None or _hash(first.prev_hash, first.payload, self._secret) != start.hash:
+                raise AuditChainError(
+                    None, f"no entry has the start's hash {start.hash!r}: the chain was cut short or rewritten"
+                )
+            assert first.id is not None
+            previous, count = start.hash, start.entries
+            entries = entries.filter(id__gt=first.id)
+        seen_head = head is None or head in (GENESIS, previous)
+        async for entry in entries.stream(track=False):
+            self._check(entry, previous)
             previous = entry.entry_hash
             seen_head = seen_head or previous == head
             count += 1
@@ -331,6 +337,28 @@ class AuditTrail:
                 None, f"no entry has the kept head's hash {head!r}: the chain was cut short or rewritten"
             )
         return ChainHead(count, previous)
+
+    def _check(self, entry: AuditEntry, previous: str) -> None:
+        """Raise :class:`~uow.errors.AuditChainError` unless ``entry`` follows
+        the hash ``previous`` and matches its own hash and payload."""
+        if entry.prev_hash != previous:
+            raise AuditChainError(entry.id, "does not follow the entry before it (one was removed or slipped in)")
+        if _hash(previous, entry.payload, self._secret) != entry.entry_hash:
+            raise AuditChainError(entry.id, "does not match its hash (its payload was edited, or another secret)")
+        payload = _decoded(entry)
+        shown = (entry.tx, entry.at, entry.actor, entry.row_table, entry.row_key, entry.action)
+        stored = (payload.tx, payload.at, payload.actor, payload.table, _key_text(payload.key), payload.action)
+        if shown != stored:
+            raise AuditChainError(entry.id, "has columns that differ from its payload (they were edited)")
+
+
+async def _first(query: Query[AuditEntry]) -> AuditEntry | None:
+    """The first entry ``query`` finds, not tracked: a session committing for
+    hours would otherwise keep every chain head it read."""
+    async with contextlib.aclosing(query.limit(1).stream(track=False)) as found:
+        async for entry in found:
+            return entry
+    return None
 
 
 def _entry(
