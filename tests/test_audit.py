@@ -928,3 +928,21 @@ async def test_verify_from_a_kept_head_checks_only_what_came_after(engine: uow.E
         await session.commit()
         with pytest.raises(AuditChainError, match="start"):
             await trail.verify(session, start=kept)  # the kept head's own entry was edited
+
+
+async def test_a_hook_cannot_end_a_savepoint_set_before_the_commit(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    outer: list[Any] = []
+
+    async def meddling(session: uow.AsyncSession, events: list[Any]) -> None:
+        await outer[0].rollback()
+
+    async with uow.AsyncSession(engine) as session:
+        outer.append(await session.begin_nested())  # left open at the commit
+        session.add(Owner(name="a", email="a@x"))
+        engine.before_commit_hooks.insert(0, meddling)
+        with pytest.raises(SessionStateError, match="savepoint set before the commit"):
+            await session.commit()
+        engine.before_commit_hooks.remove(meddling)
+        await session.commit()  # the savepoint was kept, and goes with the commit
+        assert [r.new["name"] for r in await trail.records(session)] == ["a"]

@@ -244,6 +244,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         objects read after one may hold values a rollback past it undoes."""
         self._busy: str | None = None
         self._hook_task: int | None = None
+        self._hooks_savepoint: _Savepoint | None = None
+        """The savepoint the before-commit hooks run in, while they run."""
         """The task running before-commit hooks, while they run (they may not end the transaction)."""
         self._cascaded_upto = 0
         self._context_tokens: list[contextvars.Token[weakref.ref[AsyncSession] | None]] = []
@@ -1139,6 +1141,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         token = _current_session.set(weakref.ref(self))
         try:
             savepoint = await self.begin_nested()
+            self._hooks_savepoint = savepoint._started()
             try:
                 for hook in self.engine.before_commit_hooks:
                     # each hook sees what the hooks before it did, assignments and cascades
@@ -1155,6 +1158,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         finally:
             _current_session.reset(token)
             self._hook_task = None
+            self._hooks_savepoint = None
 
     def _reset_transaction(self) -> None:
         self._tx_start = self._journal.mark
@@ -1215,6 +1219,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         with self._exclusive("savepoint release"):
             if savepoint not in self._savepoints:
                 raise SessionStateError("this savepoint was already released or rolled back, or its transaction ended")
+            self._refuse_savepoint_outside_hooks(savepoint)
             await self._flush()
             assert self._connection is not None
             self._unreleased = None  # a flush's savepoint set since goes with it
@@ -1228,6 +1233,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         with self._exclusive("savepoint rollback"):
             if savepoint not in self._savepoints:
                 raise SessionStateError("this savepoint was already released or rolled back, or its transaction ended")
+            self._refuse_savepoint_outside_hooks(savepoint)
             with anyio.CancelScope(shield=True):
                 assert self._connection is not None
                 self._unreleased = None  # a flush's savepoint set since goes with it
@@ -1240,6 +1246,20 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 del self._savepoints[self._savepoints.index(savepoint) :]
                 self._undo_to(savepoint.mark, savepoint.lists_seen)
                 self._tx_writes = savepoint.had_writes
+
+    def _refuse_savepoint_outside_hooks(self, savepoint: _Savepoint) -> None:
+        """Before-commit hooks may end only savepoints they set: ending one set
+        before the commit would end the hooks' own savepoint with it."""
+        hooks = self._hooks_savepoint
+        if (
+            hooks is not None
+            and savepoint is not hooks
+            and self._savepoints.index(savepoint) < self._savepoints.index(hooks)
+        ):
+            raise SessionStateError(
+                "a before-commit hook cannot release or roll back a savepoint set before the commit; "
+                "end it before committing"
+            )
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[Self]:
