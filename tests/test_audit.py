@@ -60,6 +60,13 @@ class Setting(Model, table="audit_settings"):
 MODELS = (Owner, Item, Setting, AuditEntry)
 
 
+async def _commit_owners(session: uow.AsyncSession, numbers: range) -> None:
+    """Owners o<n> with email <n>@x, each added and committed on its own."""
+    for n in numbers:
+        session.add(Owner(name=f"o{n}", email=f"{n}@x"))
+        await session.commit()
+
+
 async def _trail(engine: uow.Engine, actor: str | None = "alice") -> AuditTrail:
     trail = AuditTrail(actor=lambda: actor).install(engine)
     await engine.create_all(*MODELS)
@@ -242,9 +249,7 @@ async def test_hooks_written_through_an_auto_commit_session_commit_with_the_data
 async def test_verify_finds_an_edited_payload(engine: uow.Engine) -> None:
     trail = await _trail(engine)
     async with uow.AsyncSession(engine) as session:
-        for n in range(3):
-            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
-            await session.commit()
+        await _commit_owners(session, range(3))
         assert (await trail.verify(session)).entries == 3
         second = (await trail.records(session))[1]
         forged = (await session.get_one(AuditEntry, second.id)).payload.replace('"o1"', '"mallory"')
@@ -269,9 +274,7 @@ async def test_verify_finds_an_edited_search_column(engine: uow.Engine) -> None:
 async def test_verify_finds_a_removed_entry_and_a_removed_tail(engine: uow.Engine) -> None:
     trail = await _trail(engine)
     async with uow.AsyncSession(engine) as session:
-        for n in range(4):
-            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
-            await session.commit()
+        await _commit_owners(session, range(4))
         head = await trail.verify(session)
         assert head.entries == 4 and head.hash != GENESIS
         ids = [r.id for r in await trail.records(session)]
@@ -438,9 +441,7 @@ async def test_extending_from_a_head_another_entry_follows_is_a_serialization_fa
     on from it. Set up here by pointing the first entry at the head's hash."""
     trail = await _trail(engine)
     async with uow.AsyncSession(engine) as session:
-        for n in range(2):
-            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
-            await session.commit()
+        await _commit_owners(session, range(2))
         first, head = (r.id for r in await trail.records(session))
         await session.bulk_update(AuditEntry, {"entry_hash": "e" * 64}, id=head)
         await session.bulk_update(AuditEntry, {"prev_hash": "e" * 64}, id=first)
@@ -880,9 +881,7 @@ async def test_a_redacted_column_may_be_named_alone_and_records_come_in_pages(en
     trail = AuditTrail(redact={Owner: "email"}).install(engine)
     await engine.create_all(*MODELS)
     async with uow.AsyncSession(engine) as session:
-        for n in range(5):
-            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
-            await session.commit()
+        await _commit_owners(session, range(5))
         first = await trail.records(session, limit=2)
         assert [r.new["name"] for r in first] == ["o0", "o1"] and first[0].new["email"] == REDACTED
         rest = await trail.records(session, after=first[-1].id, limit=10)
@@ -904,14 +903,10 @@ async def test_a_missing_audit_table_is_named_with_the_call_that_creates_it(engi
 async def test_verify_from_a_kept_head_checks_only_what_came_after(engine: uow.Engine) -> None:
     trail = await _trail(engine)
     async with uow.AsyncSession(engine) as session:
-        for n in range(3):
-            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
-            await session.commit()
+        await _commit_owners(session, range(3))
         kept = await trail.verify(session)
         assert await trail.verify(session, start=kept) == kept  # nothing new
-        for n in range(3, 5):
-            session.add(Owner(name=f"o{n}", email=f"{n}@x"))
-            await session.commit()
+        await _commit_owners(session, range(3, 5))
         later = await trail.verify(session, start=kept)
         assert later == await trail.verify(session) and later.entries == 5
 
