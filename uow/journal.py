@@ -13,6 +13,7 @@ replaying what a session did gives what storage must hold. :func:`encode` and
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal, overload
@@ -315,9 +316,28 @@ _msgpack_decoder = msgspec.msgpack.Decoder(list[AnyEvent])
 
 
 def encode(events: Iterable[AnyEvent], format: Literal["json", "msgpack"] = "json") -> bytes:
-    """Encode events as a JSON array or a MessagePack array."""
+    """Encode events as a JSON array or a MessagePack array.
+
+    JSON has no infinity or NaN: such a float is written as the string
+    ``"inf"``, ``"-inf"`` or ``"nan"``, which :func:`decode` types back."""
     listed = list(events)
-    return _json_encoder.encode(listed) if format == "json" else _msgpack_encoder.encode(listed)
+    if format != "json":
+        return _msgpack_encoder.encode(listed)
+    encoded = _json_encoder.encode(listed)
+    if b"null" not in encoded:  # msgspec writes a non-finite float as null: none here
+        return encoded
+    return _json_encoder.encode(json_safe(msgspec.to_builtins(listed)))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` (built-in types only) with non-finite floats as strings."""
+    if type(value) is float:
+        return value if math.isfinite(value) else repr(value)
+    if type(value) is dict:
+        return {k: json_safe(v) for k, v in value.items()}
+    if type(value) is list:
+        return [json_safe(v) for v in value]
+    return value
 
 
 def decode(

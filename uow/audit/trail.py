@@ -1,32 +1,35 @@
-"""An audit trail written with the data it describes.
-
-An :class:`AuditTrail` is a before-commit hook: inside every transaction about
-to commit, it turns the transaction's events into entries of its own table
-(who changed which row, when, from what to what) and writes them in that same
-transaction, so a transaction's entries exist exactly when it is committed.
-
-Entries are chained: each stores the SHA-256 (or HMAC-SHA256 under a secret)
-of the previous entry's hash and its own canonical JSON payload, and the
-previous hash is unique in the table. :meth:`AuditTrail.verify` walks the
-chain and names the first entry that does not hold; what that proves depends
-on a kept head or a secret (see ``docs/audit.md``). Two transactions cannot both extend the chain
-from the same entry: the second fails with :class:`~uow.errors.SerializationFailure`,
-which :meth:`Engine.run_in_transaction <uow.engine.Engine.run_in_transaction>` retries.
-"""
+"""The audit trail: a before-commit hook that writes an entry per event of
+every transaction into its table, in that transaction, chained by hashes;
+reads the entries back and verifies the chain."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
-import hmac
 import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from uow.audit.entries import (
+    ENCODER,
+    GENESIS,
+    REDACTED,
+    Action,
+    AuditEntry,
+    AuditRecord,
+    ChainHead,
+    Payload,
+    canonical_key,
+    chain_hash,
+    decoded_payload,
+    key_text,
+    record_of,
+    typed_value,
+)
+from uow.audit.sinks import AuditSink, CommittedRecords, SinkDelivery
 from uow.errors import (
     AuditChainError,
     ConfigurationError,
@@ -48,15 +51,13 @@ from uow.events import (
     Updated,
     Upserted,
 )
-from uow.journal import _value
-from uow.model import Index, Model, PrimaryKey, TableInfo, Unique, table_info
+from uow.journal import json_safe
+from uow.model import Model, TableInfo, table_info
 
 if TYPE_CHECKING:
     from uow.engine import Engine
     from uow.query import Query
     from uow.session import AsyncSession
-
-Action = Literal["insert", "update", "delete", "soft_delete", "restore", "upsert", "bulk_update", "bulk_delete"]
 
 _ACTIONS: dict[type[Event], Action] = {
     Inserted: "insert",
@@ -68,84 +69,6 @@ _ACTIONS: dict[type[Event], Action] = {
     BulkUpdated: "bulk_update",
     BulkDeleted: "bulk_delete",
 }
-
-GENESIS = "0" * 64
-"""The previous hash of the first entry of a chain."""
-
-REDACTED = "<redacted>"
-"""What an entry holds in place of a redacted column's value."""
-
-_encoder = msgspec.json.Encoder(order="sorted")
-
-
-class AuditEntry(Model, table="uow_audit"):
-    """One stored entry: the payload is the record as canonical JSON; the
-    columns beside it repeat parts of it so that entries can be searched."""
-
-    id: Annotated[int | None, PrimaryKey()] = None
-    tx: Annotated[str, Index()]
-    at: dt.datetime
-    actor: Annotated[str | None, Index()] = None
-    row_table: str
-    row_key: Annotated[str | None, Index()] = None
-    action: str
-    payload: str
-    prev_hash: Annotated[str, Unique()]
-    entry_hash: str
-
-
-class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One audited change, as :meth:`AuditTrail.records` reads it back.
-
-    ``old`` and ``new`` hold the changed columns before and after (``old`` is
-    empty for an insert, ``new`` for a delete); a bulk update or delete holds
-    its filter in ``where`` (the encoded condition) and no per-row values. An
-    upsert's ``new`` is what it inserts; on a conflict only ``update_fields``
-    of it were written. Column values are typed again when the session knows
-    the table's model and the value still fits its column.
-    """
-
-    id: int
-    tx: str
-    """Shared by the entries one commit wrote."""
-    at: dt.datetime
-    actor: str | None
-    table: str
-    key: Any
-    action: Action
-    old: dict[str, Any]
-    new: dict[str, Any]
-    where: dict[str, Any] | str | None = None
-    """A bulk event's filter as the journal encodes conditions, ``REDACTED``
-    on a table with redacted columns, ``None`` for other actions."""
-    update_fields: tuple[str, ...] | None = None
-    """An upsert's columns updated on a conflict (``None`` for other actions)."""
-
-
-class _Payload(msgspec.Struct):
-    """An entry's payload: encoded with sorted fields, it is what is hashed."""
-
-    tx: str
-    at: dt.datetime
-    actor: str | None
-    table: str
-    key: Any
-    action: Action
-    old: Mapping[str, Any]
-    new: Mapping[str, Any]
-    where: dict[str, Any] | str | None = None
-    update_fields: tuple[str, ...] | None = None
-
-
-_payload_decoder = msgspec.json.Decoder(_Payload)
-
-
-class ChainHead(msgspec.Struct, frozen=True):
-    """What :meth:`AuditTrail.verify` checked: the number of entries and the
-    hash of the last one (keep it elsewhere to detect a cut-off tail later)."""
-
-    entries: int
-    hash: str
 
 
 class AuditTrail:
@@ -161,7 +84,8 @@ class AuditTrail:
     table never is. ``redact`` maps models to columns held as
     :data:`REDACTED`. With a ``secret``, entries are
     chained by HMAC-SHA256 under it, so only its holders can write entries
-    that verify.
+    that verify. ``sinks`` get each commit's records after the commit, as
+    engine commit hooks (see :class:`JsonLinesSink` and :class:`LoggingSink`).
     """
 
     def __init__(
@@ -171,6 +95,7 @@ class AuditTrail:
         exclude: Iterable[type[Model] | str] = (),
         redact: Mapping[Any, Iterable[str]] | None = None,
         secret: bytes | bytearray | str | None = None,
+        sinks: Iterable[AuditSink] = (),
     ):
         self.actor = actor
         self._table = table_info(AuditEntry)
@@ -189,6 +114,11 @@ class AuditTrail:
         if secret is not None and not secret:
             raise ConfigurationError("the audit trail's secret is empty; give one, or None for plain SHA-256")
         self._secret = bytes(secret) if secret is not None else None
+        self.sinks = tuple(sinks)
+        """Callables handed each commit's records after the commit (see :mod:`uow.audit.sinks`)."""
+        for sink in self.sinks:
+            if not callable(sink):
+                raise ConfigurationError(f"an audit sink is a callable taking a commit's records, not {sink!r}")
 
     def install(self, engine: Engine) -> AuditTrail:
         """Run this trail at every commit of ``engine``'s sessions. An engine
@@ -202,17 +132,26 @@ class AuditTrail:
             )
         engine.register(AuditEntry)
         engine.before_commit_hooks.append(self)
+        committed = CommittedRecords(self._table.name)
+        for position, sink in enumerate(self.sinks, 1):
+            engine.commit_hooks.append(SinkDelivery(sink, committed, last=position == len(self.sinks)))
         return self
 
     async def __call__(self, session: AsyncSession, events: list[AnyEvent]) -> None:
         """Write the entries of ``events`` (the before-commit hook)."""
-        audited = [event for event in events if event.table not in self.exclude]
+        journal = session.journal
+        keys = journal.generated_keys
+        # a row added and deleted before a flush wrote it has no key: it never existed
+        unstored = {e.ref for e in events if type(e) is Inserted and e.key is None and e.ref not in keys}
+        audited = [
+            event
+            for event in events
+            if event.table not in self.exclude and not (unstored and getattr(event, "ref", None) in unstored)
+        ]
         if not audited:
             return
         actor = self.actor() if self.actor is not None else None
         tx = uuid.uuid4().hex
-        journal = session.journal
-        keys = journal.generated_keys
         # rows inserted here without a key: one set after add() is the insert's key, not a change of it
         keyless = {e.ref for e in audited if type(e) is Inserted and e.key is None}
         try:
@@ -271,7 +210,7 @@ class AuditTrail:
         read: change times need not follow the order of commits); at most
         ``limit`` of them."""
         for bound in (since, until):
-            if bound is not None and bound.utcoffset() is None:
+            if bound is not None and (not isinstance(bound, dt.datetime) or bound.utcoffset() is None):
                 raise ValidationError(f"since and until are instants: give an aware datetime, not {bound!r}")
         filters: dict[str, Any] = {}
         if after is not None:
@@ -286,8 +225,9 @@ class AuditTrail:
         if key is not None:
             known = tables.get(filters["row_table"]) if table is not None else None
             if known is not None:  # as the key column's type, so "7" finds 7 and any spelling of a UUID its row
-                key = _typed_value(known, known.key_column, key)
-            filters["row_key"] = _encoder.encode(key).decode()
+                key = typed_value(known, known.key_column, key)
+            key = canonical_key(key)
+            filters["row_key"] = ENCODER.encode(key).decode()
         if actor is not None:
             filters["actor"] = actor
         if tx is not None:
@@ -297,7 +237,8 @@ class AuditTrail:
             query = query.limit(limit)
         found = []
         async for entry in query.stream(track=False):
-            found.append(_record(entry, tables))
+            assert entry.id is not None  # read back from the table
+            found.append(record_of(entry.id, entry.payload, tables))
         return found
 
     async def verify(
@@ -317,16 +258,20 @@ class AuditTrail:
             head = head.hash
         previous, count = GENESIS, 0
         entries = session.query(AuditEntry).order_by("id")
+        seen_head = head is None or head == GENESIS
         if start is not None and start.entries:
             first = await _first(session.query(AuditEntry).filter(entry_hash=start.hash))
-            if first is None or _hash(first.prev_hash, first.payload, self._secret) != start.hash:
+            if first is None or chain_hash(first.prev_hash, first.payload, self._secret) != start.hash:
                 raise AuditChainError(
                     None, f"no entry has the start's hash {start.hash!r}: the chain was cut short or rewritten"
                 )
+            self._check(first, first.prev_hash)  # its searchable columns, which its hash does not cover
             assert first.id is not None
             previous, count = start.hash, start.entries
             entries = entries.filter(id__gt=first.id)
-        seen_head = head is None or head in (GENESIS, previous)
+            if not seen_head:  # a head kept before the start is vouched for by the start's hash
+                kept = session.query(AuditEntry).filter(id__lte=first.id, entry_hash=head)
+                seen_head = await _first(kept) is not None
         async for entry in entries.stream(track=False):
             self._check(entry, previous)
             previous = entry.entry_hash
@@ -343,11 +288,11 @@ class AuditTrail:
         the hash ``previous`` and matches its own hash and payload."""
         if entry.prev_hash != previous:
             raise AuditChainError(entry.id, "does not follow the entry before it (one was removed or slipped in)")
-        if _hash(previous, entry.payload, self._secret) != entry.entry_hash:
+        if chain_hash(previous, entry.payload, self._secret) != entry.entry_hash:
             raise AuditChainError(entry.id, "does not match its hash (its payload was edited, or another secret)")
-        payload = _decoded(entry)
+        payload = decoded_payload(entry.id, entry.payload)
         shown = (entry.tx, entry.at, entry.actor, entry.row_table, entry.row_key, entry.action)
-        stored = (payload.tx, payload.at, payload.actor, payload.table, _key_text(payload.key), payload.action)
+        stored = (payload.tx, payload.at, payload.actor, payload.table, key_text(payload.key), payload.action)
         if shown != stored:
             raise AuditChainError(entry.id, "has columns that differ from its payload (they were edited)")
 
@@ -372,12 +317,13 @@ def _entry(
     redacted: frozenset[str],
     secret: bytes | None,
 ) -> AuditEntry:
+    key = canonical_key(key)
     old: Mapping[str, Any] = {}
     new: Mapping[str, Any] = {}
     where: dict[str, Any] | str | None = None
     update_fields: tuple[str, ...] | None = None
     if isinstance(event, (BulkUpdated, BulkDeleted)):
-        where = msgspec.to_builtins(event.where) if event.where is not None else None
+        where = json_safe(msgspec.to_builtins(event.where)) if event.where is not None else None
         new = event.values if isinstance(event, BulkUpdated) else {}
     elif isinstance(event, (Inserted, Upserted)):
         new = {**event.values, table.key_column: key}
@@ -395,18 +341,18 @@ def _entry(
         where = REDACTED if where is not None else None  # a filter may name a secret value
     action = _ACTIONS[type(event)]
     old, new = _finite(table, old), _finite(table, new)
-    fields = _Payload(tx, event.at, actor, event.table, key, action, old, new, where, update_fields)
-    payload = _encoder.encode(fields).decode()
+    fields = Payload(tx, event.at, actor, event.table, key, action, old, new, where, update_fields)
+    payload = ENCODER.encode(fields).decode()
     return AuditEntry(
         tx=tx,
         at=event.at,
         actor=actor,
         row_table=event.table,
-        row_key=_key_text(key),
+        row_key=key_text(key),
         action=action,
         payload=payload,
         prev_hash=previous,
-        entry_hash=_hash(previous, payload, secret),
+        entry_hash=chain_hash(previous, payload, secret),
     )
 
 
@@ -447,10 +393,6 @@ def _table_name(model: type[Model] | str) -> str:
     return model if isinstance(model, str) else table_info(model).name
 
 
-def _key_text(key: Any) -> str | None:
-    return None if key is None else _encoder.encode(key).decode()
-
-
 def _finite(table: TableInfo, values: Mapping[str, Any]) -> Mapping[str, Any]:
     """``values`` with infinite floats as the strings ``"inf"`` and ``"-inf"``,
     which JSON lacks (msgspec would write ``null``). Not in a JSON column:
@@ -466,56 +408,4 @@ def _is_infinite_number(table: TableInfo, column: str, value: Any) -> bool:
     return table.columns[table.column_index[column]].kind != "json"
 
 
-def _hash(previous: str, payload: str, secret: bytes | None) -> str:
-    message = f"{previous}\n{payload}".encode()
-    if secret is not None:
-        return hmac.new(secret, message, hashlib.sha256).hexdigest()
-    return hashlib.sha256(message).hexdigest()
-
-
-def _decoded(entry: AuditEntry) -> _Payload:
-    try:
-        return _payload_decoder.decode(entry.payload)
-    except msgspec.MsgspecError as exc:
-        raise AuditChainError(entry.id, f"holds a payload that is not an audit record ({exc})") from None
-
-
-def _typed(table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
-    return {c: _typed_value(table, c, v) for c, v in values.items()}
-
-
-def _typed_value(table: TableInfo, column: str, value: Any) -> Any:
-    """``value`` as its column's type, or as stored when it no longer fits
-    (redacted, or written before the model changed)."""
-    if value == REDACTED:
-        return value
-    try:
-        return _value(table, column, value)
-    except msgspec.ValidationError:
-        return value
-
-
-def _record(entry: AuditEntry, tables: Mapping[str, TableInfo]) -> AuditRecord:
-    assert entry.id is not None
-    payload = _decoded(entry)
-    old, new, key = dict(payload.old), dict(payload.new), payload.key
-    table = tables.get(payload.table)
-    if table is not None:
-        old, new = _typed(table, old), _typed(table, new)
-        key = _typed_value(table, table.key_column, key)
-    return AuditRecord(
-        id=entry.id,
-        tx=payload.tx,
-        at=payload.at,
-        actor=payload.actor,
-        table=payload.table,
-        key=key,
-        action=payload.action,
-        old=old,
-        new=new,
-        where=payload.where,
-        update_fields=payload.update_fields,
-    )
-
-
-__all__ = ["GENESIS", "REDACTED", "Action", "AuditEntry", "AuditRecord", "AuditTrail", "ChainHead"]
+__all__ = ["AuditTrail"]
