@@ -59,8 +59,10 @@ class Journal:
         """ref -> primary key of a row whose events were recorded without it
         (see :attr:`JournalView.generated_keys`)."""
         self.landed_keys: dict[int, Any] = {}
-        """seq -> key, for upserts that named a key and landed, through a
-        conflict on another unique column, on a row with another key."""
+        """seq -> key of the row an event wrote, where the event named another:
+        an upsert that landed, through a conflict on another unique column, on
+        a row with another key; an insert whose object's key changed before
+        its flush."""
         # both run once per recorded event: bound C methods rather than Python ones
         # (truncate() deletes in place, so the list stays the same object)
         self.next_seq: Callable[[], int] = itertools.count(1).__next__
@@ -118,6 +120,7 @@ class Journal:
                 isinstance(event, Upserted) and event.old is None and event.seq not in self.landed_keys
             ):
                 key = event.key if event.key is not None else self.generated_keys.get(event.ref)
+                key = self.landed_keys.get(event.seq, key)
                 if key is not None:
                     keys[event.seq] = key
         return keys
@@ -131,6 +134,7 @@ class Journal:
         for event in removed:
             if isinstance(event, Inserted):
                 self.generated_keys.pop(event.ref, None)
+                self.landed_keys.pop(event.seq, None)
             elif isinstance(event, Upserted):
                 # not its ref's key: an upsert onto a tracked row shares the ref of that row's insert
                 self.landed_keys.pop(event.seq, None)
@@ -335,7 +339,7 @@ def json_safe(value: Any) -> Any:
         return value if math.isfinite(value) else repr(value)
     if type(value) is dict:
         return {k: json_safe(v) for k, v in value.items()}
-    if type(value) is list:
+    if type(value) is list or type(value) is tuple:
         return [json_safe(v) for v in value]
     return value
 

@@ -53,6 +53,11 @@ def _belongs_to(child: Any, column: str, owner: InstanceState, state: InstanceSt
     return state is not None and owner.ref == (state.parent_refs or {}).get(column)
 
 
+def _holds(child: Any, table: TableInfo, column: str, parent: Any) -> bool:
+    """Whether ``child``'s many-to-one relation through ``column`` holds ``parent``."""
+    return any(c == column and read(child) is parent for c, read in table.parent_relations)
+
+
 class LinkingMixin:
     """Relations and foreign keys for :class:`~uow.session.AsyncSession`."""
 
@@ -335,6 +340,34 @@ class LinkingMixin:
                 old_value = state.snapshot[index]
                 set_attribute(obj, column, None)
                 self._record_update(state, {column: old_value}, {column: None}, parent_refs={column: parent_state.ref})
+
+    def _children_follow_key(self, parent: InstanceState, old_key: Any) -> None:
+        """A new object's key changed from ``old_key`` before its row was
+        written: the tracked children linked to it (through their relation or
+        its list) whose foreign key still names ``old_key`` name the new key,
+        which the flush would otherwise not write. A child whose foreign key
+        was given without a relation keeps the value it was given."""
+        name = parent.table.name
+        new_key = parent.snapshot[parent.table.key_index]
+        listed = {
+            id(child)
+            for _, read_children in parent.table.child_relations
+            if isinstance(children := read_children(parent.obj), list)
+            for child in children
+        }
+        for child in self._identity.states():
+            if child.status not in LIVE:
+                continue
+            table = child.table
+            for fk in table.foreign_keys:
+                column = fk.column
+                if fk.target_table != name or child.snapshot[table.column_index[column]] != old_key:
+                    continue
+                if getattr(child.obj, column) != old_key:
+                    continue  # assigned since: the flush writes what was assigned
+                if id(child.obj) in listed or _holds(child.obj, table, column, parent.obj):
+                    set_attribute(child.obj, column, new_key)
+                    self._record_update(child, {column: old_key}, {column: new_key})
 
     def _fill_key(self, state: InstanceState, column: str, key: Any) -> None:
         """Fill the foreign key ``column`` with ``key``, the key of the parent

@@ -644,8 +644,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         for column, value in new.items():
             snapshot[column_index[column]] = value
         identity = self._identity
+        old_key = state.key
         if new_key:  # a new object given its key after add: found by it from now on
-            identity.unindex_key(state, state.key)
+            identity.unindex_key(state, old_key)
             state.snapshot = tuple(snapshot)
             identity.index_key(state)
         else:
@@ -669,6 +670,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         else:  # an Updated event's parent_refs defaults to a new empty dict
             event = event_type(seq=seq, at=at, table=table.name, ref=state.ref, key=state.key, old=old, new=new)
         self._record(event, state)
+        if new_key and old_key is not None:
+            self._children_follow_key(state, old_key)
 
     def _collect_changes(self, *, scan: bool = True) -> None:
         """Record cascades and every assignment since the last flush; with
@@ -1034,8 +1037,11 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 state = by_ref.get(event.ref)
                 if state is None:
                     continue
-                if event.key is None and event.ref not in generated_keys and state.key is not None:
-                    generated_keys[event.ref] = state.key  # a key assigned after the insert was recorded
+                if event.key is None:
+                    if event.ref not in generated_keys and state.key is not None:
+                        generated_keys[event.ref] = state.key  # a key assigned after the insert was recorded
+                elif state.key != event.key and state.status is _PENDING:
+                    self._journal.landed_keys[event.seq] = state.key  # its given key changed before the flush
                 if event.parent_refs and state.parent_refs:
                     self._settle_parent_keys(state, event.parent_refs, generated_keys)
                 if state.status is _PENDING:

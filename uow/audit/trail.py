@@ -152,8 +152,8 @@ class AuditTrail:
             return
         actor = self.actor() if self.actor is not None else None
         tx = uuid.uuid4().hex
-        # rows inserted here without a key: one set after add() is the insert's key, not a change of it
-        keyless = {e.ref for e in audited if type(e) is Inserted and e.key is None}
+        # rows inserted here: a key set or changed after add() is the insert's key, not a change of it
+        new_rows = {e.ref for e in audited if type(e) is Inserted}
         try:
             head = await _first(session.query(AuditEntry).order_by("-id"))
         except StorageError as exc:
@@ -169,7 +169,7 @@ class AuditTrail:
         for event in audited:
             table = session._tables[event.table]  # the session knows every table it recorded events of
             key = journal.key_of(event) if isinstance(event, RowEvent) else None
-            if type(event) is Updated and event.ref in keyless:
+            if type(event) is Updated and event.ref in new_rows:
                 trimmed = _without_key_change(event, table)
                 if trimmed is None:
                     continue

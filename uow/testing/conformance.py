@@ -2489,6 +2489,49 @@ class SessionConformance:
         assert replayed["conformance_posts"][post.id]["author_id"] == 601
         assert (await stored(engine, User, 601)).name == "Twice"
 
+    async def test_children_follow_a_new_parents_key_changed_before_its_flush(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            session.add(User(id=700, name="Taken", email="taken@example.com"))
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            user = User(id=700 + 1, name="Renamed", email="renamed@example.com", posts=[Post(title="listed")])
+            session.add(user)
+            linked = Post(title="linked", author=user)
+            session.add(linked)
+            user.id = 710  # both children named 701, which would now be nobody's row
+            await session.flush()
+            assert [p.author_id for p in (*user.posts, linked)] == [710, 710]
+            other = User(id=720, name="Moved", email="moved@example.com")
+            session.add(other)
+            moved = Post(title="moved", author=other)
+            session.add(moved)
+            await session.update(other, id=700 + 21)  # through update(), over a key no row has
+            await session.commit()
+            assert moved.author_id == 721 and not session.is_modified(moved)
+            replayed = replay(
+                session.journal, [table_info(User), table_info(Post)], generated_keys=session.journal.generated_keys
+            )
+        for post in (*user.posts, linked, moved):
+            assert (await stored(engine, Post, post.id)).author_id == post.author_id
+            assert replayed["conformance_posts"][post.id]["author_id"] == post.author_id
+        assert (await stored(engine, User, 700)).name == "Taken"  # no child landed on the row of the old key's value
+
+    async def test_a_child_given_its_foreign_key_alone_keeps_it_when_the_parents_key_changes(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            session.add(User(id=730, name="Old", email="old@example.com"))
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            user = User(id=731, name="New", email="new@example.com")
+            session.add(user)
+            post = Post(title="by column", author_id=730)
+            session.add(post)
+            user.id = 732
+            await session.commit()
+            assert post.author_id == 730  # what the application wrote, not a relation
+        assert (await stored(engine, Post, post.id)).author_id == 730
+
     async def test_an_upsert_landing_on_another_rows_key_is_known_by_that_key(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             user = User(name="A", email="a@example.com")
