@@ -228,8 +228,8 @@ class LinkingMixin:
                         back = getattr(table.model, name).back_relation(type(child))
                         self._move_to(child_state, column, state, back)
                     continue
-                if identity.was_let_go(child):
-                    continue
+                if identity.was_let_go(child) or id(child) in self._adding:
+                    continue  # let go of; or being added, its parents (obj among them) first
                 if state.key is not None:
                     set_attribute(child, column, state.key)
                     self._add(child, None, at)

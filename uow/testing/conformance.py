@@ -2516,6 +2516,17 @@ class SessionConformance:
             assert replayed["conformance_posts"][post.id]["author_id"] == post.author_id
         assert (await stored(engine, User, 700)).name == "Taken"  # no child landed on the row of the old key's value
 
+    async def test_adding_a_child_its_new_parent_lists_adds_both_once(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            post = Post(title="listed")
+            user = User(name="Lists", email="lists@example.com")
+            user.posts = [post]  # assigned: the post's relation points back at the user
+            session.add(post)  # the parent comes along, and its list holds the post being added
+            await session.commit()
+            assert post.author_id == user.id is not None
+            assert [p.title for p in await session.query(Post).filter(author_id=user.id).all()] == ["listed"]
+            assert [type(e).__name__ for e in session.journal] == ["Inserted", "Inserted"]
+
     async def test_a_child_given_its_foreign_key_alone_keeps_it_when_the_parents_key_changes(
         self, engine: uow.Engine
     ) -> None:
