@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import uow
 from uow.conditions import And, Between, Compare, Condition, In, IsNull, Like, Not, Or
+from uow.errors import ReplayError, ValidationError
 from uow.events import (
     AnyEvent,
     BulkDeleted,
@@ -496,8 +497,6 @@ def test_replay_of_soft_delete_and_restore_sets_and_clears_the_column() -> None:
 
 
 def test_a_replay_of_a_change_to_a_row_it_does_not_hold_says_what_to_pass() -> None:
-    from uow.errors import ReplayError
-
     table = uow.table_info(_ReplayUser)
     changed = uow.Updated(
         seq=4, at=dt.datetime.now(dt.UTC), table=table.name, ref=1, key=7, old={"name": "a"}, new={"name": "b"}
@@ -510,3 +509,20 @@ def test_a_replay_of_a_change_to_a_row_it_does_not_hold_says_what_to_pass() -> N
 class _ReplayUser(uow.Model, table="replay_users"):
     id: Annotated[int | None, uow.PrimaryKey()] = None
     name: str = ""
+
+
+def test_bad_input_to_encode_decode_and_replay_is_a_uow_error() -> None:
+    inserted = Inserted(
+        seq=1, at=AT, table="journal_people", ref=1, key=1, values={"id": 1, "email": "a@x", "name": "Ann"}
+    )
+    for call in (lambda: encode([inserted], "JSON"), lambda: decode(b"[]", TABLES, "yaml")):  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="'json' or 'msgpack'"):
+            call()
+    with pytest.raises(ValidationError, match="not a journal encoded as json"):
+        decode(b"garbage", TABLES)
+    with pytest.raises(ValidationError, match="not a journal encoded as msgpack"):
+        decode(encode([inserted]), TABLES, "msgpack")
+    with pytest.raises(ValidationError, match=r"tables lacks \['journal_people'\]"):
+        decode(encode([inserted]), [table_info(Kinds)])
+    with pytest.raises(ReplayError, match="'journal_people', which tables lacks"):
+        replay([inserted], [table_info(Kinds)])

@@ -517,6 +517,8 @@ class ImmediateMixin:
         """``UPDATE table SET values WHERE where``, journaled as one BulkUpdated;
         the tracked objects ``where`` matches (evaluated in Python) change in place."""
         checked = self._detached_values(table, self._checked_values(table, values))
+        if not checked:
+            raise ValidationError(f"a bulk update of {table.model.__name__} needs at least one column to set")
         if table.key_column in checked:
             raise ValidationError(f"bulk_update cannot change the primary key {table.key_column!r}")
         with self._exclusive("bulk_update"):

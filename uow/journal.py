@@ -21,7 +21,7 @@ from typing import Any, Literal, overload
 import msgspec
 
 from uow.conditions import And, Between, Compare, Condition, In, Not, Or, matches
-from uow.errors import ReplayError
+from uow.errors import ReplayError, ValidationError
 from uow.events import (
     ROW_CHANGES,
     AnyEvent,
@@ -247,8 +247,10 @@ def replay(
         return ref_keys.get(event.ref, ("ref", event.ref))
 
     for event in events:
+        table = tables.get(event.table)
+        if table is None:
+            raise ReplayError(f"an event of table {event.table!r}, which tables lacks: give its table_info() too")
         table_rows = rows.setdefault(event.table, {})
-        table = tables[event.table]
         if isinstance(event, Inserted):
             key = key_of(event)
             ref_keys[event.ref] = key
@@ -324,8 +326,9 @@ def encode(events: Iterable[AnyEvent], format: Literal["json", "msgpack"] = "jso
 
     JSON has no infinity or NaN: such a float is written as the string
     ``"inf"``, ``"-inf"`` or ``"nan"``, which :func:`decode` types back."""
+    _check_format(format)
     listed = list(events)
-    if format != "json":
+    if format == "msgpack":
         return _msgpack_encoder.encode(listed)
     encoded = _json_encoder.encode(listed)
     if b"null" not in encoded:  # msgspec writes a non-finite float as null: none here
@@ -354,9 +357,21 @@ def decode(
     Column values are untyped in the encoded form (a datetime is a string in
     JSON), so ``tables`` gives each column's type to restore them.
     """
+    _check_format(format)
     by_name = tables if isinstance(tables, Mapping) else {t.name: t for t in tables}
-    raw: list[AnyEvent] = (_json_decoder if format == "json" else _msgpack_decoder).decode(data)
+    try:
+        raw: list[AnyEvent] = (_json_decoder if format == "json" else _msgpack_decoder).decode(data)
+    except msgspec.MsgspecError as exc:
+        raise ValidationError(f"not a journal encoded as {format}: {exc}") from None
+    missing = {event.table for event in raw} - by_name.keys()
+    if missing:
+        raise ValidationError(f"tables lacks {sorted(missing)}: give the table_info() of every table the events name")
     return [_retype(event, by_name[event.table]) for event in raw]
+
+
+def _check_format(format: str) -> None:
+    if format not in ("json", "msgpack"):
+        raise ValidationError(f"a journal is encoded as 'json' or 'msgpack', not {format!r}")
 
 
 def _retype(event: AnyEvent, table: TableInfo) -> AnyEvent:

@@ -827,6 +827,20 @@ class SessionConformance:
         assert (await stored(engine, User, two.id)).name == "adult"
         assert (await stored(engine, User, three.id)).name == "three"
 
+    async def test_a_bulk_update_setting_nothing_is_refused_before_anything_is_written(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.insert(User(name="kept", email="kept@example.com"))
+            await session.commit()
+            user.age = 40
+            for update in (session.bulk_update(User, {}, name="kept"), session.query(User).update()):
+                with pytest.raises(ValidationError, match="at least one column"):
+                    await update
+            assert session.is_modified(user) and session.journal.pending == ()
+            await session.commit()
+        assert (await stored(engine, User, user.id)).age == 40
+
     async def test_bulk_delete_counts_rows_and_untracks_objects(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             one, two, three = await session.insert_all(
