@@ -425,26 +425,33 @@ class ImmediateMixin:
         if row is None:
             return obj
         landed = row[table.key_index]
+        matched = state if state is not None and state.status in LIVE else None
+        if matched is not None and matched.key not in (None, landed):
+            raise ConcurrencyError(
+                f"the upsert matched the tracked {table.model.__name__} {table.key_column}={matched.key!r} by "
+                f"{', '.join(event.conflict_target)}, but landed on the row {table.key_column}={landed!r}: another "
+                "transaction changed one of them since this session read it; roll back and retry",
+                table=table.name,
+                keys=(matched.key, landed),
+            )
+        existing = self._identity.get(table, landed) if matched is None else None
+        if existing is not None and existing.status in LIVE:
+            # tracked, yet not matched by its values: the row changed since this session read it
+            raise ConcurrencyError(
+                f"the upsert landed by {', '.join(event.conflict_target)} on the row "
+                f"{table.key_column}={landed!r}, which this session tracks with other values: another "
+                "transaction changed it since this session read it; roll back and retry",
+                table=table.name,
+                keys=(landed,),
+            )
+        # known only now that it is not refused: a refused upsert's write is rolled back with its transaction
         if event.key is None:  # the journal learns the key of the row it landed on, as for an insert
             self._journal.generated_keys[event.ref] = landed
         elif event.key != landed:  # a conflict on another unique column chose a row with another key
             self._journal.landed_keys[event.seq] = landed
-        if state is not None and state.status in LIVE and state.key not in (None, landed):
-            raise ConcurrencyError(
-                f"the upsert matched the tracked {table.model.__name__} {table.key_column}={state.key!r} by "
-                f"{', '.join(event.conflict_target)}, but landed on the row {table.key_column}={landed!r}: another "
-                "transaction changed one of them since this session read it; roll back and retry",
-                table=table.name,
-                keys=(state.key, landed),
-            )
-        if state is not None and state.status in LIVE:
-            self._set_values_following(state, table.row_dict(tuple(row)))
-            return state.obj
-        key = row[table.key_index]
-        existing = self._identity.get(table, key)
-        if existing is not None and existing.status in LIVE:
-            self._set_values_following(existing, table.row_dict(tuple(row)))
-            return existing.obj
+        if matched is not None:
+            self._set_values_following(matched, table.row_dict(tuple(row)))
+            return matched.obj
         new_state = InstanceState(obj, event.ref, table, tuple(row), Status.PERSISTENT)
         new_state.set_values(table.row_dict(tuple(row)))
         self._identity.track(new_state)

@@ -2586,6 +2586,26 @@ class SessionConformance:
             await session.rollback()
             await session.refresh(tracked)
             assert (tracked.name, tracked.email) == ("Two", "z@example.com")
+            inserted = session.journal[0]
+            assert isinstance(inserted, Inserted) and session.journal.key_of(inserted) == tracked.id
+
+    async def test_an_upsert_landing_on_a_tracked_row_it_did_not_match_is_a_concurrency_error(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            tracked = User(name="Kept", email="kept@example.com", age=1)
+            session.add(tracked)
+            await session.commit()
+            async with AsyncSession(engine) as other:  # the row takes the email the upsert names
+                (await other.get_one(User, tracked.id)).email = "taken@example.com"
+                await other.commit()
+            with pytest.raises(ConcurrencyError, match="tracks with other values"):
+                await session.upsert(User(name="New", email="taken@example.com", age=9), "email", "age")
+            assert (tracked.email, tracked.age) == ("kept@example.com", 1)  # not given the row's values
+            await session.rollback()
+            assert (tracked.email, tracked.age) == ("kept@example.com", 1)
+            await session.refresh(tracked)
+            assert (tracked.email, tracked.age) == ("taken@example.com", 1)  # the upsert was rolled back
 
     async def test_undoing_an_upsert_that_landed_on_another_row_keeps_the_row_it_named(
         self, engine: uow.Engine
