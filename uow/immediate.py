@@ -346,6 +346,12 @@ class ImmediateMixin:
                     f"{table.model.__name__}.{column} is a JSON column: databases compare JSON values each "
                     "their own way, so an upsert cannot conflict on it"
                 )
+        if len(target) == 1 and target[0] not in table.unique_columns:
+            # several columns may match a unique index made outside the model: the database decides
+            raise ValidationError(
+                f"{table.model.__name__}.{target[0]} is neither the primary key nor Unique(): "
+                "an upsert conflicts on a column whose values are unique"
+            )
         values = table.row_dict(table.values_of(obj))
         if table.primary_key.generated and values[table.key_column] is None:
             if table.key_column in target:

@@ -749,6 +749,8 @@ class SessionConformance:
                 await session.upsert(User(name="Bad", email="bad@example.com", age="old"))  # type: ignore[arg-type]
             with pytest.raises(ValidationError, match="primary key"):
                 await session.upsert(User(id=100, name="A", email="a@example.com"), ["email"], update_fields=["id"])
+            with pytest.raises(ValidationError, match="neither the primary key nor Unique"):
+                await session.upsert(User(name="A", email="a@example.com"), "name")  # no unique index to conflict on
             assert len(session.journal.pending) == 1 and not session.journal.flushed
             assert await count_rows(engine, User) == 0
             await session.upsert(Post(title="First", author=pending))  # a parent added before: flushed first
