@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from uow.conditions import And as AndCondition
 from uow.conditions import Between, Compare, Condition, In, IsNull, Like, Not, Or
-from uow.model import ColumnInfo, TableInfo
+from uow.model import ColumnInfo, ForeignKeyInfo, TableInfo
 from uow.statements import Select
 
 _SQL_COMPARE = {"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
@@ -134,15 +134,14 @@ class SqlDialect(ABC):
             parts.append("UNIQUE")
         return " ".join(parts)
 
-    def create_table(self, table: TableInfo) -> list[str]:
-        """CREATE TABLE and CREATE INDEX statements for a table."""
+    def create_table(self, table: TableInfo, *, later: Collection[str] = ()) -> list[str]:
+        """CREATE TABLE and CREATE INDEX statements for a table; the foreign
+        keys of the columns in ``later`` are left for :meth:`add_foreign_key`
+        (their tables are created after this one)."""
         lines = [self.column_definition(table, c) for c in table.columns]
         for fk in table.foreign_keys:
-            action = "" if fk.on_delete == "no action" else f" ON DELETE {fk.on_delete.upper()}"
-            lines.append(
-                f"FOREIGN KEY ({self.quote(fk.column)}) REFERENCES "
-                f"{self.quote(fk.target_table)} ({self.quote(fk.target_column)}){action}"
-            )
+            if fk.column not in later:
+                lines.append(self.foreign_key_clause(fk))
         statements = [f"CREATE TABLE IF NOT EXISTS {self.quote(table.name)} (\n  " + ",\n  ".join(lines) + "\n)"]
         for column in table.columns:
             if column.indexed or (column.foreign_key is not None and not column.unique):
@@ -151,6 +150,18 @@ class SqlDialect(ABC):
                     f"CREATE INDEX IF NOT EXISTS {index} ON {self.quote(table.name)} ({self.quote(column.name)})"
                 )
         return statements
+
+    def foreign_key_clause(self, fk: ForeignKeyInfo) -> str:
+        """``FOREIGN KEY (…) REFERENCES …``, with its action on delete."""
+        action = "" if fk.on_delete == "no action" else f" ON DELETE {fk.on_delete.upper()}"
+        return (
+            f"FOREIGN KEY ({self.quote(fk.column)}) REFERENCES "
+            f"{self.quote(fk.target_table)} ({self.quote(fk.target_column)}){action}"
+        )
+
+    def add_foreign_key(self, table: TableInfo, fk: ForeignKeyInfo) -> str:
+        """ALTER TABLE adding a foreign key :meth:`create_table` left for later."""
+        return f"ALTER TABLE {self.quote(table.name)} ADD {self.foreign_key_clause(fk)}"
 
     def drop_table(self, table: TableInfo) -> str:
         """DROP TABLE for a table."""

@@ -32,7 +32,7 @@ from uow.batches import (
     UpsertBatch,
 )
 from uow.errors import ConfigurationError, IntegrityError, OperationalError, StorageError
-from uow.model import TableInfo
+from uow.model import ForeignKeyInfo, TableInfo
 from uow.statements import Select
 from uow_postgres.dialect import PostgresDialect
 from uow_postgres.errors import Failure, is_connection_error, translate
@@ -421,9 +421,24 @@ class PostgresConnection(Connection):
     # --- schema ------------------------------------------------------------------
 
     async def create_tables(self, tables: Sequence[TableInfo]) -> None:
-        for table in tables:
-            for statement in self.dialect.create_table(table):
+        """Create the tables missing, parents first; a foreign key to a table
+        created after its own (tables referencing each other) is added once
+        both exist."""
+        position = {table.name: index for index, table in enumerate(tables)}
+        later: list[tuple[TableInfo, ForeignKeyInfo]] = []
+        for index, table in enumerate(tables):
+            forward = [fk for fk in table.foreign_keys if position.get(fk.target_table, -1) > index]
+            if forward:
+                exists = await self._run(
+                    "fetchval", "SELECT to_regclass($1) IS NOT NULL", (self.dialect.quote(table.name),)
+                )
+                if exists:
+                    continue
+                later += [(table, fk) for fk in forward]
+            for statement in self.dialect.create_table(table, later={fk.column for fk in forward}):
                 await self._run("execute", statement, ())
+        for table, fk in later:
+            await self._run("execute", self.dialect.add_foreign_key(table, fk), ())
         await self.raw.reload_schema_state()
 
     async def drop_tables(self, tables: Sequence[TableInfo]) -> None:

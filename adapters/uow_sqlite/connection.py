@@ -47,7 +47,7 @@ def _statements(raw: sqlite3.Connection, statements: Sequence[str], defer_foreig
     if own:
         raw.execute("BEGIN")
     try:
-        if own and defer_foreign_keys:
+        if defer_foreign_keys:  # a pragma for the open transaction, reset at its end
             raw.execute("PRAGMA defer_foreign_keys = ON")
         for statement in statements:
             raw.execute(statement)

@@ -78,7 +78,21 @@ from uow.events import (
 )
 from uow.journal import replay
 from uow.model import Model, table_info
-from uow.testing.models import MODELS, Account, Category, Color, Comment, Note, Post, Review, Sample, Size, User
+from uow.testing.models import (
+    MODELS,
+    Account,
+    Category,
+    Color,
+    Comment,
+    Department,
+    Employee,
+    Note,
+    Post,
+    Review,
+    Sample,
+    Size,
+    User,
+)
 
 __all__ = ["ReadCounter", "SessionConformance"]
 
@@ -828,6 +842,25 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, User, two.id)).name == "adult"
         assert (await stored(engine, User, three.id)).name == "three"
+
+    async def test_tables_referencing_each_other_are_created_filled_and_dropped(self, engine: uow.Engine) -> None:
+        for _ in range(2):  # create_all again is a no-op, and after drop_all creates them anew
+            await engine.create_all(Employee, Department)
+            await engine.create_all(Department, Employee)
+            async with AsyncSession(engine) as session:
+                sales = Department(name="Sales")
+                head = Employee(name="Ann", department=sales)
+                sales.head = head
+                session.add(sales)
+                await session.commit()  # the planner breaks the cycle through the nullable head_id
+                assert sales.head_id == head.id and head.department_id == sales.id
+            with pytest.raises(IntegrityError):  # the foreign keys are there
+                async with AsyncSession(engine) as session:
+                    await session.insert(Employee(name="Nobody", department_id=sales.id + 1000))
+            await engine.drop_all(Employee, Department)  # rows pointing both ways do not stop it
+            async with AsyncSession(engine) as session:
+                with pytest.raises(StorageError):
+                    await session.query(Department).count()
 
     async def test_a_bulk_update_setting_nothing_is_refused_before_anything_is_written(
         self, engine: uow.Engine

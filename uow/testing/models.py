@@ -69,6 +69,24 @@ class Category(Model, table="conformance_categories", kw_only=True):
     parent: Category | None = relation("parent_id")
 
 
+class Employee(Model, table="conformance_employees", kw_only=True):
+    """Works in a department, whose head is an employee: two tables whose
+    foreign keys point at each other (not in :data:`MODELS`: the tests that
+    need them create them)."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    name: str
+    department_id: Annotated[int, ForeignKey("Department")] = filled_by_relation()
+    department: Department | None = relation("department_id")
+
+
+class Department(Model, table="conformance_departments", kw_only=True):
+    id: Annotated[int | None, PrimaryKey()] = None
+    name: str
+    head_id: Annotated[int | None, ForeignKey(Employee)] = None
+    head: Employee | None = relation("head_id")
+
+
 class Account(Model, Versioned, table="conformance_accounts", kw_only=True):
     """An account under optimistic locking (``version``)."""
 
@@ -121,4 +139,18 @@ class Sample(Model, table="conformance_samples", kw_only=True):
 MODELS: tuple[type[Model], ...] = (User, Post, Comment, Review, Category, Account, Note, Sample)
 """Every model of the suite, parents first."""
 
-__all__ = ["MODELS", "Account", "Category", "Color", "Comment", "Note", "Post", "Review", "Sample", "Size", "User"]
+__all__ = [
+    "MODELS",
+    "Account",
+    "Category",
+    "Color",
+    "Comment",
+    "Department",
+    "Employee",
+    "Note",
+    "Post",
+    "Review",
+    "Sample",
+    "Size",
+    "User",
+]
