@@ -104,6 +104,10 @@ def _integrity_error(exc: asyncpg.PostgresError, sqlstate: str, failure: Failure
     if not columns and column_name:
         columns = (column_name,)
     table = failure.table if failure else None
+    if kind == "foreign_key" and " is still referenced from table " in detail:
+        # a parent row deleted (or its key changed) under children: the constraint is the children's
+        table = None
+        columns = _constrained_column(constraint, table_name)
     if kind == "unique" and (
         (constraint or "").endswith("_pkey") or (table is not None and columns == (table.key_column,))
     ):
@@ -120,6 +124,15 @@ def _integrity_error(exc: asyncpg.PostgresError, sqlstate: str, failure: Failure
         sqlstate=sqlstate,
         row_index=row_index,
     )
+
+
+def _constrained_column(constraint: str | None, table_name: str | None) -> tuple[str, ...]:
+    """The column of a foreign key PostgreSQL named by default (``<table>_<column>_fkey``,
+    as for the keys uow creates), or ``()``."""
+    prefix = f"{table_name}_"
+    if constraint and table_name and constraint.startswith(prefix) and constraint.endswith("_fkey"):
+        return (constraint[len(prefix) : -len("_fkey")],)
+    return ()
 
 
 def _split_list(text: str, *, identifiers: bool) -> list[str]:

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from uow.conditions import Condition
 from uow.errors import IntegrityError
 from uow.model import TableInfo
 from uow_sqlite.dialect import SQLiteDialect
@@ -87,15 +88,7 @@ def referencing_children(
         key = key_of(index)
         if key is None:
             return None, ()
-        found = raw.execute(
-            f'SELECT m.name, f."from", f."to" FROM sqlite_master AS m '
-            f"JOIN pragma_foreign_key_list(m.name) AS f "
-            f"WHERE m.type = 'table' AND f.\"table\" = ? AND f.{action} IN ('NO ACTION', 'RESTRICT')",
-            (table.name,),
-        ).fetchall()
-        for child, column, target in found:
-            if target not in (None, table.key_column):
-                continue
+        for child, column in _restricting_children(raw, table, action):
             sql = f"SELECT 1 FROM {dialect.quote(child)} WHERE {dialect.quote(column)} = ? LIMIT 1"
             if raw.execute(sql, (key,)).fetchone() is not None:
                 return child, (column,)
@@ -104,4 +97,32 @@ def referencing_children(
     return probe
 
 
-__all__ = ["Probe", "Statement", "find_failure", "missing_parents", "referencing_children"]
+def children_of_matched(dialect: SQLiteDialect, table: TableInfo, where: Condition | None) -> Probe:
+    """A probe naming the child table and column that still reference a row
+    a refused bulk delete matched."""
+
+    def probe(raw: sqlite3.Connection, index: int) -> tuple[str | None, tuple[str, ...]]:
+        params = dialect.params()
+        condition = "" if where is None else " WHERE " + dialect.condition(where, table, params)
+        matched = f"SELECT {dialect.quote(table.key_column)} FROM {dialect.quote(table.name)}{condition}"
+        for child, column in _restricting_children(raw, table, "on_delete"):
+            sql = f"SELECT 1 FROM {dialect.quote(child)} WHERE {dialect.quote(column)} IN ({matched}) LIMIT 1"
+            if raw.execute(sql, params.values).fetchone() is not None:
+                return child, (column,)
+        return None, ()
+
+    return probe
+
+
+def _restricting_children(raw: sqlite3.Connection, table: TableInfo, action: str) -> list[tuple[str, str]]:
+    """(child table, column) of each foreign key to ``table``'s key that refuses ``action``."""
+    found = raw.execute(
+        f'SELECT m.name, f."from", f."to" FROM sqlite_master AS m '
+        f"JOIN pragma_foreign_key_list(m.name) AS f "
+        f"WHERE m.type = 'table' AND f.\"table\" = ? AND f.{action} IN ('NO ACTION', 'RESTRICT')",
+        (table.name,),
+    ).fetchall()
+    return [(child, column) for child, column, target in found if target in (None, table.key_column)]
+
+
+__all__ = ["Probe", "Statement", "children_of_matched", "find_failure", "missing_parents", "referencing_children"]

@@ -36,7 +36,14 @@ from uow.batches import (
     UpsertBatch,
 )
 from uow.model import TableInfo
-from uow_sqlite.diagnose import Probe, Statement, find_failure, missing_parents, referencing_children
+from uow_sqlite.diagnose import (
+    Probe,
+    Statement,
+    children_of_matched,
+    find_failure,
+    missing_parents,
+    referencing_children,
+)
 from uow_sqlite.dialect import SQLiteDialect
 
 T = TypeVar("T")
@@ -67,7 +74,10 @@ def apply_batch(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: Batch) -
         return _guarded(raw, batch.table, lambda: BatchResult(raw.execute(sql, params).rowcount), None)
     if isinstance(batch, BulkDeleteBatch):
         sql, params = dialect.bulk_delete(batch.table, batch.where)
-        return _guarded(raw, batch.table, lambda: BatchResult(raw.execute(sql, params).rowcount), None)
+        probe = children_of_matched(dialect, batch.table, batch.where)
+        return _guarded(
+            raw, batch.table, lambda: BatchResult(raw.execute(sql, params).rowcount), lambda: ([(sql, params)], probe)
+        )
     raise TypeError(f"unknown batch {batch!r}")
 
 

@@ -862,6 +862,27 @@ class SessionConformance:
                 with pytest.raises(StorageError):
                     await session.query(Department).count()
 
+    async def test_a_refused_delete_of_a_referenced_row_names_the_referencing_key(self, engine: uow.Engine) -> None:
+        await engine.create_all(Employee, Department)
+        async with AsyncSession(engine) as session:
+            sales = Department(name="Sales")
+            session.add(Employee(name="Ann", department=sales))
+            await session.commit()
+        for delete in ("remove", "bulk_delete"):
+            async with AsyncSession(engine) as session:
+                with pytest.raises(IntegrityError) as refused:
+                    if delete == "remove":
+                        await session.remove(await session.get_one(Department, sales.id))
+                    else:
+                        await session.bulk_delete(Department, name="Sales")
+                error = refused.value
+                assert (error.kind, error.table, error.columns) == (
+                    "foreign_key",
+                    "conformance_employees",
+                    ("department_id",),
+                )
+        assert (await stored(engine, Department, sales.id)).name == "Sales"
+
     async def test_a_bulk_update_setting_nothing_is_refused_before_anything_is_written(
         self, engine: uow.Engine
     ) -> None:
