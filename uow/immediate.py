@@ -441,7 +441,7 @@ class ImmediateMixin:
                 keys=(matched.key, landed),
             )
         existing = self._identity.get(table, landed) if matched is None else None
-        if existing is not None and existing.status in LIVE:
+        if existing is not None and existing.status in LIVE and existing.ref not in outcome.upserted_rows:
             # tracked, yet not matched by its values: the row changed since this session read it
             raise ConcurrencyError(
                 f"the upsert landed by {', '.join(event.conflict_target)} on the row "
@@ -455,6 +455,8 @@ class ImmediateMixin:
             self._journal.generated_keys[event.ref] = landed
         elif event.key != landed:  # a conflict on another unique column chose a row with another key
             self._journal.landed_keys[event.seq] = landed
+        if matched is None and existing is not None and existing.status in LIVE:
+            matched = existing  # an earlier upsert of the same call landed there first
         if matched is not None:
             self._set_values_following(matched, table.row_dict(tuple(row)))
             return matched.obj

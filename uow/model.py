@@ -700,6 +700,12 @@ def converted_value(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
     ``int``); :class:`ValidationError` naming the column when it does not fit."""
     if type(value) is column.python_type:  # a member of a plain Enum of ints, which convert refuses
         converted = value
+    elif type(value) is float and column.python_type is decimal.Decimal:
+        # msgspec takes it, but 0.1 + 0.2 would be stored as 0.30000000000000004
+        raise ValidationError(
+            f"{table.model.__name__}.{column.name}: a float is not an exact decimal (got {value!r}); "
+            "give a Decimal, such as Decimal(str(value)), or an int"
+        )
     else:
         try:
             converted = msgspec.convert(value, column.python_type, strict=True)

@@ -2663,6 +2663,22 @@ class SessionConformance:
             await session.refresh(tracked)
             assert (tracked.email, tracked.age) == ("taken@example.com", 1)  # the upsert was rolled back
 
+    async def test_upsert_all_of_repeated_values_lands_them_in_turn_on_one_row(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            first, second = await session.upsert_all(
+                [User(name="First", email="same@example.com"), User(name="Second", email="same@example.com")],
+                "email",
+            )
+            assert first is second and (first.name, first.id) == ("Second", first.id)
+            await session.commit()
+            assert [u.name for u in await session.query(User).all()] == ["Second"]
+            third = [User(name="Third", email="same@example.com"), User(name="Third", email="same@example.com")]
+            again = await session.upsert_all(third, "email")
+            assert again == [first, first] and first.name == "Third"
+            await session.rollback()
+            assert first.name == "Second"
+        assert (await stored(engine, User, first.id)).name == "Second"
+
     async def test_undoing_an_upsert_that_landed_on_another_row_keeps_the_row_it_named(
         self, engine: uow.Engine
     ) -> None:
@@ -3299,6 +3315,21 @@ class SessionConformance:
             await session.commit()
         saved = await stored(engine, Sample, full.id)
         assert (saved.amount, saved.color, saved.data) == (decimal.Decimal("0.5"), Color.BLUE, {"x": [1, 2]})
+
+    async def test_a_float_for_a_decimal_column_is_refused_an_int_converted(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            with pytest.raises(ValidationError, match="not an exact decimal"):
+                session.add(_sample(amount=0.1 + 0.2))
+            sample = _sample(amount=3)
+            session.add(sample)
+            assert sample.amount == decimal.Decimal(3) and type(sample.amount) is decimal.Decimal
+            await session.commit()
+            with pytest.raises(ValidationError, match="not an exact decimal"):
+                await session.update(sample, amount=1.1)
+            sample.amount = 2.5  # type: ignore[assignment]
+            with pytest.raises(ValidationError, match="not an exact decimal"):
+                await session.flush()
+        assert (await stored(engine, Sample, sample.id)).amount == decimal.Decimal(3)
 
     async def test_decimal_comparisons_and_order_are_exact_past_fifteen_digits(self, engine: uow.Engine) -> None:
         big, bigger = decimal.Decimal("12345678901234567"), decimal.Decimal("12345678901234567.1")
