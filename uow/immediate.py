@@ -441,7 +441,9 @@ class ImmediateMixin:
                 keys=(matched.key, landed),
             )
         existing = self._identity.get(table, landed) if matched is None else None
-        if existing is not None and existing.status in LIVE and existing.ref not in outcome.upserted_rows:
+        # an expired object waits for the row's values, and one an earlier upsert of the call landed on has them
+        lands = existing is not None and (existing.expired or existing.ref in outcome.upserted_rows)
+        if existing is not None and existing.status in LIVE and not lands:
             # tracked, yet not matched by its values: the row changed since this session read it
             raise ConcurrencyError(
                 f"the upsert landed by {', '.join(event.conflict_target)} on the row "
@@ -456,7 +458,10 @@ class ImmediateMixin:
         elif event.key != landed:  # a conflict on another unique column chose a row with another key
             self._journal.landed_keys[event.seq] = landed
         if matched is None and existing is not None and existing.status in LIVE:
-            matched = existing  # an earlier upsert of the same call landed there first
+            expired = existing.expired
+            self._set_values_following(existing, table.row_dict(tuple(row)))
+            existing.expired = expired  # a rollback of this upsert cannot restore it: the next read will
+            return existing.obj
         if matched is not None:
             self._set_values_following(matched, table.row_dict(tuple(row)))
             return matched.obj

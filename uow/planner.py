@@ -229,6 +229,8 @@ def _coalesce(
             op.last_seq = event.seq
             if op.key is None:
                 op.key = event.key
+            elif op.phase == _INSERT and table.key_column in event.new:
+                op.key = event.new[table.key_column]  # a new row's key changed before its flush
         elif isinstance(event, Deleted):
             if event.key is not None:
                 deleted_keys.add((event.table, event.key))

@@ -2597,6 +2597,31 @@ class SessionConformance:
             assert [p.title for p in await session.query(Post).filter(author_id=user.id).all()] == ["listed"]
             assert [type(e).__name__ for e in session.journal] == ["Inserted", "Inserted"]
 
+    async def test_a_new_rows_changed_key_orders_the_flush(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            child = Category(id=2, name="child")
+            session.add(child)
+            root = Category(id=1, name="root")
+            session.add(root)
+            child.parent = root
+            root.id = 10  # the root is inserted first, under the key it now has
+            await session.commit()
+            assert child.parent_id == 10
+            loop_a, loop_b = Category(id=3, name="a"), Category(id=4, name="b")
+            loop_b.parent, loop_a.parent = loop_a, loop_b
+            session.add_all([loop_a, loop_b])
+            loop_a.id, loop_b.id = 30, 40  # a cycle: broken through a follow-up update, keys and all
+            await session.commit()
+            assert (loop_a.parent_id, loop_b.parent_id) == (40, 30)
+            await session.remove(child)
+            taker = Category(id=5, name="taker")
+            session.add(taker)
+            session.delete(await session.get_one(Category, 30))
+            taker.id = 30  # takes the key of the row deleted in the same flush: the delete goes first
+            await session.commit()
+        assert (await stored(engine, Category, 30)).name == "taker"
+        assert await stored(engine, Category, 40) is None  # its parent's delete cascaded to it
+
     async def test_a_child_given_its_foreign_key_alone_keeps_it_when_the_parents_key_changes(
         self, engine: uow.Engine
     ) -> None:
@@ -2662,6 +2687,21 @@ class SessionConformance:
             assert (tracked.email, tracked.age) == ("kept@example.com", 1)
             await session.refresh(tracked)
             assert (tracked.email, tracked.age) == ("taken@example.com", 1)  # the upsert was rolled back
+
+    async def test_an_upsert_landing_on_an_expired_object_gives_it_the_rows_values(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            tracked = User(name="Kept", email="kept@example.com", age=1)
+            session.add(tracked)
+            await session.commit()
+            async with AsyncSession(engine) as other:
+                (await other.get_one(User, tracked.id)).email = "taken@example.com"
+                await other.commit()
+            session.expire(tracked)  # told to take what the database holds
+            landed = await session.upsert(User(name="New", email="taken@example.com", age=9), "email", "age")
+            assert landed is tracked and (tracked.email, tracked.age) == ("taken@example.com", 9)
+            await session.rollback()
+            assert (await session.get_one(User, tracked.id)).age == 1  # still expired: read again
+            assert tracked.email == "taken@example.com"
 
     async def test_upsert_all_of_repeated_values_lands_them_in_turn_on_one_row(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
