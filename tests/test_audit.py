@@ -1112,3 +1112,21 @@ async def test_the_logging_sink_logs_each_record_as_json(engine: uow.Engine, cap
 def test_a_sink_must_be_callable() -> None:
     with pytest.raises(ConfigurationError, match="audit sink"):
         AuditTrail(sinks=["audit.jsonl"])  # type: ignore[list-item]
+
+
+async def test_a_new_parents_key_changed_before_the_flush_is_in_its_childrens_inserts(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        owner = Owner(id=5, name="Ann", email="ann@x")
+        lamp = Item(label="lamp", owner=owner)
+        session.add(lamp)
+        owner.id = 6
+        session.plan()  # the change and the child's following it are recorded
+        owner.id = 7
+        await session.commit()
+        records = await trail.records(session)
+        assert [(r.table, r.action, r.key) for r in records] == [
+            ("audit_owners", "insert", 7),
+            ("audit_items", "insert", lamp.id),
+        ]
+        assert records[1].new["owner_id"] == 7 == lamp.owner_id

@@ -152,8 +152,10 @@ class AuditTrail:
             return
         actor = self.actor() if self.actor is not None else None
         tx = uuid.uuid4().hex
-        # rows inserted here: a key set or changed after add() is the insert's key, not a change of it
+        # rows inserted here: a key set or changed after add() is the insert's key, not a change of it,
+        # and so is the foreign key of a new child that followed it (the insert's entry holds the last)
         new_rows = {e.ref for e in audited if type(e) is Inserted}
+        followed, folded = _followed_keys(audited, new_rows, session._tables)
         try:
             head = await _first(session.query(AuditEntry).order_by("-id"))
         except StorageError as exc:
@@ -169,6 +171,10 @@ class AuditTrail:
         for event in audited:
             table = session._tables[event.table]  # the session knows every table it recorded events of
             key = journal.key_of(event) if isinstance(event, RowEvent) else None
+            if event.seq in folded:
+                continue
+            if followed and type(event) is Inserted and event.ref in followed:
+                event = msgspec.structs.replace(event, values={**event.values, **followed[event.ref]})
             if type(event) is Updated and event.ref in new_rows:
                 trimmed = _without_key_change(event, table)
                 if trimmed is None:
@@ -360,6 +366,34 @@ def _redacted(values: Mapping[str, Any], columns: frozenset[str]) -> Mapping[str
     if columns.isdisjoint(values):
         return values
     return {c: REDACTED if c in columns else v for c, v in values.items()}
+
+
+def _followed_keys(
+    events: list[AnyEvent], new_rows: set[int], tables: Mapping[str, TableInfo]
+) -> tuple[dict[int, dict[str, Any]], set[int]]:
+    """Foreign keys of new children that followed a new parent's key changed
+    before the flush: their final values by child ref, and the seqs of the
+    events that made them follow."""
+    followed: dict[int, dict[str, Any]] = {}
+    folded: set[int] = set()
+    renamed = {
+        (e.table, e.old[key]): e.new[key]
+        for e in events
+        if type(e) is Updated and e.ref in new_rows and (key := tables[e.table].key_column) in e.new
+    }
+    if not renamed:
+        return followed, folded
+    for event in events:
+        if type(event) is not Updated or event.ref not in new_rows:
+            continue
+        targets = {fk.column: fk.target_table for fk in tables[event.table].foreign_keys}
+        if event.new and all(
+            column in targets and renamed.get((targets[column], event.old.get(column))) == value
+            for column, value in event.new.items()
+        ):
+            followed.setdefault(event.ref, {}).update(event.new)
+            folded.add(event.seq)
+    return followed, folded
 
 
 def _without_key_change(event: Updated, table: TableInfo) -> Updated | None:
