@@ -71,7 +71,12 @@ def apply_batch(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: Batch) -
         return _upsert(raw, dialect, batch)
     if isinstance(batch, BulkUpdateBatch):
         sql, params = dialect.bulk_update(batch.table, dict(batch.values), batch.where)
-        return _guarded(raw, batch.table, lambda: BatchResult(raw.execute(sql, params).rowcount), None)
+        columns = list(batch.values)
+        values = _rows(dialect, batch.table, columns, [tuple(batch.values.values())])
+        probe = missing_parents(dialect, batch.table, columns, values)
+        return _guarded(
+            raw, batch.table, lambda: BatchResult(raw.execute(sql, params).rowcount), lambda: ([(sql, params)], probe)
+        )
     if isinstance(batch, BulkDeleteBatch):
         sql, params = dialect.bulk_delete(batch.table, batch.where)
         probe = children_of_matched(dialect, batch.table, batch.where)

@@ -883,6 +883,25 @@ class SessionConformance:
                 )
         assert (await stored(engine, Department, sales.id)).name == "Sales"
 
+    async def test_a_bulk_update_to_a_missing_parent_names_the_foreign_key(self, engine: uow.Engine) -> None:
+        await engine.create_all(Employee, Department)
+        async with AsyncSession(engine) as session:
+            session.add(Employee(name="Ann", department=Department(name="Sales")))
+            await session.commit()
+            for update in (
+                lambda: session.bulk_update(Employee, {"department_id": 999}, name="Ann"),
+                lambda: session.query(Employee).filter(name="Ann").update(department_id=999),
+            ):
+                with pytest.raises(IntegrityError) as refused:
+                    await update()
+                error = refused.value
+                assert (error.kind, error.table, error.columns) == (
+                    "foreign_key",
+                    "conformance_employees",
+                    ("department_id",),
+                )
+                assert isinstance(error.event, BulkUpdated)
+
     async def test_a_bulk_update_setting_nothing_is_refused_before_anything_is_written(
         self, engine: uow.Engine
     ) -> None:
