@@ -175,10 +175,13 @@ def _find_row(kind: str, columns: tuple[str, ...], values: tuple[str, ...], fail
     if len(values) != len(columns) or any(c not in positions for c in columns):
         return None
     wanted = [(positions[c], v) for c, v in zip(columns, values)]
-    for index, row in enumerate(failure.rows):
-        if all(_as_text(row[p]) == v for p, v in wanted):
-            return index
-    return None
+    matching = [index for index, row in enumerate(failure.rows) if all(_as_text(row[p]) == v for p, v in wanted)]
+    if not matching:
+        return None
+    # rows are written in order: of two rows of the batch holding one unique value, the
+    # second is refused (unless a stored row holds it too and refused the first: the error
+    # cannot tell, and names the second, which holds the same value)
+    return matching[1] if kind in ("unique", "primary_key") and len(matching) > 1 else matching[0]
 
 
 def _as_text(value: Any) -> str:

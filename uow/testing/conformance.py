@@ -3242,6 +3242,18 @@ class SessionConformance:
             assert caught.value.model is Sample and caught.value.key == sample.id
         assert (await stored(engine, Sample, sample.id)).label == "sample"
 
+    async def test_a_duplicate_within_one_batch_names_the_row_refused(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            first = User(name="First", email="one@example.com")
+            twin = User(name="Twin", email="twin@example.com")
+            second_twin = User(name="Second twin", email="twin@example.com")
+            session.add_all([first, twin, second_twin])
+            with pytest.raises(IntegrityError) as caught:
+                await session.flush()
+            error = caught.value
+            assert (error.kind, error.columns, error.row_index) == ("unique", ("email",), 2)
+            assert isinstance(error.event, Inserted) and error.event.values["name"] == "Second twin"
+
     # --- concurrency and cancellation -----------------------------------------------------------------
 
     async def test_one_session_used_from_two_tasks_is_refused(self, engine: uow.Engine, alice: User) -> None:
