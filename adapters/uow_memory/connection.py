@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import anyio.lowlevel
 
 from uow.adapter import Connection
 from uow.batches import Batch, BatchResult
-from uow.errors import ConfigurationError, OperationalError, UnsupportedOperationError
+from uow.errors import ConfigurationError, OperationalError, StorageError, UnsupportedOperationError
 from uow.model import TableInfo
 from uow.statements import Select
 from uow_memory.reads import run_select, select_rows
 from uow_memory.store import MemoryStore
+from uow_memory.table import TableData
 from uow_memory.transaction import ISOLATION_LEVELS, Transaction
 from uow_memory.writes import BatchWriter
 
@@ -191,6 +192,8 @@ class MemoryConnection(Connection):
         tx, implicit = await self._enter()
         try:
             await self._write_access(tx)
+            if drop:
+                _refuse_dropping_referenced(tx.tables, {info.name for info in tables})
             for info in tables:
                 if drop:
                     tx.drop(info.name)
@@ -202,6 +205,19 @@ class MemoryConnection(Connection):
             raise
         if implicit:
             self._end(commit=True)
+
+
+def _refuse_dropping_referenced(tables: Mapping[str, TableData], dropped: set[str]) -> None:
+    """Refuse, as PostgreSQL does, to drop a table another table kept references."""
+    for name, table in tables.items():
+        if name in dropped:
+            continue
+        for fk in table.schema.info.foreign_keys:
+            if fk.target_table in dropped:
+                raise StorageError(
+                    f"cannot drop table {fk.target_table}: {name}.{fk.column} references it (drop {name} too)",
+                    sqlstate="2BP01",
+                )
 
 
 __all__ = ["MemoryConnection"]

@@ -59,6 +59,19 @@ def _statements(raw: sqlite3.Connection, statements: Sequence[str], defer_foreig
         raw.execute("COMMIT")
 
 
+def _drop(raw: sqlite3.Connection, statements: Sequence[str], dropped: set[str]) -> None:
+    references = raw.execute(
+        'SELECT m.name, f."from", f."table" FROM sqlite_master AS m JOIN pragma_foreign_key_list(m.name) AS f '
+        "WHERE m.type = 'table' AND f.\"table\" IN (SELECT name FROM sqlite_master WHERE type = 'table')"
+    ).fetchall()
+    for child, column, parent in references:
+        if parent in dropped and child not in dropped:
+            raise StorageError(
+                f"cannot drop table {parent}: {child}.{column} references it (drop {child} too)", sqlstate="2BP01"
+            )
+    _statements(raw, statements, defer_foreign_keys=True)
+
+
 def _fetch(raw: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
     return raw.execute(sql, params).fetchall()
 
@@ -212,9 +225,10 @@ class SQLiteConnection(Connection):
 
     async def drop_tables(self, tables: Sequence[TableInfo]) -> None:
         """Drop the tables, children first, in one transaction (with foreign-key
-        checks deferred to its end, so tables referencing each other go too)."""
+        checks deferred to its end, so tables referencing each other go too);
+        refused, as PostgreSQL does, while a table left in place references one."""
         statements = [self._dialect.drop_table(table) for table in children_first(tables)]
-        await self._run(partial(_statements, statements=statements, defer_foreign_keys=True))
+        await self._run(partial(_drop, statements=statements, dropped={table.name for table in tables}))
 
     # --- lifecycle -------------------------------------------------------------
 

@@ -883,6 +883,17 @@ class SessionConformance:
                 )
         assert (await stored(engine, Department, sales.id)).name == "Sales"
 
+    async def test_a_table_another_references_is_not_dropped_without_it(self, engine: uow.Engine) -> None:
+        await engine.create_all(Employee, Department)
+        async with AsyncSession(engine) as session:
+            session.add(Employee(name="Ann", department=Department(name="Sales")))
+            await session.commit()
+        with pytest.raises(StorageError) as refused:
+            await engine.drop_all(Employee)  # the departments' head_id references it
+        assert refused.value.sqlstate == "2BP01"
+        async with AsyncSession(engine) as session:
+            assert await session.query(Employee).count() == 1 == await session.query(Department).count()
+
     async def test_a_bulk_update_to_a_missing_parent_names_the_foreign_key(self, engine: uow.Engine) -> None:
         await engine.create_all(Employee, Department)
         async with AsyncSession(engine) as session:
