@@ -115,7 +115,8 @@ class SQLiteConnection(Connection):
                 # wait could deadlock), and it cannot succeed on its snapshot
                 # anyway, so running the unit of work again is the way out
                 error = SerializationFailure(
-                    f"{exc}: another connection holds the write lock this transaction needs; run it again"
+                    f"{exc}: another connection holds the write lock this transaction needs; run the unit of "
+                    "work again (engine.run_in_transaction does)"
                 )
             raise error from exc
         except (OverflowError, UnicodeEncodeError) as exc:

@@ -124,7 +124,10 @@ def storage_error(exc: sqlite3.Error) -> StorageError:
     message = str(exc)
     error: StorageError
     if name == "SQLITE_BUSY_SNAPSHOT":
-        error = SerializationFailure(message)
+        error = SerializationFailure(
+            f"{message}: another transaction wrote since this one read; run the unit of work again "
+            "(engine.run_in_transaction does)"
+        )
     elif _is_operational(exc, name, message):
         error = OperationalError(message)
     else:
