@@ -899,10 +899,11 @@ class SessionConformance:
         async with AsyncSession(engine) as session:
             session.add(Employee(name="Ann", department=Department(name="Sales")))
             await session.commit()
-            for update in (
+            updates: list[Callable[[], Awaitable[int]]] = [
                 lambda: session.bulk_update(Employee, {"department_id": 999}, name="Ann"),
                 lambda: session.query(Employee).filter(name="Ann").update(department_id=999),
-            ):
+            ]
+            for update in updates:
                 with pytest.raises(IntegrityError) as refused:
                     await update()
                 error = refused.value

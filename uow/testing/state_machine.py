@@ -47,9 +47,9 @@ import uow
 from uow.errors import IntegrityError, SessionStateError, ValidationError
 from uow.events import Inserted
 from uow.identity import Status
-from uow.journal import replay
+from uow.journal import Rows, replay
 from uow.model import NOT_LOADED, ForeignKey, Model, PrimaryKey, SoftDelete, Unique, Versioned, relation, table_info
-from uow.statements import Select
+from uow.testing.oracle import stored_rows
 
 
 class Owner(Model, Versioned, table="sm_owners"):
@@ -947,19 +947,15 @@ class DifferentialMachine(RuleBasedStateMachine):
     def storage_equals_replay_and_agrees(self) -> None:
         tables = {table_info(m).name: table_info(m) for m in MODELS}
 
-        async def storage(i: int, session: uow.AsyncSession) -> dict[str, list[tuple[Any, ...]]]:
-            connection = await session._connection_for_work()
-            return {name: await connection.fetch(Select(table)) for name, table in tables.items()}
+        async def storage(i: int, session: uow.AsyncSession) -> Rows:
+            return await stored_rows(session, *MODELS)
 
         stored = self._each(storage)
         normalized = []
         for i, session in enumerate(self.sessions):
             journal = session.journal
             expected = replay(journal.flushed, tables, generated_keys=journal.generated_keys)
-            actual = {
-                name: {row[table.key_index]: table.row_dict(tuple(row)) for row in stored[i][name]}
-                for name, table in tables.items()
-            }
+            actual = stored[i]
             for name in tables:
                 assert actual[name] == expected.get(name, {}), f"{self.urls[i]}: {name} differs from the journal"
             normalized.append(_normalize(actual))
