@@ -576,3 +576,30 @@ def test_the_decimal_collation_orders_text_written_outside_uow_without_failing()
     ordered = sorted(values, key=functools.cmp_to_key(decimal_collation))
     assert ordered == ["-1E+3", "9.5", "9.50", "10", "NaN", "abc"]
     assert decimal_collation("9.5", "9.50") == 0 and decimal_collation("NaN", "NaN") == 0
+
+
+@pytest.mark.anyio
+async def test_a_stream_left_unfinished_ends_with_its_transaction(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'streams.db'}"
+    async with uow.create_engine(url, pool_size=1) as engine:
+        await engine.create_all(SqAuthor)
+        async with uow.AsyncSession(engine) as session:
+            session.add_all([SqAuthor(name=f"a{n}", email=f"{n}@x") for n in range(10)])
+            await session.commit()
+        async with uow.AsyncSession(engine) as session:
+            authors = session.stream(uow.select(SqAuthor), chunk_size=3)
+            async for _ in authors:
+                break  # left early, and still referenced
+            await session.commit()
+        async with uow.create_engine(url) as other, uow.AsyncSession(other) as writer:
+            (await writer.get_one(SqAuthor, 1)).name = "changed elsewhere"
+            await writer.commit()
+        # the pool's one connection kept no old snapshot: it reads the change, and can write
+        async with uow.AsyncSession(engine) as session:
+            author = await session.get_one(SqAuthor, 1)
+            assert author.name == "changed elsewhere"
+            author.name = "changed here"
+            await session.commit()
+        with pytest.raises(uow.errors.SessionStateError):  # the stream ended with its transaction
+            async for _ in authors:
+                pass

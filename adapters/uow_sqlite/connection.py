@@ -8,6 +8,7 @@ the worker thread as one function, one thread hop, through :func:`run_sync`.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
@@ -98,6 +99,9 @@ class SQLiteConnection(Connection):
         self._dialect = dialect
         self._deferred = False
         """A deferred transaction is open (a plain ``BEGIN``)."""
+        self._streams: set[aiosqlite.Cursor] = set()
+        """Cursors of streams not read to their end: each holds a read snapshot
+        until closed, even past the end of its transaction."""
 
     @property
     def raw(self) -> aiosqlite.Connection:
@@ -147,12 +151,23 @@ class SQLiteConnection(Connection):
         self._deferred = isolation != "serializable"
 
     async def commit(self) -> None:
+        await self._close_streams()
         await self._execute("COMMIT")
         self._deferred = False
 
     async def rollback(self) -> None:
         self._deferred = False
+        await self._close_streams()
         await self._execute("ROLLBACK")
+
+    async def _close_streams(self) -> None:
+        """Close the cursors of streams left unfinished: a stream ends with its
+        transaction, and an open cursor would keep the connection reading an
+        old snapshot in the next one."""
+        streams, self._streams = self._streams, set()
+        for cursor in streams:
+            with contextlib.suppress(sqlite3.Error, ValueError):  # ValueError: the connection is closed
+                await cursor.close()
 
     async def savepoint(self, name: str) -> None:
         await self._execute(f"SAVEPOINT {self._dialect.quote(name)}")
@@ -199,6 +214,7 @@ class SQLiteConnection(Connection):
             cursor = await self._db.execute(sql, params)
         except sqlite3.Error as exc:
             raise storage_error(exc) from exc
+        self._streams.add(cursor)
         try:
             while True:
                 try:
@@ -209,7 +225,9 @@ class SQLiteConnection(Connection):
                     return
                 yield [decode(row) for row in chunk]
         finally:
-            await cursor.close()
+            if cursor in self._streams:  # not closed with its transaction already
+                self._streams.discard(cursor)
+                await cursor.close()
 
     async def execute_raw(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run ``sql`` with ``?`` placeholders; rows come back as tuples of what
@@ -234,7 +252,8 @@ class SQLiteConnection(Connection):
     # --- lifecycle -------------------------------------------------------------
 
     async def reset(self) -> None:
-        """Roll back a transaction left open."""
+        """Close unfinished streams and roll back a transaction left open."""
+        await self._close_streams()
         if await self.in_transaction():
             await self.rollback()
 
