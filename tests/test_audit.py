@@ -246,7 +246,7 @@ async def test_another_task_cannot_use_the_session_while_its_hooks_run(engine: u
         async with anyio.create_task_group() as group:
             group.start_soon(other, session)
             await session.commit()
-    assert len(refused) == 3 and all("busy with commit in another task" in r for r in refused)
+    assert len(refused) == 3 and all("busy with commit, in another task" in r for r in refused)
 
 
 async def test_hooks_written_through_an_auto_commit_session_commit_with_the_data(engine: uow.Engine) -> None:
@@ -1130,3 +1130,19 @@ async def test_a_new_parents_key_changed_before_the_flush_is_in_its_childrens_in
             ("audit_items", "insert", lamp.id),
         ]
         assert records[1].new["owner_id"] == 7 == lamp.owner_id
+
+
+async def test_a_hook_handing_the_session_to_a_worker_thread_is_refused_clearly(engine: uow.Engine) -> None:
+    await engine.create_all(*MODELS)
+
+    async def threaded(session: uow.AsyncSession, events: list[Any]) -> None:
+        await anyio.to_thread.run_sync(lambda: session.add(Owner(name="thread", email="t@x")))
+
+    engine.before_commit_hooks.append(threaded)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Owner(name="a", email="a@x"))
+        with pytest.raises(SessionStateError, match="busy with commit"):
+            await session.commit()
+        engine.before_commit_hooks.clear()
+        await session.commit()
+        assert [o.name for o in await session.query(Owner).all()] == ["a"]

@@ -192,9 +192,12 @@ class ReadsMixin:
 
         with self._exclusive("parallel_exec"):
             gone.update(self._keys_deleted_in_transaction())
-            async with anyio.create_task_group() as group:
-                for index, read in enumerate(listed):
-                    group.start_soon(run, index, read)
+            try:
+                async with anyio.create_task_group() as group:
+                    for index, read in enumerate(listed):
+                        group.start_soon(run, index, read)
+            except ExceptionGroup as failed:  # the reads' own errors, not a group of them
+                raise _first_error(failed) from failed
         return tuple(results) if isinstance(reads, tuple) else results
 
     # --- used by Query ------------------------------------------------------------
@@ -296,6 +299,11 @@ class ReadsMixin:
         if track:
             return self._load_row(table, row).obj
         return table.from_row(row)
+
+
+def _first_error(group: BaseExceptionGroup[Exception]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _leaving_out(

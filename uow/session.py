@@ -249,6 +249,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         """The task running before-commit hooks, while they run (they may not end the transaction)."""
         self._cascaded_upto = 0
         self._context_tokens: list[contextvars.Token[weakref.ref[AsyncSession] | None]] = []
+        self._entered_by: int | None = None
+        """The task inside ``async with`` this session, while one is."""
         for model in engine.models.values():
             self._table(model)
 
@@ -266,6 +268,13 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
     # --- context ------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        task = anyio.get_current_task().id
+        if self._context_tokens and self._entered_by != task:
+            raise SessionStateError(
+                "this session is open in another task (async with); a session serves one task at a time "
+                "(give each task its own session)"
+            )
+        self._entered_by = task
         self._context_tokens.append(_current_session.set(weakref.ref(self)))
         return self
 
@@ -285,10 +294,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
     def _exclusive(self, operation: str) -> Any:
         busy = self._busy
         if busy is not None and not self._in_hook_task():
-            raise SessionStateError(
-                f"session is busy with {busy} in another task; a session serves one task at a time "
-                "(give each task its own session)"
-            )
+            raise self._busy_error()
         self._busy = operation
         try:
             yield
@@ -297,14 +303,24 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
 
     def _check_idle(self) -> None:
         if self._busy is not None and not self._in_hook_task():
-            raise SessionStateError(
-                f"session is busy with {self._busy} in another task; a session serves one task at a time"
-            )
+            raise self._busy_error()
+
+    def _busy_error(self) -> SessionStateError:
+        return SessionStateError(
+            f"session is busy with {self._busy}, in another task or in a call made while it runs (an "
+            "after-commit hook, a worker thread); a session serves one task at a time (give each task "
+            "its own session)"
+        )
 
     def _in_hook_task(self) -> bool:
         """Whether this is the task running before-commit hooks, which use the
         session while its commit is under way."""
-        return self._hook_task is not None and self._hook_task == anyio.get_current_task().id
+        if self._hook_task is None:
+            return False
+        try:
+            return self._hook_task == anyio.get_current_task().id
+        except RuntimeError:  # a worker thread, which runs no task: not the hooks' task
+            return False
 
     # --- public state -----------------------------------------------------------
 

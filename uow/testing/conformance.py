@@ -2472,6 +2472,11 @@ class SessionConformance:
                         session.delete(bad)
             assert seen == list(range(7)) and session.in_transaction()
 
+    async def test_a_failing_parallel_read_raises_its_own_error(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            with pytest.raises(StorageError):  # the employees' table was not created
+                await session.parallel_exec([session.query(User), session.query(Employee)])
+
     async def test_parallel_reads_return_their_objects_in_order_through_the_identity_map(
         self, engine: uow.Engine, alice: User
     ) -> None:
@@ -3267,6 +3272,32 @@ class SessionConformance:
             assert isinstance(error.event, Inserted) and error.event.values["name"] == "Second twin"
 
     # --- concurrency and cancellation -----------------------------------------------------------------
+
+    async def test_a_session_entered_in_two_tasks_is_refused_in_the_second(self, engine: uow.Engine) -> None:
+        session = AsyncSession(engine)
+        entered = anyio.Event()
+        outcome: list[BaseException | None] = []
+
+        async def first() -> None:
+            async with session:
+                session.add(User(name="First", email="first@example.com"))
+                entered.set()
+                await anyio.sleep(0.05)
+                await session.commit()
+
+        async def second() -> None:
+            await entered.wait()
+            try:
+                async with session:
+                    outcome.append(None)
+            except SessionStateError as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(first)
+            tasks.start_soon(second)
+        assert len(outcome) == 1 and isinstance(outcome[0], SessionStateError)
+        assert await count_rows(engine, User, email="first@example.com") == 1  # the first task's work went on
 
     async def test_one_session_used_from_two_tasks_is_refused(self, engine: uow.Engine, alice: User) -> None:
         outcomes: list[BaseException | None] = []
