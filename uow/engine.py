@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 import anyio
 
 from uow.adapter import Adapter, Connection
-from uow.errors import ConfigurationError, SerializationFailure
+from uow.errors import ConfigurationError, OperationalError, SerializationFailure
 from uow.model import Model, TableInfo, model_tables, table_info
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ class Engine:
         self.url = url
         self.adapter = adapter
         self._opened = False
+        self._disposed = False
         self._open_lock = anyio.Lock()
         self.models: dict[str, type[Model]] = {}
         self.commit_hooks: list[Callable[[list[AnyEvent]], Awaitable[None] | None]] = []
@@ -96,6 +97,8 @@ class Engine:
     async def _ensure_open(self) -> None:
         if self._opened:
             return
+        if self._disposed:
+            raise OperationalError("this engine was disposed: its pool is closed for good (create another engine)")
         async with self._open_lock:
             if not self._opened:
                 await self.adapter.open()
@@ -191,7 +194,9 @@ class Engine:
                 await anyio.sleep(delay * random.uniform(0.5, 1.5))
 
     async def dispose(self) -> None:
-        """Close every connection; the engine is not used afterwards."""
+        """Close every connection; the engine is not used afterwards (a session
+        that needs a connection gets :class:`~uow.errors.OperationalError`)."""
+        self._disposed = True
         if self._opened:
             with anyio.CancelScope(shield=True):
                 await self.adapter.close()
