@@ -1146,3 +1146,19 @@ async def test_a_hook_handing_the_session_to_a_worker_thread_is_refused_clearly(
         engine.before_commit_hooks.clear()
         await session.commit()
         assert [o.name for o in await session.query(Owner).all()] == ["a"]
+
+
+async def test_an_upsert_entry_holds_the_row_as_the_upsert_left_it(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    joined = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    async with uow.AsyncSession(engine) as session:
+        await session.insert(Owner(name="Ann", email="ann@x", joined=joined))
+        await session.commit()
+    async with uow.AsyncSession(engine) as session:  # not tracked here: the entry cannot take old values
+        other_day = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+        landed = await session.upsert(Owner(name="Anne", email="ann@x", joined=other_day), "email", "name")
+        await session.commit()
+        upsert = (await trail.records(session))[-1]
+        assert (upsert.action, upsert.key, upsert.update_fields) == ("upsert", landed.id, ("name",))
+        # what the row holds: the name updated on the conflict, the rest as it was (not what was offered)
+        assert upsert.new == {"id": landed.id, "name": "Anne", "email": "ann@x", "joined": joined}

@@ -453,6 +453,7 @@ class ImmediateMixin:
                 keys=(landed,),
             )
         # known only now that it is not refused: a refused upsert's write is rolled back with its transaction
+        self._journal.upserted_rows[event.seq] = table.row_dict(tuple(row))
         if event.key is None:  # the journal learns the key of the row it landed on, as for an insert
             self._journal.generated_keys[event.ref] = landed
         elif event.key != landed:  # a conflict on another unique column chose a row with another key

@@ -45,6 +45,7 @@ class Journal:
         "_pending_refs",
         "generated_keys",
         "landed_keys",
+        "upserted_rows",
         "next_seq",
         "append",
         "size",
@@ -58,6 +59,8 @@ class Journal:
         self.generated_keys: dict[int, Any] = {}
         """ref -> primary key of a row whose events were recorded without it
         (see :attr:`JournalView.generated_keys`)."""
+        self.upserted_rows: dict[int, dict[str, Any]] = {}
+        """seq -> the row an upsert left, as the database returned it."""
         self.landed_keys: dict[int, Any] = {}
         """seq -> key of the row an event wrote, where the event named another:
         an upsert that landed, through a conflict on another unique column, on
@@ -138,6 +141,7 @@ class Journal:
             elif isinstance(event, Upserted):
                 # not its ref's key: an upsert onto a tracked row shares the ref of that row's insert
                 self.landed_keys.pop(event.seq, None)
+                self.upserted_rows.pop(event.seq, None)
         return removed
 
     def view(self) -> JournalView:

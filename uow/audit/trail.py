@@ -51,7 +51,7 @@ from uow.events import (
     Updated,
     Upserted,
 )
-from uow.journal import json_safe
+from uow.journal import Journal, json_safe
 from uow.model import Model, TableInfo, table_info
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class AuditTrail:
                 key = keys.get(event.ref, key)
                 event = trimmed
             redacted = self.redact.get(table.name, frozenset())
-            entry = _entry(event, table, key, keys, tx, actor, previous, redacted, self._secret)
+            entry = _entry(event, table, key, session._journal, tx, actor, previous, redacted, self._secret)
             entries.append(entry)
             previous = entry.entry_hash
         try:
@@ -316,7 +316,7 @@ def _entry(
     event: AnyEvent,
     table: TableInfo,
     key: Any,
-    keys: Mapping[int, Any],
+    journal: Journal,
     tx: str,
     actor: str | None,
     previous: str,
@@ -324,6 +324,7 @@ def _entry(
     secret: bytes | None,
 ) -> AuditEntry:
     key = canonical_key(key)
+    keys, upserted = journal.generated_keys, journal.upserted_rows
     old: Mapping[str, Any] = {}
     new: Mapping[str, Any] = {}
     where: dict[str, Any] | str | None = None
@@ -331,11 +332,12 @@ def _entry(
     if isinstance(event, (BulkUpdated, BulkDeleted)):
         where = json_safe(msgspec.to_builtins(event.where)) if event.where is not None else None
         new = event.values if isinstance(event, BulkUpdated) else {}
-    elif isinstance(event, (Inserted, Upserted)):
+    elif isinstance(event, Upserted):
+        new = upserted.get(event.seq) or {**event.values, table.key_column: key}  # the row it left
+        update_fields = event.update_fields
+        old = event.old or {}
+    elif isinstance(event, Inserted):
         new = {**event.values, table.key_column: key}
-        if isinstance(event, Upserted):
-            update_fields = event.update_fields
-            old = event.old or {}
     elif isinstance(event, Deleted):
         old = event.old
     else:
