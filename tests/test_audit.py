@@ -1162,3 +1162,16 @@ async def test_an_upsert_entry_holds_the_row_as_the_upsert_left_it(engine: uow.E
         assert (upsert.action, upsert.key, upsert.update_fields) == ("upsert", landed.id, ("name",))
         # what the row holds: the name updated on the conflict, the rest as it was (not what was offered)
         assert upsert.new == {"id": landed.id, "name": "Anne", "email": "ann@x", "joined": joined}
+
+
+async def test_a_computed_bulk_update_is_recorded_as_its_arithmetic(engine: uow.Engine) -> None:
+    trail = await _trail(engine)
+    async with uow.AsyncSession(engine) as session:
+        session.add(Item(label="lamp", price=Decimal("10.00")))
+        await session.commit()
+        await session.query(Item).update(price=Item.price * Decimal("1.5"))
+        await session.commit()
+        bulk = (await trail.records(session))[-1]
+        assert bulk.action == "bulk_update"
+        assert bulk.new == {"price": {"expr": "column_math", "column": "price", "op": "*", "operand": "1.5"}}
+        assert (await trail.verify(session)).entries == 2

@@ -103,7 +103,8 @@ class UpsertBatch:
 
 @dataclass(frozen=True, slots=True)
 class BulkUpdateBatch:
-    """Set ``values`` on every row matching ``where``; returns the row count."""
+    """Set ``values`` on every row matching ``where``; returns the row count.
+    A value may be a :class:`~uow.arithmetic.ColumnMath`, computed from each row."""
 
     table: TableInfo
     where: Condition | None

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
+from uow.arithmetic import ColumnMath, Operator
 from uow.conditions import (
     And,
     Between,
@@ -160,6 +161,31 @@ class Column(Generic[T]):
 
     def __hash__(self) -> int:
         return hash((self.model, self.name))
+
+    # arithmetic, for the values of a bulk update: update(stock=Product.stock - 1)
+
+    def _math(self, op: Operator, operand: Any) -> ColumnMath:
+        if isinstance(operand, Column):
+            raise QueryError(f"{self!r} {op} {operand!r}: arithmetic takes a column and a value, not two columns")
+        return ColumnMath(self.name, op, operand)
+
+    def __add__(self, operand: T) -> ColumnMath:
+        return self._math("+", operand)
+
+    def __radd__(self, operand: T) -> ColumnMath:
+        return self._math("+", operand)
+
+    def __sub__(self, operand: T) -> ColumnMath:
+        return self._math("-", operand)
+
+    def __rsub__(self, operand: T) -> NoReturn:
+        raise QueryError(f"{operand!r} - {self!r}: write the column first ({self!r} - value, or * -1 and +)")
+
+    def __mul__(self, operand: T) -> ColumnMath:
+        return self._math("*", operand)
+
+    def __rmul__(self, operand: T) -> ColumnMath:
+        return self._math("*", operand)
 
     def __bool__(self) -> NoReturn:
         raise TypeError(f"{self!r} has no truth value; compare it (User.age >= 18) inside where()")

@@ -20,14 +20,16 @@ them alone.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from uow.adapter import Connection
+from uow.arithmetic import ColumnMath, compute, has_math
 from uow.assignments import set_attribute
 from uow.conditions import Condition, equals_all, matches
-from uow.errors import ConcurrencyError, ModelDefinitionError, SessionStateError, ValidationError
+from uow.errors import ConcurrencyError, ModelDefinitionError, SessionStateError, StorageError, ValidationError
 from uow.events import BulkDeleted, BulkUpdated, Inserted, Restored, SoftDeleted, Updated, Upserted
 from uow.identity import LIVE, IdentityMap, InstanceState, Status
 from uow.journal import Journal
@@ -531,17 +533,31 @@ class ImmediateMixin:
         """``UPDATE model SET values WHERE column = value AND ...``; returns the
         number of rows changed. Tracked objects that match are updated in place."""
         table = self._table(model)
-        self._checked_values(table, values)
+        self._checked_update_values(table, values)
         return await self._bulk_update_where(table, values, self._filters(table, filters))
 
-    async def _bulk_update_where(self, table: TableInfo, values: Mapping[str, Any], where: Condition | None) -> int:
-        """``UPDATE table SET values WHERE where``, journaled as one BulkUpdated;
-        the tracked objects ``where`` matches (evaluated in Python) change in place."""
-        checked = self._detached_values(table, self._checked_values(table, values))
+    def _checked_update_values(self, table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of a bulk update, checked as any written value, or as
+        :class:`~uow.arithmetic.ColumnMath`; in the order given."""
+        math = {column: value for column, value in values.items() if isinstance(value, ColumnMath)}
+        plain = {column: value for column, value in values.items() if column not in math}
+        checked = self._detached_values(table, self._checked_values(table, plain))
+        for column, value in math.items():
+            checked[column] = _checked_math(table, column, value)
         if not checked:
             raise ValidationError(f"a bulk update of {table.model.__name__} needs at least one column to set")
         if table.key_column in checked:
             raise ValidationError(f"bulk_update cannot change the primary key {table.key_column!r}")
+        return {column: checked[column] for column in values}
+
+    async def _bulk_update_where(self, table: TableInfo, values: Mapping[str, Any], where: Condition | None) -> int:
+        """``UPDATE table SET values WHERE where``, journaled as one BulkUpdated;
+        the tracked objects ``where`` matches (evaluated in Python) change in place.
+        Values computed from the row (``Product.stock - 1``) are computed from
+        what each object holds, and the object is expired: another transaction
+        may have changed the row, and the next read brings the database's value."""
+        checked = self._checked_update_values(table, values)
+        computes = has_math(checked)
         with self._exclusive("bulk_update"):
             await self._flush()
             matched = self._matching(table, where)
@@ -562,10 +578,12 @@ class ImmediateMixin:
             )
             self._record(event, *matched)
             for state in matched:
-                values = dict(checked)
+                values = _computed(checked, table.row_dict(state.snapshot)) if computes else dict(checked)
                 if bumped is not None:
                     values[bumped] = (old[state.ref][bumped] or 0) + 1
                 self._set_values_following(state, values)
+                if computes:
+                    state.expired = True
             outcome = await self._flush_recorded(self._journal.mark - 1)
             await self._done()
         return outcome.rowcounts.get(event.seq, 0)
@@ -656,6 +674,38 @@ class ImmediateMixin:
             # it may write: a later flush that fails in this transaction must undo only itself
             self._raw_sql_in = self._transactions
             return await connection.execute_raw(sql, params)
+
+
+def _computed(values: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """``values`` for a tracked object holding ``row``, each computed from it;
+    one its value cannot be computed from (out of range) is left out: the
+    object is expired, and the database decides."""
+    computed = {}
+    for column, value in values.items():
+        if type(value) is ColumnMath:
+            try:
+                value = compute(value.op, row.get(value.column), value.operand)
+            except StorageError:
+                continue
+        computed[column] = value
+    return computed
+
+
+def _checked_math(table: TableInfo, column: str, value: ColumnMath) -> ColumnMath:
+    """``value``, set into ``column``, with its operand as the column's type;
+    :class:`ValidationError` unless both columns hold numbers of one type."""
+    model = table.model.__name__
+    target = table.columns[table.column_index[column]]
+    if value.column not in table.column_index:
+        raise ValidationError(f"{model} has no column {value.column!r} to compute {column} from")
+    source = table.columns[table.column_index[value.column]]
+    if target.python_type not in (int, float, decimal.Decimal) or target.kind == "json":
+        raise ValidationError(f"{model}.{column} does not hold numbers: it cannot be set to {value!r}")
+    if source.python_type is not target.python_type:
+        raise ValidationError(f"{model}.{column} is set from {value.column}, a column of another type ({value!r})")
+    if value.operand is None:
+        raise ValidationError(f"{model}.{column} = {value!r}: the operand is a number, not None")
+    return ColumnMath(value.column, value.op, converted_value(table, target, value.operand))
 
 
 __all__ = ["ImmediateMixin"]

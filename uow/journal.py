@@ -20,6 +20,7 @@ from typing import Any, Literal, overload
 
 import msgspec
 
+from uow.arithmetic import ColumnMath, computed_row, has_math
 from uow.conditions import And, Between, Compare, Condition, In, Not, Or, matches
 from uow.errors import ReplayError, ValidationError
 from uow.events import (
@@ -287,9 +288,10 @@ def replay(
         elif isinstance(event, BulkUpdated):
             # a versioned table's rows get their version bumped, unless the event sets it
             bumped = table.version_column if table.version_column not in event.values else None
+            computes = has_math(event.values)
             for row in table_rows.values():
                 if matches(event.where, row):
-                    row.update(event.values)
+                    row.update(computed_row(event.values, row) if computes else event.values)
                     if bumped is not None:
                         row[bumped] = (row.get(bumped) or 0) + 1
         elif isinstance(event, BulkDeleted):
@@ -385,8 +387,10 @@ def _retype(event: AnyEvent, table: TableInfo) -> AnyEvent:
     bulk = isinstance(event, (BulkUpdated, BulkDeleted))
     for name in ("values", "old", "new"):
         values = getattr(event, name, None)
-        if isinstance(values, dict) and values and not (bulk and name == "old"):
+        if isinstance(values, dict) and values and not bulk:
             changes[name] = _row(table, values)
+    if isinstance(event, BulkUpdated):
+        changes["values"] = {c: _value_or_math(table, c, v) for c, v in event.values.items()}
     if isinstance(event, (BulkUpdated, BulkDeleted)):
         changes["old"] = {ref: _row(table, row) for ref, row in event.old.items()}
         if event.where is not None:
@@ -396,6 +400,15 @@ def _retype(event: AnyEvent, table: TableInfo) -> AnyEvent:
 
 def _row(table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
     return {column: _value(table, column, value) for column, value in values.items()}
+
+
+def _value_or_math(table: TableInfo, column: str, value: Any) -> Any:
+    """A bulk update's value: a :class:`ColumnMath` comes back as a mapping
+    carrying its tag, its operand untyped."""
+    if type(value) is dict and value.get("expr") == "column_math":
+        math = msgspec.convert(value, ColumnMath)
+        return ColumnMath(math.column, math.op, _value(table, column, math.operand))
+    return _value(table, column, value)
 
 
 def _value(table: TableInfo, column: str, value: Any) -> Any:

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from uow.arithmetic import ColumnMath
 from uow.conditions import And as AndCondition
 from uow.conditions import Between, Compare, Condition, In, IsNull, Like, Not, Or
 from uow.model import ColumnInfo, ForeignKeyInfo, TableInfo
@@ -319,7 +320,10 @@ class SqlDialect(ABC):
         version of every row goes up by one too, unless ``values`` set it."""
         params = self.params()
         assignments = ", ".join(
-            f"{self.quote(c)} = {params.add(self.encode_value(table, c, v))}" for c, v in values.items()
+            f"{self.quote(c)} = {self.column_math(table, c, v, params)}"
+            if type(v) is ColumnMath
+            else f"{self.quote(c)} = {params.add(self.encode_value(table, c, v))}"
+            for c, v in values.items()
         )
         version = table.version_column
         if version is not None and version not in values:
@@ -328,6 +332,13 @@ class SqlDialect(ABC):
         if where is not None:
             text += " WHERE " + self.condition(where, table, params)
         return text, params.values
+
+    def column_math(self, table: TableInfo, column: str, math: ColumnMath, params: Params) -> str:
+        """The SQL of ``math`` set into ``column``: ``"stock" - $1``, the
+        operand a parameter of the column's type."""
+        operand = params.add(self.encode_value(table, column, math.operand))
+        sql_type = self.column_type(table.columns[table.column_index[column]])
+        return f"{self.quote(math.column)} {math.op} CAST({operand} AS {sql_type})"
 
     def bulk_delete(self, table: TableInfo, where: Condition | None) -> tuple[str, list[Any]]:
         """DELETE … WHERE text and parameters."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from uow.arithmetic import ColumnMath, compute
 from uow.batches import (
     Batch,
     BatchResult,
@@ -295,10 +296,15 @@ class BatchWriter:
         changes = dict(zip(self._indexes(table, list(batch.values)), batch.values.values()))
         version = batch.table.version_column
         bump = None if version is None or version in batch.values else batch.table.column_index[version]
+        # values computed from the row (stock - 1): index -> (the source column's index, the arithmetic)
+        index_of = batch.table.column_index
+        math = {i: (index_of[v.column], v) for i, v in changes.items() if type(v) is ColumnMath}
         keys = matching_keys(table, batch.where)
         for key in keys:
             old = table.rows.get(key)
             if old is not None:
+                for index, (source, value) in math.items():
+                    changes[index] = compute(value.op, old[source], value.operand)
                 if bump is not None:  # as the SQL adapters do: every matched row's version goes up
                     changes[bump] = (old[bump] or 0) + 1
                 self._change_row(table, key, old, changes, None)

@@ -22,7 +22,15 @@ from uow.errors import ConfigurationError, OperationalError, SerializationFailur
 from uow.model import TableInfo
 from uow.statements import Select
 from uow_sqlite.config import SQLiteConfig
-from uow_sqlite.dialect import DECIMAL_COLLATION, ILIKE_FUNCTION, SQLiteDialect, decimal_collation, ilike
+from uow_sqlite.dialect import (
+    DECIMAL_COLLATION,
+    ILIKE_FUNCTION,
+    MATH_FUNCTION,
+    SQLiteDialect,
+    column_math,
+    decimal_collation,
+    ilike,
+)
 from uow_sqlite.errors import storage_error
 from uow_sqlite.schema import children_first, parents_first
 from uow_sqlite.writes import apply_batch
@@ -271,6 +279,7 @@ async def open_connection(config: SQLiteConfig, dialect: SQLiteDialect) -> SQLit
     connection = SQLiteConnection(db, dialect)
     try:
         await db.create_function(ILIKE_FUNCTION, 2, ilike, deterministic=True)
+        await db.create_function(MATH_FUNCTION, 4, column_math, deterministic=True)
         await connection._run(partial(_configure, config=config))
     except BaseException:
         await db.close()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,6 +46,7 @@ from typing import Any
 import msgspec
 
 from uow.adapter import json_decoder
+from uow.arithmetic import ColumnMath, Operator, compute
 from uow.conditions import Between, Compare, Condition, In, Like, like_regex
 from uow.errors import StorageError
 from uow.model import ColumnInfo, TableInfo
@@ -71,6 +73,37 @@ def decimal_collation(left: str, right: str) -> int:
             return -1 if a_number else 1
         return (left > right) - (left < right)
     return (a > b) - (a < b)
+
+
+MATH_FUNCTION = "uow_math"
+"""Name of the SQL function registered on each connection that computes a
+bulk update's column arithmetic (``stock - 1``) as uow does everywhere."""
+
+_math_failures = threading.local()
+
+
+def column_math(value: Any, op: Operator, operand: Any, kind: str) -> Any:
+    """``value <op> operand`` of stored values of a column of ``kind``: decimals
+    exactly (SQLite's own arithmetic would make floats of their text), and an
+    integer past 64 bits refused (SQLite's would make a float of it)."""
+    decimals = kind == "decimal"
+    try:
+        result = compute(
+            op,
+            None if value is None else decimal.Decimal(value) if decimals else value,
+            decimal.Decimal(operand) if decimals else operand,
+        )
+    except StorageError as exc:  # SQLite reports only that a function raised: kept for the error
+        _math_failures.error = exc
+        raise
+    return _encode_decimal(result) if decimals else result
+
+
+def math_failure() -> StorageError | None:
+    """The error ``column_math`` last raised in this thread (the connection's), taken."""
+    error: StorageError | None = getattr(_math_failures, "error", None)
+    _math_failures.error = None
+    return error
 
 
 def _is_number(text: str) -> bool:
@@ -249,6 +282,11 @@ class SQLiteDialect(SqlDialect):
         return decode
 
     # --- schema -------------------------------------------------------------
+
+    def column_math(self, table: TableInfo, column: str, math: ColumnMath, params: Params) -> str:
+        operand = params.add(self.encode_value(table, column, math.operand))
+        kind = table.columns[table.column_index[column]].kind
+        return f"{MATH_FUNCTION}({self.quote(math.column)}, '{math.op}', {operand}, '{kind}')"
 
     def column_definition(self, table: TableInfo, column: ColumnInfo) -> str:
         """As the base, with AUTOINCREMENT on a generated integer key and NOT NULL

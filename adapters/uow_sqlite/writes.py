@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any, TypeVar
 
+from uow.arithmetic import ColumnMath
 from uow.batches import (
     Batch,
     BatchResult,
@@ -44,7 +45,7 @@ from uow_sqlite.diagnose import (
     missing_parents,
     referencing_children,
 )
-from uow_sqlite.dialect import SQLiteDialect
+from uow_sqlite.dialect import SQLiteDialect, math_failure
 
 T = TypeVar("T")
 
@@ -70,6 +71,8 @@ def apply_batch(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: Batch) -
     if isinstance(batch, UpsertBatch):
         return _upsert(raw, dialect, batch)
     if isinstance(batch, BulkUpdateBatch):
+        if any(type(value) is ColumnMath for value in batch.values.values()):
+            return _bulk_update_computing(raw, dialect, batch)
         sql, params = dialect.bulk_update(batch.table, dict(batch.values), batch.where)
         columns = list(batch.values)
         values = _rows(dialect, batch.table, columns, [tuple(batch.values.values())])
@@ -84,6 +87,20 @@ def apply_batch(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: Batch) -
             raw, batch.table, lambda: BatchResult(raw.execute(sql, params).rowcount), lambda: ([(sql, params)], probe)
         )
     raise TypeError(f"unknown batch {batch!r}")
+
+
+def _bulk_update_computing(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: BulkUpdateBatch) -> BatchResult:
+    """A bulk update with column arithmetic: a value out of range is the
+    error the arithmetic raised, not SQLite's report that a function did."""
+    sql, params = dialect.bulk_update(batch.table, dict(batch.values), batch.where)
+    math_failure()  # none left from an earlier statement
+    try:
+        return _guarded(raw, batch.table, lambda: BatchResult(raw.execute(sql, params).rowcount), None)
+    except sqlite3.OperationalError as exc:
+        failure = math_failure()
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 def _guarded(

@@ -49,7 +49,7 @@ import anyio.lowlevel
 import pytest
 
 import uow
-from uow import AsyncSession
+from uow import AsyncSession, col
 from uow.audit import AuditEntry, AuditTrail
 from uow.errors import (
     CommitHookError,
@@ -913,6 +913,88 @@ class SessionConformance:
                     ("department_id",),
                 )
                 assert isinstance(error.event, BulkUpdated)
+
+    async def test_a_bulk_update_computes_each_rows_value_from_its_own(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            rich, poor = Account(owner="rich", balance=100), Account(owner="poor", balance=5)
+            session.add_all([rich, poor])
+            await session.commit()
+            changed = await session.query(Account).update(balance=Account.balance - 10)
+            assert changed == 2
+            # tracked objects computed from what they held, versions bumped, and expired for the next read
+            assert (rich.balance, poor.balance, rich.version) == (90, -5, 2)
+            assert session.is_modified(rich) is False
+            await session.rollback()
+            assert (rich.balance, poor.balance, rich.version) == (100, 5, 1)
+            await session.bulk_update(Account, {"balance": Account.balance * 3}, owner="poor")
+            await session.commit()
+            journal = session.journal
+            replayed = replay(journal.flushed, [table_info(Account)], generated_keys=journal.generated_keys)
+        assert (await stored(engine, Account, poor.id)).balance == 15
+        assert (await stored(engine, Account, rich.id)).balance == 100
+        assert replayed["conformance_accounts"][poor.id]["balance"] == 15
+
+    async def test_concurrent_decrements_computed_by_the_database_both_count(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as first, AsyncSession(engine) as second:
+            account = Account(owner="shared", balance=10)
+            first.add(account)
+            await first.commit()
+            held = await second.get_one(Account, account.id)
+            await second.commit()  # the second session holds the row as it was: 10
+            await first.query(Account).filter(id=account.id).update(balance=Account.balance - 1)
+            await first.commit()
+            await second.query(Account).filter(id=account.id).update(balance=Account.balance - 1)
+            await second.commit()
+            assert (await second.get_one(Account, account.id)) is held and held.balance == 8  # expired: read again
+        assert (await stored(engine, Account, account.id)).balance == 8
+
+    async def test_computed_values_keep_exact_decimals_floats_and_nulls(self, engine: uow.Engine) -> None:
+        sample = _sample(amount=decimal.Decimal("0.10"), ratio=0.5, count=None)
+        async with AsyncSession(engine) as session:
+            session.add(sample)
+            await session.commit()
+            await session.query(Sample).update(
+                amount=Sample.amount * decimal.Decimal("3"), ratio=Sample.ratio + 0.25, count=col(Sample.count) + 1
+            )
+            await session.commit()
+            assert (sample.amount, sample.ratio, sample.count) == (decimal.Decimal("0.30"), 0.75, None)
+        saved = await stored(engine, Sample, sample.id)
+        assert (saved.amount, saved.ratio, saved.count) == (decimal.Decimal("0.30"), 0.75, None)
+
+    async def test_a_computed_value_out_of_range_writes_nothing(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            almost = Account(owner="almost", balance=2**63 - 2)
+            full = Account(owner="full", balance=2**63 - 1)
+            session.add_all([almost, full])
+            await session.commit()
+            with pytest.raises(StorageError) as refused:
+                await session.query(Account).update(balance=Account.balance + 1)
+            assert refused.value.sqlstate == "22003"
+            await session.rollback()
+            assert (almost.balance, full.balance) == (2**63 - 2, 2**63 - 1)
+        assert (await stored(engine, Account, almost.id)).balance == 2**63 - 2
+
+    async def test_column_arithmetic_that_cannot_hold_is_refused_before_anything_is_written(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            session.add(_sample())
+            await session.commit()
+            refused: list[dict[str, Any]] = [
+                {"label": col(Sample.label) + "x"},  # not a number
+                {"count": Sample.ratio + 1},  # a float into an int
+                {"amount": Sample.amount - 0.1},  # type: ignore[operator]  # a float for a decimal
+                {"count": col(Sample.count) + None},
+                {"count": col(Sample.count) + "1"},  # type: ignore[operator]
+            ]
+            for values in refused:
+                with pytest.raises(ValidationError):
+                    await session.bulk_update(Sample, values)
+            with pytest.raises(QueryError):
+                await session.bulk_update(Sample, {"count": col(Sample.count) + col(Sample.count)})  # type: ignore[operator]
+            with pytest.raises(QueryError):
+                await session.bulk_update(Sample, {"count": 1 - col(Sample.count)})
+            assert not session.journal.pending and len(session.journal) == 1
 
     async def test_a_bulk_update_setting_nothing_is_refused_before_anything_is_written(
         self, engine: uow.Engine

@@ -44,6 +44,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import uow
+from uow import col
 from uow.errors import IntegrityError, SessionStateError, ValidationError
 from uow.events import Inserted
 from uow.identity import Status
@@ -770,6 +771,20 @@ class DifferentialMachine(RuleBasedStateMachine):
             entry.values["score"] = new_score
         self._flushed()
         counts = self._each(lambda i, session: session.bulk_update(Owner, {"score": new_score}, score=score))
+        assert counts == [len(matched)] * len(counts), f"{len(matched)} rows matched, counted {counts}"
+
+    @rule(score=SCORES, delta=st.integers(min_value=-2, max_value=2), op=st.sampled_from(["+", "*"]))
+    def bulk_shift_scores(self, score: int, delta: int, op: str) -> None:
+        """``bulk_update`` with the score computed from each row's own:
+        ``score + delta`` or ``score * delta``, by every database alike, and
+        by the session on the tracked objects."""
+        matched = [e for e in self.expected if e.live and e.kind == "owner" and e.values["score"] == score]
+        for entry in matched:
+            entry.values["score"] = score + delta if op == "+" else score * delta
+        self._flushed()
+        column = col(Owner.score)
+        computed = column + delta if op == "+" else column * delta
+        counts = self._each(lambda i, session: session.bulk_update(Owner, {"score": computed}, score=score))
         assert counts == [len(matched)] * len(counts), f"{len(matched)} rows matched, counted {counts}"
 
     @precondition(lambda self: bool(self._live("owner")))
