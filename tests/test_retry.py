@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 import uow
-from uow import AsyncSession, Model, PrimaryKey
-from uow.errors import SerializationFailure
+from uow import AsyncSession, Model, PrimaryKey, Versioned
+from uow.errors import ConcurrencyError, SerializationFailure
 
 
 class Counter(Model, table="retry_counters"):
@@ -97,3 +97,64 @@ async def test_the_result_of_the_committed_attempt_is_returned() -> None:
         assert await engine.run_in_transaction(create) == 3
         async with AsyncSession(engine) as session:
             assert (await session.get_one(Counter, 7)).value == 3
+
+
+class VersionedCounter(Model, Versioned, table="retry_versioned_counters"):
+    id: Annotated[int, PrimaryKey()]
+    value: int = 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "adapter_name",
+    ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+async def test_a_version_conflict_is_retried_when_asked(engine: uow.Engine) -> None:
+    await engine.create_all(VersionedCounter)
+    async with AsyncSession(engine) as session:
+        await session.insert(VersionedCounter(id=1))
+        await session.commit()
+
+    attempts = {"a": 0, "b": 0}
+    read = {"a": anyio.Event(), "b": anyio.Event()}
+
+    def increment(name: str) -> Callable[[AsyncSession], Awaitable[None]]:
+        other = "b" if name == "a" else "a"
+
+        async def body(session: AsyncSession) -> None:
+            attempts[name] += 1
+            counter = await session.get_one(VersionedCounter, 1)
+            await session.commit()  # the read's transaction ends: only the version check can find the conflict
+            if attempts[name] == 1:
+                read[name].set()
+                with anyio.fail_after(10):
+                    await read[other].wait()
+                if name == "b":
+                    await anyio.sleep(0.05)  # a commits first
+            counter.value += 1
+
+        return body
+
+    async with anyio.create_task_group() as group:
+        for name in ("a", "b"):
+            group.start_soon(
+                functools.partial(engine.run_in_transaction, increment(name), retries=3, retry_on=ConcurrencyError)
+            )
+
+    async with AsyncSession(engine) as session:
+        counter = await session.get_one(VersionedCounter, 1)
+        assert (counter.value, counter.version) == (2, 3)
+    assert sorted(attempts.values()) == [1, 2]
+
+    async def stale(session: AsyncSession) -> None:  # not asked: a version conflict is raised at once
+        counter = await session.get_one(VersionedCounter, 1)
+        async with AsyncSession(engine) as other:
+            (await other.get_one(VersionedCounter, 1)).value += 10
+            await other.commit()
+        counter.value += 1
+
+    with pytest.raises(ConcurrencyError):
+        await engine.run_in_transaction(
+            stale, isolation="read committed" if engine.adapter.scheme != "sqlite" else None
+        )

@@ -157,12 +157,15 @@ class Engine:
         retries: int = 5,
         backoff: float = 0.02,
         max_backoff: float = 1.0,
+        retry_on: type[Exception] | tuple[type[Exception], ...] = SerializationFailure,
         **session_options: Unpack[SessionOptions],
     ) -> T:
         """Run ``work(session)`` as one transaction, committed when it returns,
         and run it again from the start on a serialization failure or deadlock
         (SQLSTATE 40001, 40P01), up to ``retries`` more times with jittered
-        exponential backoff.
+        exponential backoff. ``retry_on=ConcurrencyError`` also runs it again
+        when optimistic locking refused a write (a ``Versioned`` row another
+        transaction changed since ``work`` read it): ``work`` reads it anew.
 
         The contract PostgreSQL-compatible distributed databases ask of clients::
 
@@ -186,7 +189,7 @@ class Engine:
                     result = await work(session)
                     await session.commit()
                 return result
-            except SerializationFailure:
+            except retry_on:
                 attempt += 1
                 if attempt > retries:
                     raise
