@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import uow
 from uow import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, relation
+from uow.arithmetic import ColumnMath
 from uow.audit import (
     GENESIS,
     REDACTED,
@@ -1173,5 +1174,5 @@ async def test_a_computed_bulk_update_is_recorded_as_its_arithmetic(engine: uow.
         await session.commit()
         bulk = (await trail.records(session))[-1]
         assert bulk.action == "bulk_update"
-        assert bulk.new == {"price": {"expr": "column_math", "column": "price", "op": "*", "operand": "1.5"}}
+        assert bulk.new == {"price": ColumnMath("price", "*", Decimal("1.5"))}  # typed again, as values are
         assert (await trail.verify(session)).entries == 2

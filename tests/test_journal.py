@@ -9,11 +9,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import uow
+from uow.arithmetic import ColumnMath
 from uow.conditions import And, Between, Compare, Condition, In, IsNull, Like, Not, Or
 from uow.errors import ReplayError, ValidationError
 from uow.events import (
@@ -526,3 +528,22 @@ def test_bad_input_to_encode_decode_and_replay_is_a_uow_error() -> None:
         decode(encode([inserted]), [table_info(Kinds)])
     with pytest.raises(ReplayError, match="'journal_people', which tables lacks"):
         replay([inserted], [table_info(Kinds)])
+
+
+class _Settings(Model, table="journal_settings"):
+    id: Annotated[int | None, PrimaryKey()] = None
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    level: int = 0
+
+
+def test_a_json_value_shaped_like_arithmetic_decodes_as_the_value_it_is() -> None:
+    table = uow.table_info(_Settings)
+    shaped = {"expr": "column_math", "column": "level", "op": "+", "operand": 1}
+    events = [
+        BulkUpdated(seq=1, at=AT, table=table.name, where=None, values={"data": shaped}),
+        BulkUpdated(seq=2, at=AT, table=table.name, where=None, values={"level": ColumnMath("level", "+", 1)}),
+    ]
+    for format in ("json", "msgpack"):
+        decoded = decode(encode(events, format), [table], format)  # type: ignore[arg-type]
+        assert decoded == events
+        assert type(decoded[0].values["data"]) is dict and type(decoded[1].values["level"]) is ColumnMath  # type: ignore[union-attr]

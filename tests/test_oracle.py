@@ -126,3 +126,8 @@ def test_any_sequence_of_own_operations_replays_to_the_database(operations: list
                 await assert_storage_replays_journal(session, Shelf, Book)
 
     anyio.run(run)
+
+
+async def test_stored_rows_reads_through_a_session_or_an_engine_only() -> None:
+    with pytest.raises(uow.errors.ValidationError, match="a session or an engine"):
+        await stored_rows("memory://", Shelf)  # type: ignore[arg-type]

@@ -165,9 +165,10 @@ class Column(Generic[T]):
     # arithmetic, for the values of a bulk update: update(stock=Product.stock - 1)
 
     def _math(self, op: Operator, operand: Any) -> ColumnMath:
-        if isinstance(operand, Column):
+        if isinstance(operand, (Column, ColumnMath)):
             raise QueryError(f"{self!r} {op} {operand!r}: arithmetic takes a column and a value, not two columns")
-        return ColumnMath(self.name, op, operand)
+        table: str = type.__getattribute__(self.model, "__uow_table_name__")
+        return ColumnMath(self.name, op, operand, table)
 
     def __add__(self, operand: T) -> ColumnMath:
         return self._math("+", operand)
@@ -180,6 +181,11 @@ class Column(Generic[T]):
 
     def __rsub__(self, operand: T) -> NoReturn:
         raise QueryError(f"{operand!r} - {self!r}: write the column first ({self!r} - value, or * -1 and +)")
+
+    def _no_arithmetic(self, *_: Any) -> NoReturn:
+        raise QueryError(f"{self!r}: a bulk update computes a column plus, minus or times a number, nothing else")
+
+    __truediv__ = __rtruediv__ = __floordiv__ = __mod__ = __pow__ = __neg__ = __pos__ = __abs__ = _no_arithmetic
 
     def __mul__(self, operand: T) -> ColumnMath:
         return self._math("*", operand)

@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from uow.adapter import Connection
-from uow.arithmetic import ColumnMath, compute, has_math
+from uow.arithmetic import OPERATORS, ColumnMath, compute, has_math
 from uow.assignments import set_attribute
 from uow.conditions import Condition, equals_all, matches
 from uow.errors import ConcurrencyError, ModelDefinitionError, SessionStateError, StorageError, ValidationError
@@ -695,7 +695,13 @@ def _checked_math(table: TableInfo, column: str, value: ColumnMath) -> ColumnMat
     """``value``, set into ``column``, with its operand as the column's type;
     :class:`ValidationError` unless both columns hold numbers of one type."""
     model = table.model.__name__
+    if column not in table.column_index:
+        raise ValidationError(f"{model} has no column {column!r}; columns: {', '.join(table.column_names)}")
     target = table.columns[table.column_index[column]]
+    if value.table not in (None, table.name):
+        raise ValidationError(f"{model}.{column} = {value!r}: {value.column} is a column of {value.table}")
+    if value.op not in OPERATORS:
+        raise ValidationError(f"{model}.{column} = {value!r}: the operator is one of {', '.join(sorted(OPERATORS))}")
     if value.column not in table.column_index:
         raise ValidationError(f"{model} has no column {value.column!r} to compute {column} from")
     source = table.columns[table.column_index[value.column]]

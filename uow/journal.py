@@ -372,7 +372,10 @@ def decode(
     missing = {event.table for event in raw} - by_name.keys()
     if missing:
         raise ValidationError(f"tables lacks {sorted(missing)}: give the table_info() of every table the events name")
-    return [_retype(event, by_name[event.table]) for event in raw]
+    try:
+        return [_retype(event, by_name[event.table]) for event in raw]
+    except msgspec.MsgspecError as exc:
+        raise ValidationError(f"a journal value does not fit its column in tables: {exc}") from None
 
 
 def _check_format(format: str) -> None:
@@ -404,8 +407,14 @@ def _row(table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _value_or_math(table: TableInfo, column: str, value: Any) -> Any:
     """A bulk update's value: a :class:`ColumnMath` comes back as a mapping
-    carrying its tag, its operand untyped."""
-    if type(value) is dict and value.get("expr") == "column_math":
+    carrying its tag, its operand untyped (only a number column takes one:
+    a JSON column's value may look the same)."""
+    if (
+        type(value) is dict
+        and value.get("expr") == "column_math"
+        and column in table.column_index
+        and table.columns[table.column_index[column]].kind in ("integer", "float", "decimal")
+    ):
         math = msgspec.convert(value, ColumnMath)
         return ColumnMath(math.column, math.op, _value(table, column, math.operand))
     return _value(table, column, value)

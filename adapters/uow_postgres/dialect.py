@@ -42,11 +42,15 @@ from typing import Any, Concatenate, ParamSpec
 import msgspec
 
 from uow.adapter import json_decoder
+from uow.arithmetic import ColumnMath
 from uow.conditions import Compare, Condition, In
 from uow.errors import StorageError
 from uow.model import ColumnInfo, TableInfo
 from uow.sql import Converter, Params, SqlDialect
 from uow.statements import Select
+
+NOT_A_NUMBER = "computed value is not a number"
+"""The text a bulk update's arithmetic fails to cast when its result is NaN."""
 
 _TYPES: dict[str, str] = {
     "integer": "BIGINT",
@@ -140,6 +144,17 @@ class PostgresDialect(SqlDialect):
         if column.primary_key and column.generated and column.kind in _GENERATED_KEY_DEFAULTS:
             return _GENERATED_KEY_DEFAULTS[column.kind]
         return _TYPES[column.kind]
+
+    def column_math(self, table: TableInfo, column: str, math: ColumnMath, params: Params) -> str:
+        computed = super().column_math(table, column, math, params)
+        if table.columns[table.column_index[column]].kind not in ("float", "decimal"):
+            return computed
+        # a result that is not a number (inf - inf) is refused, as memory and SQLite
+        # refuse it: the text fails its cast, and reads the row so that it is cast
+        # only when the case is taken (a constant would be cast at planning)
+        failure = f"CAST('{NOT_A_NUMBER}' || left({self.quote(math.column)}::text, 0) AS DOUBLE PRECISION)"
+        sql_type = self.column_type(table.columns[table.column_index[column]])
+        return f"CASE WHEN ({computed}) = 'NaN' THEN CAST({failure} AS {sql_type}) ELSE {computed} END"
 
     def array_type(self, column: ColumnInfo) -> str:
         """The SQL array type of a column's values, for ``unnest`` and ``ANY``."""

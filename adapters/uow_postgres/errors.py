@@ -18,6 +18,7 @@ import asyncpg
 
 from uow.errors import ConstraintKind, IntegrityError, OperationalError, SerializationFailure, StorageError
 from uow.model import TableInfo
+from uow_postgres.dialect import NOT_A_NUMBER
 
 _INTEGRITY_KINDS: dict[str, ConstraintKind] = {
     "23505": "unique",
@@ -81,11 +82,17 @@ def translate(exc: BaseException, failure: Failure | None = None) -> StorageErro
             return SerializationFailure(message, table=table, sqlstate=sqlstate)
         if str(sqlstate or "").startswith(_OPERATIONAL_CLASSES):
             return OperationalError(message, sqlstate=sqlstate)
+        if sqlstate == "22P02" and NOT_A_NUMBER in message:  # the dialect's refusal of a NaN result
+            return StorageError(f"a bulk update's {NOT_A_NUMBER} (NaN)", sqlstate="22003")
         return StorageError(message, sqlstate=sqlstate)
     if isinstance(exc, TimeoutError):
         return OperationalError(f"the database did not answer in time ({type(exc).__name__})")
     if is_connection_error(exc):
-        return OperationalError(f"{type(exc).__name__}: {exc}")
+        # found by the client: the SQLSTATE a server reports for a connection it no longer has
+        sqlstate = "08006" if isinstance(exc, OSError) else "08003"
+        return OperationalError(
+            f"the connection to PostgreSQL was lost ({type(exc).__name__}: {exc})", sqlstate=sqlstate
+        )
     return StorageError(f"{type(exc).__name__}: {exc}")
 
 

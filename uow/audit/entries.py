@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from uow.errors import AuditChainError
-from uow.journal import _value
+from uow.journal import _value_or_math
 from uow.model import Index, Model, PrimaryKey, TableInfo, Unique
 
 Action = Literal["insert", "update", "delete", "soft_delete", "restore", "upsert", "bulk_update", "bulk_delete"]
@@ -105,7 +105,8 @@ def canonical_key(key: Any) -> Any:
     if isinstance(key, dt.datetime) and key.utcoffset() is not None:
         return key.astimezone(dt.UTC)
     if isinstance(key, decimal.Decimal):
-        return key.normalize()
+        normalized = key.normalize()
+        return normalized.copy_abs() if normalized.is_zero() else normalized  # -0 is 0
     return key
 
 
@@ -143,7 +144,7 @@ def typed_value(table: TableInfo, column: str, value: Any) -> Any:
     if value == REDACTED:
         return value
     try:
-        return _value(table, column, value)
+        return _value_or_math(table, column, value)
     except msgspec.ValidationError:
         return value
 

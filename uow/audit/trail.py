@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from uow.arithmetic import ColumnMath
 from uow.audit.entries import (
     ENCODER,
     GENESIS,
@@ -331,7 +332,10 @@ def _entry(
     update_fields: tuple[str, ...] | None = None
     if isinstance(event, (BulkUpdated, BulkDeleted)):
         where = json_safe(msgspec.to_builtins(event.where)) if event.where is not None else None
-        new = event.values if isinstance(event, BulkUpdated) else {}
+        if isinstance(event, BulkUpdated):  # arithmetic (stock - 1) as JSON, an infinite operand as "inf"
+            new = {
+                c: json_safe(msgspec.to_builtins(v)) if type(v) is ColumnMath else v for c, v in event.values.items()
+            }
     elif isinstance(event, Upserted):
         new = upserted.get(event.seq) or {**event.values, table.key_column: key}  # the row it left
         update_fields = event.update_fields

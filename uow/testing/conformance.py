@@ -50,6 +50,7 @@ import pytest
 
 import uow
 from uow import AsyncSession, col
+from uow.arithmetic import ColumnMath
 from uow.audit import AuditEntry, AuditTrail
 from uow.errors import (
     CommitHookError,
@@ -961,6 +962,23 @@ class SessionConformance:
         saved = await stored(engine, Sample, sample.id)
         assert (saved.amount, saved.ratio, saved.count) == (decimal.Decimal("0.30"), 0.75, None)
 
+    async def test_a_computed_float_that_is_no_number_or_too_small_writes_nothing(self, engine: uow.Engine) -> None:
+        infinite, tiny = _sample(ratio=float("inf")), _sample(ratio=1e-200)
+        async with AsyncSession(engine) as session:
+            session.add_all([infinite, tiny])
+            await session.commit()
+            for values, key in (
+                ({"ratio": col(Sample.ratio) * 0.0}, infinite.id),  # inf * 0 is NaN
+                ({"ratio": col(Sample.ratio) - float("inf")}, infinite.id),
+                ({"ratio": col(Sample.ratio) * 1e-200}, tiny.id),  # below a float's range
+            ):
+                with pytest.raises(StorageError) as refused:
+                    await session.bulk_update(Sample, values, id=key)
+                assert refused.value.sqlstate == "22003"
+                await session.rollback()
+        assert (await stored(engine, Sample, infinite.id)).ratio == float("inf")
+        assert (await stored(engine, Sample, tiny.id)).ratio == 1e-200
+
     async def test_a_computed_value_out_of_range_writes_nothing(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             almost = Account(owner="almost", balance=2**63 - 2)
@@ -990,8 +1008,21 @@ class SessionConformance:
             for values in refused:
                 with pytest.raises(ValidationError):
                     await session.bulk_update(Sample, values)
-            with pytest.raises(QueryError):
-                await session.bulk_update(Sample, {"count": col(Sample.count) + col(Sample.count)})  # type: ignore[operator]
+            shapes: list[Callable[[], object]] = [
+                lambda: col(Sample.count) + col(Sample.count),  # type: ignore[operator]
+                lambda: (col(Sample.count) + 1) * 2,
+                lambda: col(Sample.ratio) / 2,
+                lambda: -col(Sample.ratio),
+            ]
+            for shape in shapes:
+                with pytest.raises(QueryError):
+                    shape()
+            with pytest.raises(ValidationError, match="operator"):  # built by hand, the operator is checked
+                await session.bulk_update(Sample, {"count": ColumnMath("count", "/", 2)})  # type: ignore[arg-type]
+            with pytest.raises(ValidationError, match="a column of conformance_users"):
+                await session.bulk_update(Sample, {"count": col(User.age) + 1})
+            with pytest.raises(ValidationError, match="no column 'nope'"):
+                await session.bulk_update(Sample, {"nope": col(Sample.count) + 1})
             with pytest.raises(QueryError):
                 await session.bulk_update(Sample, {"count": 1 - col(Sample.count)})
             assert not session.journal.pending and len(session.journal) == 1

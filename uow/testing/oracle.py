@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from uow.engine import Engine
+from uow.errors import ValidationError
 from uow.journal import Rows, replay
 from uow.model import Model, TableInfo, table_info
 from uow.session import AsyncSession
@@ -32,6 +33,8 @@ async def stored_rows(source: AsyncSession | Engine, *models: type[Model]) -> Ro
     if isinstance(source, Engine):
         async with AsyncSession(source) as session:
             return await stored_rows(session, *models)
+    if not isinstance(source, AsyncSession):
+        raise ValidationError(f"stored_rows reads through a session or an engine, not {source!r}")
     tables = [table_info(model) for model in models]
     with source._exclusive("stored_rows"):
         connection = await source._connection_for_work()
