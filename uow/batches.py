@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from uow.arithmetic import has_math
 from uow.conditions import Condition
 from uow.model import TableInfo
 
@@ -104,13 +105,19 @@ class UpsertBatch:
 @dataclass(frozen=True, slots=True)
 class BulkUpdateBatch:
     """Set ``values`` on every row matching ``where``; returns the row count.
-    A value may be a :class:`~uow.arithmetic.ColumnMath`, computed from each row."""
+    A value may be a :class:`~uow.arithmetic.ColumnMath`, computed from each row:
+    then the result also holds the whole rows updated."""
 
     table: TableInfo
     where: Condition | None
     values: Mapping[str, Any]
     seqs: list[int] = field(default_factory=list)
     kind: BatchKind = "bulk_update"
+
+    @property
+    def computes(self) -> bool:
+        """Whether a value is computed from the row, so the updated rows are returned."""
+        return has_math(self.values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +139,8 @@ class BatchResult:
 
     ``rowcount``: rows the database reports affected. ``keys``: generated keys
     of an insert with ``returning_key``, in row order. ``rows``: whole rows of an
-    upsert, in input order.
+    upsert, in input order; of a bulk update with values computed from the row
+    (:attr:`BulkUpdateBatch.computes`), every row it updated, in any order.
     """
 
     rowcount: int

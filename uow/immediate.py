@@ -26,10 +26,10 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from uow.adapter import Connection
-from uow.arithmetic import OPERATORS, ColumnMath, compute, has_math
+from uow.arithmetic import OPERATORS, ColumnMath, has_math
 from uow.assignments import set_attribute
 from uow.conditions import Condition, equals_all, matches
-from uow.errors import ConcurrencyError, ModelDefinitionError, SessionStateError, StorageError, ValidationError
+from uow.errors import ConcurrencyError, ModelDefinitionError, SessionStateError, ValidationError
 from uow.events import BulkDeleted, BulkUpdated, Inserted, Restored, SoftDeleted, Updated, Upserted
 from uow.identity import LIVE, IdentityMap, InstanceState, Status
 from uow.journal import Journal
@@ -553,9 +553,11 @@ class ImmediateMixin:
     async def _bulk_update_where(self, table: TableInfo, values: Mapping[str, Any], where: Condition | None) -> int:
         """``UPDATE table SET values WHERE where``, journaled as one BulkUpdated;
         the tracked objects ``where`` matches (evaluated in Python) change in place.
-        Values computed from the row (``Product.stock - 1``) are computed from
-        what each object holds, and the object is expired: another transaction
-        may have changed the row, and the next read brings the database's value."""
+        Values computed from the row (``Product.stock - 1``) are the ones the
+        database computed, which it returns: the matched objects get them; an
+        object the database updated and the session did not match (another
+        transaction changed its row), or the other way round, is expired, so
+        that the next read brings the database's values."""
         checked = self._checked_update_values(table, values)
         computes = has_math(checked)
         with self._exclusive("bulk_update"):
@@ -577,16 +579,35 @@ class ImmediateMixin:
                 old=old,
             )
             self._record(event, *matched)
+            plain = {c: v for c, v in checked.items() if type(v) is not ColumnMath} if computes else checked
             for state in matched:
-                values = _computed(checked, table.row_dict(state.snapshot)) if computes else dict(checked)
+                values = dict(plain)
                 if bumped is not None:
                     values[bumped] = (old[state.ref][bumped] or 0) + 1
                 self._set_values_following(state, values)
-                if computes:
-                    state.expired = True
             outcome = await self._flush_recorded(self._journal.mark - 1)
+            if computes:
+                self._take_updated_rows(table, matched, changed, outcome.updated_rows.get(event.seq, []))
             await self._done()
         return outcome.rowcounts.get(event.seq, 0)
+
+    def _take_updated_rows(
+        self, table: TableInfo, matched: list[InstanceState], changed: list[str], rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Give the matched objects the values a computed bulk update left in
+        their rows, as the database returned them; expire the objects whose
+        rows the session and the database did not both match."""
+        by_key = {row[table.key_index]: row for row in rows}
+        for state in matched:
+            row = by_key.pop(state.key, None)
+            if row is None:
+                state.expired = True
+                continue
+            self._set_values_following(state, {c: row[table.column_index[c]] for c in changed})
+        for key in by_key:  # changed since this session read them: not restorable from the event
+            unmatched = self._identity.get(table, key)
+            if unmatched is not None:
+                unmatched.expired = True
 
     async def bulk_delete(self, model: type[Any], **filters: Any) -> int:
         """``DELETE FROM model WHERE column = value AND ...``; returns the number
@@ -674,21 +695,6 @@ class ImmediateMixin:
             # it may write: a later flush that fails in this transaction must undo only itself
             self._raw_sql_in = self._transactions
             return await connection.execute_raw(sql, params)
-
-
-def _computed(values: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    """``values`` for a tracked object holding ``row``, each computed from it;
-    one its value cannot be computed from (out of range) is left out: the
-    object is expired, and the database decides."""
-    computed = {}
-    for column, value in values.items():
-        if type(value) is ColumnMath:
-            try:
-                value = compute(value.op, row.get(value.column), value.operand)
-            except StorageError:
-                continue
-        computed[column] = value
-    return computed
 
 
 def _checked_math(table: TableInfo, column: str, value: ColumnMath) -> ColumnMath:

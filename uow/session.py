@@ -166,6 +166,8 @@ class FlushOutcome:
     generated: dict[int, Any] = field(default_factory=dict)
     upserted_rows: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     rowcounts: dict[int, int] = field(default_factory=dict)
+    updated_rows: dict[int, list[tuple[Any, ...]]] = field(default_factory=dict)
+    """By seq: the rows a bulk update with computed values updated."""
 
 
 class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeMixin, ReadsMixin):
@@ -944,6 +946,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 outcome.upserted_rows.update(zip(batch.refs, result.rows))
             elif batch.kind in ("bulk_update", "bulk_delete"):
                 outcome.rowcounts[batch.seqs[0]] = result.rowcount
+                if result.rows is not None:
+                    outcome.updated_rows[batch.seqs[0]] = result.rows
         return outcome
 
     def _check_result(self, batch: Batch, result: BatchResult) -> None:

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from uow.arithmetic import ColumnMath
+from uow.arithmetic import ColumnMath, has_math
 from uow.conditions import And as AndCondition
 from uow.conditions import Between, Compare, Condition, In, IsNull, Like, Not, Or
 from uow.model import ColumnInfo, ForeignKeyInfo, TableInfo
@@ -331,6 +331,8 @@ class SqlDialect(ABC):
         text = f"UPDATE {self.quote(table.name)} SET {assignments}"
         if where is not None:
             text += " WHERE " + self.condition(where, table, params)
+        if has_math(values):  # the database's results, for the objects the session tracks
+            text += f" RETURNING {self.column_list(table)}"
         return text, params.values
 
     def column_math(self, table: TableInfo, column: str, math: ColumnMath, params: Params) -> str:

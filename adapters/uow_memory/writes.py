@@ -300,6 +300,7 @@ class BatchWriter:
         index_of = batch.table.column_index
         math = {i: (index_of[v.column], v) for i, v in changes.items() if type(v) is ColumnMath}
         keys = matching_keys(table, batch.where)
+        updated: list[tuple[Any, ...]] = []
         for key in keys:
             old = table.rows.get(key)
             if old is not None:
@@ -307,8 +308,10 @@ class BatchWriter:
                     changes[index] = compute(value.op, old[source], value.operand)
                 if bump is not None:  # as the SQL adapters do: every matched row's version goes up
                     changes[bump] = (old[bump] or 0) + 1
-                self._change_row(table, key, old, changes, None)
-        return BatchResult(len(keys))
+                row = self._change_row(table, key, old, changes, None)
+                if math:
+                    updated.append(table.schema.codec.copy_out(row))
+        return BatchResult(len(keys), rows=updated if math else None)
 
     def _bulk_delete(self, batch: BulkDeleteBatch) -> BatchResult:
         table = self.tx.writable(batch.table.name)

@@ -218,9 +218,11 @@ class PostgresConnection(Connection):
         if isinstance(batch, UpsertBatch):
             return await self._upsert(batch)
         if isinstance(batch, BulkUpdateBatch):
-            if not batch.values:
-                return BatchResult(rowcount=0)
             sql, params = self.dialect.bulk_update(batch.table, dict(batch.values), batch.where)
+            if batch.computes:  # the updated rows come back
+                records = await self._call(lambda: self.raw.fetch(sql, *params))
+                rows = list(map(self.dialect.row_decoder(batch.table), records))
+                return BatchResult(rowcount=len(rows), rows=rows)
             return BatchResult(rowcount=_rowcount(await self._call(lambda: self.raw.execute(sql, *params))))
         if isinstance(batch, BulkDeleteBatch):
             sql, params = self.dialect.bulk_delete(batch.table, batch.where)

@@ -71,15 +71,7 @@ def apply_batch(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: Batch) -
     if isinstance(batch, UpsertBatch):
         return _upsert(raw, dialect, batch)
     if isinstance(batch, BulkUpdateBatch):
-        if any(type(value) is ColumnMath for value in batch.values.values()):
-            return _bulk_update_computing(raw, dialect, batch)
-        sql, params = dialect.bulk_update(batch.table, dict(batch.values), batch.where)
-        columns = list(batch.values)
-        values = _rows(dialect, batch.table, columns, [tuple(batch.values.values())])
-        probe = missing_parents(dialect, batch.table, columns, values)
-        return _guarded(
-            raw, batch.table, lambda: BatchResult(raw.execute(sql, params).rowcount), lambda: ([(sql, params)], probe)
-        )
+        return _bulk_update(raw, dialect, batch)
     if isinstance(batch, BulkDeleteBatch):
         sql, params = dialect.bulk_delete(batch.table, batch.where)
         probe = children_of_matched(dialect, batch.table, batch.where)
@@ -89,13 +81,29 @@ def apply_batch(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: Batch) -
     raise TypeError(f"unknown batch {batch!r}")
 
 
-def _bulk_update_computing(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: BulkUpdateBatch) -> BatchResult:
-    """A bulk update with column arithmetic: a value out of range is the
-    error the arithmetic raised, not SQLite's report that a function did."""
-    sql, params = dialect.bulk_update(batch.table, dict(batch.values), batch.where)
+def _bulk_update(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: BulkUpdateBatch) -> BatchResult:
+    """One UPDATE; with values computed from the row, the rows it updated
+    come back, and a value out of range is the error the arithmetic raised,
+    not SQLite's report that a function did."""
+    table = batch.table
+    sql, params = dialect.bulk_update(table, dict(batch.values), batch.where)
+
+    def attempt() -> BatchResult:
+        if not batch.computes:
+            return BatchResult(raw.execute(sql, params).rowcount)
+        decode = dialect.row_decoder(table)
+        rows = [decode(row) for row in raw.execute(sql, params).fetchall()]
+        return BatchResult(len(rows), rows=rows)
+
+    def diagnosis() -> tuple[Sequence[Statement], Probe | None]:
+        # a foreign key set to a missing parent: the plain values name it
+        plain = {c: v for c, v in batch.values.items() if type(v) is not ColumnMath}
+        values = _rows(dialect, table, list(plain), [tuple(plain.values())])
+        return [(sql, params)], missing_parents(dialect, table, list(plain), values)
+
     math_failure()  # none left from an earlier statement
     try:
-        return _guarded(raw, batch.table, lambda: BatchResult(raw.execute(sql, params).rowcount), None)
+        return _guarded(raw, table, attempt, diagnosis)
     except sqlite3.OperationalError as exc:
         failure = math_failure()
         if failure is None:

@@ -922,7 +922,7 @@ class SessionConformance:
             await session.commit()
             changed = await session.query(Account).update(balance=Account.balance - 10)
             assert changed == 2
-            # tracked objects computed from what they held, versions bumped, and expired for the next read
+            # tracked objects take what the database computed, their versions bumped
             assert (rich.balance, poor.balance, rich.version) == (90, -5, 2)
             assert session.is_modified(rich) is False
             await session.rollback()
@@ -945,9 +945,25 @@ class SessionConformance:
             await first.query(Account).filter(id=account.id).update(balance=Account.balance - 1)
             await first.commit()
             await second.query(Account).filter(id=account.id).update(balance=Account.balance - 1)
+            # the object the second session held at 10 takes what the database computed, not 10 - 1
+            assert (held.balance, held.version) == (8, 3) and not second.is_modified(held)
             await second.commit()
-            assert (await second.get_one(Account, account.id)) is held and held.balance == 8  # expired: read again
         assert (await stored(engine, Account, account.id)).balance == 8
+
+    async def test_an_object_the_database_updated_and_the_session_did_not_match_is_expired(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            account = Account(owner="moved", balance=5)
+            session.add(account)
+            await session.commit()
+            async with AsyncSession(engine) as other:
+                (await other.get_one(Account, account.id)).balance = 50
+                await other.commit()
+            # the session holds 5, which the filter does not match; the database holds 50, which it does
+            assert await session.query(Account).filter(balance__gt=10).update(balance=Account.balance - 1) == 1
+            assert account.balance == 5
+            assert (await session.get_one(Account, account.id)).balance == 49  # expired: read again
 
     async def test_computed_values_keep_exact_decimals_floats_and_nulls(self, engine: uow.Engine) -> None:
         sample = _sample(amount=decimal.Decimal("0.10"), ratio=0.5, count=None)
