@@ -300,12 +300,12 @@ def test_truncating_an_upsert_onto_a_tracked_row_keeps_that_rows_key() -> None:
         update_fields=(),
     )
     journal.append(upserted)
-    journal.landed_keys[upserted.seq] = 100
+    journal.written_keys[upserted.seq] = 100
     view = journal.view()
     assert view.key_of(upserted) == 100 and view.key_of(inserted) == 100
 
     journal.truncate(mark)
-    assert journal.generated_keys == {1: 100} and journal.landed_keys == {}
+    assert journal.generated_keys == {1: 100} and journal.written_keys == {}
     assert view.key_of(inserted) == 100
 
 

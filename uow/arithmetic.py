@@ -6,17 +6,19 @@ plus, minus or times a value::
     await session.query(Product).filter(sku="A").update(stock=Product.stock - 1)
 
 The database computes it, row by row, so concurrent decrements never lose one
-another. The same computation (:func:`compute`) runs wherever uow applies the
-update in Python: on tracked objects, in :func:`uow.replay`, in the memory
-adapter, and in SQLite, which lacks exact decimals and 64-bit overflow checks.
+another, and returns the rows, whose values the tracked objects take. The same
+computation (:func:`compute`) runs wherever uow applies the update itself: in
+:func:`uow.replay`, in the memory adapter, and in SQLite, which lacks exact
+decimals and 64-bit overflow checks.
 """
 
 from __future__ import annotations
 
 import decimal
 import math
-from collections.abc import Mapping
-from typing import Any, Literal, NoReturn
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NoReturn, get_args
 
 import msgspec
 
@@ -24,20 +26,24 @@ from uow.errors import QueryError, StorageError
 
 Operator = Literal["+", "-", "*"]
 
+OPERATORS: frozenset[str] = frozenset(get_args(Operator))
+"""The operators :class:`ColumnMath` takes."""
+
+_OPERATIONS: dict[str, Callable[[Any, Any], Any]] = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+
 _INT64 = range(-(2**63), 2**63)
 
-# PostgreSQL's NUMERIC range, to the last digit: within it a sum, difference or
-# product of decimals is exact; past it, as there, it is an error
+# PostgreSQL's NUMERIC: at most 131072 digits before the point and 16383 after.
+# Within that a sum, difference or product of decimals is exact; past it, as
+# there, it is an error, but digits past the 16383rd after the point are rounded
+_NUMERIC_SCALE = 16383
 _DECIMALS = decimal.Context(
     prec=147456,
     Emax=131071,
-    Emin=-16383,
+    Emin=-_NUMERIC_SCALE,
     traps=[decimal.InvalidOperation, decimal.Overflow, decimal.DivisionByZero],
 )
-
-
-_MIN_EXPONENT = -16383
-_SMALLEST = decimal.Decimal(1).scaleb(_MIN_EXPONENT)
+_NUMERIC_STEP = decimal.Decimal(1).scaleb(-_NUMERIC_SCALE)
 
 
 class ColumnMath(msgspec.Struct, frozen=True, tag_field="expr", tag="column_math", omit_defaults=True):
@@ -56,27 +62,25 @@ class ColumnMath(msgspec.Struct, frozen=True, tag_field="expr", tag="column_math
     def _refuse(self, *_: Any) -> NoReturn:
         raise QueryError(f"{self!r} is one operation on a column; a bulk update takes no more than that")
 
-    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __neg__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __pow__ = __rpow__ = _refuse
+    __neg__ = __pos__ = __abs__ = __lt__ = __le__ = __gt__ = __ge__ = _refuse
 
 
 def compute(op: Operator, value: Any, operand: Any) -> Any:
     """``value <op> operand`` as PostgreSQL computes it: ``None`` when either
     is ``None`` (SQL's NULL), decimals exactly, and
     :class:`~uow.errors.StorageError` (SQLSTATE 22003) for an integer past 64
-    bits, a float past its range (or below it, for a product), and a result
-    that is not a number (``inf - inf``)."""
+    bits, a float past its range (or below it, for a product), a decimal past
+    ``NUMERIC``'s, and a result that is not a number (``inf - inf``)."""
+    operation = _OPERATIONS.get(op)
+    if operation is None:
+        raise QueryError(f"{op!r} is not an operator of column arithmetic: one of {', '.join(sorted(OPERATORS))}")
     if value is None or operand is None:
         return None
     if isinstance(value, decimal.Decimal) or isinstance(operand, decimal.Decimal):
-        try:
-            result = _DECIMAL_OPERATIONS[op](_DECIMALS, decimal.Decimal(value), decimal.Decimal(operand))
-            if result.is_finite() and result.as_tuple().exponent < _MIN_EXPONENT:  # type: ignore[operator]
-                # PostgreSQL keeps at most 16383 digits after the point, rounding the rest
-                result = result.quantize(_SMALLEST, rounding=decimal.ROUND_HALF_UP, context=_DECIMALS)
-        except (decimal.DecimalException, MemoryError):
-            raise _out_of_range(value, op, operand, "a decimal") from None
-        return result
-    result = value + operand if op == "+" else value - operand if op == "-" else value * operand
+        return _decimal_result(operation, op, decimal.Decimal(value), decimal.Decimal(operand))
+    result = operation(value, operand)
     if type(result) is int:
         if result not in _INT64:
             raise _out_of_range(value, op, operand, "a 64-bit integer")
@@ -85,6 +89,20 @@ def compute(op: Operator, value: Any, operand: Any) -> Any:
         underflow = op == "*" and result == 0.0 and value != 0.0 and operand != 0.0
         if math.isnan(result) or (finite and math.isinf(result)) or underflow:
             raise _out_of_range(value, op, operand, "a float")
+    return result
+
+
+def _decimal_result(
+    operation: Callable[[Any, Any], Any], op: Operator, value: decimal.Decimal, operand: decimal.Decimal
+) -> decimal.Decimal:
+    try:
+        with decimal.localcontext(_DECIMALS):
+            result: decimal.Decimal = operation(value, operand)
+            exponent = result.as_tuple().exponent
+            if isinstance(exponent, int) and exponent < -_NUMERIC_SCALE:
+                result = result.quantize(_NUMERIC_STEP, rounding=decimal.ROUND_HALF_UP)
+    except (decimal.DecimalException, MemoryError):
+        raise _out_of_range(value, op, operand, "a decimal") from None
     return result
 
 
@@ -104,14 +122,5 @@ def has_math(values: Mapping[str, Any]) -> bool:
     """Whether any of ``values`` is computed from the row."""
     return any(type(value) is ColumnMath for value in values.values())
 
-
-_DECIMAL_OPERATIONS = {
-    "+": decimal.Context.add,
-    "-": decimal.Context.subtract,
-    "*": decimal.Context.multiply,
-}
-
-OPERATORS: frozenset[str] = frozenset(_DECIMAL_OPERATIONS)
-"""The operators :class:`ColumnMath` takes."""
 
 __all__ = ["OPERATORS", "ColumnMath", "Operator", "compute", "computed_row", "has_math"]

@@ -97,9 +97,9 @@ class Engine:
     async def _ensure_open(self) -> None:
         if self._opened:
             return
-        if self._disposed:
-            raise OperationalError("this engine was disposed: its pool is closed for good (create another engine)")
         async with self._open_lock:
+            if self._disposed:
+                raise OperationalError("this engine was disposed: its pool is closed for good (create another engine)")
             if not self._opened:
                 await self.adapter.open()
                 self._opened = True
@@ -163,9 +163,11 @@ class Engine:
         """Run ``work(session)`` as one transaction, committed when it returns,
         and run it again from the start on a serialization failure or deadlock
         (SQLSTATE 40001, 40P01), up to ``retries`` more times with jittered
-        exponential backoff. ``retry_on=ConcurrencyError`` also runs it again
-        when optimistic locking refused a write (a ``Versioned`` row another
-        transaction changed since ``work`` read it): ``work`` reads it anew.
+        exponential backoff. ``retry_on`` replaces the errors that run it
+        again: ``retry_on=ConcurrencyError`` also runs it when optimistic
+        locking refused a write (a ``Versioned`` row another transaction
+        changed since ``work`` read it), and covers serialization failures,
+        its subclass.
 
         The contract PostgreSQL-compatible distributed databases ask of clients::
 
@@ -200,10 +202,11 @@ class Engine:
         """Close every connection; the engine is not used afterwards (a session
         that needs a connection gets :class:`~uow.errors.OperationalError`)."""
         self._disposed = True
-        if self._opened:
-            with anyio.CancelScope(shield=True):
-                await self.adapter.close()
-            self._opened = False
+        with anyio.CancelScope(shield=True):
+            async with self._open_lock:  # an open under way finishes first, and is closed here
+                if self._opened:
+                    await self.adapter.close()
+                    self._opened = False
 
     async def __aenter__(self) -> Engine:
         await self._ensure_open()

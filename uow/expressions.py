@@ -185,7 +185,8 @@ class Column(Generic[T]):
     def _no_arithmetic(self, *_: Any) -> NoReturn:
         raise QueryError(f"{self!r}: a bulk update computes a column plus, minus or times a number, nothing else")
 
-    __truediv__ = __rtruediv__ = __floordiv__ = __mod__ = __pow__ = __neg__ = __pos__ = __abs__ = _no_arithmetic
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _no_arithmetic
+    __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = _no_arithmetic
 
     def __mul__(self, operand: T) -> ColumnMath:
         return self._math("*", operand)

@@ -29,7 +29,7 @@ from uow.adapter import Connection
 from uow.arithmetic import OPERATORS, ColumnMath, has_math
 from uow.assignments import set_attribute
 from uow.conditions import Condition, equals_all, matches
-from uow.errors import ConcurrencyError, ModelDefinitionError, SessionStateError, ValidationError
+from uow.errors import ConcurrencyError, ModelDefinitionError, QueryError, SessionStateError, ValidationError
 from uow.events import BulkDeleted, BulkUpdated, Inserted, Restored, SoftDeleted, Updated, Upserted
 from uow.identity import LIVE, IdentityMap, InstanceState, Status
 from uow.journal import Journal
@@ -427,12 +427,15 @@ class ImmediateMixin:
         return min(live, key=lambda state: (state.key is None, state.ref))  # a stored row's object first
 
     def _settle_upsert(self, event: Upserted, obj: Any, outcome: FlushOutcome) -> Any:
+        """The object of the row an upsert left: the tracked one it matched,
+        one the session tracks by the key it landed on, or ``obj`` tracked
+        now; each takes the row's values."""
         table = self._tables[event.table]
         row = outcome.upserted_rows.get(event.ref)
-        state = self._identity.by_ref.get(event.ref)
         if row is None:
             return obj
         landed = row[table.key_index]
+        state = self._identity.by_ref.get(event.ref)
         matched = state if state is not None and state.status in LIVE else None
         if matched is not None and matched.key not in (None, landed):
             raise ConcurrencyError(
@@ -442,11 +445,12 @@ class ImmediateMixin:
                 table=table.name,
                 keys=(matched.key, landed),
             )
-        existing = self._identity.get(table, landed) if matched is None else None
-        # an expired object waits for the row's values, and one an earlier upsert of the call landed on has them
-        lands = existing is not None and (existing.expired or existing.ref in outcome.upserted_rows)
-        if existing is not None and existing.status in LIVE and not lands:
-            # tracked, yet not matched by its values: the row changed since this session read it
+        by_key = self._identity.get(table, landed) if matched is None else None
+        if by_key is not None and by_key.status not in LIVE:
+            by_key = None
+        # a tracked row the upsert did not match by its values changed since it was read, unless
+        # the session waits for its values anyway (expired) or an upsert of this call put them there
+        if by_key is not None and not by_key.expired and by_key.ref not in outcome.upserted_rows:
             raise ConcurrencyError(
                 f"the upsert landed by {', '.join(event.conflict_target)} on the row "
                 f"{table.key_column}={landed!r}, which this session tracks with other values: another "
@@ -454,22 +458,25 @@ class ImmediateMixin:
                 table=table.name,
                 keys=(landed,),
             )
-        # known only now that it is not refused: a refused upsert's write is rolled back with its transaction
-        self._journal.upserted_rows[event.seq] = table.row_dict(tuple(row))
-        if event.key is None:  # the journal learns the key of the row it landed on, as for an insert
+        # learnt only once not refused: a refused upsert's write goes with a rollback
+        values = table.row_dict(tuple(row))
+        self._journal.upserted_rows[event.seq] = dict(values)  # its own: the objects take these values
+        if event.key is None:  # the key of the row it landed on, as for an insert
             self._journal.generated_keys[event.ref] = landed
         elif event.key != landed:  # a conflict on another unique column chose a row with another key
-            self._journal.landed_keys[event.seq] = landed
-        if matched is None and existing is not None and existing.status in LIVE:
-            expired = existing.expired
-            self._set_values_following(existing, table.row_dict(tuple(row)))
-            existing.expired = expired  # a rollback of this upsert cannot restore it: the next read will
-            return existing.obj
+            self._journal.written_keys[event.seq] = landed
         if matched is not None:
-            self._set_values_following(matched, table.row_dict(tuple(row)))
+            self._set_values_following(matched, values)
             return matched.obj
+        if by_key is not None:
+            expired = by_key.expired
+            self._set_values_following(by_key, values)
+            # this upsert's event holds none of its earlier values, so a rollback cannot restore
+            # them: an expired object stays expired, for the next read to give it the row's
+            by_key.expired = expired
+            return by_key.obj
         new_state = InstanceState(obj, event.ref, table, tuple(row), Status.PERSISTENT)
-        new_state.set_values(table.row_dict(tuple(row)))
+        new_state.set_values(values)
         self._identity.track(new_state)
         self._identity.remember(new_state)  # undoing the upsert finds it by ref
         return obj
@@ -533,7 +540,6 @@ class ImmediateMixin:
         """``UPDATE model SET values WHERE column = value AND ...``; returns the
         number of rows changed. Tracked objects that match are updated in place."""
         table = self._table(model)
-        self._checked_update_values(table, values)
         return await self._bulk_update_where(table, values, self._filters(table, filters))
 
     def _checked_update_values(self, table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -705,9 +711,9 @@ def _checked_math(table: TableInfo, column: str, value: ColumnMath) -> ColumnMat
         raise ValidationError(f"{model} has no column {column!r}; columns: {', '.join(table.column_names)}")
     target = table.columns[table.column_index[column]]
     if value.table not in (None, table.name):
-        raise ValidationError(f"{model}.{column} = {value!r}: {value.column} is a column of {value.table}")
+        raise QueryError(f"{model}.{column} = {value!r}: {value.column} is a column of {value.table}")
     if value.op not in OPERATORS:
-        raise ValidationError(f"{model}.{column} = {value!r}: the operator is one of {', '.join(sorted(OPERATORS))}")
+        raise QueryError(f"{model}.{column} = {value!r}: the operator is one of {', '.join(sorted(OPERATORS))}")
     if value.column not in table.column_index:
         raise ValidationError(f"{model} has no column {value.column!r} to compute {column} from")
     source = table.columns[table.column_index[value.column]]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal, overload
@@ -45,7 +46,7 @@ class Journal:
         "_truncations",
         "_pending_refs",
         "generated_keys",
-        "landed_keys",
+        "written_keys",
         "upserted_rows",
         "next_seq",
         "append",
@@ -62,7 +63,7 @@ class Journal:
         (see :attr:`JournalView.generated_keys`)."""
         self.upserted_rows: dict[int, dict[str, Any]] = {}
         """seq -> the row an upsert left, as the database returned it."""
-        self.landed_keys: dict[int, Any] = {}
+        self.written_keys: dict[int, Any] = {}
         """seq -> key of the row an event wrote, where the event named another:
         an upsert that landed, through a conflict on another unique column, on
         a row with another key; an insert whose object's key changed before
@@ -120,13 +121,16 @@ class Journal:
         upsert that landed on a row with another key than it named found one."""
         keys: dict[int, Any] = {}
         for event in self._events[mark:]:
-            if isinstance(event, Inserted) or (
-                isinstance(event, Upserted) and event.old is None and event.seq not in self.landed_keys
-            ):
-                key = event.key if event.key is not None else self.generated_keys.get(event.ref)
-                key = self.landed_keys.get(event.seq, key)
-                if key is not None:
-                    keys[event.seq] = key
+            if isinstance(event, Inserted):
+                key = self.written_keys.get(event.seq, event.key)  # a key changed before the flush
+            elif isinstance(event, Upserted) and event.old is None and event.seq not in self.written_keys:
+                key = event.key
+            else:
+                continue
+            if key is None:
+                key = self.generated_keys.get(event.ref)
+            if key is not None:
+                keys[event.seq] = key
         return keys
 
     def truncate(self, mark: int) -> list[AnyEvent]:
@@ -138,10 +142,10 @@ class Journal:
         for event in removed:
             if isinstance(event, Inserted):
                 self.generated_keys.pop(event.ref, None)
-                self.landed_keys.pop(event.seq, None)
+                self.written_keys.pop(event.seq, None)
             elif isinstance(event, Upserted):
                 # not its ref's key: an upsert onto a tracked row shares the ref of that row's insert
-                self.landed_keys.pop(event.seq, None)
+                self.written_keys.pop(event.seq, None)
                 self.upserted_rows.pop(event.seq, None)
         return removed
 
@@ -205,7 +209,12 @@ class JournalView(Sequence[AnyEvent]):
         included; for an upsert, of the row it landed on."""
         if event.key is None:
             return self._journal.generated_keys.get(event.ref)
-        return self._journal.landed_keys.get(event.seq, event.key)
+        return self._journal.written_keys.get(event.seq, event.key)
+
+    def upserted_row(self, event: Upserted) -> Mapping[str, Any] | None:
+        """The row an upsert left, as the database returned it (``None``
+        before its flush)."""
+        return self._journal.upserted_rows.get(event.seq)
 
     def encode(self, format: Literal["json", "msgpack"] = "json") -> bytes:
         """Every event, encoded (see :func:`encode`)."""
@@ -336,10 +345,16 @@ def encode(events: Iterable[AnyEvent], format: Literal["json", "msgpack"] = "jso
     listed = list(events)
     if format == "msgpack":
         return _msgpack_encoder.encode(listed)
-    encoded = _json_encoder.encode(listed)
-    if b"null" not in encoded:  # msgspec writes a non-finite float as null: none here
-        return encoded
+    if not _NON_FINITE_FLOAT.search(_msgpack_encoder.encode(listed)):
+        return _json_encoder.encode(listed)
+    # msgspec would write each as null: spelled out instead, in a slower pass over built-in values
     return _json_encoder.encode(json_safe(msgspec.to_builtins(listed)))
+
+
+_NON_FINITE_FLOAT = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]", re.DOTALL)
+"""A float64 in MessagePack whose exponent bits are all set: an infinity or a
+NaN. Bytes of a string or a blob may look the same, which costs the slow pass,
+never a wrong result."""
 
 
 def json_safe(value: Any) -> Any:
@@ -393,7 +408,7 @@ def _retype(event: AnyEvent, table: TableInfo) -> AnyEvent:
         if isinstance(values, dict) and values and not bulk:
             changes[name] = _row(table, values)
     if isinstance(event, BulkUpdated):
-        changes["values"] = {c: _value_or_math(table, c, v) for c, v in event.values.items()}
+        changes["values"] = {c: typed_column_value(table, c, v) for c, v in event.values.items()}
     if isinstance(event, (BulkUpdated, BulkDeleted)):
         changes["old"] = {ref: _row(table, row) for ref, row in event.old.items()}
         if event.where is not None:
@@ -405,7 +420,7 @@ def _row(table: TableInfo, values: Mapping[str, Any]) -> dict[str, Any]:
     return {column: _value(table, column, value) for column, value in values.items()}
 
 
-def _value_or_math(table: TableInfo, column: str, value: Any) -> Any:
+def typed_column_value(table: TableInfo, column: str, value: Any) -> Any:
     """A bulk update's value: a :class:`ColumnMath` comes back as a mapping
     carrying its tag, its operand untyped (only a number column takes one:
     a JSON column's value may look the same)."""

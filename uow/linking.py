@@ -53,7 +53,7 @@ def _belongs_to(child: Any, column: str, owner: InstanceState, state: InstanceSt
     return state is not None and owner.ref == (state.parent_refs or {}).get(column)
 
 
-def _holds(child: Any, table: TableInfo, column: str, parent: Any) -> bool:
+def _relation_holds(child: Any, table: TableInfo, column: str, parent: Any) -> bool:
     """Whether ``child``'s many-to-one relation through ``column`` holds ``parent``."""
     return any(c == column and read(child) is parent for c, read in table.parent_relations)
 
@@ -229,7 +229,7 @@ class LinkingMixin:
                         self._move_to(child_state, column, state, back)
                     continue
                 if identity.was_let_go(child) or id(child) in self._adding:
-                    continue  # let go of; or being added, its parents (obj among them) first
+                    continue  # let go of; or being added already, and linking its parents (obj among them)
                 if state.key is not None:
                     set_attribute(child, column, state.key)
                     self._add(child, None, at)
@@ -365,7 +365,7 @@ class LinkingMixin:
                     continue
                 if getattr(child.obj, column) != old_key:
                     continue  # assigned since: the flush writes what was assigned
-                if id(child.obj) in listed or _holds(child.obj, table, column, parent.obj):
+                if id(child.obj) in listed or _relation_holds(child.obj, table, column, parent.obj):
                     set_attribute(child.obj, column, new_key)
                     self._record_update(child, {column: old_key}, {column: new_key})
 

@@ -291,6 +291,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 await self.close(restore=self.auto_rollback)
             finally:
                 _current_session.reset(self._context_tokens.pop())
+                if not self._context_tokens:
+                    self._entered_by = None
 
     @contextmanager
     def _exclusive(self, operation: str) -> Any:
@@ -1061,7 +1063,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                     if event.ref not in generated_keys and state.key is not None:
                         generated_keys[event.ref] = state.key  # a key assigned after the insert was recorded
                 elif state.key != event.key and state.status is _PENDING:
-                    self._journal.landed_keys[event.seq] = state.key  # its given key changed before the flush
+                    self._journal.written_keys[event.seq] = state.key  # its given key changed before the flush
                 if event.parent_refs and state.parent_refs:
                     self._settle_parent_keys(state, event.parent_refs, generated_keys)
                 if state.status is _PENDING:

@@ -135,13 +135,13 @@ class SqlDialect(ABC):
             parts.append("UNIQUE")
         return " ".join(parts)
 
-    def create_table(self, table: TableInfo, *, later: Collection[str] = ()) -> list[str]:
+    def create_table(self, table: TableInfo, *, deferred_foreign_keys: Collection[str] = ()) -> list[str]:
         """CREATE TABLE and CREATE INDEX statements for a table; the foreign
-        keys of the columns in ``later`` are left for :meth:`add_foreign_key`
+        keys of the columns in ``deferred_foreign_keys`` are left for :meth:`add_foreign_key`
         (their tables are created after this one)."""
         lines = [self.column_definition(table, c) for c in table.columns]
         for fk in table.foreign_keys:
-            if fk.column not in later:
+            if fk.column not in deferred_foreign_keys:
                 lines.append(self.foreign_key_clause(fk))
         statements = [f"CREATE TABLE IF NOT EXISTS {self.quote(table.name)} (\n  " + ",\n  ".join(lines) + "\n)"]
         for column in table.columns:

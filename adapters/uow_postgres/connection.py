@@ -437,7 +437,7 @@ class PostgresConnection(Connection):
                 if exists:
                     continue
                 later += [(table, fk) for fk in forward]
-            for statement in self.dialect.create_table(table, later={fk.column for fk in forward}):
+            for statement in self.dialect.create_table(table, deferred_foreign_keys={fk.column for fk in forward}):
                 await self._run("execute", statement, ())
         for table, fk in later:
             await self._run("execute", self.dialect.add_foreign_key(table, fk), ())

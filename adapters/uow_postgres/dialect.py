@@ -147,14 +147,23 @@ class PostgresDialect(SqlDialect):
 
     def column_math(self, table: TableInfo, column: str, math: ColumnMath, params: Params) -> str:
         computed = super().column_math(table, column, math, params)
-        if table.columns[table.column_index[column]].kind not in ("float", "decimal"):
+        target = table.columns[table.column_index[column]]
+        if target.kind not in ("float", "decimal"):
             return computed
-        # a result that is not a number (inf - inf) is refused, as memory and SQLite
-        # refuse it: the text fails its cast, and reads the row so that it is cast
-        # only when the case is taken (a constant would be cast at planning)
-        failure = f"CAST('{NOT_A_NUMBER}' || left({self.quote(math.column)}::text, 0) AS DOUBLE PRECISION)"
-        sql_type = self.column_type(table.columns[table.column_index[column]])
-        return f"CASE WHEN ({computed}) = 'NaN' THEN CAST({failure} AS {sql_type}) ELSE {computed} END"
+        return f"CASE WHEN ({computed}) = 'NaN' THEN {self._nan_refusal(math.column, target)} ELSE {computed} END"
+
+    def _nan_refusal(self, column: str, target: ColumnInfo) -> str:
+        """An expression that fails when evaluated, so that a result that is not
+        a number (``inf - inf``) is refused, as memory and SQLite refuse it.
+
+        PostgreSQL's SQL has no statement to raise an error inside an
+        expression, so this casts the text :data:`NOT_A_NUMBER` to a float,
+        which fails (SQLSTATE 22P02, with the text in the message, where
+        :func:`uow_postgres.errors.translate` finds it). The text is joined with
+        an empty piece of the row's ``column``, so that it is cast when the
+        case is taken, not at planning, as a constant would be."""
+        text = f"'{NOT_A_NUMBER}' || left({self.quote(column)}::text, 0)"
+        return f"CAST(CAST({text} AS DOUBLE PRECISION) AS {self.column_type(target)})"
 
     def array_type(self, column: ColumnInfo) -> str:
         """The SQL array type of a column's values, for ``unnest`` and ``ANY``."""

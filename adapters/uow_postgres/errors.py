@@ -112,7 +112,8 @@ def _integrity_error(exc: asyncpg.PostgresError, sqlstate: str, failure: Failure
         columns = (column_name,)
     table = failure.table if failure else None
     if kind == "foreign_key" and " is still referenced from table " in detail:
-        # a parent row deleted (or its key changed) under children: the constraint is the children's
+        # a parent row deleted (or its key changed) under children: the error is about the
+        # children's table (PostgreSQL's table_name), not the batch's
         table = None
         columns = _constrained_column(constraint, table_name)
     if kind == "unique" and (
@@ -135,11 +136,21 @@ def _integrity_error(exc: asyncpg.PostgresError, sqlstate: str, failure: Failure
 
 def _constrained_column(constraint: str | None, table_name: str | None) -> tuple[str, ...]:
     """The column of a foreign key PostgreSQL named by default (``<table>_<column>_fkey``,
-    as for the keys uow creates), or ``()``."""
+    as for the keys uow creates), or ``()``: for another name, and for one
+    PostgreSQL shortened to its 63-byte limit, which may have cut the column's."""
     prefix = f"{table_name}_"
-    if constraint and table_name and constraint.startswith(prefix) and constraint.endswith("_fkey"):
+    if (
+        constraint
+        and table_name
+        and len(constraint.encode()) < _MAX_IDENTIFIER
+        and constraint.startswith(prefix)
+        and constraint.endswith("_fkey")
+    ):
         return (constraint[len(prefix) : -len("_fkey")],)
     return ()
+
+
+_MAX_IDENTIFIER = 63
 
 
 def _split_list(text: str, *, identifiers: bool) -> list[str]:

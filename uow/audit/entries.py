@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from uow.errors import AuditChainError
-from uow.journal import _value_or_math
+from uow.journal import typed_column_value
 from uow.model import Index, Model, PrimaryKey, TableInfo, Unique
 
 Action = Literal["insert", "update", "delete", "soft_delete", "restore", "upsert", "bulk_update", "bulk_delete"]
@@ -49,10 +49,11 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     ``old`` and ``new`` hold the changed columns before and after (``old`` is
     empty for an insert, ``new`` for a delete); a bulk update or delete holds
-    its filter in ``where`` (the encoded condition) and no per-row values. An
-    upsert's ``new`` is what it inserts; on a conflict only ``update_fields``
-    of it were written. Column values are typed again when the session knows
-    the table's model and the value still fits its column.
+    its filter in ``where`` (the encoded condition) and no per-row values, a
+    value computed from the row as a :class:`~uow.arithmetic.ColumnMath`. An
+    upsert's ``new`` is the row as it left it. Column values are typed again
+    when the session knows the table's model and the value still fits its
+    column.
     """
 
     id: int
@@ -144,7 +145,7 @@ def typed_value(table: TableInfo, column: str, value: Any) -> Any:
     if value == REDACTED:
         return value
     try:
-        return _value_or_math(table, column, value)
+        return typed_column_value(table, column, value)
     except msgspec.ValidationError:
         return value
 

@@ -76,53 +76,33 @@ class LoggingSink:
         return f"LoggingSink({self.logger.name!r}, level={logging.getLevelName(self.level)!r})"
 
 
-class CommittedRecords:
-    """The records a commit wrote, read from its events once for all of a
-    trail's sinks (every commit hook gets the same list of events)."""
-
-    def __init__(self, table: str) -> None:
-        self.table = table
-        self._events: list[AnyEvent] | None = None
-        self._records: tuple[AuditRecord, ...] = ()
-
-    def of(self, events: list[AnyEvent]) -> tuple[AuditRecord, ...]:
-        if events is not self._events:
-            session = require_current_session()  # a commit hook runs with the committing session current
-            key_of = session.journal.key_of
-            tables = session._tables
-            self._records = tuple(
-                record_of(key_of(event), event.values["payload"], tables)
-                for event in events
-                if event.table == self.table and type(event) is Inserted
-            )
-            self._events = events
-        return self._records
-
-    def release(self) -> None:
-        self._events, self._records = None, ()
-
-
 class SinkDelivery:
-    """The engine commit hook that hands one sink a commit's records."""
+    """The engine commit hook that hands one sink the records a commit wrote."""
 
-    def __init__(self, sink: AuditSink, committed: CommittedRecords, *, last: bool) -> None:
+    def __init__(self, sink: AuditSink, table: str) -> None:
         self.sink = sink
-        self._committed = committed
-        self._last = last
+        self._table = table
 
     async def __call__(self, events: list[AnyEvent]) -> None:
-        try:
-            records = self._committed.of(events)
-            if records:
-                result = self.sink(records)
-                if inspect.isawaitable(result):
-                    await result
-        finally:
-            if self._last:
-                self._committed.release()
+        records = _committed_records(events, self._table)
+        if records:
+            result = self.sink(records)
+            if inspect.isawaitable(result):
+                await result
 
     def __repr__(self) -> str:
         return f"SinkDelivery({self.sink!r})"
+
+
+def _committed_records(events: list[AnyEvent], table: str) -> tuple[AuditRecord, ...]:
+    """The records among a commit's events: the trail's inserts into ``table``."""
+    session = require_current_session()  # a commit hook runs with the committing session current
+    key_of = session.journal.key_of
+    return tuple(
+        record_of(key_of(event), event.values["payload"], session._tables)
+        for event in events
+        if event.table == table and type(event) is Inserted
+    )
 
 
 __all__ = ["AuditSink", "JsonLinesSink", "LoggingSink"]

@@ -30,7 +30,7 @@ from uow.audit.entries import (
     record_of,
     typed_value,
 )
-from uow.audit.sinks import AuditSink, CommittedRecords, SinkDelivery
+from uow.audit.sinks import AuditSink, SinkDelivery
 from uow.errors import (
     AuditChainError,
     ConfigurationError,
@@ -52,7 +52,7 @@ from uow.events import (
     Updated,
     Upserted,
 )
-from uow.journal import Journal, json_safe
+from uow.journal import JournalView, json_safe
 from uow.model import Model, TableInfo, table_info
 
 if TYPE_CHECKING:
@@ -133,9 +133,7 @@ class AuditTrail:
             )
         engine.register(AuditEntry)
         engine.before_commit_hooks.append(self)
-        committed = CommittedRecords(self._table.name)
-        for position, sink in enumerate(self.sinks, 1):
-            engine.commit_hooks.append(SinkDelivery(sink, committed, last=position == len(self.sinks)))
+        engine.commit_hooks.extend(SinkDelivery(sink, self._table.name) for sink in self.sinks)
         return self
 
     async def __call__(self, session: AsyncSession, events: list[AnyEvent]) -> None:
@@ -183,7 +181,17 @@ class AuditTrail:
                 key = keys.get(event.ref, key)
                 event = trimmed
             redacted = self.redact.get(table.name, frozenset())
-            entry = _entry(event, table, key, session._journal, tx, actor, previous, redacted, self._secret)
+            entry = _entry(
+                event,
+                table,
+                key,
+                journal,
+                tx=tx,
+                actor=actor,
+                previous=previous,
+                redacted=redacted,
+                secret=self._secret,
+            )
             entries.append(entry)
             previous = entry.entry_hash
         try:
@@ -317,7 +325,8 @@ def _entry(
     event: AnyEvent,
     table: TableInfo,
     key: Any,
-    journal: Journal,
+    journal: JournalView,
+    *,
     tx: str,
     actor: str | None,
     previous: str,
@@ -325,7 +334,7 @@ def _entry(
     secret: bytes | None,
 ) -> AuditEntry:
     key = canonical_key(key)
-    keys, upserted = journal.generated_keys, journal.upserted_rows
+    keys = journal.generated_keys
     old: Mapping[str, Any] = {}
     new: Mapping[str, Any] = {}
     where: dict[str, Any] | str | None = None
@@ -337,7 +346,7 @@ def _entry(
                 c: json_safe(msgspec.to_builtins(v)) if type(v) is ColumnMath else v for c, v in event.values.items()
             }
     elif isinstance(event, Upserted):
-        new = upserted.get(event.seq) or {**event.values, table.key_column: key}  # the row it left
+        new = journal.upserted_row(event) or {**event.values, table.key_column: key}  # the row it left
         update_fields = event.update_fields
         old = event.old or {}
     elif isinstance(event, Inserted):

@@ -1033,9 +1033,9 @@ class SessionConformance:
             for shape in shapes:
                 with pytest.raises(QueryError):
                     shape()
-            with pytest.raises(ValidationError, match="operator"):  # built by hand, the operator is checked
+            with pytest.raises(QueryError, match="operator"):  # built by hand, the operator is checked
                 await session.bulk_update(Sample, {"count": ColumnMath("count", "/", 2)})  # type: ignore[arg-type]
-            with pytest.raises(ValidationError, match="a column of conformance_users"):
+            with pytest.raises(QueryError, match="a column of conformance_users"):
                 await session.bulk_update(Sample, {"count": col(User.age) + 1})
             with pytest.raises(ValidationError, match="no column 'nope'"):
                 await session.bulk_update(Sample, {"nope": col(Sample.count) + 1})
