@@ -30,6 +30,7 @@ class CascadeMixin:
 
         def _delete(self, state: InstanceState) -> None: ...
         def _record_found(self, state: InstanceState, at: dt.datetime) -> None: ...
+        def _record_update(self, state: InstanceState, old: dict[str, Any], new: dict[str, Any]) -> None: ...
         def _relation_links_elsewhere(self, state: InstanceState, column: str) -> bool: ...
         def _unlink_deleted_parents(self, state: InstanceState, column: str) -> None: ...
 
@@ -135,8 +136,9 @@ class CascadeMixin:
                         next_refs.setdefault(state.table.name, set()).add(state.ref)
                     else:
                         set_attribute(state.obj, fk.column, None)
-                        if state.parent_refs:
-                            state.parent_refs.pop(fk.column, None)
+                        if waiting_ref is not None:
+                            # a pending event waits for the deleted new parent's key: say the column stays empty
+                            self._record_update(state, {fk.column: None}, {fk.column: None})
                         self._unlink_deleted_parents(state, fk.column)
                         self._record_found(state, dt.datetime.now(dt.UTC))
             deleted_keys, deleted_refs = next_keys, next_refs

@@ -92,6 +92,7 @@ class UndoMixin:
             )
             if removed:
                 self._cascaded_upto = min(self._cascaded_upto, removed[0].seq - 1)
+                self._restore_waiting_keys({e.ref for e in removed if isinstance(e, (Updated, SoftDeleted, Restored))})
         # a list is not rebuilt: the ones changed in the undone part are unloaded,
         # on objects still tracked (one whose insert was undone keeps its own, for a retry)
         by_obj = self._identity.by_obj
@@ -99,6 +100,30 @@ class UndoMixin:
             if by_obj.get(id(state.obj)) is state:
                 getattr(state.table.model, name).set_loaded(state.obj, NOT_LOADED)
         self._expire_read_after_undone_writes(mark)
+
+    def _restore_waiting_keys(self, refs: set[int]) -> None:
+        """Give the objects with undone changes back the foreign keys that still
+        wait for a new parent's key, as the pending events that remain say:
+        an undone change may have stopped one waiting, which the insert still
+        pending fills at its flush."""
+        if not refs:
+            return
+        waiting: dict[int, dict[str, int]] = {}
+        for event in self._journal.pending:
+            if type(event) is Inserted and event.ref in refs:
+                waiting[event.ref] = dict(event.parent_refs)
+            elif type(event) is Updated and event.ref in refs:
+                links = waiting.setdefault(event.ref, {})
+                for column in event.new:
+                    if column in event.parent_refs:
+                        links[column] = event.parent_refs[column]
+                    else:
+                        links.pop(column, None)
+        by_ref = self._identity.by_ref
+        for ref in refs:
+            state = by_ref.get(ref)
+            if state is not None and state.status in LIVE:
+                state.parent_refs = waiting.get(ref) or None
 
     def _lists_seen_after_mark(self, mark: int) -> list[tuple[InstanceState, str]]:
         """Take from the lists flushes saw changed the ones seen after an

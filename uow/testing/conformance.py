@@ -2751,6 +2751,34 @@ class SessionConformance:
             assert replayed["conformance_posts"][post.id]["author_id"] == post.author_id
         assert (await stored(engine, User, 700)).name == "Taken"  # no child landed on the row of the old key's value
 
+    async def test_a_new_parent_deleted_before_its_flush_leaves_its_set_null_children_unlinked(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            reviewer = User(name="Gone", email="gone@example.com")
+            review = Review(stars=5, reviewer=reviewer)
+            session.add(review)
+            session.delete(reviewer)  # never written: the review waits for a key that will not come
+            await session.commit()
+            assert review.reviewer_id is None and reviewer not in session
+        assert (await stored(engine, Review, review.id)).reviewer_id is None
+        assert await count_rows(engine, User) == 0
+
+    async def test_a_refused_change_of_a_child_keeps_it_waiting_for_its_new_parents_key(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            session.add(Post(title="taken", slug="taken"))
+            await session.commit()
+            author = User(name="New", email="new@example.com")
+            post = Post(title="waits", author=author)
+            session.add(post)
+            with pytest.raises(IntegrityError):
+                await session.update(post, slug="taken")  # undone: the post still waits for its author's key
+            await session.commit()
+            assert post.author_id == author.id is not None and not session.is_modified(post)
+        assert (await stored(engine, Post, post.id)).author_id == author.id
+
     async def test_adding_a_child_its_new_parent_lists_adds_both_once(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             post = Post(title="listed")
