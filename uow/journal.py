@@ -32,6 +32,7 @@ from uow.events import (
     Deleted,
     Inserted,
     RowEvent,
+    Updated,
     Upserted,
 )
 from uow.model import TableInfo
@@ -252,11 +253,17 @@ def replay(
     rows: Rows = {name: {k: dict(v) for k, v in table.items()} for name, table in (base or {}).items()}
     keys = dict(generated_keys or {})
     ref_keys: dict[int, Any] = {}
+    events = list(events)
+    # new rows given a key after add(): inserted under their ref, moved to the key when it is given
+    # (generated_keys holds the last, which another row may hold until then)
+    given_later = {
+        e.ref for e in events if isinstance(e, Updated) and e.table in tables and tables[e.table].key_column in e.new
+    }
 
     def key_of(event: RowEvent) -> Any:
         if event.key is not None:
             return event.key
-        if event.ref in keys:
+        if event.ref in keys and not (type(event) is Inserted and event.ref in given_later):
             return keys[event.ref]
         return ref_keys.get(event.ref, ("ref", event.ref))
 

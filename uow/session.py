@@ -1060,7 +1060,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 if state is None:
                     continue
                 if event.key is None:
-                    if event.ref not in generated_keys and state.key is not None:
+                    if event.ref not in generated_keys and state.key is not None and state.status is _PENDING:
                         generated_keys[event.ref] = state.key  # a key assigned after the insert was recorded
                 elif state.key != event.key and state.status is _PENDING:
                     self._journal.written_keys[event.seq] = state.key  # its given key changed before the flush

@@ -2815,6 +2815,20 @@ class SessionConformance:
         assert (await stored(engine, Category, 30)).name == "taker"
         assert await stored(engine, Category, 40) is None  # its parent's delete cascaded to it
 
+    async def test_a_key_taken_by_a_new_object_after_another_gave_it_up_replays(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            first = User(name="First", email="first@example.com")
+            second = User(name="Second", email="second@example.com")
+            session.add_all([first, second])
+            first.id = 910
+            session.delete(first)  # never written
+            second.id = 910
+            await session.commit()
+            journal = session.journal
+            replayed = replay(journal, [table_info(User)], generated_keys=journal.generated_keys)
+        assert replayed["conformance_users"] == {910: table_info(User).row_dict(table_info(User).values_of(second))}
+        assert (await stored(engine, User, 910)).name == "Second"
+
     async def test_a_child_given_its_foreign_key_alone_keeps_it_when_the_parents_key_changes(
         self, engine: uow.Engine
     ) -> None:
