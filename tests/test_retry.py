@@ -39,11 +39,6 @@ def _increment(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    "adapter_name",
-    ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
-    indirect=True,
-)
 async def test_a_real_serialization_failure_is_retried_until_both_increments_land(engine: uow.Engine) -> None:
     # on SQLite the second writer's deferred transaction cannot take the write
     # lock the first one holds (or, once that one committed, write over the
@@ -105,11 +100,6 @@ class VersionedCounter(Model, Versioned, table="retry_versioned_counters"):
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    "adapter_name",
-    ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
-    indirect=True,
-)
 async def test_a_version_conflict_is_retried_when_asked(engine: uow.Engine) -> None:
     await engine.create_all(VersionedCounter)
     async with AsyncSession(engine) as session:
