@@ -80,9 +80,11 @@ class UndoMixin:
             moved: set[tuple[int, str]] = set()
             suspects = undo_suspects(removed, inserted_keys, self._identity, self._tables, self._relation_checks, moved)
             detached: dict[int, Any] = {}
+            # an object whose delete is undone is new again while its insert is still pending
+            unwritten = {e.ref for e in self._journal.pending if type(e) is Inserted}
             for position in range(mark + len(removed) - 1, mark - 1, -1):
                 event = removed[position - mark]
-                self._undo(event, detached)
+                self._undo(event, detached, unwritten)
                 # only a row storage holds can vanish: an insert never flushed (a refused
                 # call's) names a key another tracked object may rightly hold
                 if position < flushed and event.seq in inserted_keys:
@@ -172,7 +174,7 @@ class UndoMixin:
         state.status = Status.DETACHED
         detached[id(state.obj)] = state.obj
 
-    def _undo(self, event: AnyEvent, detached: dict[int, Any]) -> None:
+    def _undo(self, event: AnyEvent, detached: dict[int, Any], unwritten: set[int]) -> None:
         """Undo one event in place; objects it lets go of go into ``detached``."""
         by_ref = self._identity.by_ref
         if isinstance(event, Inserted):
@@ -192,7 +194,7 @@ class UndoMixin:
         elif isinstance(event, Deleted):
             state = by_ref.get(event.ref)
             if state is not None:
-                self._revive(state, event.old)
+                self._revive(state, event.old, unwritten)
         elif isinstance(event, Upserted):
             state = by_ref.get(event.ref)
             if state is None:
@@ -210,7 +212,7 @@ class UndoMixin:
             for ref, old in event.old.items():
                 state = by_ref.get(ref)
                 if state is not None:
-                    self._revive(state, old)
+                    self._revive(state, old, unwritten)
 
     def _let_go_of_undone_insert(
         self, state: InstanceState, event: Inserted | Upserted, detached: dict[int, Any]
@@ -229,9 +231,11 @@ class UndoMixin:
         state.parent_refs = None
         self._identity.by_ref.pop(event.ref, None)
 
-    def _revive(self, state: InstanceState, old: Mapping[str, Any]) -> None:
+    def _revive(self, state: InstanceState, old: Mapping[str, Any], unwritten: set[int]) -> None:
+        """Track a deleted object again, as stored, or as new while its insert
+        (``unwritten`` holds the refs of pending inserts) is still to be written."""
         self._identity.set_values(state, dict(old))
-        state.status = Status.PERSISTENT
+        state.status = Status.PENDING if state.ref in unwritten else Status.PERSISTENT
         self._identity.track(state)
 
 

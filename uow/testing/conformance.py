@@ -2764,6 +2764,27 @@ class SessionConformance:
         assert (await stored(engine, Review, review.id)).reviewer_id is None
         assert await count_rows(engine, User) == 0
 
+    async def test_a_refused_remove_of_a_new_object_leaves_it_new(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            session.add(User(name="Taken", email="taken@example.com"))
+            await session.commit()
+            blocker = User(name="Blocker", email="taken@example.com")
+            session.add(blocker)  # every flush is refused while it is pending
+            reviewer = User(name="New", email="new@example.com")
+            review = Review(stars=3, reviewer=reviewer)
+            session.add(review)
+            reviewer.id = 920  # given after add()
+            with pytest.raises(IntegrityError):
+                await session.remove(reviewer)
+            assert reviewer in session and review.reviewer_id is None  # as before the call: new, waiting
+            blocker.email = "free@example.com"
+            await session.commit()
+            assert review.reviewer_id == 920 and not session.is_modified(review)
+            journal = session.journal
+            replayed = replay(journal, [table_info(User), table_info(Review)], generated_keys=journal.generated_keys)
+        assert replayed["conformance_reviews"][review.id]["reviewer_id"] == 920
+        assert (await stored(engine, Review, review.id)).reviewer_id == 920
+
     async def test_a_refused_change_of_a_child_keeps_it_waiting_for_its_new_parents_key(
         self, engine: uow.Engine
     ) -> None:
