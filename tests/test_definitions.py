@@ -385,3 +385,84 @@ def test_index_names_are_unique_to_their_table_and_column_and_fit() -> None:
         index_name("customer_subscription_invoice_lines", f"billing_address_country_{s}") for s in ("id", "code")
     }
     assert len(long_ones) == 2 and all(len(name.encode()) <= 63 for name in long_ones)
+
+
+# --- unique constraints over several columns ----------------------------------------------
+
+
+def _model_with(constraints: list[Any], name: str = "def_slots") -> type[Model]:
+    class Slot(Model, table=name, constraints=constraints):
+        id: Annotated[int | None, PrimaryKey()] = None
+        day: int = 0
+        hour: int = 0
+        payload: dict[str, Any] | None = None
+
+    return Slot
+
+
+@pytest.mark.parametrize(
+    ("constraints", "message"),
+    [
+        pytest.param([uow.Unique("day")], r"Unique\('day'\) names 1 column\(s\)", id="one-column"),
+        pytest.param([uow.Unique("day", "minute")], r"names 'minute', which is not a column", id="no-such-column"),
+        pytest.param([uow.Unique("day", "payload")], r"names the JSON column 'payload'", id="json-column"),
+        pytest.param([uow.Unique("day", "day")], r"names a column twice", id="column-twice"),
+        pytest.param(
+            [uow.Unique("day", "hour"), uow.Unique("hour", "day")], r"repeats another constraint", id="same-columns"
+        ),
+        pytest.param(
+            [uow.Unique("day", "hour", name="x"), uow.Unique("day", "id", name="x")],
+            r"two constraints are named 'x'",
+            id="same-name",
+        ),
+        pytest.param([uow.Unique("day", "hour", name="n" * 64)], r"longer than 63 bytes", id="long-name"),
+        pytest.param([("day", "hour")], r"constraints takes Unique\(column, column, \.\.\.\)", id="not-unique"),
+    ],
+)
+def test_a_bad_unique_constraint_over_several_columns_is_refused(constraints: list[Any], message: str) -> None:
+    model = _model_with(constraints)
+    with pytest.raises(ModelDefinitionError, match=message):
+        table_info(model)
+
+
+def test_unique_with_columns_in_a_columns_annotation_is_refused() -> None:
+    class Misplaced(Model, table="def_misplaced"):
+        id: Annotated[int | None, PrimaryKey()] = None
+        day: Annotated[int, uow.Unique("day", "hour")] = 0
+
+    with pytest.raises(ModelDefinitionError, match=r"Misplaced\.day: Unique\(\) on a column names no columns"):
+        table_info(Misplaced)
+
+
+def test_a_unique_constraint_is_named_as_postgresql_names_it_unless_named() -> None:
+    info = table_info(_model_with([uow.Unique("day", "hour"), uow.Unique("hour", "id", name="slot_hour")]))
+
+    assert [(u.name, u.columns) for u in info.unique_together] == [
+        ("def_slots_day_hour_key", ("day", "hour")),
+        ("slot_hour", ("hour", "id")),
+    ]
+    long = table_info(_model_with([uow.Unique("day", "hour")], name="s" * 60))
+    assert len(long.unique_together[0].name.encode()) == 63
+
+
+async def test_a_change_of_one_column_records_the_others_of_its_constraint(engine: uow.Engine) -> None:
+    from uow.journal import decode, encode
+
+    slot_model = _model_with([uow.Unique("day", "hour")], name="def_slots_recorded")
+    tables = [table_info(slot_model)]
+    await engine.create_all(slot_model)
+    async with uow.AsyncSession(engine) as session:
+        slot = slot_model(day=1, hour=9)
+        session.add(slot)
+        await session.flush()
+        slot.hour = 10
+        slot.payload = {"note": "moved"}
+        await session.flush()
+        event = session.journal[-1]
+        assert isinstance(event, Updated)
+        assert (event.new, event.unchanged) == ({"hour": 10, "payload": {"note": "moved"}}, {"day": 1})
+        for fmt in ("json", "msgpack"):
+            assert decode(encode(session.journal, fmt), tables, fmt)[-1] == event
+        slot.payload = None  # no column of the constraint: nothing to add
+        await session.flush()
+        assert session.journal[-1].unchanged is None  # type: ignore[attr-defined]

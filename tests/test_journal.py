@@ -144,10 +144,11 @@ events: st.SearchStrategy[AnyEvent] = st.one_of(
         old=some_values,
         new=some_values,
         parent_refs=st.dictionaries(st.just("n"), st.integers(1, 50), max_size=1),
+        unchanged=st.none() | some_values,
     ),
     event(Deleted, **row_common, old=row_values),
-    event(SoftDeleted, **row_common, old=some_values, new=some_values),
-    event(Restored, **row_common, old=some_values, new=some_values),
+    event(SoftDeleted, **row_common, old=some_values, new=some_values, unchanged=st.none() | some_values),
+    event(Restored, **row_common, old=some_values, new=some_values, unchanged=st.none() | some_values),
     event(
         Upserted,
         **row_common,

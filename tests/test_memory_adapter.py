@@ -658,7 +658,7 @@ def test_transactions_match_a_dict_model(anyio_backend: str, operations: list[tu
             assert {row[0]: row[2] for row in rows} == current
             # the unique index says the same (a savepoint's rollback undoes its entries too)
             table = conn._require_tx("read").table(AUTHORS.name)
-            assert table.unique["email"] == {email: key for key, email in current.items() if email is not None}
+            assert table.unique[("email",)] == {email: key for key, email in current.items() if email is not None}
         await memory.close()
 
     anyio.run(run, backend=anyio_backend)

@@ -50,11 +50,18 @@ class Inserted(RowEvent, frozen=True, kw_only=True, tag=True):
 
 
 class Updated(RowEvent, frozen=True, kw_only=True, tag=True):
-    """Columns changed from ``old`` to ``new`` (only the changed columns)."""
+    """Columns changed from ``old`` to ``new`` (only the changed columns).
+
+    ``unchanged`` holds the values of the columns left as they were that
+    share a unique constraint over several columns with a changed one (see
+    ``TableInfo.unique_together``), so that the value the row gives up and
+    the one it takes are known whole; ``None`` when there are none.
+    """
 
     old: Mapping[str, Any]
     new: Mapping[str, Any]
     parent_refs: Mapping[str, int] = msgspec.field(default_factory=dict)
+    unchanged: Mapping[str, Any] | None = None
 
 
 class Deleted(RowEvent, frozen=True, kw_only=True, tag=True):
@@ -64,17 +71,19 @@ class Deleted(RowEvent, frozen=True, kw_only=True, tag=True):
 
 
 class SoftDeleted(RowEvent, frozen=True, kw_only=True, tag=True):
-    """The soft-delete column was set (``old``/``new`` as in :class:`Updated`)."""
+    """The soft-delete column was set (``old``, ``new`` and ``unchanged`` as in :class:`Updated`)."""
 
     old: Mapping[str, Any]
     new: Mapping[str, Any]
+    unchanged: Mapping[str, Any] | None = None
 
 
 class Restored(RowEvent, frozen=True, kw_only=True, tag=True):
-    """The soft-delete column was cleared (``old``/``new`` as in :class:`Updated`)."""
+    """The soft-delete column was cleared (``old``, ``new`` and ``unchanged`` as in :class:`Updated`)."""
 
     old: Mapping[str, Any]
     new: Mapping[str, Any]
+    unchanged: Mapping[str, Any] | None = None
 
 
 class Upserted(RowEvent, frozen=True, kw_only=True, tag=True):

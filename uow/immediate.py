@@ -417,10 +417,13 @@ class ImmediateMixin:
         if target == (table.key_column,):
             state = self._identity.get(table, values.get(table.key_column))
             return state if state is not None and state.status in LIVE else None
+        wanted = tuple(values.get(c) for c in target)
+        if None in wanted:  # as in SQL, a NULL in the conflict target conflicts with no row
+            return None
         # through a lookup the identity map keeps by these columns: a loop of
         # upserts on a unique column finds each match without walking the table's objects
         indexes = tuple(table.column_index[c] for c in target)
-        found = self._identity.find_by_columns(table, indexes, tuple(values.get(c) for c in target))
+        found = self._identity.find_by_columns(table, indexes, wanted)
         live = [state for state in found if state.status in LIVE]
         if not live:
             return None

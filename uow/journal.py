@@ -320,9 +320,11 @@ def _replay_upsert(event: Upserted, table: TableInfo, table_rows: dict[Any, dict
     target = {c: event.values.get(c) for c in event.conflict_target}
     if event.conflict_target == (table.key_column,):
         target = {table.key_column: key}
-    existing = next(
-        (row for row in table_rows.values() if all(row.get(c) == v for c, v in target.items())),
-        None,
+    # as in SQL, a NULL in the conflict target conflicts with no row
+    existing = (
+        None
+        if any(v is None for v in target.values())
+        else next((row for row in table_rows.values() if all(row.get(c) == v for c, v in target.items())), None)
     )
     if existing is not None:
         existing.update({c: event.values[c] for c in event.update_fields})
@@ -410,7 +412,7 @@ def _retype(event: AnyEvent, table: TableInfo) -> AnyEvent:
     if isinstance(event, RowEvent) and event.key is not None:
         changes["key"] = _value(table, table.key_column, event.key)
     bulk = isinstance(event, (BulkUpdated, BulkDeleted))
-    for name in ("values", "old", "new"):
+    for name in ("values", "old", "new", "unchanged"):
         values = getattr(event, name, None)
         if isinstance(values, dict) and values and not bulk:
             changes[name] = _row(table, values)

@@ -29,6 +29,7 @@ import datetime as dt
 import decimal
 import enum
 import gc
+import hashlib
 import inspect
 import operator
 import sys
@@ -103,9 +104,27 @@ class ForeignKey:
 
 
 class Unique:
-    """Marks a column whose non-null values are unique in the table."""
+    """A unique constraint.
 
-    __slots__ = ()
+    ``Unique()`` in a column's ``Annotated`` metadata: the column's non-null
+    values are unique in the table. ``Unique("room_id", "day")`` in a model's
+    ``constraints``: no two rows hold the same values in those columns
+    together (a row with ``None`` in one of them clashes with none), as one
+    constraint named ``name`` (``<table>_<column>_..._key`` by default)::
+
+        class Booking(Model, table="bookings", constraints=[Unique("room_id", "day")]):
+            ...
+    """
+
+    __slots__ = ("columns", "name")
+
+    def __init__(self, *columns: str, name: str | None = None):
+        self.columns = columns
+        self.name = name
+
+    def __repr__(self) -> str:
+        named = "" if self.name is None else f", name={self.name!r}"
+        return f"Unique({', '.join(map(repr, self.columns))}{named})"
 
 
 class Index:
@@ -395,6 +414,7 @@ class ModelMeta(StructMeta):
         namespace: dict[str, Any],
         *,
         table: str | None = None,
+        constraints: Sequence[Unique] = (),
         **struct_options: Any,
     ) -> ModelMeta:
         struct_options.setdefault("kw_only", True)
@@ -411,6 +431,7 @@ class ModelMeta(StructMeta):
             type.__setattr__(cls, attr, RelationDescriptor(attr, cls, member, spec))  # type: ignore[arg-type]
         type.__setattr__(cls, "__uow_table_name__", table)
         type.__setattr__(cls, "__uow_table__", None)
+        type.__setattr__(cls, "__uow_constraints__", tuple(constraints))
         if table is not None:
             _REGISTRY[table] = cls  # type: ignore[assignment]
             _REGISTRY[name] = cls  # type: ignore[assignment]
@@ -459,6 +480,7 @@ class Model(msgspec.Struct, metaclass=ModelMeta):
 
     __uow_table_name__: ClassVar[str | None]
     __uow_table__: ClassVar[TableInfo | None]
+    __uow_constraints__: ClassVar[tuple[Unique, ...]]
 
     # a session that tracks the object learns of the assignment: its next flush
     # compares the object with its snapshot (uow.assignments). Type checkers do
@@ -521,6 +543,13 @@ class ColumnInfo(msgspec.Struct, frozen=True):
     version: bool = False
 
 
+class UniqueInfo(msgspec.Struct, frozen=True):
+    """A unique constraint over several columns, as the database names it."""
+
+    name: str
+    columns: tuple[str, ...]
+
+
 class RelationInfo(msgspec.Struct, frozen=True):
     """A relation: many-to-one through ``local_column`` of this model, or
     one-to-many through ``remote_column`` of ``target``."""
@@ -551,6 +580,8 @@ class TableInfo:
         "key_index",
         "foreign_keys",
         "unique_columns",
+        "unique_together",
+        "shares_unique",
         "soft_delete_column",
         "version_column",
         "relations",
@@ -572,7 +603,12 @@ class TableInfo:
     )
 
     def __init__(
-        self, model: type[Model], name: str, columns: tuple[ColumnInfo, ...], relations: dict[str, RelationInfo]
+        self,
+        model: type[Model],
+        name: str,
+        columns: tuple[ColumnInfo, ...],
+        relations: dict[str, RelationInfo],
+        unique_together: tuple[UniqueInfo, ...] = (),
     ):
         self.model = model
         self.name = name
@@ -593,6 +629,17 @@ class TableInfo:
         the planner's cache, so each row of a flush does not sort them again."""
         self.foreign_keys = tuple(c.foreign_key for c in columns if c.foreign_key is not None)
         self.unique_columns = tuple(c.name for c in columns if c.unique or c.primary_key)
+        """The columns unique on their own: the primary key and each ``Unique()`` column."""
+        self.unique_together = unique_together
+        """The unique constraints over several columns (a model's ``constraints``)."""
+        self.shares_unique: dict[str, tuple[str, ...]] = {}
+        """Column -> the other columns it shares a constraint of :attr:`unique_together`
+        with: a change of it records their values too (``Updated.unchanged``)."""
+        for constraint in unique_together:
+            for column in constraint.columns:
+                others = self.shares_unique.get(column, ())
+                extra = tuple(c for c in constraint.columns if c != column and c not in others)
+                self.shares_unique[column] = others + extra
         soft = [c.name for c in columns if c.soft_delete]
         version = [c.name for c in columns if c.version]
         if len(soft) > 1 or len(version) > 1:
@@ -663,6 +710,21 @@ class TableInfo:
     def key_of(self, obj: Any) -> Any:
         """The primary-key value of ``obj`` (``None`` before a generated key exists)."""
         return getattr(obj, self.primary_key.name)
+
+    def unchanged_partners(self, row: Sequence[Any], changed: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The values in ``row`` (column order) of the columns that share a
+        constraint of :attr:`unique_together` with a ``changed`` column and are
+        not changed themselves; ``None`` when there are none. The planner needs
+        them to know the whole value a change gives up and takes."""
+        partners: dict[str, Any] | None = None
+        shares = self.shares_unique
+        for column in changed:
+            for other in shares.get(column, ()):
+                if other not in changed:
+                    if partners is None:
+                        partners = {}
+                    partners[other] = row[self.column_index[other]]
+        return partners
 
     def detached(self, row: Sequence[Any]) -> tuple[Any, ...]:
         """``row`` (in column order) with a copy of each value of a column in
@@ -1008,6 +1070,11 @@ def _build_table_info(model: type[Model]) -> TableInfo:
             fk_info = ForeignKeyInfo(field, target_name, target_column, fk.on_delete)
             if fk.on_delete == "set null" and not nullable:
                 raise ModelDefinitionError(f"{model.__name__}.{field}: on_delete='set null' needs a nullable column")
+        if any(isinstance(m, Unique) and m.columns for m in metadata):
+            raise ModelDefinitionError(
+                f"{model.__name__}.{field}: Unique() on a column names no columns; a constraint over "
+                "several goes in the model's constraints=[Unique(...)]"
+            )
         columns.append(
             ColumnInfo(
                 name=field,
@@ -1059,11 +1126,73 @@ def _build_table_info(model: type[Model]) -> TableInfo:
                 f"{model.__name__}: the name {name!r} is longer than {_MAX_NAME} bytes, the longest a "
                 "database keeps whole; use a shorter one"
             )
-    return TableInfo(model, model.__uow_table_name__ or "", tuple(columns), relations)
+    table_name = model.__uow_table_name__ or ""
+    unique_together = _unique_together(model, table_name, columns)
+    return TableInfo(model, table_name, tuple(columns), relations, unique_together)
 
 
 _MAX_NAME = 63
 """The longest table or column name PostgreSQL keeps, in bytes."""
+
+
+def fitted_name(name: str) -> str:
+    """``name`` when it fits in 63 bytes, else cut with a digest of the whole
+    appended: PostgreSQL cuts longer names, which could then collide silently."""
+    if len(name.encode()) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    head = name.encode()[: _MAX_NAME - len(digest) - 1].decode(errors="ignore")
+    return f"{head}_{digest}"
+
+
+def _unique_together(model: type[Model], table: str, columns: list[ColumnInfo]) -> tuple[UniqueInfo, ...]:
+    """The model's ``constraints``, checked: each a :class:`Unique` over two
+    or more distinct columns that can be compared, none listed twice."""
+    kinds = {column.name: column.kind for column in columns}
+    found: list[UniqueInfo] = []
+    seen: set[frozenset[str]] = set()
+    names: set[str] = set()
+    for constraint in _class_getattribute(model, "__uow_constraints__"):
+        if not isinstance(constraint, Unique):
+            raise ModelDefinitionError(
+                f"{model.__name__}: constraints takes Unique(column, column, ...), not {constraint!r}"
+            )
+        named = constraint.columns
+        if len(named) < 2:
+            raise ModelDefinitionError(
+                f"{model.__name__}: {constraint!r} names {len(named)} column(s); a constraint in constraints "
+                "spans two or more (one column is made unique by Unique() in its annotation)"
+            )
+        for column in named:
+            if not isinstance(column, str) or column not in kinds:
+                raise ModelDefinitionError(
+                    f"{model.__name__}: {constraint!r} names {column!r}, which is not a column; "
+                    f"columns: {', '.join(kinds)}"
+                )
+            if kinds[column] == "json":
+                raise ModelDefinitionError(
+                    f"{model.__name__}: {constraint!r} names the JSON column {column!r}: databases compare "
+                    "JSON values each their own way"
+                )
+        if len(set(named)) != len(named):
+            raise ModelDefinitionError(f"{model.__name__}: {constraint!r} names a column twice")
+        if frozenset(named) in seen:
+            raise ModelDefinitionError(f"{model.__name__}: {constraint!r} repeats another constraint's columns")
+        seen.add(frozenset(named))
+        if constraint.name is not None:
+            if not isinstance(constraint.name, str) or not constraint.name:
+                raise ModelDefinitionError(f"{model.__name__}: {constraint!r} needs a name that is a string")
+            if len(constraint.name.encode()) > _MAX_NAME:
+                raise ModelDefinitionError(
+                    f"{model.__name__}: the constraint name {constraint.name!r} is longer than {_MAX_NAME} "
+                    "bytes, the longest a database keeps whole; use a shorter one"
+                )
+        name = constraint.name or fitted_name(f"{table}_{'_'.join(named)}_key")
+        if name in names:
+            raise ModelDefinitionError(f"{model.__name__}: two constraints are named {name!r}")
+        names.add(name)
+        found.append(UniqueInfo(name, tuple(named)))
+    return tuple(found)
 
 
 def _check_via_column(model: type[Model], name: str, target: Any, via: Any, columns: list[ColumnInfo]) -> None:
@@ -1179,10 +1308,12 @@ __all__ = [
     "SoftDeleteColumn",
     "TableInfo",
     "Unique",
+    "UniqueInfo",
     "VersionColumn",
     "Versioned",
     "is_model",
     "filled_by_relation",
+    "fitted_name",
     "is_nan",
     "relation",
     "resolve_model",

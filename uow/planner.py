@@ -76,6 +76,7 @@ class _Op:
         "waiting_on",
         "order",
         "shared",
+        "unchanged",
     )
 
     def __init__(
@@ -99,6 +100,9 @@ class _Op:
         self.values = cast("dict[str, Any]", {} if values is None else values)
         self.old = cast("dict[str, Any]", {} if old is None else old)
         self.parent_refs = cast("dict[str, int]", {} if parent_refs is None else parent_refs)
+        self.unchanged: Mapping[str, Any] | None = None
+        """Updates: the values of columns it leaves alone that share a unique
+        constraint over several columns with a column it changes."""
         # True while values, old and parent_refs are the dictionaries of the one event
         # the op was made from (events are never changed, so reading them is safe):
         # own() copies them before the first change
@@ -210,11 +214,15 @@ def _coalesce(
             parent_refs = getattr(event, "parent_refs", {})
             if op is None and not links and not parent_refs and event.old.keys() == event.new.keys():
                 # the first change of a stored row: the op is the event itself
-                ops[ref] = _Op(table, ref, _UPDATE, event.key, event.seq, event.new, event.old, None, shared=True)
+                op = ops[ref] = _Op(table, ref, _UPDATE, event.key, event.seq, event.new, event.old, None, shared=True)
+                op.unchanged = event.unchanged
                 continue
             if op is None:
                 op = ops[ref] = _Op(table, ref, _UPDATE, event.key, event.seq)
             op.own()
+            if event.unchanged and op.phase == _UPDATE:
+                # a column changed later was unchanged before: its old value is in op.old then
+                op.unchanged = {**event.unchanged, **(op.unchanged or {})}
             for column, value in event.new.items():
                 if op.phase == _UPDATE and column not in op.old:
                     old = event.old.get(column)
@@ -358,6 +366,8 @@ def _link(ops: list[_Op]) -> None:
     # whatever order the journal recorded them in (assignments are recorded at flush)
     if only_deletes:
         return  # nothing takes a value: no need to list the ones given up
+    if any(op.table.unique_together for op in ops):
+        _order_handovers_together(ops)
     released: dict[tuple[str, str, Any], _Op] = {}
     for op in ops:
         if op.phase == _INSERT:
@@ -381,6 +391,55 @@ def _link(ops: list[_Op]) -> None:
             giver = released.get((op.table.name, column, value))
             if giver is not None and giver is not op:
                 _edge(giver, op)
+
+
+def _order_handovers_together(ops: list[_Op]) -> None:
+    """What :func:`_link` does for unique values, for the constraints over
+    several columns: a row that takes the values another row gives up in the
+    same flush comes after it."""
+    released: dict[tuple[str, str, tuple[Any, ...]], _Op] = {}
+    for op in ops:
+        if op.phase == _INSERT:
+            continue
+        for constraint in op.table.unique_together:
+            if op.phase == _UPDATE and op.values.keys().isdisjoint(constraint.columns):
+                continue
+            given_up = _values_together(op, constraint.columns, before=True)
+            if given_up is not None:
+                released[(op.table.name, constraint.name, given_up)] = op
+    if not released:
+        return
+    for op in ops:
+        if op.phase == _DELETE:
+            continue
+        for constraint in op.table.unique_together:
+            if op.phase == _UPDATE and op.values.keys().isdisjoint(constraint.columns):
+                continue
+            taken = _values_together(op, constraint.columns, before=False)
+            giver = None if taken is None else released.get((op.table.name, constraint.name, taken))
+            if giver is not None and giver is not op:
+                _edge(giver, op)
+
+
+def _values_together(op: _Op, columns: tuple[str, ...], *, before: bool) -> tuple[Any, ...] | None:
+    """The values of ``columns`` in ``op``'s row before the flush (``before``)
+    or after it; ``None`` when one is NULL (it clashes with nothing), a key not
+    generated yet, or not known (a journal recorded without ``unchanged``)."""
+    values: list[Any] = []
+    key_column = op.table.key_column
+    for column in columns:
+        if op.phase == _INSERT:
+            value = op.key if column == key_column else op.values.get(column)
+        elif not before and column in op.values:
+            value = op.values[column]
+        elif column in op.old:
+            value = op.old[column]
+        else:
+            value = None if op.unchanged is None else op.unchanged.get(column)
+        if value is None or isinstance(value, PendingKey):
+            return None
+        values.append(value)
+    return tuple(values)
 
 
 def _group_key(op: _Op) -> tuple[Any, ...]:

@@ -658,6 +658,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                     state.parent_refs.pop(column, None)
         if parent_refs:
             state.parent_refs = {**(state.parent_refs or {}), **parent_refs}
+        unchanged = table.unchanged_partners(state.snapshot, new) if table.shares_unique else None
         # only the recorded columns join the snapshot: other assignments still wait for their own event
         snapshot = list(state.snapshot)
         column_index = table.column_index
@@ -686,6 +687,11 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 old=old,
                 new=new,
                 parent_refs=dict(parent_refs),
+                unchanged=unchanged,
+            )
+        elif unchanged is not None:
+            event = event_type(
+                seq=seq, at=at, table=table.name, ref=state.ref, key=state.key, old=old, new=new, unchanged=unchanged
             )
         else:  # an Updated event's parent_refs defaults to a new empty dict
             event = event_type(seq=seq, at=at, table=table.name, ref=state.ref, key=state.key, old=old, new=new)
@@ -765,9 +771,10 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         if not new:
             return
         # an equal but distinct value is not recorded, so the snapshot must keep the
-        # one it had; a changed key needs the checks of _record_update, and a JSON
-        # value the copy _record_update makes (the object's own may change in place)
-        if kept or table.primary_key.name in new or table.mutable_indexes:
+        # one it had; a changed key needs the checks of _record_update, a JSON value
+        # the copy _record_update makes (the object's own may change in place), and a
+        # column of a unique constraint over several the values of the others
+        if kept or table.primary_key.name in new or table.mutable_indexes or table.shares_unique:
             self._record_update(state, old, new, at=at)
             return
         state.snapshot = now

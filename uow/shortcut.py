@@ -12,7 +12,8 @@ It applies when
 1. every row (``ref``) has exactly one event, and every update changes each
    column it names: there is nothing to coalesce or drop;
 2. no row takes a unique value (or key) that another row of the same flush
-   gives up;
+   gives up, and no table with a unique constraint over several columns has
+   rows that may give up values of it beside rows that may take them;
 3. no row depends on a row of its own group (through a foreign key), and
    every dependency goes from a group that the general planner's fallback
    order (:func:`uow.shapes.phase_rank`) already puts strictly first.
@@ -69,7 +70,7 @@ def plan_shortcut(events: Sequence[Event], tables: Mapping[str, TableInfo]) -> l
         return None
     groups, index = grouped
     edges = _dependencies(groups, index)
-    if edges is None or not _no_unique_handover(groups):
+    if edges is None or not _no_unique_handover(groups) or _may_hand_over_together(groups):
         return None
     ranks = table_ranks({group.table.name: group.table for group in groups})
 
@@ -376,6 +377,26 @@ def _no_unique_handover(groups: list[_Group]) -> bool:
                 if giver is not None and giver != ref:
                     return False
     return True
+
+
+def _may_hand_over_together(groups: list[_Group]) -> bool:
+    """Whether a table with unique constraints over several columns has rows
+    that may give up such values and rows that may take them in this flush:
+    the general planner orders those (it knows each row's whole values)."""
+    giving = {
+        group.table.name
+        for group in groups
+        if group.table.unique_together and (group.phase == DELETE or _names_column_together(group))
+    }
+    return bool(giving) and any(
+        group.table.name in giving and (group.phase == INSERT or _names_column_together(group)) for group in groups
+    )
+
+
+def _names_column_together(group: _Group) -> bool:
+    """Whether the rows of an update group change a column of a unique
+    constraint over several columns."""
+    return group.phase == UPDATE and any(column in group.table.shares_unique for column in group.columns)
 
 
 def _names_unique_column(group: _Group) -> bool:

@@ -8,7 +8,6 @@ from model metadata only and are always quoted; values always become parameters.
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from uow.arithmetic import ColumnMath, has_math
 from uow.conditions import And as AndCondition
 from uow.conditions import Between, Compare, Condition, In, IsNull, Like, Not, Or
-from uow.model import ColumnInfo, ForeignKeyInfo, TableInfo
+from uow.model import ColumnInfo, ForeignKeyInfo, TableInfo, fitted_name
 from uow.statements import Select
 
 _SQL_COMPARE = {"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
@@ -27,18 +26,8 @@ Converter = Callable[[Any], Any]
 def index_name(table: str, column: str) -> str:
     """The name of the index on ``table.column``: ``ix_<table>__<column>``,
     unique to the pair (``audit_log.entry`` and ``audit.log_entry`` differ),
-    and cut to 63 bytes with a digest of the whole when longer, since
-    PostgreSQL cuts longer names, which could then collide silently."""
-    name = f"ix_{table}__{column}"
-    if len(name.encode()) <= _MAX_NAME:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-    head = name.encode()[: _MAX_NAME - len(digest) - 1].decode(errors="ignore")
-    return f"{head}_{digest}"
-
-
-_MAX_NAME = 63
-"""The longest identifier PostgreSQL keeps, in bytes."""
+    cut to 63 bytes with a digest of the whole when longer (:func:`fitted_name`)."""
+    return fitted_name(f"ix_{table}__{column}")
 
 
 class Params:
@@ -140,6 +129,10 @@ class SqlDialect(ABC):
         keys of the columns in ``deferred_foreign_keys`` are left for :meth:`add_foreign_key`
         (their tables are created after this one)."""
         lines = [self.column_definition(table, c) for c in table.columns]
+        for constraint in table.unique_together:
+            lines.append(
+                f"CONSTRAINT {self.quote(constraint.name)} UNIQUE ({self.column_list(table, constraint.columns)})"
+            )
         for fk in table.foreign_keys:
             if fk.column not in deferred_foreign_keys:
                 lines.append(self.foreign_key_clause(fk))

@@ -12,6 +12,7 @@ from uow.errors import IntegrityError, StorageError
 from uow.model import ForeignKeyInfo
 from uow_memory.table import TableData
 from uow_memory.transaction import Transaction
+from uow_memory.values import index_key
 
 
 def check_not_null(table: TableData, row: tuple[Any, ...], row_index: int | None) -> None:
@@ -50,23 +51,25 @@ def check_unique(
     row_index: int | None,
     old: tuple[Any, ...] | None = None,
 ) -> None:
-    """No other row holds this row's value in a unique column (NULLs never clash).
+    """No other row holds this row's values in a unique constraint's columns
+    (NULLs never clash).
 
-    With ``old`` (an update) only changed columns are looked at.
+    With ``old`` (an update) only constraints over a changed column are looked at.
     """
-    for column, index in table.schema.unique:
-        value = row[index]
-        if value is None or (old is not None and old[index] == value):
+    for index in table.schema.unique:
+        entry = index.entry(row)
+        if entry is None or (old is not None and index.values(old) == index.values(row)):
             continue
-        other = table.key_of_unique(column, value)
+        other = table.key_of_unique(index.columns, entry)
         if other is not None and other != key:
+            values = ", ".join(map(repr, index.values(row)))
             raise IntegrityError(
-                f'duplicate key value violates unique constraint "{table.name}_{column}_key": '
-                f"Key ({column})=({value!r}) already exists",
+                f'duplicate key value violates unique constraint "{index.constraint}": '
+                f"Key ({', '.join(index.columns)})=({values}) already exists",
                 kind="unique",
                 table=table.name,
-                columns=(column,),
-                constraint=f"{table.name}_{column}_key",
+                columns=index.columns,
+                constraint=index.constraint,
                 row_index=row_index,
             )
 
@@ -79,8 +82,8 @@ def referenced_exists(tx: Transaction, fk: ForeignKeyInfo, value: Any) -> bool:
     info = target.schema.info
     if fk.target_column == info.key_column:
         return value in target.rows
-    if fk.target_column in target.unique:
-        return target.key_of_unique(fk.target_column, value) is not None
+    if (fk.target_column,) in target.unique:
+        return target.key_of_unique((fk.target_column,), index_key(value)) is not None
     index = info.column_index[fk.target_column]
     return any(row[index] == value for row in target.rows.values())
 

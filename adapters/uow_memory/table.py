@@ -1,7 +1,7 @@
 """One table's rows and the indexes kept beside them.
 
 Rows are tuples in ``TableInfo.column_names`` order in a dict keyed by primary
-key. Each unique column has a value -> key index and each foreign-key column a
+key. Each unique constraint has a value -> key index and each foreign-key column a
 value -> set of keys index (so deleting a parent finds its children without a
 scan). A :class:`TableData` is copied as a whole when a transaction first
 writes to it (copy on write); nothing else shares it from then on. While the
@@ -11,10 +11,44 @@ to the savepoint undoes the changes made since, in reverse.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from uow.model import ForeignKeyInfo, TableInfo
 from uow_memory.values import RowCodec, index_key
+
+
+class UniqueIndex:
+    """One unique constraint: its columns, their positions in a row and its name."""
+
+    __slots__ = ("columns", "constraint", "positions")
+
+    def __init__(self, columns: tuple[str, ...], positions: tuple[int, ...], constraint: str):
+        self.columns = columns
+        self.positions = positions
+        self.constraint = constraint
+
+    def entry(self, row: tuple[Any, ...]) -> Any:
+        """What the index files ``row`` under, or ``None`` when one of the
+        columns is NULL (such a row clashes with no other)."""
+        if len(self.positions) == 1:
+            value = row[self.positions[0]]
+            return None if value is None else index_key(value)
+        return self.entry_of(tuple(row[p] for p in self.positions))
+
+    @staticmethod
+    def entry_of(values: tuple[Any, ...]) -> Any:
+        """What the index files a row under that holds ``values`` in the
+        constraint's columns (in their order), or ``None`` as for :meth:`entry`."""
+        if any(value is None for value in values):
+            return None
+        if len(values) == 1:
+            return index_key(values[0])
+        return tuple(map(index_key, values))
+
+    def values(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The values of the constraint's columns in ``row``."""
+        return tuple(row[p] for p in self.positions)
 
 
 class TableSchema:
@@ -39,9 +73,15 @@ class TableSchema:
         self.key_index = info.key_index
         self.generated = info.primary_key.generated
         self.not_null: tuple[int, ...] = tuple(i for i, c in enumerate(info.columns) if not c.nullable)
-        self.unique: tuple[tuple[str, int], ...] = tuple(
-            (c.name, i) for i, c in enumerate(info.columns) if c.unique and not c.primary_key
+        self.unique: tuple[UniqueIndex, ...] = tuple(
+            UniqueIndex((c.name,), (i,), f"{info.name}_{c.name}_key")
+            for i, c in enumerate(info.columns)
+            if c.unique and not c.primary_key
+        ) + tuple(
+            UniqueIndex(u.columns, tuple(info.column_index[c] for c in u.columns), u.name) for u in info.unique_together
         )
+        """Every unique constraint but the primary key: a column's ``Unique()`` and
+        the model's ``constraints``."""
         self.foreign_keys: tuple[tuple[ForeignKeyInfo, int], ...] = tuple(
             (fk, info.column_index[fk.column]) for fk in info.foreign_keys
         )
@@ -57,7 +97,7 @@ class TableData:
         self,
         schema: TableSchema,
         rows: dict[Any, tuple[Any, ...]],
-        unique: dict[str, dict[Any, Any]],
+        unique: dict[tuple[str, ...], dict[Any, Any]],
         refs: dict[str, dict[Any, set[Any]]],
     ):
         self.schema = schema
@@ -72,7 +112,10 @@ class TableData:
         """A new table with no rows."""
         schema = TableSchema(info)
         return cls(
-            schema, {}, {name: {} for name, _ in schema.unique}, {fk.column: {} for fk, _ in schema.foreign_keys}
+            schema,
+            {},
+            {index.columns: {} for index in schema.unique},
+            {fk.column: {} for fk, _ in schema.foreign_keys},
         )
 
     def copy(self) -> TableData:
@@ -89,9 +132,17 @@ class TableData:
         """The table's name."""
         return self.schema.name
 
-    def key_of_unique(self, column: str, value: Any) -> Any:
-        """The key of the row holding ``value`` in unique ``column``, or ``None``."""
-        return self.unique[column].get(index_key(value))
+    def key_of_unique(self, columns: tuple[str, ...], entry: Any) -> Any:
+        """The key of the row filed under ``entry`` (:meth:`UniqueIndex.entry`)
+        by the unique constraint over ``columns``, or ``None``."""
+        return self.unique[columns].get(entry)
+
+    def unique_index(self, columns: Sequence[str]) -> UniqueIndex | None:
+        """The unique constraint over exactly ``columns`` (in any order), if any."""
+        wanted = set(columns)
+        if len(wanted) != len(columns):
+            return None
+        return next((index for index in self.schema.unique if set(index.columns) == wanted), None)
 
     def referencing(self, column: str, value: Any) -> set[Any]:
         """Keys of rows whose foreign-key ``column`` holds ``value`` (do not mutate)."""
@@ -102,10 +153,10 @@ class TableData:
         self.rows[key] = row
         if self.undo_log is not None:
             self.undo_log.append((self, key, None))
-        for name, index in self.schema.unique:
-            value = row[index]
-            if value is not None:
-                self.unique[name][index_key(value)] = key
+        for unique in self.schema.unique:
+            entry = unique.entry(row)
+            if entry is not None:
+                self.unique[unique.columns][entry] = key
         for fk, index in self.schema.foreign_keys:
             value = row[index]
             if value is not None:
@@ -118,10 +169,10 @@ class TableData:
             return None
         if self.undo_log is not None:
             self.undo_log.append((self, key, row))
-        for name, index in self.schema.unique:
-            value = row[index]
-            if value is not None:
-                self.unique[name].pop(index_key(value), None)
+        for unique in self.schema.unique:
+            entry = unique.entry(row)
+            if entry is not None:
+                self.unique[unique.columns].pop(entry, None)
         for fk, index in self.schema.foreign_keys:
             value = row[index]
             if value is not None:
@@ -147,4 +198,4 @@ Change = tuple[TableData, Any, "tuple[Any, ...] | None"]
 
 _EMPTY: set[Any] = set()
 
-__all__ = ["Change", "TableData", "TableSchema"]
+__all__ = ["Change", "TableData", "TableSchema", "UniqueIndex"]

@@ -246,18 +246,21 @@ class BatchWriter:
         table = self.tx.writable(batch.table.name)
         info = table.schema.info
         indexes = self._indexes(table, batch.columns)
-        if len(batch.conflict_target) != 1 or not (
-            batch.conflict_target[0] == info.key_column or batch.conflict_target[0] in table.unique
-        ):
+        by_key = batch.conflict_target == (info.key_column,)
+        unique = None if by_key else table.unique_index(batch.conflict_target)
+        if not by_key and unique is None:
             raise StorageError(
                 f"there is no unique or exclusion constraint on {table.name} matching the ON CONFLICT "
                 f"specification ({', '.join(batch.conflict_target)})"
             )
-        target = batch.conflict_target[0]
-        if target not in batch.columns:
-            raise StorageError(f"upsert on {table.name}: the conflict target {target} is not among the columns")
-        target_position = batch.columns.index(target)
+        target = (info.key_column,) if unique is None else unique.columns
+        missing = [c for c in target if c not in batch.columns]
+        if missing:
+            raise StorageError(
+                f"upsert on {table.name}: the conflict target {', '.join(missing)} is not among the columns"
+            )
         position = {c: p for p, c in enumerate(batch.columns)}
+        target_positions = [position[c] for c in target]
         try:
             updates = [(info.column_index[c], position[c]) for c in batch.update_columns]
         except KeyError as exc:
@@ -268,13 +271,12 @@ class BatchWriter:
         count = 0
         rows: list[tuple[Any, ...]] = []
         for i, values in enumerate(batch.rows):
-            value = values[target_position]
-            if value is None:
-                existing = None
-            elif target == info.key_column:
-                existing = value if value in table.rows else None
+            if unique is None:
+                value = values[target_positions[0]]
+                existing = value if value is not None and value in table.rows else None
             else:
-                existing = table.key_of_unique(target, value)
+                entry = unique.entry_of(tuple(values[p] for p in target_positions))
+                existing = None if entry is None else table.key_of_unique(unique.columns, entry)
             if existing is None:
                 key = self._new_row(table, indexes, values, i)
                 count += 1

@@ -89,8 +89,10 @@ def integrity_error(
     target_table, columns, constraint = constraint_target(exc)
     if kind == "foreign_key":
         target_table, columns = fk_table, fk_columns
-    elif kind == "unique" and table is not None and target_table == table.name and columns == (table.key_column,):
-        kind = "primary_key"
+    elif kind == "unique" and table is not None and target_table == table.name:
+        constraint = _unique_constraint_name(table, columns)
+        if columns == (table.key_column,):
+            kind = "primary_key"
     error = IntegrityError(
         str(exc),
         kind=kind,
@@ -101,6 +103,17 @@ def integrity_error(
     )
     error.__cause__ = exc
     return error
+
+
+def _unique_constraint_name(table: TableInfo, columns: tuple[str, ...]) -> str | None:
+    """The name PostgreSQL gives the unique constraint (or primary key) of
+    ``table`` over ``columns``, which SQLite does not report: errors name it
+    alike on every adapter."""
+    if columns == (table.key_column,):
+        return f"{table.name}_pkey"
+    if len(columns) == 1 and columns[0] in table.unique_columns:
+        return f"{table.name}_{columns[0]}_key"
+    return next((u.name for u in table.unique_together if u.columns == columns), None)
 
 
 def _is_operational(exc: sqlite3.Error, name: str, message: str) -> bool:

@@ -56,6 +56,7 @@ from uow.errors import (
     CommitHookError,
     ConcurrencyError,
     ConfigurationError,
+    CycleError,
     DetachedInstanceError,
     IntegrityError,
     ModelDefinitionError,
@@ -91,6 +92,7 @@ from uow.testing.models import (
     Post,
     Review,
     Sample,
+    Seat,
     Size,
     User,
 )
@@ -585,6 +587,92 @@ class SessionConformance:
         assert await stored(engine, User, alice.id) is None
         assert (await stored(engine, User, new.id)).name == "New Alice"
 
+    async def test_a_unique_constraint_over_two_columns_refuses_only_the_same_pair(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        await engine.create_all(Seat)
+        async with AsyncSession(engine) as session:
+            bob = await session.insert(User(name="Bob", email="bob@example.com"))
+            # the same number for another holder, and seats without a holder, clash with nothing
+            session.add_all(
+                [
+                    Seat(holder_id=alice.id, number=1),
+                    Seat(holder_id=alice.id, number=2),
+                    Seat(holder_id=bob.id, number=1),
+                    Seat(number=1),
+                    Seat(number=1),
+                ]
+            )
+            await session.commit()
+            session.add(Seat(holder_id=alice.id, number=3))
+            session.add(Seat(holder_id=bob.id, number=1, label="again"))
+            with pytest.raises(IntegrityError) as refused:
+                await session.commit()
+            error = refused.value
+            assert (error.kind, error.table, error.columns, error.row_index) == (
+                "unique",
+                "conformance_seats",
+                ("holder_id", "number"),
+                1,
+            )
+            assert error.constraint == "conformance_seats_holder_id_number_key"
+            assert len(session.journal.pending) == 2  # kept, to fix and flush again
+        assert await count_rows(engine, Seat) == 5
+
+    async def test_rows_hand_over_the_values_of_a_unique_constraint_over_two_columns_in_one_flush(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        await engine.create_all(Seat)
+        async with AsyncSession(engine) as session:
+            bob = await session.insert(User(name="Bob", email="bob@example.com"))
+            first, second, third, fourth = (
+                Seat(holder_id=alice.id, number=1, label="first"),
+                Seat(holder_id=alice.id, number=2, label="second"),
+                Seat(holder_id=bob.id, number=1, label="third"),
+                Seat(holder_id=bob.id, number=2, label="fourth"),
+            )
+            session.add_all([first, second, third, fourth])
+            await session.commit()
+            # in the order that would clash: each row takes the pair another gives up after it
+            third.holder_id = alice.id  # (bob, 1) -> (alice, 1), by its other column
+            first.number = 3  # (alice, 1) -> (alice, 3)
+            session.add(Seat(holder_id=bob.id, number=2, label="new"))
+            session.delete(fourth)  # gives up (bob, 2)
+            await session.commit()
+            new = await session.query(Seat).filter(label="new").one()
+            # first and new trade numbers, with other holders: neither takes the other's pair
+            first.number = 2  # (alice, 3) -> (alice, 2), which second gives up
+            new.number = 3  # (bob, 2) -> (bob, 3)
+            second.number = 9  # (alice, 2) -> (alice, 9)
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            seats = await session.query(Seat).all()
+            pairs = {seat.label: (seat.holder_id, seat.number) for seat in seats}
+        assert pairs == {
+            "first": (alice.id, 2),
+            "second": (alice.id, 9),
+            "third": (alice.id, 1),
+            "new": (bob.id, 3),
+        }
+
+    async def test_rows_trading_the_values_of_a_unique_constraint_over_two_columns_are_refused_before_writing(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        await engine.create_all(Seat)
+        async with AsyncSession(engine) as session:
+            first, second = Seat(holder_id=alice.id, number=1), Seat(holder_id=alice.id, number=2)
+            session.add_all([first, second])
+            await session.commit()
+            first.number, second.number = 2, 1
+            with pytest.raises(CycleError, match="swap unique values"):
+                await session.flush()
+            first.number = 3  # an intermediate value, flushed first, as the error advises
+            await session.flush()
+            first.number = 2
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            assert {(s.id, s.number) for s in await session.query(Seat).all()} == {(first.id, 2), (second.id, 1)}
+
     # --- upsert / save ---------------------------------------------------------------------
 
     async def test_upsert_inserts_when_nothing_conflicts(self, engine: uow.Engine) -> None:
@@ -608,6 +696,47 @@ class SessionConformance:
         saved = await stored(engine, User, alice.id)
         assert (saved.name, saved.age) == ("Alicia", 31)
         assert await count_rows(engine, User) == 1
+
+    async def test_upsert_on_a_unique_constraint_over_two_columns(self, engine: uow.Engine, alice: User) -> None:
+        await engine.create_all(Seat)
+        async with AsyncSession(engine) as session:
+            taken = await session.insert(Seat(holder_id=alice.id, number=1, label="old"))
+            await session.commit()
+            # the target in any order of the constraint's columns
+            landed = await session.upsert(
+                Seat(holder_id=alice.id, number=1, label="new"), conflict_target=("number", "holder_id")
+            )
+            assert landed is taken and (landed.id, landed.label) == (taken.id, "new")
+            other = await session.upsert(
+                Seat(holder_id=alice.id, number=2, label="other"), conflict_target=("holder_id", "number")
+            )
+            assert other.id is not None and other.id != taken.id
+            # as in SQL, a NULL in the target conflicts with no row: each is a new one
+            loose = await session.upsert_all(
+                [Seat(number=1, label="loose"), Seat(number=1, label="loose")], conflict_target=("holder_id", "number")
+            )
+            assert len({seat.id for seat in loose}) == 2
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            seats = await session.query(Seat).all()
+            assert sorted((s.holder_id or 0, s.number, s.label) for s in seats) == [
+                (0, 1, "loose"),
+                (0, 1, "loose"),
+                (alice.id, 1, "new"),
+                (alice.id, 2, "other"),
+            ]
+
+    async def test_upsert_on_a_null_unique_value_inserts_beside_a_tracked_row_holding_null(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            untitled = await session.insert(Post(title="untitled", slug=None))
+            await session.commit()
+            again = await session.upsert(Post(title="again", slug=None), conflict_target="slug")
+            assert again is not untitled and again.id != untitled.id
+            assert untitled.title == "untitled"
+            await session.commit()
+        assert await count_rows(engine, Post) == 2
 
     async def test_upsert_writes_the_key_of_the_parent_its_relation_holds(
         self, engine: uow.Engine, alice: User

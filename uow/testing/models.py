@@ -1,10 +1,10 @@
 """The models the conformance suite (:mod:`uow.testing.conformance`) runs on.
 
 They cover what a storage adapter has to get right: generated and given
-primary keys, unique columns, foreign keys with ``cascade`` (one of them NOT
-NULL) and ``set null``, a self reference, optimistic locking
-(:class:`~uow.model.Versioned`), soft delete (:class:`~uow.model.SoftDelete`)
-and every column kind. Table names
+primary keys, unique columns and a unique constraint over two columns,
+foreign keys with ``cascade`` (one of them NOT NULL) and ``set null``, a
+self reference, optimistic locking (:class:`~uow.model.Versioned`), soft
+delete (:class:`~uow.model.SoftDelete`) and every column kind. Table names
 start with ``conformance_`` so they do not clash with an application's tables.
 """
 
@@ -87,6 +87,18 @@ class Department(Model, table="conformance_departments", kw_only=True):
     head: Employee | None = relation("head_id")
 
 
+class Seat(Model, table="conformance_seats", kw_only=True, constraints=[Unique("holder_id", "number")]):
+    """A seat numbered per holder: ``holder_id`` and ``number`` are unique
+    together, and a seat without a holder clashes with none (not in
+    :data:`MODELS`: the tests that need it create it)."""
+
+    id: Annotated[int | None, PrimaryKey()] = None
+    holder_id: Annotated[int | None, ForeignKey(User, on_delete="cascade")] = None
+    number: int
+    label: str = ""
+    holder: User | None = relation("holder_id")
+
+
 class Account(Model, Versioned, table="conformance_accounts", kw_only=True):
     """An account under optimistic locking (``version``)."""
 
@@ -151,6 +163,7 @@ __all__ = [
     "Post",
     "Review",
     "Sample",
+    "Seat",
     "Size",
     "User",
 ]
