@@ -26,12 +26,14 @@ from uow.errors import QueryError, StorageError
 
 Operator = Literal["+", "-", "*"]
 
+INT64 = range(-(2**63), 2**63)
+"""The integers an integer column holds on every adapter."""
+
 OPERATORS: frozenset[str] = frozenset(get_args(Operator))
 """The operators :class:`ColumnMath` takes."""
 
 _OPERATIONS: dict[str, Callable[[Any, Any], Any]] = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
-_INT64 = range(-(2**63), 2**63)
 
 # PostgreSQL's NUMERIC: at most 131072 digits before the point and 16383 after.
 # Within that a sum, difference or product of decimals is exact; past it, as
@@ -82,7 +84,7 @@ def compute(op: Operator, value: Any, operand: Any) -> Any:
         return _decimal_result(operation, op, decimal.Decimal(value), decimal.Decimal(operand))
     result = operation(value, operand)
     if type(result) is int:
-        if result not in _INT64:
+        if result not in INT64:
             raise _out_of_range(value, op, operand, "a 64-bit integer")
     elif type(result) is float:
         finite = math.isfinite(value) and math.isfinite(operand)
@@ -123,4 +125,4 @@ def has_math(values: Mapping[str, Any]) -> bool:
     return any(type(value) is ColumnMath for value in values.values())
 
 
-__all__ = ["OPERATORS", "ColumnMath", "Operator", "compute", "computed_row", "has_math"]
+__all__ = ["INT64", "OPERATORS", "ColumnMath", "Operator", "compute", "computed_row", "has_math"]

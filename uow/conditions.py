@@ -11,6 +11,7 @@ memory adapter and journal replay use it, so Python and SQL agree on NULLs.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import re
 from collections.abc import Container, Mapping
@@ -124,6 +125,24 @@ def columns_of(condition: Condition) -> set[str]:
     if isinstance(condition, Not):
         return columns_of(condition.item)
     return {condition.column}  # type: ignore[attr-defined]
+
+
+def datetime_operands(condition: Condition) -> list[tuple[str, bool]]:
+    """``(column, whether the value is aware)`` for each datetime a condition
+    compares a column with."""
+    if isinstance(condition, (And, Or)):
+        return [found for item in condition.items for found in datetime_operands(item)]
+    if isinstance(condition, Not):
+        return datetime_operands(condition.item)
+    if isinstance(condition, Compare):
+        values: tuple[Any, ...] = (condition.value,)
+    elif isinstance(condition, In):
+        values = condition.values
+    elif isinstance(condition, Between):
+        values = (condition.low, condition.high)
+    else:
+        return []
+    return [(condition.column, v.tzinfo is not None) for v in values if isinstance(v, dt.datetime)]
 
 
 def stored_order(value: Any) -> Any:
@@ -267,6 +286,7 @@ __all__ = [
     "Not",
     "Or",
     "columns_of",
+    "datetime_operands",
     "equals_all",
     "escape_like",
     "evaluate",

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from uow.arithmetic import INT64
 from uow.conditions import (
     And,
     Between,
@@ -224,6 +225,8 @@ def check_condition(table: TableInfo, condition: Condition) -> Condition:
                 f"the pattern {condition.pattern!r} ends with the escape character \\; "
                 "write \\\\ for a backslash itself"
             )
+        if "\x00" in condition.pattern:
+            raise QueryError(f"{table.model.__name__}.{condition.column}: {_NUL_REFUSED}")
         return condition
     if isinstance(condition, And):
         return And(tuple(check_condition(table, c) for c in condition.items))
@@ -275,9 +278,6 @@ def _ends_in_a_lone_escape(pattern: str) -> bool:
     return trailing % 2 == 1
 
 
-_INT64 = range(-(2**63), 2**63)
-
-
 def _value(table: TableInfo, column_name: str, value: Any) -> Any:
     column = table.columns[table.column_index[column_name]]
     python_type = column.python_type
@@ -288,9 +288,17 @@ def _value(table: TableInfo, column_name: str, value: Any) -> Any:
             raise QueryError(
                 f"{table.model.__name__}.{column_name}: {value!r} does not fit the column ({exc})"
             ) from None
-    if column.kind == "integer" and type(value) is int and value not in _INT64:
+    if column.kind == "integer" and type(value) is int and value not in INT64:
         raise QueryError(f"{table.model.__name__}.{column_name}: {value!r} does not fit the column (64-bit integers)")
+    if type(value) is str and "\x00" in value:
+        raise QueryError(f"{table.model.__name__}.{column_name}: {_NUL_REFUSED}")
     return value
+
+
+_NUL_REFUSED = (
+    "text with a NUL character is not a value databases agree on "
+    "(PostgreSQL refuses it, SQLite's pattern matching stops at it)"
+)
 
 
 __all__ = ["LOOKUPS", "Q", "check_condition", "compile_criterion", "compile_lookups", "order_terms"]

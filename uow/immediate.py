@@ -26,9 +26,9 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from uow.adapter import Connection
-from uow.arithmetic import OPERATORS, ColumnMath, has_math
+from uow.arithmetic import INT64, OPERATORS, ColumnMath, has_math
 from uow.assignments import set_attribute
-from uow.conditions import Condition, equals_all, matches
+from uow.conditions import Condition, datetime_operands, equals_all, matches
 from uow.errors import ConcurrencyError, ModelDefinitionError, QueryError, SessionStateError, ValidationError
 from uow.events import BulkDeleted, BulkUpdated, Inserted, Restored, SoftDeleted, Updated, Upserted
 from uow.identity import LIVE, IdentityMap, InstanceState, Status
@@ -683,14 +683,42 @@ class ImmediateMixin:
         checked = {
             name: (None if v is None else self._checked_values(table, {name: v})[name]) for name, v in filters.items()
         }
+        for name, value in checked.items():
+            if type(value) is int and value not in INT64:  # no row holds it: refused alike on every adapter
+                raise ValidationError(f"{table.model.__name__}.{name}: {value!r} is beyond 64-bit integers")
         return equals_all(checked)
 
     def _matching(self, table: TableInfo, where: Condition | None) -> list[InstanceState]:
-        return [
+        """The tracked objects of stored rows that ``where`` keeps, evaluated
+        as the database evaluates it; :class:`QueryError` when it cannot be
+        (before anything is written)."""
+        states = [
             state
             for state in self._identity.keyed_states(table)  # a stored row's object has its key
-            if state.status is Status.PERSISTENT and matches(where, table.row_dict(state.snapshot))
+            if state.status is Status.PERSISTENT
         ]
+        if where is not None and states:
+            self._refuse_mixed_datetimes(table, where, states)
+        return [state for state in states if matches(where, table.row_dict(state.snapshot))]
+
+    @staticmethod
+    def _refuse_mixed_datetimes(table: TableInfo, where: Condition, states: list[InstanceState]) -> None:
+        """Refuse a condition comparing a datetime column of tracked rows with a
+        datetime that is aware where theirs is naive, or the other way round:
+        PostgreSQL takes naive ones as UTC, SQLite compares their text, and
+        Python cannot compare them at all, so the objects the session would
+        change could differ from the rows the database changes."""
+        for column, aware in datetime_operands(where):
+            index = table.column_index[column]
+            for state in states:
+                value = state.snapshot[index]
+                if isinstance(value, dt.datetime) and (value.tzinfo is not None) != aware:
+                    raise QueryError(
+                        f"{table.model.__name__}.{column}: the condition compares {'an aware' if aware else 'a naive'} "
+                        f"datetime with the {'naive' if aware else 'aware'} {value!r} of the tracked "
+                        f"{table.model.__name__} {table.key_column}={state.key!r}, which databases compare each "
+                        "their own way; use aware datetimes throughout"
+                    )
 
     async def execute_raw(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run SQL in the session's transaction with values as parameters (the

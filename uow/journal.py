@@ -301,7 +301,14 @@ def replay(
             table_rows.pop(ref_keys[event.ref] if event.ref in ref_keys else key_of(event), None)
         elif isinstance(event, Upserted):
             _replay_upsert(event, table, table_rows, key_of(event))
-        elif isinstance(event, BulkUpdated):
+        elif isinstance(event, (BulkUpdated, BulkDeleted)):
+            _replay_bulk(event, table, table_rows)
+    return rows
+
+
+def _replay_bulk(event: BulkUpdated | BulkDeleted, table: TableInfo, table_rows: dict[Any, dict[str, Any]]) -> None:
+    try:
+        if isinstance(event, BulkUpdated):
             # a versioned table's rows get their version bumped, unless the event sets it
             bumped = table.version_column if table.version_column not in event.values else None
             computes = has_math(event.values)
@@ -310,10 +317,11 @@ def replay(
                     row.update(computed_row(event.values, row) if computes else event.values)
                     if bumped is not None:
                         row[bumped] = (row.get(bumped) or 0) + 1
-        elif isinstance(event, BulkDeleted):
+        else:
             for key in [k for k, row in table_rows.items() if matches(event.where, row)]:
                 del table_rows[key]
-    return rows
+    except TypeError as exc:  # values Python cannot compare (a naive and an aware datetime)
+        raise ReplayError(f"event #{event.seq} {type(event).__name__} on {table.name}: {exc}") from None
 
 
 def _replay_upsert(event: Upserted, table: TableInfo, table_rows: dict[Any, dict[str, Any]], key: Any) -> None:

@@ -778,6 +778,11 @@ def converted_value(table: TableInfo, column: ColumnInfo, value: Any) -> Any:
             f"{table.model.__name__}.{column.name}: NaN is not a value databases agree on "
             "(SQLite refuses it, PostgreSQL orders it above every number); store None instead"
         )
+    if type(converted) is str and "\x00" in converted:
+        raise ValidationError(
+            f"{table.model.__name__}.{column.name}: text with a NUL character is not a value databases agree "
+            f"on (PostgreSQL refuses it, SQLite's pattern matching stops at it); got {converted!r}"
+        )
     return converted
 
 
@@ -825,6 +830,8 @@ def _type_checker(
         if column.kind in ("float", "decimal"):  # and no NaN, which converted_value refuses
             namespace["is_nan"] = is_nan
             test = f"({test}) and not is_nan({name})"
+        elif column.python_type is str:  # and no NUL, which converted_value refuses
+            test = f"({test}) and '\\x00' not in {name}"
         if type(None) in accepted:
             test = f"{name} is None or {test}"
         tests.append(f"({test})")

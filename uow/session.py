@@ -38,6 +38,7 @@ import anyio
 import msgspec
 
 from uow.adapter import Connection
+from uow.arithmetic import INT64
 from uow.assignments import WATCHED, set_attribute
 from uow.batches import (
     Batch,
@@ -807,7 +808,11 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         value that does not fit. ``None`` is left to the NOT NULL checks."""
         converted = list(values)
         for index, value in enumerate(values):
-            if value is None or (type(value) in table.value_types[index] and not is_nan(value)):
+            if value is None or (
+                type(value) in table.value_types[index]
+                and not is_nan(value)
+                and not (type(value) is str and "\x00" in value)
+            ):
                 continue
             column = table.columns[index]
             fitted = converted_value(table, column, value)
@@ -1366,6 +1371,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             if state.status not in _LIVE:
                 return None
             return self._visible(state, with_deleted)  # type: ignore[no-any-return]
+        if type(key) is int and key not in INT64:
+            self._check_key(table, key)  # refuses it: no row holds it, and the drivers cannot send it
         busy, self._busy = self._busy, "get"
         try:
             if self.autoflush and self._journal.has_pending():
@@ -1402,12 +1409,18 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
 
     def _check_key(self, table: TableInfo, key: Any) -> Any:
         python_type = table.primary_key.python_type
-        if isinstance(python_type, type) and isinstance(key, python_type) and not isinstance(key, bool):
-            return key
-        try:
-            return msgspec.convert(key, python_type, strict=False)
-        except msgspec.ValidationError as exc:
-            raise ValidationError(f"{key!r} is not a valid {table.model.__name__}.{table.key_column}: {exc}") from None
+        if not (isinstance(python_type, type) and isinstance(key, python_type) and not isinstance(key, bool)):
+            try:
+                key = msgspec.convert(key, python_type, strict=False)
+            except msgspec.ValidationError as exc:
+                raise ValidationError(
+                    f"{key!r} is not a valid {table.model.__name__}.{table.key_column}: {exc}"
+                ) from None
+        if type(key) is int and key not in INT64:  # no row holds it: refused alike on every adapter
+            raise ValidationError(
+                f"{key!r} is not a valid {table.model.__name__}.{table.key_column}: beyond 64-bit integers"
+            )
+        return key
 
     def _load_row(self, table: TableInfo, row: Sequence[Any]) -> InstanceState:
         """The tracked object for a fetched row; a tracked object keeps its values

@@ -3929,6 +3929,69 @@ class SessionConformance:
         assert await count_rows(engine, User) == 2
         assert (await stored(engine, Sample, sample.id)).data == {"text": "Fine"}
 
+    async def test_text_with_a_nul_character_is_refused_before_anything_is_written(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            with pytest.raises(ValidationError, match="NUL character"):
+                session.add(User(name="a\x00b", email="nul@example.com"))
+            with pytest.raises(ValidationError, match="NUL character"):
+                await session.insert(User(name="a\x00b", email="nul@example.com"))
+            with pytest.raises(ValidationError, match="NUL character"):
+                await session.bulk_update(User, {"name": "x\x00"})
+            with pytest.raises(ValidationError, match="NUL character"):
+                await session.bulk_update(User, {"age": 1}, name="x\x00")
+            with pytest.raises(QueryError, match="NUL character"):
+                await session.query(User).filter(name__contains="\x00").all()
+            user.name = "Al\x00ice"
+            with pytest.raises(ValidationError, match="NUL character"):
+                await session.flush()
+            user.name = "Alice"
+            assert not session.journal.pending
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).name == "Alice"
+        assert await count_rows(engine, User) == 1
+
+    async def test_a_key_or_filter_beyond_64_bits_is_refused_alike(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            with pytest.raises(ValidationError, match="64-bit"):
+                await session.get(User, 2**64)
+            with pytest.raises(ValidationError, match="64-bit"):
+                await session.query(User).filter(age__gte=0).get(2**64)
+            with pytest.raises(ValidationError, match="64-bit"):
+                await session.bulk_update(User, {"name": "x"}, age=2**64)
+            with pytest.raises(ValidationError, match="64-bit"):
+                await session.bulk_delete(User, age=-(2**64))
+            assert await session.get(User, 2**63 - 1) is None  # the largest key a row can have
+        assert (await stored(engine, User, alice.id)).name == "Alice"
+
+    async def test_a_bulk_change_comparing_tracked_naive_datetimes_with_an_aware_one_is_refused(
+        self, engine: uow.Engine
+    ) -> None:
+        aware = dt.datetime(2024, 5, 17, 12, 0, tzinfo=dt.UTC)
+        naive = _sample(created_at=aware.replace(tzinfo=None), label="naive")
+        async with AsyncSession(engine) as session:
+            session.add(naive)
+            await session.commit()
+            # Python cannot order them, and each database compares them its own way (PostgreSQL
+            # takes a naive one as UTC, SQLite compares their text): the session could not tell
+            # which of its objects the database changed
+            for change in (
+                lambda: session.query(Sample).filter(created_at__lt=aware).update(label="x"),
+                lambda: session.query(Sample).filter(created_at__lt=aware).delete(),
+                lambda: session.bulk_update(Sample, {"label": "x"}, created_at=aware),
+                lambda: session.bulk_delete(Sample, created_at=aware),
+            ):
+                with pytest.raises(QueryError, match="naive"):
+                    await change()
+            assert naive in session and naive.label == "naive" and not session.journal.pending
+            # compared with a naive one, as the object holds it, every database agrees
+            assert await session.bulk_update(Sample, {"label": "same"}, created_at=aware.replace(tzinfo=None)) == 1
+            assert naive.label == "same"
+            await session.commit()
+        assert (await stored(engine, Sample, naive.id)).label == "same"
+
     async def test_a_value_that_fits_its_column_after_conversion_is_converted(self, engine: uow.Engine) -> None:
         sample = _sample(ratio=2, color="blue")  # an int for a float, the value of an enum member
         async with AsyncSession(engine) as session:
