@@ -3977,12 +3977,13 @@ class SessionConformance:
             # Python cannot order them, and each database compares them its own way (PostgreSQL
             # takes a naive one as UTC, SQLite compares their text): the session could not tell
             # which of its objects the database changed
-            for change in (
+            changes: list[Callable[[], Awaitable[int]]] = [
                 lambda: session.query(Sample).filter(created_at__lt=aware).update(label="x"),
                 lambda: session.query(Sample).filter(created_at__lt=aware).delete(),
                 lambda: session.bulk_update(Sample, {"label": "x"}, created_at=aware),
                 lambda: session.bulk_delete(Sample, created_at=aware),
-            ):
+            ]
+            for change in changes:
                 with pytest.raises(QueryError, match="naive"):
                     await change()
             assert naive in session and naive.label == "naive" and not session.journal.pending
