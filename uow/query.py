@@ -45,7 +45,18 @@ class _Builder(Generic[M]):
     at run time they are column expressions and relations, checked here.
     """
 
-    __slots__ = ("model", "table", "_where", "_order", "_limit", "_offset", "_includes", "_deleted", "_autoflush")
+    __slots__ = (
+        "model",
+        "table",
+        "_where",
+        "_order",
+        "_limit",
+        "_offset",
+        "_includes",
+        "_deleted",
+        "_autoflush",
+        "_for_update",
+    )
 
     model: type[M]
     table: TableInfo
@@ -56,6 +67,7 @@ class _Builder(Generic[M]):
     _includes: tuple[RelationDescriptor, ...]
     _deleted: Deleted
     _autoflush: bool | None
+    _for_update: bool
 
     def _init(self, model: type[M]) -> None:
         self.model = model
@@ -67,6 +79,7 @@ class _Builder(Generic[M]):
         self._includes = ()
         self._deleted = "exclude"
         self._autoflush = None
+        self._for_update = False
 
     def _copy(self, **changes: Any) -> Self:
         clone = object.__new__(type(self))
@@ -166,6 +179,22 @@ class _Builder(Generic[M]):
         """Do not flush the session's pending changes before this read."""
         return self._copy(_autoflush=False)
 
+    def for_update(self) -> Self:
+        """Lock the rows read until the transaction ends, so that no other
+        transaction changes or deletes them meanwhile: ``SELECT … FOR UPDATE``
+        on PostgreSQL (those rows), the database's write lock on SQLite and
+        the memory adapter (a writer at a time). Another transaction's locking
+        read or write of them waits.
+
+        The read flushes first, even with autoflush off, and the tracked
+        objects of the rows it reads take the rows' values, which another
+        transaction may have changed since the session read them: what is
+        computed from them next is computed from what is locked. Relations
+        in ``include`` are read without a lock; ``count``, ``exists``,
+        ``stream`` and ``parallel_exec`` refuse a locking read.
+        """
+        return self._copy(_for_update=True)
+
     # --- compilation -----------------------------------------------------------
 
     def condition(self) -> Condition | None:
@@ -181,7 +210,11 @@ class _Builder(Generic[M]):
     def compile(self, mode: Literal["rows", "count", "exists"] = "rows") -> Select:
         """The adapter-level :class:`~uow.statements.Select` for this read."""
         if mode == "rows":
-            return Select(self.table, self.condition(), self._order, self._limit, self._offset)
+            return Select(
+                self.table, self.condition(), self._order, self._limit, self._offset, for_update=self._for_update
+            )
+        if self._for_update:
+            raise QueryError(f"{mode}() locks no rows: read them with for_update().all() instead")
         return Select(self.table, self.condition(), (), self._limit, self._offset, mode=mode)
 
     @property
@@ -199,6 +232,11 @@ class _Builder(Generic[M]):
         """``False`` after :meth:`no_autoflush`; ``None`` follows the session."""
         return self._autoflush
 
+    @property
+    def locks(self) -> bool:
+        """Whether the read locks its rows (:meth:`for_update`)."""
+        return self._for_update
+
     def __repr__(self) -> str:
         parts = [f"{type(self).__name__}({self.model.__name__})"]
         condition = self.condition()
@@ -212,6 +250,8 @@ class _Builder(Generic[M]):
             parts.append(f"offset={self._offset}")
         if self._includes:
             parts.append("include=" + ", ".join(repr(r) for r in self._includes))
+        if self._for_update:
+            parts.append("for_update")
         return " ".join(parts)
 
 
@@ -293,12 +333,13 @@ class Query(_Builder[M]):
 
     async def get(self, key: Any) -> M | None:
         """The matching object with primary key ``key``, or ``None``. Without
-        filters or includes a tracked object is returned without a query.
+        filters, includes or :meth:`for_update` a tracked object is returned
+        without a query.
 
         Only the filters (and includes) apply: a get by key ignores the
         query's ``order_by``, ``limit`` and ``offset``, with filters or without.
         """
-        plain = not self._where and not self._includes and self._deleted != "only"
+        plain = not self._where and not self._includes and self._deleted != "only" and not self._for_update
         if plain:
             return await self.session.get(self.model, key, with_deleted=self._deleted == "include")
         key = self.session._check_key(self.table, key)

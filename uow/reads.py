@@ -111,6 +111,8 @@ class ReadsMixin:
         """
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise QueryError(f"chunk_size must be a whole number >= 1, not {chunk_size!r}")
+        if statement.locks:
+            raise QueryError("stream() locks no rows: read them with for_update().all() instead")
         table = statement.table
         with self._exclusive("stream"):
             await self._autoflush(statement)
@@ -173,6 +175,11 @@ class ReadsMixin:
         read inside the transaction leaves them out.
         """
         listed = readables(reads)
+        if any(read.locks for read in listed):
+            raise QueryError(
+                "parallel_exec() reads outside the session's transaction, where a lock would not last: "
+                "read with for_update() through the session"
+            )
         results: list[list[Any]] = [[] for _ in listed]
         gone: dict[TableInfo, frozenset[Any]] = {}
 
@@ -204,7 +211,10 @@ class ReadsMixin:
 
     async def _read_objects(self, read: _Builder[M]) -> list[M]:
         with self._exclusive("query"):
-            await self._autoflush(read)
+            if read.locks:
+                await self._flush()  # the objects it reads take their rows' values: none may hold changes
+            else:
+                await self._autoflush(read)
             connection = await self._connection_for_work()
             return await self._load(read, connection.fetch, track_all=True)
 
@@ -246,10 +256,22 @@ class ReadsMixin:
     ) -> list[M]:
         table = read.table
         rows = await fetch(read.compile())
+        if read.locks:  # what is locked is what the objects hold from now on
+            self._expire_tracked(table, rows)
         objects = self._materialize_all(table, rows, track_all)
         if read.includes:
             await self._relation_loader(fetch, read, track_all=track_all).load(read.model, objects, read.includes)
         return objects
+
+    def _expire_tracked(self, table: TableInfo, rows: Sequence[Sequence[Any]]) -> None:
+        """Let ``rows`` overwrite the values of the stored objects the session
+        tracks for them, as the next read of an expired object does."""
+        identity = self._identity
+        index = table.key_index
+        for row in rows:
+            state = identity.get(table, row[index])
+            if state is not None and state.status is Status.PERSISTENT:
+                state.expired = True
 
     def _relation_loader(
         self, fetch: Callable[[Select], Awaitable[list[tuple[Any, ...]]]], read: _Builder[Any], *, track_all: bool

@@ -1352,15 +1352,21 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
 
     # --- reads ------------------------------------------------------------------
 
-    async def get(self, model: type[M], key: Any, *, with_deleted: bool = False) -> M | None:
+    async def get(self, model: type[M], key: Any, *, with_deleted: bool = False, for_update: bool = False) -> M | None:
         """The object with primary key ``key``, or ``None``.
 
         A tracked object is returned without a query. Soft-deleted rows are
-        left out unless ``with_deleted``.
+        left out unless ``with_deleted``. ``for_update`` reads the row and
+        locks it until the transaction ends, as ``query(model).for_update()``
+        does (see :meth:`uow.query.Query.for_update`): a tracked object takes
+        the locked row's values.
         """
         # written out, without helper calls: a get by key is the session's hottest read
         if self._busy is not None:
             self._check_idle()
+        if for_update:
+            query = self.query(model).for_update()
+            return await (query.with_deleted() if with_deleted else query).get(key)
         table = self._tables_by_type.get(model) if isinstance(model, type) else None
         if table is None:
             table = self._tables_by_type[model] = self._table(model)
@@ -1398,9 +1404,11 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             return None
         return state.obj
 
-    async def get_or_raise(self, model: type[M], key: Any, *, with_deleted: bool = False) -> M:
+    async def get_or_raise(
+        self, model: type[M], key: Any, *, with_deleted: bool = False, for_update: bool = False
+    ) -> M:
         """Like :meth:`get`, but raises :class:`NoResultFound` when there is no such row."""
-        found = await self.get(model, key, with_deleted=with_deleted)
+        found = await self.get(model, key, with_deleted=with_deleted, for_update=for_update)
         if found is None:
             raise NoResultFound(f"no {model.__name__} with {table_info(model).key_column}={key!r}")
         return found

@@ -85,6 +85,11 @@ def _fetch(raw: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any
     return raw.execute(sql, params).fetchall()
 
 
+def _fetch_locked(raw: sqlite3.Connection, lock: str, sql: str, params: Sequence[Any]) -> list[Any]:
+    raw.execute(lock)
+    return raw.execute(sql, params).fetchall()
+
+
 def _replace_savepoint(raw: sqlite3.Connection, released: str, name: str) -> None:
     """Both statements in one trip to the connection's thread."""
     raw.execute(f"RELEASE SAVEPOINT {released}")
@@ -203,7 +208,13 @@ class SQLiteConnection(Connection):
 
     async def fetch(self, select: Select) -> list[tuple[Any, ...]]:
         sql, params = self._dialect.select(select)
-        rows = await self._execute(sql, params)
+        if select.for_update:
+            # SQLite locks no rows: a statement that writes nothing takes the database's
+            # write lock, which the transaction keeps to its end, as FOR UPDATE keeps a row's
+            lock = f"DELETE FROM {self._dialect.quote(select.table.name)} WHERE 0"
+            rows = await self._run(partial(_fetch_locked, lock=lock, sql=sql, params=params))
+        else:
+            rows = await self._execute(sql, params)
         if select.mode == "count":
             return [(int(rows[0][0]),)]
         if select.mode == "exists":
@@ -218,6 +229,8 @@ class SQLiteConnection(Connection):
             return
         sql, params = self._dialect.select(select)
         decode = self._dialect.row_decoder(select.table)
+        if select.for_update:  # as fetch takes it
+            await self._execute(f"DELETE FROM {self._dialect.quote(select.table.name)} WHERE 0")
         try:
             cursor = await self._db.execute(sql, params)
         except sqlite3.Error as exc:

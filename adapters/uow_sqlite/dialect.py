@@ -302,8 +302,7 @@ class SQLiteDialect(SqlDialect):
 
     def select(self, select: Select) -> tuple[str, list[Any]]:
         """As the base; ``for_update`` is dropped, since SQLite has no row locks
-        (a writing transaction locks the whole database; ask for isolation
-        ``"serializable"`` to take that lock when the transaction begins)."""
+        (the connection takes the whole database's write lock instead)."""
         if select.for_update:
             select = msgspec.structs.replace(select, for_update=False)
         return super().select(select)

@@ -3594,6 +3594,79 @@ class SessionConformance:
 
     # --- concurrency and cancellation -----------------------------------------------------------------
 
+    async def test_a_locking_read_makes_another_wait_until_the_first_commits(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            await session.insert(Account(owner="shared", balance=100))
+            await session.commit()
+        steps: list[tuple[str, int]] = []
+        first_locked = anyio.Event()
+
+        async def withdraw(name: str, amount: int, hold: anyio.Event | None) -> None:
+            async with AsyncSession(engine) as session:
+                account = await session.query(Account).filter(owner="shared").for_update().one()
+                steps.append((f"{name} read", account.balance))
+                if hold is not None:
+                    first_locked.set()
+                    await hold.wait()
+                account.balance -= amount
+                await session.commit()
+                steps.append((f"{name} committed", account.balance))
+
+        release = anyio.Event()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(withdraw, "first", 10, release)
+            await first_locked.wait()
+            tasks.start_soon(withdraw, "second", 30, None)
+            await anyio.sleep(0.3)  # the second waits for the lock all along
+            assert steps == [("first read", 100)]
+            release.set()
+        # the second read what the first committed: no update lost
+        assert sorted(steps) == [
+            ("first committed", 90),
+            ("first read", 100),
+            ("second committed", 60),
+            ("second read", 90),
+        ]
+        async with AsyncSession(engine) as session:
+            assert (await session.query(Account).filter(owner="shared").one()).balance == 60
+
+    async def test_a_locking_read_gives_tracked_objects_the_rows_values(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            await session.commit()  # the object stays, with the values read
+            async with AsyncSession(engine) as other:
+                (await other.get_one(User, alice.id)).age = 45
+                await other.commit()
+            assert await session.get(User, alice.id) is user and user.age == 30  # a plain read keeps them
+            await session.rollback()
+            locked = await session.get(User, alice.id, for_update=True)
+            assert locked is user and user.age == 45 and not session.is_modified(user)
+            user.age += 1
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).age == 46
+
+    async def test_a_locking_read_flushes_first_even_without_autoflush(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine, autoflush=False) as session:
+            user = await session.get_one(User, alice.id)
+            user.name = "Alicia"
+            found = await session.query(User).filter(name="Alicia").for_update().all()
+            assert found == [user] and user.name == "Alicia" and not session.journal.pending
+            await session.commit()
+        assert (await stored(engine, User, alice.id)).name == "Alicia"
+
+    async def test_reads_that_cannot_hold_a_lock_refuse_for_update(self, engine: uow.Engine, alice: User) -> None:
+        async with AsyncSession(engine) as session:
+            locking = session.query(User).for_update()
+            with pytest.raises(QueryError, match="locks no rows"):
+                await locking.count()
+            with pytest.raises(QueryError, match="locks no rows"):
+                await locking.exists()
+            with pytest.raises(QueryError, match="locks no rows"):
+                await anext(session.stream(locking))
+            with pytest.raises(QueryError, match="outside the session's transaction"):
+                await session.parallel_exec([uow.select(User).for_update()])
+            assert [u.id for u in await session.scalars(uow.select(User).for_update())] == [alice.id]
+
     async def test_a_session_entered_in_two_tasks_is_refused_in_the_second(self, engine: uow.Engine) -> None:
         session = AsyncSession(engine)
         entered = anyio.Event()
