@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from uow.batches import Batch, BatchResult
-from uow.errors import ConfigurationError
+from uow.errors import ConfigurationError, StorageError
 from uow.model import TableInfo
 from uow.statements import Select
 
@@ -158,6 +158,39 @@ def require_asyncio(adapter: str, driver: str) -> None:
         ) from None
 
 
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+def json_text(value: Any) -> bytes:
+    """``value`` as the JSON text every adapter stores. A value no database
+    stores alike raises :class:`~uow.errors.StorageError`, so every adapter
+    refuses it at the flush: text with a lone surrogate (no UTF-8 text holds
+    it) or with a NUL character (PostgreSQL's ``JSONB`` refuses it)."""
+    try:
+        text = _json_encode(value)
+    except UnicodeEncodeError as exc:
+        raise StorageError(f"cannot store {value!r} as JSON: {exc}") from exc
+    # msgspec writes NUL as \u0000; a backslash written before "u0000" also shows it,
+    # so the value itself is looked through only then
+    if b"\\u0000" in text and _holds_nul(_json_decode(text)):
+        raise StorageError(
+            f"cannot store {value!r} as JSON: text with a NUL character is not a value databases agree on "
+            "(PostgreSQL refuses it)"
+        )
+    return text
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(map(_holds_nul, value))
+    return False
+
+
 def json_decoder(python_type: Any) -> Callable[[str | bytes], Any]:
     """What turns stored JSON text into a value of a JSON column's annotated
     type (``dict[str, int]``, ``tuple[int, ...]``, a ``msgspec.Struct``), as
@@ -179,4 +212,4 @@ def json_decoder(python_type: Any) -> Callable[[str | bytes], Any]:
     return decode
 
 
-__all__ = ["Adapter", "Connection", "json_decoder", "require_asyncio"]
+__all__ = ["Adapter", "Connection", "json_decoder", "json_text", "require_asyncio"]

@@ -128,8 +128,8 @@ def columns_of(condition: Condition) -> set[str]:
 
 
 def datetime_operands(condition: Condition) -> list[tuple[str, bool]]:
-    """``(column, whether the value is aware)`` for each datetime a condition
-    compares a column with."""
+    """``(column, whether the value is aware)`` for each datetime or time a
+    condition compares a column with."""
     if isinstance(condition, (And, Or)):
         return [found for item in condition.items for found in datetime_operands(item)]
     if isinstance(condition, Not):
@@ -142,7 +142,7 @@ def datetime_operands(condition: Condition) -> list[tuple[str, bool]]:
         values = (condition.low, condition.high)
     else:
         return []
-    return [(condition.column, v.tzinfo is not None) for v in values if isinstance(v, dt.datetime)]
+    return [(condition.column, v.tzinfo is not None) for v in values if isinstance(v, (dt.datetime, dt.time))]
 
 
 def stored_order(value: Any) -> Any:

@@ -570,6 +570,7 @@ class ImmediateMixin:
         checked = self._checked_update_values(table, values)
         computes = has_math(checked)
         with self._exclusive("bulk_update"):
+            self._refuse_mixed_datetimes(table, where)
             await self._flush()
             matched = self._matching(table, where)
             self._note_untracked_write()
@@ -628,6 +629,7 @@ class ImmediateMixin:
         """``DELETE FROM table WHERE where``, journaled as one BulkDeleted; the
         tracked objects ``where`` matches (evaluated in Python) stop being tracked."""
         with self._exclusive("bulk_delete"):
+            self._refuse_mixed_datetimes(table, where)
             await self._flush()
             mark = self._journal.mark
             self._note_untracked_write()
@@ -689,35 +691,34 @@ class ImmediateMixin:
         return equals_all(checked)
 
     def _matching(self, table: TableInfo, where: Condition | None) -> list[InstanceState]:
-        """The tracked objects of stored rows that ``where`` keeps, evaluated
-        as the database evaluates it; :class:`QueryError` when it cannot be
-        (before anything is written)."""
-        states = [
+        return [
             state
             for state in self._identity.keyed_states(table)  # a stored row's object has its key
-            if state.status is Status.PERSISTENT
+            if state.status is Status.PERSISTENT and matches(where, table.row_dict(state.snapshot))
         ]
-        if where is not None and states:
-            self._refuse_mixed_datetimes(table, where, states)
-        return [state for state in states if matches(where, table.row_dict(state.snapshot))]
 
-    @staticmethod
-    def _refuse_mixed_datetimes(table: TableInfo, where: Condition, states: list[InstanceState]) -> None:
-        """Refuse a condition comparing a datetime column of tracked rows with a
-        datetime that is aware where theirs is naive, or the other way round:
-        PostgreSQL takes naive ones as UTC, SQLite compares their text, and
-        Python cannot compare them at all, so the objects the session would
-        change could differ from the rows the database changes."""
-        for column, aware in datetime_operands(where):
+    def _refuse_mixed_datetimes(self, table: TableInfo, where: Condition | None) -> None:
+        """Refuse, before a bulk change flushes or writes anything, a condition
+        comparing a datetime (or time) column of tracked objects with a value
+        that is aware where theirs is naive, or the other way round: PostgreSQL
+        takes naive ones as UTC, SQLite compares their text, and Python cannot
+        order them, so the objects the session would change could differ from
+        the rows the database changes."""
+        operands = [] if where is None else datetime_operands(where)
+        if not operands:
+            return
+        states = [state for state in self._identity.states() if state.table is table and state.status in LIVE]
+        for column, aware in operands:
             index = table.column_index[column]
             for state in states:
-                value = state.snapshot[index]
-                if isinstance(value, dt.datetime) and (value.tzinfo is not None) != aware:
+                value = table.values_of(state.obj)[index]  # what the flush before the change writes
+                if isinstance(value, (dt.datetime, dt.time)) and (value.tzinfo is not None) != aware:
+                    kind = type(value).__name__
                     raise QueryError(
                         f"{table.model.__name__}.{column}: the condition compares {'an aware' if aware else 'a naive'} "
-                        f"datetime with the {'naive' if aware else 'aware'} {value!r} of the tracked "
-                        f"{table.model.__name__} {table.key_column}={state.key!r}, which databases compare each "
-                        "their own way; use aware datetimes throughout"
+                        f"{kind} with the {'naive' if aware else 'aware'} {value!r} of a tracked "
+                        f"{table.model.__name__}, which databases compare each their own way; keep the column's "
+                        f"values all aware or all naive"
                     )
 
     async def execute_raw(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:

@@ -62,6 +62,7 @@ class ReadsMixin:
         async def _flush(self) -> Any: ...
         async def _connection_for_work(self) -> Connection: ...
         def _load_row(self, table: TableInfo, row: Any) -> InstanceState: ...
+        def _note_locked(self, table: TableInfo, rows: Sequence[Sequence[Any]]) -> None: ...
         def _table(self, model: type[Any]) -> TableInfo: ...
 
     # --- public -------------------------------------------------------------------
@@ -256,22 +257,12 @@ class ReadsMixin:
     ) -> list[M]:
         table = read.table
         rows = await fetch(read.compile())
-        if read.locks:  # what is locked is what the objects hold from now on
-            self._expire_tracked(table, rows)
+        if read.locks:
+            self._note_locked(table, rows)
         objects = self._materialize_all(table, rows, track_all)
         if read.includes:
             await self._relation_loader(fetch, read, track_all=track_all).load(read.model, objects, read.includes)
         return objects
-
-    def _expire_tracked(self, table: TableInfo, rows: Sequence[Sequence[Any]]) -> None:
-        """Let ``rows`` overwrite the values of the stored objects the session
-        tracks for them, as the next read of an expired object does."""
-        identity = self._identity
-        index = table.key_index
-        for row in rows:
-            state = identity.get(table, row[index])
-            if state is not None and state.status is Status.PERSISTENT:
-                state.expired = True
 
     def _relation_loader(
         self, fetch: Callable[[Select], Awaitable[list[tuple[Any, ...]]]], read: _Builder[Any], *, track_all: bool

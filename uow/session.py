@@ -51,7 +51,7 @@ from uow.batches import (
     resolve_pending,
 )
 from uow.cascade import CascadeMixin
-from uow.conditions import Compare
+from uow.conditions import Compare, In
 from uow.engine import Engine
 from uow.errors import (
     CommitHookError,
@@ -160,6 +160,8 @@ class _Savepoint:
     had_writes: bool
     lists_seen: int
     """How many changed lists of children flushes had seen when it was set."""
+    locks_seen: int = 0
+    """How many rows locking reads had locked when it was set."""
 
 
 @dataclass
@@ -220,6 +222,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         """Streams reading in the open transaction: a failed flush must not end it."""
         self._raw_sql_in = -1
         """The number of the transaction execute_raw last ran in (see _transactions)."""
+        self._locked: list[tuple[TableInfo, Any]] = []
+        """(table, key) of the rows locking reads locked in the open transaction."""
         self._updating: dict[int, Mapping[str, Any]] = {}
         """id(object) -> the checked values of the update() recording what was
         pending before it (see LinkingMixin._moved_by_key)."""
@@ -845,6 +849,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             self._transactions += 1
             self._tx_start = self._journal.flushed_mark
             self._tx_writes = False
+            self._locked.clear()
         return self._connection
 
     async def _flush(self, *, scan: bool = True) -> FlushOutcome:
@@ -861,10 +866,11 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             or self._savepoints
             or self._streams_open
             or self._raw_sql_in == self._transactions
+            or self._locked
             or self.isolation in _SNAPSHOT_LEVELS
         ):
-            # a failed flush then undoes only itself, and the transaction goes on: with
-            # what it wrote (raw SQL may have), an open stream's cursor, or the snapshot its reads saw
+            # a failed flush then undoes only itself, and the transaction goes on: with what it
+            # wrote (raw SQL may have), an open stream's cursor, its locks, or the snapshot its reads saw
             self._savepoint_counter += 1
             savepoint = f"uow_flush_{self._savepoint_counter}"
             try:
@@ -911,8 +917,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 await self._drop_connection(discard=True)
         except Exception:
             await self._drop_connection(discard=True)
-        # the transaction, with its savepoints and what earlier flushes wrote, is gone
+        # the transaction, with its savepoints, locks and what earlier flushes wrote, is gone
         self._savepoints.clear()
+        self._locked.clear()
         if self._tx_writes:  # say so in the objects too
             self._undo_to(self._tx_start, lists_seen=0)
             self._tx_writes = False
@@ -1204,6 +1211,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._tx_start = self._journal.mark
         self._tx_writes = False
         self._savepoints.clear()
+        self._locked.clear()
         self._unreleased = None
         self._gone.clear()
         self._untracked_writes.clear()
@@ -1249,7 +1257,11 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             connection = await self._connection_for_work()
             self._savepoint_counter += 1
             savepoint = _Savepoint(
-                f"uow_sp_{self._savepoint_counter}", self._journal.mark, self._tx_writes, len(self._changed_lists)
+                f"uow_sp_{self._savepoint_counter}",
+                self._journal.mark,
+                self._tx_writes,
+                len(self._changed_lists),
+                len(self._locked),
             )
             await self._set_savepoint(connection, savepoint.name)
             self._savepoints.append(savepoint)
@@ -1286,6 +1298,43 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 del self._savepoints[self._savepoints.index(savepoint) :]
                 self._undo_to(savepoint.mark, savepoint.lists_seen)
                 self._tx_writes = savepoint.had_writes
+                relock = self._locked[savepoint.locks_seen :]
+                del self._locked[savepoint.locks_seen :]
+                for table, key in relock:  # until locked again, their values may be old
+                    state = self._identity.get(table, key)
+                    if state is not None and state.status is Status.PERSISTENT:
+                        state.expired = True
+            if relock:
+                await self._lock_again(relock)
+
+    async def _lock_again(self, rows: list[tuple[TableInfo, Any]]) -> None:
+        """Lock again the rows locking reads locked inside a savepoint rolled
+        back: PostgreSQL lets go of them with it (SQLite and the memory
+        adapter keep their one lock), and a lock lasts until the transaction
+        ends. Their tracked objects take the rows' values again."""
+        by_table: dict[TableInfo, list[Any]] = {}
+        for table, key in rows:
+            by_table.setdefault(table, []).append(key)
+        connection = await self._connection_for_work()
+        for table, keys in by_table.items():
+            select = Select(table, In(table.key_column, tuple(dict.fromkeys(keys))), for_update=True)
+            found = await connection.fetch(select)
+            self._note_locked(table, found)
+            self._materialize_all(table, found, True)
+
+    def _note_locked(self, table: TableInfo, rows: Sequence[Sequence[Any]]) -> None:
+        """Remember the rows a locking read locked, and let them overwrite
+        the values of their tracked objects, as the next read of an expired
+        object does: what is locked is what the objects hold from now on."""
+        identity = self._identity
+        index = table.key_index
+        locked = self._locked
+        for row in rows:
+            key = row[index]
+            locked.append((table, key))
+            state = identity.get(table, key)
+            if state is not None and state.status is Status.PERSISTENT:
+                state.expired = True
 
     def _refuse_savepoint_outside_hooks(self, savepoint: _Savepoint) -> None:
         """Before-commit hooks may end only savepoints they set: ending one set
@@ -1365,8 +1414,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         if self._busy is not None:
             self._check_idle()
         if for_update:
-            query = self.query(model).for_update()
-            return await (query.with_deleted() if with_deleted else query).get(key)
+            return await self._locked_get(model, key, with_deleted)
         table = self._tables_by_type.get(model) if isinstance(model, type) else None
         if table is None:
             table = self._tables_by_type[model] = self._table(model)
@@ -1377,8 +1425,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             if state.status not in _LIVE:
                 return None
             return self._visible(state, with_deleted)  # type: ignore[no-any-return]
-        if type(key) is int and key not in INT64:
-            self._check_key(table, key)  # refuses it: no row holds it, and the drivers cannot send it
+        key = self._check_key(table, key)  # the checks of a key no row can hold, before a read
         busy, self._busy = self._busy, "get"
         try:
             if self.autoflush and self._journal.has_pending():
@@ -1397,6 +1444,20 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         if table.soft_delete_column is None:
             return state.obj  # type: ignore[no-any-return]
         return self._visible(state, with_deleted)  # type: ignore[no-any-return]
+
+    async def _locked_get(self, model: type[M], key: Any, with_deleted: bool) -> M | None:
+        """``get(model, key, for_update=True)``: a locking read by key, soft-deleted
+        rows included (and locked), then left out unless ``with_deleted``."""
+        table = self._table(model)
+        key = self._check_key(table, key)
+        found = await self.query(model).with_deleted().for_update().get(key)
+        if found is None:
+            state = self._identity.get(table, key)
+            if state is not None and state.status is _PERSISTENT:
+                self._identity.detach(state)  # its row is gone (another transaction deleted it): as refresh() does
+            return None
+        state = self._identity.state_of(found)
+        return found if state is None else self._visible(state, with_deleted)
 
     def _visible(self, state: InstanceState, with_deleted: bool) -> Any:
         column = state.table.soft_delete_column
@@ -1424,9 +1485,14 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 raise ValidationError(
                     f"{key!r} is not a valid {table.model.__name__}.{table.key_column}: {exc}"
                 ) from None
-        if type(key) is int and key not in INT64:  # no row holds it: refused alike on every adapter
+        # no row holds these, and the drivers cannot all send them: refused alike on every adapter
+        if type(key) is int and key not in INT64:
             raise ValidationError(
                 f"{key!r} is not a valid {table.model.__name__}.{table.key_column}: beyond 64-bit integers"
+            )
+        if type(key) is str and "\x00" in key:
+            raise ValidationError(
+                f"{key!r} is not a valid {table.model.__name__}.{table.key_column}: text with a NUL character"
             )
         return key
 

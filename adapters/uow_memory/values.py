@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from uow.adapter import json_decoder
+from uow.adapter import json_decoder, json_text
 from uow.errors import StorageError
 from uow.model import ColumnInfo, TableInfo
 
@@ -26,10 +26,13 @@ Converter = Callable[[Any], Any]
 
 
 def copy_json(value: Any) -> Any:
-    """A deep copy of a JSON value, in the shape a database gives back."""
-    if value is None or isinstance(value, (str, int, float, bool)):
+    """A deep copy of a JSON value, in the shape a database gives back;
+    :class:`StorageError` for one the SQL adapters refuse (see :func:`json_text`)."""
+    if value is None or isinstance(value, (int, float, bool)):
         return value
-    return _decode(_encode(value))
+    if isinstance(value, str) and "\x00" not in value:
+        return value
+    return _decode(json_text(value))
 
 
 def _store_bytes(value: Any) -> Any:

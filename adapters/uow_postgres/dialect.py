@@ -39,12 +39,9 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec
 
-import msgspec
-
-from uow.adapter import json_decoder
+from uow.adapter import json_decoder, json_text
 from uow.arithmetic import ColumnMath
 from uow.conditions import Compare, Condition, In
-from uow.errors import StorageError
 from uow.model import ColumnInfo, TableInfo
 from uow.sql import Converter, Params, SqlDialect
 from uow.statements import Select
@@ -76,14 +73,8 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-_json_encode = msgspec.json.Encoder().encode
-
-
 def _encode_json(value: Any) -> str:
-    try:
-        return _json_encode(value).decode()
-    except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 text holds it
-        raise StorageError(f"cannot store {value!r} as JSON: {exc}") from exc
+    return json_text(value).decode()
 
 
 def _naive_as_utc(value: dt.datetime) -> dt.datetime:

@@ -45,7 +45,7 @@ from typing import Any
 
 import msgspec
 
-from uow.adapter import json_decoder
+from uow.adapter import json_decoder, json_text
 from uow.arithmetic import ColumnMath, Operator, compute
 from uow.conditions import Between, Compare, Condition, In, Like, like_regex
 from uow.errors import StorageError
@@ -197,7 +197,7 @@ def _decode_uuid(value: Any) -> uuid.UUID:
 
 
 def _encode_json(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
+    return json_text(value).decode()
 
 
 def _encode_enum(value: Any) -> Any:

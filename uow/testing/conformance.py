@@ -3630,6 +3630,57 @@ class SessionConformance:
         async with AsyncSession(engine) as session:
             assert (await session.query(Account).filter(owner="shared").one()).balance == 60
 
+    async def _holds_lock(self, engine: uow.Engine, account: Account, session: AsyncSession) -> bool:
+        """Whether another session's locking read of ``account`` waits while
+        ``session`` stays open (it is let go of by ``session``'s commit)."""
+        read = anyio.Event()
+
+        async def other() -> None:
+            async with AsyncSession(engine) as second:
+                await second.get_one(Account, account.id, for_update=True)
+                read.set()
+                await second.commit()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(other)
+            with anyio.move_on_after(0.3):
+                await read.wait()
+            waited = not read.is_set()
+            await session.commit()
+        return waited
+
+    async def test_a_lock_outlives_a_refused_flush_and_a_savepoint_rolled_back(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            account = await session.insert(Account(owner="held", balance=100))
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            await session.get_one(Account, account.id, for_update=True)
+            clash = User(name="Clash", email="clash@example.com")
+            session.add_all([User(name="First", email="clash@example.com"), clash])
+            with pytest.raises(IntegrityError):
+                await session.flush()  # undoes only itself: the transaction and its lock go on
+            assert session.in_transaction()
+            clash.email = "other@example.com"
+            assert await self._holds_lock(engine, account, session)
+        async with AsyncSession(engine) as session:
+            savepoint = await session.begin_nested()
+            locked = await session.get_one(Account, account.id, for_update=True)
+            await savepoint.rollback()  # PostgreSQL lets go of a lock taken inside: it is taken again
+            assert locked.balance == 100 and session.in_transaction()
+            assert await self._holds_lock(engine, account, session)
+
+    async def test_a_locking_read_of_a_row_deleted_elsewhere_stops_tracking_its_object(
+        self, engine: uow.Engine, alice: User
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            user = await session.get_one(User, alice.id)
+            await session.commit()
+            async with AsyncSession(engine) as other:
+                await other.remove(await other.get_one(User, alice.id))
+                await other.commit()
+            assert await session.get(User, alice.id, for_update=True) is None
+            assert user not in session and await session.get(User, alice.id) is None
+
     async def test_a_locking_read_gives_tracked_objects_the_rows_values(self, engine: uow.Engine, alice: User) -> None:
         async with AsyncSession(engine) as session:
             user = await session.get_one(User, alice.id)
@@ -3996,6 +4047,14 @@ class SessionConformance:
             session.add(sample)
             with pytest.raises(StorageError):
                 await session.flush()
+            sample.data = {"text": "a NUL \x00"}  # which PostgreSQL's JSONB refuses
+            with pytest.raises(StorageError, match="NUL"):
+                await session.flush()
+            sample.data = {"key \x00": 1}
+            with pytest.raises(StorageError, match="NUL"):
+                await session.flush()
+            sample.data = {"text": "\\u0000 is six characters"}  # spelled out, no NUL in it
+            await session.flush()
             sample.data = {"text": "Fine"}
             await session.commit()
         assert (await stored(engine, User, huge.id)).age == 2**63 - 1
@@ -4060,6 +4119,13 @@ class SessionConformance:
                 with pytest.raises(QueryError, match="naive"):
                     await change()
             assert naive in session and naive.label == "naive" and not session.journal.pending
+            session.autoflush = False
+            naive.label = "pending"
+            with pytest.raises(QueryError, match="naive"):  # refused before the flush it would make
+                await session.bulk_update(Sample, {"label": "x"}, created_at=aware)
+            assert session.is_modified(naive)
+            naive.label = "naive"
+            session.autoflush = True
             # compared with a naive one, as the object holds it, every database agrees
             assert await session.bulk_update(Sample, {"label": "same"}, created_at=aware.replace(tzinfo=None)) == 1
             assert naive.label == "same"
