@@ -36,6 +36,7 @@ from uow.batches import (
     UpdateBatch,
     UpsertBatch,
 )
+from uow.errors import IntegrityError
 from uow.model import TableInfo
 from uow_sqlite.diagnose import (
     Probe,
@@ -104,6 +105,9 @@ def _bulk_update(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: BulkUpd
     math_failure()  # none left from an earlier statement
     try:
         return _guarded(raw, table, attempt, diagnosis)
+    except IntegrityError as error:
+        error.row_index = None  # the one statement replayed: no rows of a batch to point at
+        raise
     except sqlite3.OperationalError as exc:
         failure = math_failure()
         if failure is None:

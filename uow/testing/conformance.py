@@ -1037,10 +1037,11 @@ class SessionConformance:
                 with pytest.raises(IntegrityError) as refused:
                     await update()
                 error = refused.value
-                assert (error.kind, error.table, error.columns) == (
+                assert (error.kind, error.table, error.columns, error.row_index) == (
                     "foreign_key",
                     "conformance_employees",
                     ("department_id",),
+                    None,  # a bulk update sends no rows of a batch to point at
                 )
                 assert isinstance(error.event, BulkUpdated)
 
