@@ -587,6 +587,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             now = table.values_of(state.obj)
             if now != state.snapshot:
                 self._record_assigned(state, now, at)
+            elif not table.typed_as_stored(now):
+                self._convert_row(table, state.obj, now)  # equal, but of a type the column refuses
         state.status = _DELETED
         snapshot = state.snapshot
         identity.by_ref[state.ref] = state
@@ -733,6 +735,9 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
                 if table.parent_relations:
                     self._follow_keys_assigned_over_none(state)
                 self._record_assigned(state, now, at)
+            elif not table.typed_as_stored(now):
+                # equal to the snapshot (True == 1) but of a type the column refuses or converts
+                self._convert_row(table, state.obj, now)
         if self._orphans_deleted:  # their delete actions apply to their own tracked children
             self._orphans_deleted = False
             self._cascade_deletes()
@@ -749,6 +754,8 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             if table.parent_relations:
                 self._follow_keys_assigned_over_none(state)
             self._record_assigned(state, now, at)
+        elif not table.typed_as_stored(now):
+            self._convert_row(table, state.obj, now)  # equal, but of a type the column refuses
 
     def _let_go_of_committed_deletes(self) -> None:
         """Stop tracking the objects whose delete is committed: they are only

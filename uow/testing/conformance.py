@@ -4133,6 +4133,23 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, Sample, naive.id)).label == "same"
 
+    async def test_an_assignment_equal_to_the_stored_value_is_still_checked(self, engine: uow.Engine) -> None:
+        sample = _sample(count=1, ratio=2.0)
+        async with AsyncSession(engine) as session:
+            session.add(sample)
+            await session.commit()
+            for wrong in (True, 1.0):  # equal to 1 in Python, but no int
+                sample.count = wrong  # type: ignore[assignment]
+                with pytest.raises(ValidationError, match="count"):
+                    await session.flush()
+                sample.count = 1
+            sample.ratio = 2  # an int for a float column, equal to it: converted, nothing to write
+            await session.flush()
+            assert type(sample.ratio) is float and not session.is_modified(sample)
+            assert not session.journal.pending
+            await session.commit()
+        assert (await stored(engine, Sample, sample.id)).count == 1
+
     async def test_a_value_that_fits_its_column_after_conversion_is_converted(self, engine: uow.Engine) -> None:
         sample = _sample(ratio=2, color="blue")  # an int for a float, the value of an enum member
         async with AsyncSession(engine) as session:
