@@ -89,6 +89,8 @@ class UndoMixin:
                 # call's) names a key another tracked object may rightly hold
                 if position < flushed and event.seq in inserted_keys:
                     self._let_go_of_vanished_row(self._tables[event.table], inserted_keys[event.seq], detached)
+                elif position < flushed and isinstance(event, (Updated, SoftDeleted, Restored, Upserted)):
+                    self._let_go_of_rereader(self._tables[event.table], event, detached)
             unload_stale_relations(
                 itertools.chain(touched, suspects), detached, self._identity, self._relation_checks, moved
             )
@@ -169,6 +171,25 @@ class UndoMixin:
         being tracked too, so no read answers with it."""
         state = self._identity.get(table, key)
         if state is None or state.status not in LIVE:
+            return
+        self._identity.untrack(state)
+        state.status = Status.DETACHED
+        detached[id(state.obj)] = state.obj
+
+    def _let_go_of_rereader(
+        self, table: TableInfo, event: Updated | SoftDeleted | Restored | Upserted, detached: dict[int, Any]
+    ) -> None:
+        """A row whose flushed change is undone holds its old values again: an
+        object other than the event's read from it since (the event's was
+        expunged, and the row read again) holds the undone values and was not
+        tracked when the transaction began, so it stops being tracked, as for
+        a vanished row, and the next read gives a new object the row's values."""
+        # an upsert that inserted its row is an undone insert (see _let_go_of_vanished_row)
+        key = event.old.get(table.key_column) if isinstance(event, Upserted) and event.old else event.key
+        if key is None or (isinstance(event, Upserted) and event.old is None):
+            return
+        state = self._identity.get(table, key)
+        if state is None or state.ref == event.ref or state.status not in LIVE:
             return
         self._identity.untrack(state)
         state.status = Status.DETACHED

@@ -1830,6 +1830,28 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, User, alice.id)).age == 5
 
+    async def test_an_object_read_again_after_expunge_lets_go_when_the_change_it_saw_is_undone(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            account = await session.insert(Account(owner="ann", balance=10))
+            await session.commit()
+            for undo in ("rollback", "savepoint"):
+                savepoint = await session.begin_nested() if undo == "savepoint" else None
+                account.balance = 99
+                await session.flush()
+                session.expunge(account)
+                again = await session.get_one(Account, account.id)  # a new object, holding 99
+                await (savepoint.rollback() if savepoint is not None else session.rollback())
+                assert again not in session  # its values were undone under it
+                fresh = await session.get_one(Account, account.id)
+                assert fresh is not again and (fresh.balance, fresh.version) == (10, 1)
+                account = fresh
+            account.owner = "still ann"
+            await session.commit()
+        saved = await stored(engine, Account, account.id)
+        assert (saved.owner, saved.balance, saved.version) == ("still ann", 10, 2)
+
     async def test_a_get_that_finds_an_expired_objects_row_gone_lets_go_of_it(
         self, engine: uow.Engine, alice: User
     ) -> None:
