@@ -70,6 +70,7 @@ class LinkingMixin:
         _updating: dict[int, Mapping[str, Any]]
         _journal: Journal
         _changed_lists: list[tuple[int, InstanceState, str]]
+        _unlinked_parents: list[tuple[int, InstanceState, str, Any]]
 
         def _table_of(self, obj: Any) -> TableInfo: ...
         def _delete(self, state: InstanceState) -> None: ...
@@ -502,6 +503,7 @@ class LinkingMixin:
             parent = getattr(table.model, name).reader(state.obj)
             parent_state = self._identity.state_of(parent)
             if parent_state is not None and parent_state.status not in LIVE:
+                self._unlinked_parents.append((self._journal.mark, state, name, parent))
                 getattr(table.model, name).set_loaded(state.obj, None)
 
     def _unload_unflushed_relations(self, state: InstanceState) -> None:

@@ -238,6 +238,10 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._changed_lists: list[tuple[int, InstanceState, str]] = []
         """(journal mark, owner's state, relation name) of each list of
         children a flush saw changed in this transaction, in mark order."""
+        self._unlinked_parents: list[tuple[int, InstanceState, str, Any]] = []
+        """(journal mark, child's state, relation name, parent) of each
+        many-to-one relation a ``set null`` emptied in this transaction: an
+        undo that takes the unlink back gives the relation its parent back."""
         self._orphans_deleted = False
         """Whether comparing deleted an object taken out of a list of children
         (its delete's cascades are applied after)."""
@@ -1223,6 +1227,7 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         self._gone.clear()
         self._untracked_writes.clear()
         self._changed_lists.clear()
+        self._unlinked_parents.clear()
         # nothing can be undone past this point: states need not be found by ref any more
         self._identity.by_ref.clear()
 

@@ -39,6 +39,7 @@ class UndoMixin:
         _untracked_writes: list[tuple[int, int]]
         _new_ref: Callable[[], int]
         _changed_lists: list[tuple[int, InstanceState, str]]
+        _unlinked_parents: list[tuple[int, InstanceState, str, Any]]
 
     def _undo_to(self, mark: int, lists_seen: int | None = None) -> None:
         """Undo assignments not recorded yet, then truncate the journal to
@@ -82,6 +83,7 @@ class UndoMixin:
             detached: dict[int, Any] = {}
             # an object whose delete is undone is new again while its insert is still pending
             unwritten = {e.ref for e in self._journal.pending if type(e) is Inserted}
+            self._relink_unlinked_parents(mark)
             for position in range(mark + len(removed) - 1, mark - 1, -1):
                 event = removed[position - mark]
                 self._undo(event, detached, unwritten)
@@ -104,6 +106,17 @@ class UndoMixin:
             if by_obj.get(id(state.obj)) is state:
                 getattr(state.table.model, name).set_loaded(state.obj, NOT_LOADED)
         self._expire_read_after_undone_writes(mark)
+
+    def _relink_unlinked_parents(self, mark: int) -> None:
+        """Give back their parents the many-to-one relations a ``set null``
+        emptied after ``mark`` (the parent's delete is undone with it), where
+        nothing was assigned to them since."""
+        unlinked = self._unlinked_parents
+        while unlinked and unlinked[-1][0] >= mark:
+            _, state, name, parent = unlinked.pop()
+            descriptor = getattr(state.table.model, name)
+            if descriptor.raw(state.obj) is None:
+                descriptor.set_loaded(state.obj, parent)
 
     def _restore_waiting_keys(self, refs: set[int]) -> None:
         """Give the objects with undone changes back the foreign keys that still

@@ -1830,6 +1830,30 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, User, alice.id)).age == 5
 
+    async def test_an_undone_set_null_gives_the_relation_its_parent_back(self, engine: uow.Engine) -> None:
+        async with AsyncSession(engine) as session:
+            reviewer = User(name="Rita", email="rita@example.com")
+            review = Review(stars=5, reviewer=reviewer)
+            session.add(review)
+            await session.commit()
+            savepoint = await session.begin_nested()
+            await session.remove(reviewer)  # the review's reviewer_id is set to null, and its relation
+            assert (review.reviewer_id, review.reviewer) == (None, None)
+            await savepoint.rollback()
+            assert review.reviewer is reviewer and review.reviewer_id == reviewer.id
+            # new rows, rolled back whole: the relation holds the parent, so adding both again links them
+            author = User(name="Newt", email="newt@example.com")
+            fresh = Review(stars=1, reviewer=author)
+            session.add(fresh)
+            await session.flush()
+            await session.remove(author)
+            await session.rollback()
+            assert fresh.reviewer is author and author.id is None
+            session.add(fresh)
+            await session.commit()
+            assert fresh.reviewer_id == author.id is not None
+        assert (await stored(engine, Review, fresh.id)).reviewer_id == author.id
+
     async def test_an_object_read_again_after_expunge_lets_go_when_the_change_it_saw_is_undone(
         self, engine: uow.Engine
     ) -> None:
