@@ -9,7 +9,7 @@ will. :class:`~uow.session.AsyncSession` inherits this from
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from uow.assignments import set_attribute
@@ -31,7 +31,9 @@ class CascadeMixin:
         def _delete(self, state: InstanceState) -> None: ...
         def _record_found(self, state: InstanceState, at: dt.datetime) -> None: ...
         def _record_update(self, state: InstanceState, old: dict[str, Any], new: dict[str, Any]) -> None: ...
-        def _relation_links_elsewhere(self, state: InstanceState, column: str) -> bool: ...
+        def _relation_links_elsewhere(
+            self, state: InstanceState, column: str, deleted_keys: Collection[Any] = ()
+        ) -> bool: ...
         def _unlink_deleted_parents(self, state: InstanceState, column: str) -> None: ...
 
     def _cascade_deletes(self) -> None:
@@ -121,11 +123,11 @@ class CascadeMixin:
                 if state.status not in LIVE:
                     continue
                 for fk in acting[state.table]:
-                    if state.table.parent_relations and self._relation_links_elsewhere(state, fk.column):
+                    keys = deleted_keys.get(fk.target_table)
+                    if state.table.parent_relations and self._relation_links_elsewhere(state, fk.column, keys or ()):
                         continue  # moved or unlinked through its relation: the flush writes that first
                     value = getattr(state.obj, fk.column)
                     waiting_ref = (state.parent_refs or {}).get(fk.column)
-                    keys = deleted_keys.get(fk.target_table)
                     hit = (keys is not None and value in keys) or (waiting_ref is not None and waiting_ref in refs)
                     if not hit or state.status not in LIVE:
                         continue

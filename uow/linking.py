@@ -20,7 +20,7 @@ The rules (see ``docs/models.md``, "Relations"):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from uow.assignments import ChildList, changed_since_flush, relation_assigned, set_attribute, unwatched_list
@@ -414,13 +414,14 @@ class LinkingMixin:
         assigned since."""
         return self._column_assigned_over(state, column, state.snapshot[state.table.column_index[column]])
 
-    def _relation_links_elsewhere(self, state: InstanceState, column: str) -> bool:
+    def _relation_links_elsewhere(self, state: InstanceState, column: str, deleted_keys: Collection[Any] = ()) -> bool:
         """Whether the many-to-one relation through ``column`` holds what the
         next flush writes into that column instead of what it holds now: an
         unlink, anything assigned since (a deleted parent is refused then), or
         a parent that is not deleted (a relation wins over its column). A
-        relation still holding the deleted parent it was loaded with says
-        nothing here: the column decides."""
+        relation still holding the deleted parent it was loaded with, or an
+        untracked copy of a row in ``deleted_keys`` (one expunged, then read
+        again and deleted), says nothing here: the column decides."""
         for relation_column, read_parent in state.table.parent_relations:
             if relation_column != column:
                 continue
@@ -435,7 +436,9 @@ class LinkingMixin:
             elif not is_model(parent) or self._identity.was_deleted(parent):
                 return False
             else:
-                key = self._table_of(parent).key_of(parent)  # new, or expunged: its row stays
+                key = self._table_of(parent).key_of(parent)  # new, or expunged: its row stays...
+                if key is not None and key in deleted_keys:
+                    return False  # ...unless it is the row deleted
             live = parent_state is None or parent_state.status in LIVE
             return live and (key is None or not self._column_assigned_over(state, column, key))
         return False

@@ -1830,6 +1830,22 @@ class SessionConformance:
             await session.commit()
         assert (await stored(engine, User, alice.id)).age == 5
 
+    async def test_a_delete_acts_on_children_whose_relation_holds_an_expunged_copy_of_the_parent(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            author = User(name="Ann", email="ann@example.com")
+            post, review = Post(title="P", author=author), Review(stars=2, reviewer=author)
+            session.add_all([post, review])
+            await session.flush()
+            session.expunge(author)  # the children's relations still hold this copy
+            await session.remove(await session.get_one(User, author.id))  # read again, and deleted
+            assert post not in session  # cascaded, as the database did
+            assert review.reviewer_id is None and review.reviewer is None  # set null
+            await session.commit()
+        assert await count_rows(engine, Post) == 0
+        assert (await stored(engine, Review, review.id)).reviewer_id is None
+
     async def test_an_undone_set_null_gives_the_relation_its_parent_back(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             reviewer = User(name="Rita", email="rita@example.com")
