@@ -210,13 +210,18 @@ class PostgresConnection(Connection):
 
     async def apply(self, batch: Batch) -> BatchResult:
         if isinstance(batch, InsertBatch):
-            return await self._insert(batch)
+            result = await self._insert(batch)
+            if not batch.returning_key:
+                await self._follow_given_keys(batch.table, batch.columns, batch.rows)
+            return result
         if isinstance(batch, UpdateBatch):
             return await self._update(batch)
         if isinstance(batch, DeleteBatch):
             return await self._delete(batch)
         if isinstance(batch, UpsertBatch):
-            return await self._upsert(batch)
+            result = await self._upsert(batch)
+            await self._follow_given_keys(batch.table, batch.columns, batch.rows)
+            return result
         if isinstance(batch, BulkUpdateBatch):
             sql, params = self.dialect.bulk_update(batch.table, dict(batch.values), batch.where)
             if batch.computes:  # the updated rows come back
@@ -228,6 +233,18 @@ class PostgresConnection(Connection):
             sql, params = self.dialect.bulk_delete(batch.table, batch.where)
             return BatchResult(rowcount=_rowcount(await self._call(lambda: self.raw.execute(sql, *params))))
         raise TypeError(f"unknown batch {batch!r}")
+
+    async def _follow_given_keys(self, table: TableInfo, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Move the key sequence of a table whose integer keys are generated
+        past the greatest key these rows were written with."""
+        key = table.primary_key
+        if not (key.generated and key.kind == "integer") or key.name not in columns:
+            return
+        position = list(columns).index(key.name)
+        given = [row[position] for row in rows if type(row[position]) is int]
+        if given:
+            sql, top = self.dialect.follow_given_key(table), max(given)
+            await self._call(lambda: self.raw.execute(sql, top))
 
     def _arrays(self, table: TableInfo, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Any]:
         return _columns_of(rows, self.dialect.column_encoders(table, columns))

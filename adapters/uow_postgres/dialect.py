@@ -221,6 +221,17 @@ class PostgresDialect(SqlDialect):
             return "gen_random_uuid()"
         return None
 
+    def follow_given_key(self, table: TableInfo) -> str:
+        """SQL moving the sequence of ``table``'s generated integer key past
+        ``$1``, a key given explicitly, unless it is past it already: a row
+        inserted with its own key would otherwise be given that key again
+        (SQLite and the memory adapter move theirs the same way)."""
+        key = table.primary_key
+        sequence = f"pg_get_serial_sequence({_literal(self.quote(table.name))}, {_literal(key.name)})::regclass"
+        return (
+            f"SELECT setval(s, $1) FROM (SELECT {sequence} AS s) AS q WHERE $1 > COALESCE(pg_sequence_last_value(s), 0)"
+        )
+
     # --- reads ----------------------------------------------------------------
 
     def select(self, select: Select) -> tuple[str, list[Any]]:

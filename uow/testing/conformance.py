@@ -407,6 +407,21 @@ class SessionConformance:
             assert await session.get(User, alice.id) is user
             assert user.name == "changed"
 
+    async def test_a_key_given_to_a_table_that_generates_keys_is_never_generated_again(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            await session.insert(User(id=50, name="Given", email="given@example.com"))
+            first = await session.insert(User(name="First", email="first@example.com"))
+            assert first.id is not None and first.id > 50
+            await session.save(User(id=first.id + 10, name="Saved", email="saved@example.com"))
+            session.add(User(id=first.id + 5, name="Lower", email="lower@example.com"))  # below the greatest
+            second = User(name="Second", email="second@example.com")
+            session.add(second)
+            await session.commit()
+            assert second.id is not None and second.id > first.id + 10
+        assert await count_rows(engine, User) == 5
+
     # --- update -------------------------------------------------------------------------
 
     async def test_update_sets_values_and_writes_now(self, engine: uow.Engine, alice: User) -> None:
