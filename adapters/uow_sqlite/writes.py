@@ -38,6 +38,7 @@ from uow.batches import (
 )
 from uow.errors import IntegrityError
 from uow.model import TableInfo
+from uow.statements import Select
 from uow_sqlite.diagnose import (
     Probe,
     Statement,
@@ -74,12 +75,27 @@ def apply_batch(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: Batch) -
     if isinstance(batch, BulkUpdateBatch):
         return _bulk_update(raw, dialect, batch)
     if isinstance(batch, BulkDeleteBatch):
-        sql, params = dialect.bulk_delete(batch.table, batch.where)
-        probe = children_of_matched(dialect, batch.table, batch.where)
-        return _guarded(
-            raw, batch.table, lambda: BatchResult(raw.execute(sql, params).rowcount), lambda: ([(sql, params)], probe)
-        )
+        return _bulk_delete(raw, dialect, batch)
     raise TypeError(f"unknown batch {batch!r}")
+
+
+def _bulk_delete(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: BulkDeleteBatch) -> BatchResult:
+    """One DELETE; its count is of the rows its condition matched, as on
+    PostgreSQL, also where a row it deletes cascades to another it matched
+    (SQLite runs the cascade at once and counts that row as the cascade's)."""
+    table = batch.table
+    sql, params = dialect.bulk_delete(table, batch.where)
+    probe = children_of_matched(dialect, table, batch.where)
+    counted = None
+    if any(fk.target_table == table.name and fk.on_delete == "cascade" for fk in table.foreign_keys):
+        counted = dialect.select(Select(table, batch.where, mode="count"))
+
+    def attempt() -> BatchResult:
+        matched = None if counted is None else int(raw.execute(*counted).fetchone()[0])
+        deleted = raw.execute(sql, params).rowcount
+        return BatchResult(deleted if matched is None else matched)
+
+    return _guarded(raw, table, attempt, lambda: ([(sql, params)], probe))
 
 
 def _bulk_update(raw: sqlite3.Connection, dialect: SQLiteDialect, batch: BulkUpdateBatch) -> BatchResult:

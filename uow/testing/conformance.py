@@ -1060,6 +1060,23 @@ class SessionConformance:
                 )
                 assert isinstance(error.event, BulkUpdated)
 
+    async def test_a_bulk_delete_counts_the_rows_it_matched_also_where_one_cascades_to_another(
+        self, engine: uow.Engine
+    ) -> None:
+        for delete in ("bulk_delete", "query"):
+            async with AsyncSession(engine) as session:
+                root = Category(name="gone")
+                child = Category(name="gone", parent=root)
+                session.add(Category(name="kept", parent=child))  # deleted by the cascade, not matched
+                await session.commit()
+                if delete == "bulk_delete":
+                    count = await session.bulk_delete(Category, name="gone")
+                else:
+                    count = await session.query(Category).filter(name="gone").delete()
+                assert count == 2
+                await session.commit()
+            assert await count_rows(engine, Category) == 0
+
     async def test_a_bulk_update_computes_each_rows_value_from_its_own(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             rich, poor = Account(owner="rich", balance=100), Account(owner="poor", balance=5)
