@@ -846,6 +846,35 @@ def test_upserts_keep_their_place_and_repeated_conflict_values_start_a_new_batch
     assert "ON CONFLICT (email) update name: 2 rows" in plan.explain()
 
 
+def test_upserts_of_one_batch_write_a_row_after_the_row_of_its_own_table_it_points_at() -> None:
+    events = [
+        _upsert_category(1, 11, id=1, parent_id=3, code="a"),
+        _upsert_category(2, 12, id=2, code="b"),
+        _upsert_category(3, 13, id=3, parent_id=4, code="c"),
+        _upsert_category(4, 14, id=4, code="d"),
+    ]
+
+    (batch,) = plan_flush(events, TABLES)
+
+    assert isinstance(batch, UpsertBatch)
+    assert [row[0] for row in batch.rows] == [2, 4, 3, 1]  # each after its parent, else as given
+    assert batch.refs == [12, 14, 13, 11] and batch.seqs == [2, 4, 3, 1]
+
+
+def _upsert_category(seq: int, ref: int, **values: Any) -> Upserted:
+    row = {"id": None, "parent_id": None, "code": None, **values}
+    return Upserted(
+        seq=seq,
+        at=AT,
+        table="planner_categories",
+        ref=ref,
+        key=values.get("id"),
+        values=row,
+        conflict_target=("id",),
+        update_fields=("parent_id", "code"),
+    )
+
+
 def test_soft_delete_is_an_update_of_the_soft_delete_column() -> None:
     rec = Recorder()
     rec.events.append(

@@ -21,6 +21,7 @@ operations before them are planned and applied first.
 
 from __future__ import annotations
 
+import heapq
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -749,7 +750,51 @@ def _plan_upserts(events: list[Upserted], tables: Mapping[str, TableInfo]) -> li
         current.rows.append(tuple(event.values[c] for c in columns))
         current.refs.append(event.ref)
         current.seqs.append(event.seq)
+    for batch in batches:
+        if isinstance(batch, UpsertBatch):
+            _parents_first(batch)
     return batches
+
+
+def _parents_first(batch: UpsertBatch) -> None:
+    """Order the rows of an upsert batch so that a row pointing (through a
+    foreign key to its own table) at the key of another row of the batch
+    comes after it, as a flush orders inserts: databases that check a
+    foreign key row by row (SQLite, the memory adapter) would refuse the
+    other order, which PostgreSQL, checking at the statement's end, takes.
+    Otherwise the rows keep the order given; rows pointing at each other too."""
+    table, columns, rows = batch.table, batch.columns, batch.rows
+    if table.key_column not in columns or len(rows) < 2:
+        return
+    own = [
+        columns.index(fk.column) for fk in table.foreign_keys if fk.target_table == table.name and fk.column in columns
+    ]
+    if not own:
+        return
+    key_at = columns.index(table.key_column)
+    position_of = {row[key_at]: i for i, row in enumerate(rows) if row[key_at] is not None}
+    children: dict[int, list[int]] = {}
+    waiting = [0] * len(rows)
+    for i, row in enumerate(rows):
+        for parent in {position_of[row[p]] for p in own if row[p] in position_of} - {i}:
+            children.setdefault(parent, []).append(i)
+            waiting[i] += 1
+    if not children:
+        return
+    ready = [i for i in range(len(rows)) if not waiting[i]]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)  # the earliest ready row: as close to the order given as can be
+        order.append(i)
+        for child in children.get(i, ()):
+            waiting[child] -= 1
+            if not waiting[child]:
+                heapq.heappush(ready, child)
+    order.extend(i for i in range(len(rows)) if waiting[i])  # rows pointing at each other: as given
+    batch.rows[:] = [rows[i] for i in order]
+    batch.refs[:] = [batch.refs[i] for i in order]
+    batch.seqs[:] = [batch.seqs[i] for i in order]
 
 
 __all__ = ["plan_flush"]

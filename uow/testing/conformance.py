@@ -741,6 +741,21 @@ class SessionConformance:
                 (alice.id, 2, "other"),
             ]
 
+    async def test_upsert_all_writes_a_parent_before_the_rows_of_the_call_pointing_at_it(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            rows = [
+                Category(id=101, name="child", parent_id=100),
+                Category(id=102, name="grandchild", parent_id=101),
+                Category(id=100, name="root"),
+            ]
+            upserted = await session.upsert_all(rows)
+            assert [c.name for c in upserted] == ["child", "grandchild", "root"]  # in the order given
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            assert {c.id: c.parent_id for c in await session.query(Category).all()} == {100: None, 101: 100, 102: 101}
+
     async def test_upsert_on_a_null_unique_value_inserts_beside_a_tracked_row_holding_null(
         self, engine: uow.Engine
     ) -> None:
