@@ -430,7 +430,7 @@ def test_unique_with_columns_in_a_columns_annotation_is_refused() -> None:
         id: Annotated[int | None, PrimaryKey()] = None
         day: Annotated[int, uow.Unique("day", "hour")] = 0
 
-    with pytest.raises(ModelDefinitionError, match=r"Misplaced\.day: Unique\(\) on a column names no columns"):
+    with pytest.raises(ModelDefinitionError, match=r"Misplaced\.day: Unique\(\) on a column takes no columns"):
         table_info(Misplaced)
 
 
@@ -466,3 +466,43 @@ async def test_a_change_of_one_column_records_the_others_of_its_constraint(engin
         slot.payload = None  # no column of the constraint: nothing to add
         await session.flush()
         assert session.journal[-1].unchanged is None  # type: ignore[attr-defined]
+
+
+def test_a_constraint_whose_name_another_of_the_table_takes_is_refused() -> None:
+    class Clashing(Model, table="def_clash", constraints=[uow.Unique("a", "b")]):
+        id: Annotated[int | None, PrimaryKey()] = None
+        a: int = 0
+        b: int = 0
+        a_b: Annotated[int, uow.Unique()] = 0  # its constraint is def_clash_a_b_key too
+
+    class NamedAsKey(Model, table="def_named", constraints=[uow.Unique("a", "b", name="def_named_pkey")]):
+        id: Annotated[int | None, PrimaryKey()] = None
+        a: int = 0
+        b: int = 0
+
+    for model in (Clashing, NamedAsKey):
+        with pytest.raises(ModelDefinitionError, match="another constraint or index of the table takes"):
+            table_info(model)
+
+
+def test_a_named_unique_on_a_column_is_refused() -> None:
+    class Named(Model, table="def_named_column"):
+        id: Annotated[int | None, PrimaryKey()] = None
+        email: Annotated[str, uow.Unique(name="email_unique")] = ""
+
+    with pytest.raises(
+        ModelDefinitionError, match=r"Named\.email: Unique\(\) on a column takes no columns and no name"
+    ):
+        table_info(Named)
+
+
+def test_a_base_without_a_table_passes_its_constraints_on() -> None:
+    class Scheduled(Model, constraints=[uow.Unique("room", "day")]):
+        room: int = 0
+        day: int = 0
+
+    class Meeting(Scheduled, table="def_meetings", constraints=[uow.Unique("day", "title")]):
+        id: Annotated[int | None, PrimaryKey()] = None
+        title: str = ""
+
+    assert [u.columns for u in table_info(Meeting).unique_together] == [("room", "day"), ("day", "title")]

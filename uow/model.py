@@ -431,7 +431,9 @@ class ModelMeta(StructMeta):
             type.__setattr__(cls, attr, RelationDescriptor(attr, cls, member, spec))  # type: ignore[arg-type]
         type.__setattr__(cls, "__uow_table_name__", table)
         type.__setattr__(cls, "__uow_table__", None)
-        type.__setattr__(cls, "__uow_constraints__", tuple(constraints))
+        # a base's constraints hold in every model made from it, as its fields do
+        inherited = [c for base in bases for c in getattr(base, "__uow_constraints__", ())]
+        type.__setattr__(cls, "__uow_constraints__", tuple(dict.fromkeys([*inherited, *constraints])))
         if table is not None:
             _REGISTRY[table] = cls  # type: ignore[assignment]
             _REGISTRY[name] = cls  # type: ignore[assignment]
@@ -1077,10 +1079,11 @@ def _build_table_info(model: type[Model]) -> TableInfo:
             fk_info = ForeignKeyInfo(field, target_name, target_column, fk.on_delete)
             if fk.on_delete == "set null" and not nullable:
                 raise ModelDefinitionError(f"{model.__name__}.{field}: on_delete='set null' needs a nullable column")
-        if any(isinstance(m, Unique) and m.columns for m in metadata):
+        if any(isinstance(m, Unique) and (m.columns or m.name is not None) for m in metadata):
             raise ModelDefinitionError(
-                f"{model.__name__}.{field}: Unique() on a column names no columns; a constraint over "
-                "several goes in the model's constraints=[Unique(...)]"
+                f"{model.__name__}.{field}: Unique() on a column takes no columns and no name (it is named "
+                f"{model.__uow_table_name__}_{field}_key); a named constraint, or one over several columns, "
+                "goes in the model's constraints=[Unique(...)]"
             )
         columns.append(
             ColumnInfo(
@@ -1158,6 +1161,15 @@ def _unique_together(model: type[Model], table: str, columns: list[ColumnInfo]) 
     kinds = {column.name: column.kind for column in columns}
     found: list[UniqueInfo] = []
     seen: set[frozenset[str]] = set()
+    # the names the table's other constraints and indexes take, as create_all makes them
+    taken = {f"{table}_pkey"}
+    for info in columns:
+        if info.unique and not info.primary_key:
+            taken.add(f"{table}_{info.name}_key")
+        if info.foreign_key is not None:
+            taken.add(f"{table}_{info.name}_fkey")
+        if info.indexed or (info.foreign_key is not None and not info.unique):
+            taken.add(fitted_name(f"ix_{table}__{info.name}"))
     names: set[str] = set()
     for constraint in _class_getattribute(model, "__uow_constraints__"):
         if not isinstance(constraint, Unique):
@@ -1197,6 +1209,11 @@ def _unique_together(model: type[Model], table: str, columns: list[ColumnInfo]) 
         name = constraint.name or fitted_name(f"{table}_{'_'.join(named)}_key")
         if name in names:
             raise ModelDefinitionError(f"{model.__name__}: two constraints are named {name!r}")
+        if name in taken:
+            raise ModelDefinitionError(
+                f"{model.__name__}: {constraint!r} would be named {name!r}, which another constraint or index "
+                "of the table takes; give it another name=..."
+            )
         names.add(name)
         found.append(UniqueInfo(name, tuple(named)))
     return tuple(found)

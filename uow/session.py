@@ -351,8 +351,10 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
         state = self._state(obj)
         if state.status in (Status.PENDING, Status.DELETED):
             return True
+        current = state.current()
         return (
-            state.current() != state.snapshot
+            current != state.snapshot
+            or not state.table.typed_as_stored(current)  # True for an int 1: equal, yet refused or converted
             or state.ref in self._journal.pending_refs()
             or self._relations_changed(state)
         )

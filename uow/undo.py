@@ -51,7 +51,12 @@ class UndoMixin:
         assigned = identity.assigned
         touched: list[InstanceState] = []  # a relation of these may name an undone link
         for state in identity.states_to_compare():
-            restored = state.status in (*LIVE, Status.DELETED) and state.current() != state.snapshot
+            if state.status in (*LIVE, Status.DELETED):
+                current = state.current()
+                # an equal value of another type (True for an int 1) is taken back too
+                restored = current != state.snapshot or not state.table.typed_as_stored(current)
+            else:
+                restored = False
             if restored:
                 state.restore_snapshot()
             if state.table.child_relations:

@@ -4249,9 +4249,13 @@ class SessionConformance:
             await session.commit()
             for wrong in (True, 1.0):  # equal to 1 in Python, but no int
                 sample.count = wrong  # type: ignore[assignment]
+                assert session.is_modified(sample)
                 with pytest.raises(ValidationError, match="count"):
                     await session.flush()
                 sample.count = 1
+            sample.count = True
+            await session.rollback()  # takes it back, as any assignment
+            assert type(sample.count) is int and not session.is_modified(sample)
             sample.ratio = 2  # an int for a float column, equal to it: converted, nothing to write
             await session.flush()
             assert type(sample.ratio) is float and not session.is_modified(sample)
