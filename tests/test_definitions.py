@@ -408,11 +408,13 @@ def _model_with(constraints: list[Any], name: str = "def_slots") -> type[Model]:
         pytest.param([uow.Unique("day", "payload")], r"names the JSON column 'payload'", id="json-column"),
         pytest.param([uow.Unique("day", "day")], r"names a column twice", id="column-twice"),
         pytest.param(
-            [uow.Unique("day", "hour"), uow.Unique("hour", "day")], r"repeats another constraint", id="same-columns"
+            [uow.Unique("day", "hour"), uow.Unique("hour", "day")],
+            r"repeats the columns of another one",
+            id="same-columns",
         ),
         pytest.param(
             [uow.Unique("day", "hour", name="x"), uow.Unique("day", "id", name="x")],
-            r"two constraints are named 'x'",
+            r"would be named 'x', which another constraint or index of the table takes",
             id="same-name",
         ),
         pytest.param([uow.Unique("day", "hour", name="n" * 64)], r"longer than 63 bytes", id="long-name"),
@@ -430,7 +432,9 @@ def test_unique_with_columns_in_a_columns_annotation_is_refused() -> None:
         id: Annotated[int | None, PrimaryKey()] = None
         day: Annotated[int, uow.Unique("day", "hour")] = 0
 
-    with pytest.raises(ModelDefinitionError, match=r"Misplaced\.day: Unique\(\) on a column takes no columns"):
+    with pytest.raises(
+        ModelDefinitionError, match=r"Misplaced\.day: Unique\(\) or Index\(\) on a column takes no columns"
+    ):
         table_info(Misplaced)
 
 
@@ -491,7 +495,7 @@ def test_a_named_unique_on_a_column_is_refused() -> None:
         email: Annotated[str, uow.Unique(name="email_unique")] = ""
 
     with pytest.raises(
-        ModelDefinitionError, match=r"Named\.email: Unique\(\) on a column takes no columns and no name"
+        ModelDefinitionError, match=r"Named\.email: Unique\(\) or Index\(\) on a column takes no columns and no"
     ):
         table_info(Named)
 
@@ -506,3 +510,44 @@ def test_a_base_without_a_table_passes_its_constraints_on() -> None:
         title: str = ""
 
     assert [u.columns for u in table_info(Meeting).unique_together] == [("room", "day"), ("day", "title")]
+
+
+async def test_an_index_over_several_columns_is_created_and_named_apart(engine: uow.Engine, tmp_path: Path) -> None:
+    class Visit(
+        Model, table="def_visits", indexes=[uow.Index("room", "day"), uow.Index("day", "guest", name="by_guest")]
+    ):
+        id: Annotated[int | None, PrimaryKey()] = None
+        room: int = 0
+        day: int = 0
+        guest: str = ""
+
+    info = table_info(Visit)
+    assert [(i.name, i.columns) for i in info.indexes_together] == [
+        ("ix_def_visits__room_day", ("room", "day")),
+        ("by_guest", ("day", "guest")),
+    ]
+    await engine.create_all(Visit)
+    await engine.create_all(Visit)  # again: nothing to do
+    async with uow.AsyncSession(engine) as session:
+        session.add_all([Visit(room=1, day=2, guest="a"), Visit(room=1, day=2, guest="a")])  # not unique
+        await session.commit()
+        assert await session.query(Visit).filter(room=1, day=2).count() == 2
+
+
+def test_a_bad_index_over_several_columns_is_refused() -> None:
+    for indexes, message in (
+        ([uow.Index("day")], r"names 1 column\(s\); one in indexes spans two or more"),
+        ([uow.Unique("day", "hour")], r"indexes takes Index\(column, column, \.\.\.\), not Unique"),
+        ([uow.Index("day", "hour", name="def_slots_pkey")], "another constraint or index of the table takes"),
+    ):
+        with pytest.raises(ModelDefinitionError, match=message):
+            table_info(_indexed(indexes))
+
+
+def _indexed(indexes: list[Any]) -> type[Model]:
+    class Slot(Model, table="def_slots", indexes=indexes):
+        id: Annotated[int | None, PrimaryKey()] = None
+        day: int = 0
+        hour: int = 0
+
+    return Slot

@@ -128,9 +128,26 @@ class Unique:
 
 
 class Index:
-    """Asks for a (non-unique) index on the column."""
+    """A (non-unique) index.
 
-    __slots__ = ()
+    ``Index()`` in a column's ``Annotated`` metadata indexes that column.
+    ``Index("room_id", "day")`` in a model's ``indexes`` indexes those
+    columns together, named ``name`` (``ix_<table>__<column>_..._...`` by
+    default)::
+
+        class Booking(Model, table="bookings", indexes=[Index("room_id", "day")]):
+            ...
+    """
+
+    __slots__ = ("columns", "name")
+
+    def __init__(self, *columns: str, name: str | None = None):
+        self.columns = columns
+        self.name = name
+
+    def __repr__(self) -> str:
+        named = "" if self.name is None else f", name={self.name!r}"
+        return f"Index({', '.join(map(repr, self.columns))}{named})"
 
 
 class SoftDeleteColumn:
@@ -415,6 +432,7 @@ class ModelMeta(StructMeta):
         *,
         table: str | None = None,
         constraints: Sequence[Unique] = (),
+        indexes: Sequence[Index] = (),
         **struct_options: Any,
     ) -> ModelMeta:
         struct_options.setdefault("kw_only", True)
@@ -434,6 +452,8 @@ class ModelMeta(StructMeta):
         # a base's constraints hold in every model made from it, as its fields do
         inherited = [c for base in bases for c in getattr(base, "__uow_constraints__", ())]
         type.__setattr__(cls, "__uow_constraints__", tuple(dict.fromkeys([*inherited, *constraints])))
+        inherited = [i for base in bases for i in getattr(base, "__uow_indexes__", ())]
+        type.__setattr__(cls, "__uow_indexes__", tuple(dict.fromkeys([*inherited, *indexes])))
         if table is not None:
             _REGISTRY[table] = cls  # type: ignore[assignment]
             _REGISTRY[name] = cls  # type: ignore[assignment]
@@ -483,6 +503,7 @@ class Model(msgspec.Struct, metaclass=ModelMeta):
     __uow_table_name__: ClassVar[str | None]
     __uow_table__: ClassVar[TableInfo | None]
     __uow_constraints__: ClassVar[tuple[Unique, ...]]
+    __uow_indexes__: ClassVar[tuple[Index, ...]]
 
     # a session that tracks the object learns of the assignment: its next flush
     # compares the object with its snapshot (uow.assignments). Type checkers do
@@ -552,6 +573,13 @@ class UniqueInfo(msgspec.Struct, frozen=True):
     columns: tuple[str, ...]
 
 
+class IndexInfo(msgspec.Struct, frozen=True):
+    """An index over several columns (a model's ``indexes``), as the database names it."""
+
+    name: str
+    columns: tuple[str, ...]
+
+
 class RelationInfo(msgspec.Struct, frozen=True):
     """A relation: many-to-one through ``local_column`` of this model, or
     one-to-many through ``remote_column`` of ``target``."""
@@ -583,6 +611,7 @@ class TableInfo:
         "foreign_keys",
         "unique_columns",
         "unique_together",
+        "indexes_together",
         "shares_unique",
         "soft_delete_column",
         "version_column",
@@ -611,6 +640,7 @@ class TableInfo:
         columns: tuple[ColumnInfo, ...],
         relations: dict[str, RelationInfo],
         unique_together: tuple[UniqueInfo, ...] = (),
+        indexes_together: tuple[IndexInfo, ...] = (),
     ):
         self.model = model
         self.name = name
@@ -634,6 +664,8 @@ class TableInfo:
         """The columns unique on their own: the primary key and each ``Unique()`` column."""
         self.unique_together = unique_together
         """The unique constraints over several columns (a model's ``constraints``)."""
+        self.indexes_together = indexes_together
+        """The indexes over several columns (a model's ``indexes``)."""
         self.shares_unique: dict[str, tuple[str, ...]] = {}
         """Column -> the other columns it shares a constraint of :attr:`unique_together`
         with: a change of it records their values too (``Updated.unchanged``)."""
@@ -1079,11 +1111,11 @@ def _build_table_info(model: type[Model]) -> TableInfo:
             fk_info = ForeignKeyInfo(field, target_name, target_column, fk.on_delete)
             if fk.on_delete == "set null" and not nullable:
                 raise ModelDefinitionError(f"{model.__name__}.{field}: on_delete='set null' needs a nullable column")
-        if any(isinstance(m, Unique) and (m.columns or m.name is not None) for m in metadata):
+        if any(isinstance(m, (Unique, Index)) and (m.columns or m.name is not None) for m in metadata):
             raise ModelDefinitionError(
-                f"{model.__name__}.{field}: Unique() on a column takes no columns and no name (it is named "
-                f"{model.__uow_table_name__}_{field}_key); a named constraint, or one over several columns, "
-                "goes in the model's constraints=[Unique(...)]"
+                f"{model.__name__}.{field}: Unique() or Index() on a column takes no columns and no name; a "
+                "named one, or one over several columns, goes in the model's constraints=[Unique(...)] or "
+                "indexes=[Index(...)]"
             )
         columns.append(
             ColumnInfo(
@@ -1137,8 +1169,8 @@ def _build_table_info(model: type[Model]) -> TableInfo:
                 "database keeps whole; use a shorter one"
             )
     table_name = model.__uow_table_name__ or ""
-    unique_together = _unique_together(model, table_name, columns)
-    return TableInfo(model, table_name, tuple(columns), relations, unique_together)
+    unique_together, indexes_together = _together(model, table_name, columns)
+    return TableInfo(model, table_name, tuple(columns), relations, unique_together, indexes_together)
 
 
 _MAX_NAME = 63
@@ -1155,12 +1187,14 @@ def fitted_name(name: str) -> str:
     return f"{head}_{digest}"
 
 
-def _unique_together(model: type[Model], table: str, columns: list[ColumnInfo]) -> tuple[UniqueInfo, ...]:
-    """The model's ``constraints``, checked: each a :class:`Unique` over two
-    or more distinct columns that can be compared, none listed twice."""
+def _together(
+    model: type[Model], table: str, columns: list[ColumnInfo]
+) -> tuple[tuple[UniqueInfo, ...], tuple[IndexInfo, ...]]:
+    """The model's ``constraints`` and ``indexes``, checked: each a
+    :class:`Unique` (or :class:`Index`) over two or more distinct columns
+    that can be compared, none listing the columns of another of its kind,
+    each named apart from every other constraint and index of the table."""
     kinds = {column.name: column.kind for column in columns}
-    found: list[UniqueInfo] = []
-    seen: set[frozenset[str]] = set()
     # the names the table's other constraints and indexes take, as create_all makes them
     taken = {f"{table}_pkey"}
     for info in columns:
@@ -1170,53 +1204,79 @@ def _unique_together(model: type[Model], table: str, columns: list[ColumnInfo]) 
             taken.add(f"{table}_{info.name}_fkey")
         if info.indexed or (info.foreign_key is not None and not info.unique):
             taken.add(fitted_name(f"ix_{table}__{info.name}"))
-    names: set[str] = set()
-    for constraint in _class_getattribute(model, "__uow_constraints__"):
-        if not isinstance(constraint, Unique):
+    unique = [
+        UniqueInfo(name, named)
+        for name, named in _checked_together(
+            model, kinds, taken, _class_getattribute(model, "__uow_constraints__"), Unique, "constraints"
+        )
+    ]
+    indexes = [
+        IndexInfo(name, named)
+        for name, named in _checked_together(
+            model, kinds, taken, _class_getattribute(model, "__uow_indexes__"), Index, "indexes"
+        )
+    ]
+    return tuple(unique), tuple(indexes)
+
+
+def _checked_together(
+    model: type[Model],
+    kinds: Mapping[str, ColumnKind],
+    taken: set[str],
+    declared: Sequence[Any],
+    kind: type[Unique] | type[Index],
+    option: str,
+) -> list[tuple[str, tuple[str, ...]]]:
+    """``(name, columns)`` of each of ``declared`` (a model's ``constraints``
+    or ``indexes``), checked; each name joins ``taken``."""
+    found: list[tuple[str, tuple[str, ...]]] = []
+    seen: set[frozenset[str]] = set()
+    for declaration in declared:
+        if not isinstance(declaration, kind):
             raise ModelDefinitionError(
-                f"{model.__name__}: constraints takes Unique(column, column, ...), not {constraint!r}"
+                f"{model.__name__}: {option} takes {kind.__name__}(column, column, ...), not {declaration!r}"
             )
-        named = constraint.columns
+        named = declaration.columns
         if len(named) < 2:
             raise ModelDefinitionError(
-                f"{model.__name__}: {constraint!r} names {len(named)} column(s); a constraint in constraints "
-                "spans two or more (one column is made unique by Unique() in its annotation)"
+                f"{model.__name__}: {declaration!r} names {len(named)} column(s); one in {option} spans two "
+                f"or more (one column takes {kind.__name__}() in its annotation)"
             )
         for column in named:
             if not isinstance(column, str) or column not in kinds:
                 raise ModelDefinitionError(
-                    f"{model.__name__}: {constraint!r} names {column!r}, which is not a column; "
+                    f"{model.__name__}: {declaration!r} names {column!r}, which is not a column; "
                     f"columns: {', '.join(kinds)}"
                 )
             if kinds[column] == "json":
                 raise ModelDefinitionError(
-                    f"{model.__name__}: {constraint!r} names the JSON column {column!r}: databases compare "
+                    f"{model.__name__}: {declaration!r} names the JSON column {column!r}: databases compare "
                     "JSON values each their own way"
                 )
         if len(set(named)) != len(named):
-            raise ModelDefinitionError(f"{model.__name__}: {constraint!r} names a column twice")
+            raise ModelDefinitionError(f"{model.__name__}: {declaration!r} names a column twice")
         if frozenset(named) in seen:
-            raise ModelDefinitionError(f"{model.__name__}: {constraint!r} repeats another constraint's columns")
+            raise ModelDefinitionError(f"{model.__name__}: {declaration!r} repeats the columns of another one")
         seen.add(frozenset(named))
-        if constraint.name is not None:
-            if not isinstance(constraint.name, str) or not constraint.name:
-                raise ModelDefinitionError(f"{model.__name__}: {constraint!r} needs a name that is a string")
-            if len(constraint.name.encode()) > _MAX_NAME:
+        if declaration.name is not None:
+            if not isinstance(declaration.name, str) or not declaration.name:
+                raise ModelDefinitionError(f"{model.__name__}: {declaration!r} needs a name that is a string")
+            if len(declaration.name.encode()) > _MAX_NAME:
                 raise ModelDefinitionError(
-                    f"{model.__name__}: the constraint name {constraint.name!r} is longer than {_MAX_NAME} "
+                    f"{model.__name__}: the name {declaration.name!r} is longer than {_MAX_NAME} "
                     "bytes, the longest a database keeps whole; use a shorter one"
                 )
-        name = constraint.name or fitted_name(f"{table}_{'_'.join(named)}_key")
-        if name in names:
-            raise ModelDefinitionError(f"{model.__name__}: two constraints are named {name!r}")
+        table = model.__uow_table_name__
+        default = f"{table}_{'_'.join(named)}_key" if kind is Unique else f"ix_{table}__{'_'.join(named)}"
+        name = declaration.name or fitted_name(default)
         if name in taken:
             raise ModelDefinitionError(
-                f"{model.__name__}: {constraint!r} would be named {name!r}, which another constraint or index "
+                f"{model.__name__}: {declaration!r} would be named {name!r}, which another constraint or index "
                 "of the table takes; give it another name=..."
             )
-        names.add(name)
-        found.append(UniqueInfo(name, tuple(named)))
-    return tuple(found)
+        taken.add(name)
+        found.append((name, tuple(named)))
+    return found
 
 
 def _check_via_column(model: type[Model], name: str, target: Any, via: Any, columns: list[ColumnInfo]) -> None:
@@ -1323,6 +1383,7 @@ __all__ = [
     "ForeignKey",
     "ForeignKeyInfo",
     "Index",
+    "IndexInfo",
     "Model",
     "ModelMeta",
     "PrimaryKey",

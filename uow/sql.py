@@ -143,6 +143,11 @@ class SqlDialect(ABC):
                 statements.append(
                     f"CREATE INDEX IF NOT EXISTS {index} ON {self.quote(table.name)} ({self.quote(column.name)})"
                 )
+        for together in table.indexes_together:
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {self.quote(together.name)} ON {self.quote(table.name)} "
+                f"({self.column_list(table, together.columns)})"
+            )
         return statements
 
     def foreign_key_clause(self, fk: ForeignKeyInfo) -> str:

@@ -18,7 +18,17 @@ from typing import Annotated, Any
 
 import msgspec
 
-from uow.model import ForeignKey, Model, PrimaryKey, SoftDelete, Unique, Versioned, filled_by_relation, relation
+from uow.model import (
+    ForeignKey,
+    Index,
+    Model,
+    PrimaryKey,
+    SoftDelete,
+    Unique,
+    Versioned,
+    filled_by_relation,
+    relation,
+)
 
 
 class User(Model, table="conformance_users", kw_only=True):
@@ -87,10 +97,17 @@ class Department(Model, table="conformance_departments", kw_only=True):
     head: Employee | None = relation("head_id")
 
 
-class Seat(Model, table="conformance_seats", kw_only=True, constraints=[Unique("holder_id", "number")]):
+class Seat(
+    Model,
+    table="conformance_seats",
+    kw_only=True,
+    constraints=[Unique("holder_id", "number")],
+    indexes=[Index("label", "number")],
+):
     """A seat numbered per holder: ``holder_id`` and ``number`` are unique
-    together, and a seat without a holder clashes with none (not in
-    :data:`MODELS`: the tests that need it create it)."""
+    together, and a seat without a holder clashes with none; ``label`` and
+    ``number`` are indexed together (not in :data:`MODELS`: the tests that
+    need it create it)."""
 
     id: Annotated[int | None, PrimaryKey()] = None
     holder_id: Annotated[int | None, ForeignKey(User, on_delete="cascade")] = None
