@@ -548,3 +548,11 @@ def test_a_json_value_shaped_like_arithmetic_decodes_as_the_value_it_is() -> Non
         decoded = decode(encode(events, format), [table], format)  # type: ignore[arg-type]
         assert decoded == events
         assert type(decoded[0].values["data"]) is dict and type(decoded[1].values["level"]) is ColumnMath  # type: ignore[union-attr]
+
+
+def test_a_pending_integer_past_64_bits_encodes_to_json_and_is_refused_by_msgpack() -> None:
+    event = Inserted(seq=1, at=AT, table="journal_kinds", ref=1, key=None, values={"n": 2**70})
+
+    assert b"1180591620717411303424" in encode([event], "json")
+    with pytest.raises(ValidationError, match="64 bits"):
+        encode([event], "msgpack")

@@ -225,7 +225,7 @@ def check_condition(table: TableInfo, condition: Condition) -> Condition:
                 f"the pattern {condition.pattern!r} ends with the escape character \\; "
                 "write \\\\ for a backslash itself"
             )
-        if "\x00" in condition.pattern:
+        if not text_is_storable(condition.pattern):
             raise QueryError(f"{table.model.__name__}.{condition.column}: {_NUL_REFUSED}")
         return condition
     if isinstance(condition, And):
@@ -290,15 +290,35 @@ def _value(table: TableInfo, column_name: str, value: Any) -> Any:
             ) from None
     if column.kind == "integer" and type(value) is int and value not in INT64:
         raise QueryError(f"{table.model.__name__}.{column_name}: {value!r} does not fit the column (64-bit integers)")
-    if type(value) is str and "\x00" in value:
+    if type(value) is str and not text_is_storable(value):
         raise QueryError(f"{table.model.__name__}.{column_name}: {_NUL_REFUSED}")
     return value
 
 
+def text_is_storable(text: str) -> bool:
+    """Whether every database stores ``text`` as it is: no NUL character (which
+    PostgreSQL refuses) and no lone surrogate (which no UTF-8 text holds)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 _NUL_REFUSED = (
-    "text with a NUL character is not a value databases agree on "
-    "(PostgreSQL refuses it, SQLite's pattern matching stops at it)"
+    "text with a NUL character or a lone surrogate is not a value databases agree on "
+    "(PostgreSQL refuses NUL, SQLite's pattern matching stops at it; no UTF-8 text holds a lone surrogate)"
 )
 
 
-__all__ = ["LOOKUPS", "Q", "check_condition", "compile_criterion", "compile_lookups", "order_terms"]
+__all__ = [
+    "LOOKUPS",
+    "Q",
+    "check_condition",
+    "compile_criterion",
+    "compile_lookups",
+    "order_terms",
+    "text_is_storable",
+]

@@ -29,6 +29,7 @@ from uow.adapter import Connection
 from uow.arithmetic import INT64, OPERATORS, ColumnMath, has_math
 from uow.assignments import set_attribute
 from uow.conditions import Condition, datetime_operands, equals_all, matches
+from uow.criteria import text_is_storable
 from uow.errors import ConcurrencyError, ModelDefinitionError, QueryError, SessionStateError, ValidationError
 from uow.events import BulkDeleted, BulkUpdated, Inserted, Restored, SoftDeleted, Updated, Upserted
 from uow.identity import LIVE, IdentityMap, InstanceState, Status
@@ -685,9 +686,11 @@ class ImmediateMixin:
         checked = {
             name: (None if v is None else self._checked_values(table, {name: v})[name]) for name, v in filters.items()
         }
-        for name, value in checked.items():
-            if type(value) is int and value not in INT64:  # no row holds it: refused alike on every adapter
+        for name, value in checked.items():  # no row holds these: refused alike on every adapter
+            if type(value) is int and value not in INT64:
                 raise ValidationError(f"{table.model.__name__}.{name}: {value!r} is beyond 64-bit integers")
+            if type(value) is str and not text_is_storable(value):
+                raise ValidationError(f"{table.model.__name__}.{name}: {value!r} holds a lone surrogate")
         return equals_all(checked)
 
     def _matching(self, table: TableInfo, where: Condition | None) -> list[InstanceState]:

@@ -361,8 +361,15 @@ def encode(events: Iterable[AnyEvent], format: Literal["json", "msgpack"] = "jso
     _check_format(format)
     listed = list(events)
     if format == "msgpack":
-        return _msgpack_encoder.encode(listed)
-    if not _NON_FINITE_FLOAT.search(_msgpack_encoder.encode(listed)):
+        try:
+            return _msgpack_encoder.encode(listed)
+        except OverflowError as exc:  # an integer past 64 bits (one a flush refused, still pending)
+            raise ValidationError(f"MessagePack holds integers of 64 bits at most: {exc}") from None
+    try:
+        probe: bytes | None = _msgpack_encoder.encode(listed)
+    except OverflowError:  # JSON holds it: written in the slower pass
+        probe = None
+    if probe is not None and not _NON_FINITE_FLOAT.search(probe):
         return _json_encoder.encode(listed)
     # msgspec would write each as null: spelled out instead, in a slower pass over built-in values
     return _json_encoder.encode(json_safe(msgspec.to_builtins(listed)))

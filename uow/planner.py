@@ -762,7 +762,8 @@ def _parents_first(batch: UpsertBatch) -> None:
     comes after it, as a flush orders inserts: databases that check a
     foreign key row by row (SQLite, the memory adapter) would refuse the
     other order, which PostgreSQL, checking at the statement's end, takes.
-    Otherwise the rows keep the order given; rows pointing at each other too."""
+    Otherwise the rows keep the order given. Rows pointing at each other in
+    a cycle, which only PostgreSQL would take, raise :class:`CycleError`."""
     table, columns, rows = batch.table, batch.columns, batch.rows
     if table.key_column not in columns or len(rows) < 2:
         return
@@ -791,7 +792,14 @@ def _parents_first(batch: UpsertBatch) -> None:
             waiting[child] -= 1
             if not waiting[child]:
                 heapq.heappush(ready, child)
-    order.extend(i for i in range(len(rows)) if waiting[i])  # rows pointing at each other: as given
+    if len(order) < len(rows):
+        cycle = tuple((table.name, rows[i][key_at]) for i in range(len(rows)) if waiting[i])
+        raise CycleError(
+            "these rows of one upsert point at each other in a cycle, which only some databases take in one "
+            f"statement: insert them (the flush breaks the cycle), or upsert them in two steps: {cycle}",
+            tables=(table.name,),
+            rows=cycle,
+        )
     batch.rows[:] = [rows[i] for i in order]
     batch.refs[:] = [batch.refs[i] for i in order]
     batch.seqs[:] = [batch.seqs[i] for i in order]

@@ -52,6 +52,7 @@ from uow.batches import (
 )
 from uow.cascade import CascadeMixin
 from uow.conditions import Compare, In
+from uow.criteria import text_is_storable
 from uow.engine import Engine
 from uow.errors import (
     CommitHookError,
@@ -1504,9 +1505,10 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             raise ValidationError(
                 f"{key!r} is not a valid {table.model.__name__}.{table.key_column}: beyond 64-bit integers"
             )
-        if type(key) is str and "\x00" in key:
+        if type(key) is str and not text_is_storable(key):
             raise ValidationError(
-                f"{key!r} is not a valid {table.model.__name__}.{table.key_column}: text with a NUL character"
+                f"{key!r} is not a valid {table.model.__name__}.{table.key_column}: text with a NUL character "
+                "or a lone surrogate"
             )
         return key
 

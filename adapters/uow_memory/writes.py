@@ -296,6 +296,9 @@ class BatchWriter:
     def _bulk_update(self, batch: BulkUpdateBatch) -> BatchResult:
         table = self.tx.writable(batch.table.name)
         changes = dict(zip(self._indexes(table, list(batch.values)), batch.values.values()))
+        for index, value in changes.items():  # a value no database holds is refused, rows matched or not
+            if type(value) is not ColumnMath and value is not None:
+                table.schema.codec.store_value(index, value)
         version = batch.table.version_column
         bump = None if version is None or version in batch.values else batch.table.column_index[version]
         # values computed from the row (stock - 1): index -> (the source column's index, the arithmetic)

@@ -755,6 +755,11 @@ class SessionConformance:
             await session.commit()
         async with AsyncSession(engine) as session:
             assert {c.id: c.parent_id for c in await session.query(Category).all()} == {100: None, 101: 100, 102: 101}
+            # rows pointing at each other in a cycle: only PostgreSQL would take them in one statement
+            cycle = [Category(id=201, name="a", parent_id=202), Category(id=202, name="b", parent_id=201)]
+            with pytest.raises(CycleError, match="point at each other in a cycle"):
+                await session.upsert_all(cycle)
+            assert await session.query(Category).count() == 3 and not session.journal.pending
 
     async def test_upsert_on_a_null_unique_value_inserts_beside_a_tracked_row_holding_null(
         self, engine: uow.Engine
@@ -4186,6 +4191,10 @@ class SessionConformance:
                 await session.bulk_update(User, {"age": 1}, name="x\x00")
             with pytest.raises(QueryError, match="NUL character"):
                 await session.query(User).filter(name__contains="\x00").all()
+            with pytest.raises(QueryError, match="lone surrogate"):  # no UTF-8 text holds one either
+                await session.query(User).filter(name="\ud800").all()
+            with pytest.raises(ValidationError, match="lone surrogate"):
+                await session.bulk_update(User, {"age": 1}, name="\ud800")
             user.name = "Al\x00ice"
             with pytest.raises(ValidationError, match="NUL character"):
                 await session.flush()
@@ -4205,6 +4214,8 @@ class SessionConformance:
                 await session.bulk_update(User, {"name": "x"}, age=2**64)
             with pytest.raises(ValidationError, match="64-bit"):
                 await session.bulk_delete(User, age=-(2**64))
+            with pytest.raises(StorageError):  # a value no row can hold, also where no row matches
+                await session.bulk_update(User, {"age": 2**64}, name="nobody")
             assert await session.get(User, 2**63 - 1) is None  # the largest key a row can have
         assert (await stored(engine, User, alice.id)).name == "Alice"
 
