@@ -126,6 +126,10 @@ class LinkingMixin:
                 continue
             parent_id = id(parent)
             if parent_id in self._adding:  # a cycle of new objects: the planner breaks it
+                given = self._table_of(parent).key_of(parent)
+                if given is not None:  # its key is known already: the column holds it now
+                    set_attribute(obj, column, given)
+                    continue
                 set_attribute(obj, column, None)
                 if waiting is None:
                     waiting = {}

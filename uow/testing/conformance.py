@@ -761,6 +761,25 @@ class SessionConformance:
                 await session.upsert_all(cycle)
             assert await session.query(Category).count() == 3 and not session.journal.pending
 
+    async def test_new_objects_with_given_keys_pointing_at_each_other_hold_each_others_key(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            first, second = Category(id=301, name="first"), Category(id=302, name="second")
+            first.parent, second.parent = second, first  # a cycle the flush breaks with a follow-up update
+            session.add_all([first, second])
+            assert (first.parent_id, second.parent_id) == (302, 301)  # known at once: given keys
+            await session.commit()
+            assert (first.parent_id, second.parent_id) == (302, 301)
+            assert replay(session.journal.flushed, [table_info(Category)])["conformance_categories"] == {
+                301: {"id": 301, "name": "first", "parent_id": 302},
+                302: {"id": 302, "name": "second", "parent_id": 301},
+            }
+            await session.remove(first)  # the database cascades to second, and so does the session
+            assert second not in session
+            await session.commit()
+        assert await count_rows(engine, Category) == 0
+
     async def test_upsert_on_a_null_unique_value_inserts_beside_a_tracked_row_holding_null(
         self, engine: uow.Engine
     ) -> None:
