@@ -114,14 +114,14 @@ class BatchWriter:
         if schema.generated and schema.key_index not in indexes:
             stored[schema.key_index] = self.tx.store.next_key(table)
         key = stored[schema.key_index]
-        if schema.generated and key is not None:
-            self.tx.store.saw_key(table, key)
         row = tuple(stored)
         check_not_null(table, row, row_index)
         check_new_key(table, key, row_index)
         check_unique(table, key, row, row_index)
         check_references(self.tx, table, key, row, row_index)
         self._put(table, key, row)
+        if schema.generated and key is not None:  # a given key a row now holds: generated ones go past it
+            self.tx.store.saw_key(table, key)
         return key
 
     def _change_row(

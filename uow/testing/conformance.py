@@ -420,7 +420,12 @@ class SessionConformance:
             session.add(second)
             await session.commit()
             assert second.id is not None and second.id > first.id + 10
-        assert await count_rows(engine, User) == 5
+            with pytest.raises(IntegrityError):  # refused: its key is held by no row, and moves nothing
+                await session.insert(User(id=second.id + 100, name="Clash", email="first@example.com"))
+            third = await session.insert(User(name="Third", email="third@example.com"))
+            assert third.id is not None and second.id < third.id < second.id + 100
+            await session.commit()
+        assert await count_rows(engine, User) == 6
 
     # --- update -------------------------------------------------------------------------
 
