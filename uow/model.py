@@ -103,7 +103,23 @@ class ForeignKey:
         self.on_delete = on_delete
 
 
-class Unique:
+class _OverColumns:
+    """What :class:`Unique` and :class:`Index` share: the columns a model's
+    ``constraints`` or ``indexes`` name (none in a column's annotation) and
+    an optional name."""
+
+    __slots__ = ("columns", "name")
+
+    def __init__(self, *columns: str, name: str | None = None):
+        self.columns = columns
+        self.name = name
+
+    def __repr__(self) -> str:
+        named = "" if self.name is None else f", name={self.name!r}"
+        return f"{type(self).__name__}({', '.join(map(repr, self.columns))}{named})"
+
+
+class Unique(_OverColumns):
     """A unique constraint.
 
     ``Unique()`` in a column's ``Annotated`` metadata: the column's non-null
@@ -116,18 +132,10 @@ class Unique:
             ...
     """
 
-    __slots__ = ("columns", "name")
-
-    def __init__(self, *columns: str, name: str | None = None):
-        self.columns = columns
-        self.name = name
-
-    def __repr__(self) -> str:
-        named = "" if self.name is None else f", name={self.name!r}"
-        return f"Unique({', '.join(map(repr, self.columns))}{named})"
+    __slots__ = ()
 
 
-class Index:
+class Index(_OverColumns):
     """A (non-unique) index.
 
     ``Index()`` in a column's ``Annotated`` metadata indexes that column.
@@ -139,15 +147,7 @@ class Index:
             ...
     """
 
-    __slots__ = ("columns", "name")
-
-    def __init__(self, *columns: str, name: str | None = None):
-        self.columns = columns
-        self.name = name
-
-    def __repr__(self) -> str:
-        named = "" if self.name is None else f", name={self.name!r}"
-        return f"Index({', '.join(map(repr, self.columns))}{named})"
+    __slots__ = ()
 
 
 class SoftDeleteColumn:
