@@ -85,6 +85,8 @@ def translate(exc: BaseException, failure: Failure | None = None) -> StorageErro
         if sqlstate == "22P02" and NOT_A_NUMBER in message:  # the dialect's refusal of a NaN result
             return StorageError(f"a bulk update's {NOT_A_NUMBER} (NaN)", sqlstate="22003")
         return StorageError(message, sqlstate=sqlstate)
+    if isinstance(exc, StorageError):  # raised by uow itself while encoding a value: said already
+        return StorageError(str(exc), sqlstate=exc.sqlstate)
     if isinstance(exc, TimeoutError):
         return OperationalError(f"the database did not answer in time ({type(exc).__name__})")
     if is_connection_error(exc):
