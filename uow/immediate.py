@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,7 +31,7 @@ from uow.assignments import set_attribute
 from uow.conditions import Condition, datetime_operands, equals_all, matches
 from uow.criteria import text_is_storable
 from uow.errors import ConcurrencyError, ModelDefinitionError, QueryError, SessionStateError, ValidationError
-from uow.events import BulkDeleted, BulkUpdated, Inserted, Restored, SoftDeleted, Updated, Upserted
+from uow.events import BulkDeleted, BulkUpdated, Deleted, Inserted, Restored, SoftDeleted, Updated, Upserted
 from uow.identity import LIVE, IdentityMap, InstanceState, Status
 from uow.journal import Journal
 from uow.model import NOT_LOADED, UNLINKED, Model, TableInfo, converted_value, detached_value, is_model
@@ -63,7 +63,7 @@ class ImmediateMixin:
         def _exclusive(self, operation: str) -> AbstractContextManager[None]: ...
         async def _commit(self) -> None: ...
         async def _rollback(self, *, restore: bool = True) -> None: ...
-        async def _flush(self, *, scan: bool = True) -> FlushOutcome: ...
+        async def _flush(self, *, scan: bool = True, done_by_database: Collection[int] = ()) -> FlushOutcome: ...
         async def _connection_for_work(self) -> Connection: ...
         def _collect_changes(self, *, scan: bool = True) -> None: ...
         def _undo_recorded(self, mark: int, touched: Iterable[InstanceState] = ()) -> None: ...
@@ -645,6 +645,10 @@ class ImmediateMixin:
                 self._identity.unindex_key(state, state.key)
             self._gone.extend(matched)
             self._cascade({table.name: deleted_keys}, {})
+            # the database deletes these children itself when the statement deletes their parents:
+            # written first, a child's delete could cascade to a row the statement is to count, and
+            # in a cycle of rows to rows it then finds gone
+            cascaded = {e.seq for e in self._journal.pending if type(e) is Deleted}
             self._collect_changes()  # the set-null assignments, before the bulk event
             event = BulkDeleted(
                 seq=self._journal.next_seq(),
@@ -654,16 +658,17 @@ class ImmediateMixin:
                 old={s.ref: table.row_dict(s.snapshot) for s in matched},
             )
             self._record(event, *matched)
-            outcome = await self._flush_recorded(mark)
+            outcome = await self._flush_recorded(mark, done_by_database=cascaded)
             await self._done()
         return outcome.rowcounts.get(event.seq, 0)
 
-    async def _flush_recorded(self, mark: int) -> FlushOutcome:
+    async def _flush_recorded(self, mark: int, done_by_database: Collection[int] = ()) -> FlushOutcome:
         """Flush what an immediate operation recorded after ``mark`` (and what
         was pending before it); if it fails, the operation's events are dropped
-        and the objects they changed restored."""
+        and the objects they changed restored. ``done_by_database``: see ``_flush``."""
         try:
-            return await self._flush(scan=False)  # the operation recorded every assignment
+            # the operation recorded every assignment
+            return await self._flush(scan=False, done_by_database=done_by_database)
         except BaseException:
             if self._journal.flushed_mark <= mark:
                 self._undo_to(mark)

@@ -28,7 +28,7 @@ import inspect
 import itertools
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -866,13 +866,18 @@ class AsyncSession(LinkingMixin, CascadeMixin, UndoMixin, ImmediateMixin, MergeM
             self._locked.clear()
         return self._connection
 
-    async def _flush(self, *, scan: bool = True) -> FlushOutcome:
+    async def _flush(self, *, scan: bool = True, done_by_database: Collection[int] = ()) -> FlushOutcome:
+        """Record the assignments (unless not ``scan``) and apply every pending
+        event, but those whose ``seq`` is in ``done_by_database``: changes a
+        foreign key's action makes in the database by itself (they are
+        journaled, and settled here, all the same)."""
         with _collector_paused():
             self._collect_changes(scan=scan)
             if not self._journal.has_pending():
                 return FlushOutcome()
             pending = list(self._journal.pending)
-            plan = plan_flush(pending, self._tables)
+            written = [e for e in pending if e.seq not in done_by_database] if done_by_database else pending
+            plan = plan_flush(written, self._tables)
         connection = await self._connection_for_work()
         savepoint = None
         if (

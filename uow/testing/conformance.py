@@ -1121,6 +1121,21 @@ class SessionConformance:
                 await session.commit()
             assert await count_rows(engine, Category) == 0
 
+    async def test_a_bulk_delete_leaves_the_cascade_to_tracked_children_to_the_database(
+        self, engine: uow.Engine
+    ) -> None:
+        async with AsyncSession(engine) as session:
+            a, b = Category(name="a"), Category(name="b")
+            c = Category(name="c", parent=b)
+            session.add_all([a, b, c])
+            await session.flush()
+            a.parent, b.parent = b, a  # a <-> b, c -> b: deleting a first would take b with it
+            await session.commit()
+            assert await session.bulk_delete(Category, name="b") == 1  # the row it matched
+            assert a not in session and c not in session  # cascaded, in the session too
+            await session.commit()
+        assert await count_rows(engine, Category) == 0
+
     async def test_a_bulk_update_computes_each_rows_value_from_its_own(self, engine: uow.Engine) -> None:
         async with AsyncSession(engine) as session:
             rich, poor = Account(owner="rich", balance=100), Account(owner="poor", balance=5)
