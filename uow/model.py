@@ -129,7 +129,9 @@ class Unique(_OverColumns):
     constraint named ``name`` (``<table>_<column>_..._key`` by default)::
 
         class Booking(Model, table="bookings", constraints=[Unique("room_id", "day")]):
-            ...
+            id: Annotated[int | None, PrimaryKey()] = None
+            room_id: int
+            day: dt.date
     """
 
     __slots__ = ()
@@ -143,8 +145,10 @@ class Index(_OverColumns):
     columns together, named ``name`` (``ix_<table>__<column>_..._...`` by
     default)::
 
-        class Booking(Model, table="bookings", indexes=[Index("room_id", "day")]):
-            ...
+        class Visit(Model, table="visits", indexes=[Index("guest", "day")]):
+            id: Annotated[int | None, PrimaryKey()] = None
+            guest: str
+            day: dt.date
     """
 
     __slots__ = ()
